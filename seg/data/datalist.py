@@ -1,0 +1,165 @@
+"""Dataset layouts: MSD (``dataset.json`` with a ``training`` list) and nnU-Net raw.
+
+Both become one :class:`DatasetSpec`: channel names, ``{label id: name}``, and cases with their image
+channel files and label file. Multi-channel cases are a list of files (nnU-Net) or one 4D file (MSD).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+NIFTI_ENDINGS = (".nii.gz", ".nii")
+
+
+class DatasetError(ValueError):
+    """A dataset's description cannot be used; the message names the file and the problem."""
+
+
+def case_id_from_path(path: str | Path) -> str:
+    """``.../hippocampus_003.nii.gz`` -> ``hippocampus_003``."""
+    name = Path(path).name
+    for ending in NIFTI_ENDINGS:
+        if name.endswith(ending):
+            return name[: -len(ending)]
+    return Path(name).stem
+
+
+@dataclass
+class Case:
+    case_id: str
+    images: list[str]
+    label: str | None = None
+
+    def as_dict(self) -> dict:
+        """MONAI dictionary form: ``image`` is one path, or a list of channel paths."""
+        d: dict = {"case_id": self.case_id, "image": self.images[0] if len(self.images) == 1 else list(self.images)}
+        if self.label is not None:
+            d["label"] = self.label
+        return d
+
+
+@dataclass
+class DatasetSpec:
+    root: str
+    layout: str  # "msd" | "nnunet"
+    channel_names: list[str]
+    labels: dict[int, str]  # label id -> name, background (0) included
+    cases: list[Case] = field(default_factory=list)
+    file_ending: str = ".nii.gz"
+    channels_in_one_file: bool = False  # MSD multi-modal: one 4D file per case
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.channel_names)
+
+    @property
+    def out_channels(self) -> int:
+        return len(self.labels)
+
+    @property
+    def label_ids(self) -> list[int]:
+        return sorted(self.labels)
+
+    @property
+    def foreground_names(self) -> list[str]:
+        return [self.labels[i] for i in self.label_ids if i != 0]
+
+    def by_id(self) -> dict[str, Case]:
+        return {c.case_id: c for c in self.cases}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: dataset.json not found (expected an MSD or nnU-Net raw dataset folder)") from None
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
+def load_dataset(root: str | Path) -> DatasetSpec:
+    """Read an MSD or nnU-Net raw dataset folder (its ``dataset.json``)."""
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset folder does not exist")
+    meta_path = root / "dataset.json"
+    meta = _read_json(meta_path)
+    if "training" in meta:
+        return _load_msd(root, meta_path, meta)
+    if "channel_names" in meta:
+        return _load_nnunet(root, meta_path, meta)
+    raise DatasetError(
+        f"{meta_path}: neither MSD (a 'training' list) nor nnU-Net raw ('channel_names', 'labels', 'file_ending')"
+    )
+
+
+def _parse_label_ids(meta_path: Path, labels: dict, name_to_id: bool) -> dict[int, str]:
+    out: dict[int, str] = {}
+    for k, v in labels.items():
+        ident, name = (v, k) if name_to_id else (k, v)
+        if isinstance(ident, (list, tuple)):
+            raise DatasetError(f"{meta_path}: region-based label {name!r}={ident} is not supported; give one id per label")
+        try:
+            out[int(ident)] = str(name)
+        except (TypeError, ValueError):
+            raise DatasetError(f"{meta_path}: label id {ident!r} of {name!r} is not an integer") from None
+    if 0 not in out:
+        raise DatasetError(f"{meta_path}: 'labels' must declare background as 0")
+    return out
+
+
+def _load_msd(root: Path, meta_path: Path, meta: dict) -> DatasetSpec:
+    from monai.data import load_decathlon_datalist
+
+    modality = meta.get("modality") or meta.get("channel_names") or {"0": "image"}
+    channel_names = [str(modality[k]) for k in sorted(modality, key=int)]
+    labels = _parse_label_ids(meta_path, meta.get("labels") or {}, name_to_id=False)
+    try:
+        items = load_decathlon_datalist(meta_path, is_segmentation=True, data_list_key="training", base_dir=root)
+    except (KeyError, ValueError, TypeError) as e:
+        raise DatasetError(f"{meta_path}: bad 'training' list ({e})") from None
+    cases = []
+    for item in items:
+        images = item["image"] if isinstance(item["image"], list) else [item["image"]]
+        cases.append(Case(case_id_from_path(images[0]), [str(p) for p in images], str(item["label"])))
+    return DatasetSpec(
+        root=str(root),
+        layout="msd",
+        channel_names=channel_names,
+        labels=labels,
+        cases=cases,
+        channels_in_one_file=len(channel_names) > 1 and all(len(c.images) == 1 for c in cases),
+    )
+
+
+def _load_nnunet(root: Path, meta_path: Path, meta: dict) -> DatasetSpec:
+    ch = meta["channel_names"]
+    channel_names = [str(ch[k]) for k in sorted(ch, key=int)]
+    labels = _parse_label_ids(meta_path, meta.get("labels") or {}, name_to_id=True)
+    ending = meta.get("file_ending", ".nii.gz")
+    images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
+    if not labels_dir.is_dir():
+        raise DatasetError(f"{labels_dir}: missing labelsTr folder")
+    case_ids = sorted(p.name[: -len(ending)] for p in labels_dir.iterdir() if p.name.endswith(ending))
+    # cases present only as images are reported by the check (label missing)
+    if images_dir.is_dir():
+        pat = re.compile(r"^(.*)_(\d{4})" + re.escape(ending) + "$")
+        for p in images_dir.iterdir():
+            m = pat.match(p.name)
+            if m and m.group(1) not in case_ids:
+                case_ids.append(m.group(1))
+    cases = [
+        Case(
+            cid,
+            [str(images_dir / f"{cid}_{i:04d}{ending}") for i in range(len(channel_names))],
+            str(labels_dir / f"{cid}{ending}"),
+        )
+        for cid in sorted(case_ids)
+    ]
+    return DatasetSpec(
+        root=str(root), layout="nnunet", channel_names=channel_names, labels=labels, cases=cases, file_ending=ending
+    )

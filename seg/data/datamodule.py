@@ -1,0 +1,184 @@
+"""LightningDataModule over MONAI dictionary transforms and datasets.
+
+Channels, classes and label names come from the dataset's ``dataset.json``. Under DDP each rank caches
+only its own partition of the training (and validation) cases, instead of every rank caching all.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pytorch_lightning as pl
+from monai import transforms as T
+from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset, partition_dataset
+
+from seg.data.datalist import DatasetSpec, load_dataset
+from seg.data.splits import load_or_create_splits
+from seg.data.transforms import deterministic_transforms, random_transforms
+from seg.nn.layers import check_option
+
+log = logging.getLogger(__name__)
+CACHE_MODES = ("none", "cache", "persistent")
+
+
+class SegDataModule(pl.LightningDataModule):
+    """Train/validation loaders for one fold of a dataset.
+
+    Args:
+        root: dataset folder (MSD or nnU-Net raw).
+        mode: "patch" (random positive/negative-balanced patches) or "resize" (whole volume resized to
+            ``resize_shape``, the AGUNet paper's mode).
+        patch_size: training patch and sliding-window size in patch mode.
+        resize_shape: the fixed network input shape in resize mode.
+        spacing: target voxel spacing in mm, or None to keep the images' own.
+        orientation: axis codes to reorient to (e.g. "RAS"), or None.
+        normalize: ``{mode: zscore|minmax|window|none, nonzero: bool, window: [lo, hi]}``.
+        crop_foreground: crop to the non-zero bounding box of the image.
+        pos_neg: positive/negative patch ratio.
+        num_samples: patches drawn per loaded volume.
+        augment: probabilities and ranges (see ``conf/data/default.yaml``).
+        batch_size: training batch size (volumes x ``num_samples`` patches).
+        num_workers: DataLoader workers.
+        cache: "none", "cache" (in memory) or "persistent" (on disk in ``cache_dir``).
+        cache_rate: fraction of cases cached in memory.
+        cache_dir: folder for the persistent cache.
+        fold: which fold of the splits is validation.
+        num_folds: K of the k-fold split.
+        split_seed: seed of the split.
+        splits_file: where the splits are read from (if present) or saved.
+        synthetic: ``{n, seed, shape}`` to generate the synthetic dataset into ``root`` if it is missing.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        mode: str = "patch",
+        patch_size: Sequence[int] = (64, 64, 64),
+        resize_shape: Sequence[int] | None = None,
+        spacing: Sequence[float] | None = None,
+        orientation: str | None = "RAS",
+        normalize: Mapping | None = None,
+        crop_foreground: bool = False,
+        pos_neg: Sequence[float] = (1.0, 1.0),
+        num_samples: int = 1,
+        augment: Mapping | None = None,
+        batch_size: int = 2,
+        num_workers: int = 0,
+        cache: str = "cache",
+        cache_rate: float = 1.0,
+        cache_dir: str | None = None,
+        fold: int = 0,
+        num_folds: int = 5,
+        split_seed: int = 0,
+        splits_file: str | None = None,
+        synthetic: Mapping | None = None,
+        roi_size: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        check_option("data.cache", cache, CACHE_MODES)
+        self.root = str(root)
+        self.mode = mode
+        self.patch_size = list(patch_size) if patch_size else None
+        self.resize_shape = list(resize_shape) if resize_shape else None
+        self.spacing = list(spacing) if spacing else None
+        self.orientation = orientation
+        self.normalize = dict(normalize or {"mode": "zscore", "nonzero": True})
+        self.crop_foreground = crop_foreground
+        self.pos_neg = list(pos_neg)
+        self.num_samples = num_samples
+        self.augment = dict(augment or {})
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.cache = cache
+        self.cache_rate = cache_rate
+        self.cache_dir = cache_dir
+        self.fold = fold
+        self.num_folds = num_folds
+        self.split_seed = split_seed
+        self.splits_file = splits_file
+        self.synthetic = dict(synthetic) if synthetic else None
+        self._spec: DatasetSpec | None = None
+        self.train_ds = self.val_ds = None
+        self.train_cases: list[str] = []
+        self.val_cases: list[str] = []
+
+    # -- dataset description ------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Generate the synthetic dataset if this data config asks for it and it is not there yet."""
+        if self.synthetic and not (Path(self.root) / "dataset.json").exists():
+            from seg.data.synthetic import write_dataset
+
+            s = self.synthetic
+            log.info("generating synthetic dataset (%s cases) in %s", s.get("n", 24), self.root)
+            write_dataset(self.root, int(s.get("n", 24)), int(s.get("seed", 0)), tuple(s.get("shape", (64, 64, 64))))
+
+    @property
+    def spec(self) -> DatasetSpec:
+        if self._spec is None:
+            self._spec = load_dataset(self.root)
+        return self._spec
+
+    @property
+    def preprocessing(self) -> dict:
+        """The pre-processing options, as stored with a trained model."""
+        return {
+            "mode": self.mode,
+            "patch_size": self.patch_size,
+            "resize_shape": self.resize_shape,
+            "spacing": self.spacing,
+            "orientation": self.orientation,
+            "normalize": self.normalize,
+            "crop_foreground": self.crop_foreground,
+        }
+
+    def split(self) -> tuple[list[str], list[str]]:
+        case_ids = [c.case_id for c in self.spec.cases]
+        path = self.splits_file or str(Path(self.root) / "splits.json")
+        splits = load_or_create_splits(path, case_ids, self.num_folds, self.split_seed)
+        if not 0 <= self.fold < len(splits):
+            raise ValueError(f"data.fold={self.fold} but {path} has {len(splits)} folds")
+        return splits[self.fold]["train"], splits[self.fold]["val"]
+
+    # -- Lightning hooks ----------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_ds is not None:
+            return
+        spec = self.spec
+        self.train_cases, self.val_cases = self.split()
+        by_id = spec.by_id()
+        train = [by_id[c].as_dict() for c in self.train_cases]
+        val = [by_id[c].as_dict() for c in self.val_cases]
+        trainer = getattr(self, "trainer", None)
+        world = trainer.world_size if trainer is not None else 1
+        if world > 1:
+            rank = trainer.global_rank
+            train = partition_dataset(train, num_partitions=world, shuffle=True, seed=self.split_seed, even_divisible=True)[rank]
+            val = partition_dataset(val, num_partitions=world, shuffle=False, even_divisible=False)[rank]
+            log.info("rank %d/%d: %d train and %d val cases", rank, world, len(train), len(val))
+        det = deterministic_transforms(
+            spec, self.mode, self.spacing, self.orientation, self.normalize, self.crop_foreground, self.resize_shape
+        )
+        rnd = random_transforms(self.mode, self.patch_size, self.pos_neg, self.num_samples, self.augment)
+        self.train_ds = self._dataset(train, T.Compose(det + rnd), "train")
+        self.val_ds = self._dataset(val, T.Compose(det), "val")
+
+    def _dataset(self, items: list[dict], transform: T.Compose, name: str):
+        if self.cache == "cache":
+            return CacheDataset(items, transform, cache_rate=self.cache_rate, num_workers=max(1, self.num_workers), progress=False)
+        if self.cache == "persistent":
+            cache_dir = Path(self.cache_dir or Path(self.root) / ".seg_cache") / name
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            return PersistentDataset(items, transform, cache_dir=cache_dir)
+        return Dataset(items, transform)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.train_ds, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0, drop_last=len(self.train_ds) > self.batch_size,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        # whole volumes of different sizes: one per batch
+        return DataLoader(self.val_ds, batch_size=1, shuffle=False, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)

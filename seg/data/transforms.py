@@ -1,0 +1,112 @@
+"""MONAI dictionary-transform pipelines built from the ``conf/data`` options.
+
+The deterministic prefix (load ... crop/pad/resize) is what ``CacheDataset``/``PersistentDataset`` cache;
+the random suffix (crops and augmentation) runs every epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+from monai import transforms as T
+
+from seg.data.datalist import DatasetSpec
+from seg.nn.layers import check_option
+
+MODES = ("patch", "resize")
+NORMALIZE = ("zscore", "minmax", "window", "none")
+
+
+def _label_map(spec: DatasetSpec) -> list:
+    """Map non-consecutive label ids (e.g. 0, 2, 7) to 0..K-1, the class index the nets predict."""
+    ids = spec.label_ids
+    if ids == list(range(len(ids))):
+        return []
+    return [T.MapLabelValued(keys="label", orig_labels=ids, target_labels=list(range(len(ids))), dtype="int16")]
+
+
+def normalize_transform(normalize: Mapping) -> list:
+    mode = check_option("normalize.mode", normalize.get("mode", "zscore"), NORMALIZE)
+    if mode == "zscore":
+        return [T.NormalizeIntensityd(keys="image", nonzero=bool(normalize.get("nonzero", True)), channel_wise=True)]
+    if mode == "minmax":
+        return [T.ScaleIntensityd(keys="image", minv=0.0, maxv=1.0, channel_wise=True)]
+    if mode == "window":
+        lo, hi = normalize.get("window", (-1000.0, 1000.0))
+        return [T.ScaleIntensityRanged(keys="image", a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)]
+    return []
+
+
+def deterministic_transforms(
+    spec: DatasetSpec,
+    mode: str = "patch",
+    spacing: Sequence[float] | None = None,
+    orientation: str | None = "RAS",
+    normalize: Mapping | None = None,
+    crop_foreground: bool = False,
+    resize_shape: Sequence[int] | None = None,
+    with_label: bool = True,
+) -> list:
+    """Load -> channel first -> orientation -> spacing -> normalise -> crop -> (resize)."""
+    check_option("data.mode", mode, MODES)
+    keys = ["image", "label"] if with_label else ["image"]
+    interp = ["bilinear", "nearest"][: len(keys)]
+    xs: list = [T.LoadImaged(keys=keys, image_only=True), T.EnsureChannelFirstd(keys=keys)]
+    if with_label:
+        xs += _label_map(spec)
+    if orientation:
+        xs.append(T.Orientationd(keys=keys, axcodes=orientation, labels=None))
+    if spacing:
+        xs.append(T.Spacingd(keys=keys, pixdim=tuple(spacing), mode=interp))
+    xs += normalize_transform(normalize or {"mode": "zscore"})
+    if crop_foreground:
+        xs.append(T.CropForegroundd(keys=keys, source_key="image", allow_smaller=True))
+    if mode == "resize":
+        if not resize_shape:
+            raise ValueError("data.mode=resize needs data.resize_shape")
+        xs.append(T.Resized(keys=keys, spatial_size=tuple(resize_shape), mode=["trilinear", "nearest"][: len(keys)]))
+    xs.append(T.EnsureTyped(keys="image", dtype="float32", track_meta=True))
+    return xs
+
+
+def random_transforms(
+    mode: str,
+    patch_size: Sequence[int] | None,
+    pos_neg: Sequence[float] = (1.0, 1.0),
+    num_samples: int = 1,
+    augment: Mapping | None = None,
+) -> list:
+    """Patch sampling (positive/negative balanced) and augmentation, each with its probability."""
+    keys = ["image", "label"]
+    xs: list = []
+    if mode == "patch":
+        ps = tuple(patch_size)
+        xs += [
+            T.SpatialPadd(keys=keys, spatial_size=ps),
+            T.RandCropByPosNegLabeld(
+                keys=keys, label_key="label", spatial_size=ps, pos=pos_neg[0], neg=pos_neg[1],
+                num_samples=num_samples, image_key="image", image_threshold=0.0, allow_smaller=False,
+            ),
+        ]
+    a = dict(augment or {})
+    flip = float(a.get("flip_prob", 0.0))
+    if flip > 0:
+        xs += [T.RandFlipd(keys=keys, prob=flip, spatial_axis=ax) for ax in range(3)]
+    affine_p = float(a.get("affine_prob", 0.0))
+    if affine_p > 0:
+        rot = math.radians(float(a.get("rotate_deg", 15.0)))
+        scale = float(a.get("scale", 0.1))
+        xs.append(
+            T.RandAffined(
+                keys=keys, prob=affine_p, rotate_range=(rot,) * 3, scale_range=(scale,) * 3,
+                mode=["bilinear", "nearest"], padding_mode="zeros",
+            )
+        )
+    if float(a.get("intensity_scale_prob", 0.0)) > 0:
+        xs.append(T.RandScaleIntensityd(keys="image", factors=float(a.get("intensity_scale", 0.1)), prob=float(a["intensity_scale_prob"])))
+    if float(a.get("intensity_shift_prob", 0.0)) > 0:
+        xs.append(T.RandShiftIntensityd(keys="image", offsets=float(a.get("intensity_shift", 0.1)), prob=float(a["intensity_shift_prob"])))
+    if float(a.get("noise_prob", 0.0)) > 0:
+        xs.append(T.RandGaussianNoised(keys="image", prob=float(a["noise_prob"]), std=float(a.get("noise_std", 0.05))))
+    return xs

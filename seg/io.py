@@ -1,0 +1,76 @@
+"""NIfTI reading with one-line errors, and atomic writing.
+
+Errors name the file and the problem. Writes go to a temporary file in the destination folder and are
+renamed into place, so an interrupted run never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+
+class NiftiError(ValueError):
+    """An input volume cannot be used; ``str(e)`` is one line naming the problem (the caller adds the path)."""
+
+
+@dataclass
+class NiftiVolume:
+    data: np.ndarray
+    affine: np.ndarray
+    header: nib.Nifti1Header
+    path: str
+
+
+def read_nifti(path: str | Path) -> NiftiVolume:
+    """Load a NIfTI volume fully (so truncation is found now, not mid-training)."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise NiftiError("file is missing")
+    if os.path.getsize(path) == 0:
+        raise NiftiError("file is empty")
+    try:
+        img = nib.load(path)
+        data = np.asanyarray(img.dataobj)
+    except (EOFError, zlib.error, OSError) as e:
+        raise NiftiError(f"unreadable or truncated ({type(e).__name__}: {e})") from None
+    except Exception as e:  # nibabel raises several types for a bad header
+        raise NiftiError(f"not a readable NIfTI file ({type(e).__name__}: {e})") from None
+    return NiftiVolume(data=data, affine=np.asarray(img.affine, dtype=np.float64), header=img.header, path=path)
+
+
+def atomic_write_bytes(path: str | Path, write_fn) -> None:
+    """Call ``write_fn(tmp_path)`` for a temporary file beside ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_nifti(img: nib.Nifti1Image, path: str | Path) -> None:
+    """Write ``img`` atomically."""
+    atomic_write_bytes(path, lambda tmp: nib.save(img, tmp))
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write a text file atomically."""
+
+    def _w(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            f.write(text)
+
+    atomic_write_bytes(path, _w)

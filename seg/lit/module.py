@@ -1,0 +1,173 @@
+"""The LightningModule: a registry network, a MONAI loss, optimiser and scheduler from config."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from monai.inferers import sliding_window_inference
+from monai.metrics import compute_dice
+from monai.networks.utils import one_hot
+
+from seg.lit.losses import SegLoss, build_loss
+from seg.nn import create_net
+
+log = logging.getLogger(__name__)
+
+
+def to_plain(x: Any) -> Any:
+    """DictConfig/ListConfig or nested mappings -> plain dict/list (safe for weights-only checkpoints)."""
+    if isinstance(x, Mapping):
+        return {str(k): to_plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)) or type(x).__name__ == "ListConfig":
+        return [to_plain(v) for v in x]
+    return x
+
+
+def metric_key(name: str) -> str:
+    return re.sub(r"[^0-9a-zA-Z]+", "_", name).strip("_").lower()
+
+
+class SegModule(pl.LightningModule):
+    """Trains a segmentation network.
+
+    Args:
+        net: ``{name, **kwargs}`` of a registered network (stored as such in checkpoints).
+        label_names: foreground label names, in class order (class 1 first).
+        loss: ``{name, include_background, batch, ...}`` for :func:`seg.lit.losses.build_loss`.
+        optimizer: a partial optimiser (Hydra ``_partial_: true``) taking the parameters.
+        scheduler: a partial LR scheduler taking the optimiser, or None.
+        deep_supervision_weights: "equal", "exp" or a list, for nets that return a list in training.
+        inferer: ``{roi_size, sw_batch_size, overlap, mode}`` for validation by sliding window.
+        compile: wrap the network's forward in ``torch.compile``.
+        channels_last: use the channels-last memory format (faster 3D convs on CPU).
+    """
+
+    def __init__(
+        self,
+        net: Mapping,
+        label_names: Sequence[str] = ("foreground",),
+        loss: Mapping | None = None,
+        optimizer: Any = None,
+        scheduler: Any = None,
+        deep_supervision_weights: str | Sequence[float] = "equal",
+        inferer: Mapping | None = None,
+        compile: bool = False,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        net = to_plain(net)
+        net.pop("_target_", None)
+        self.save_hyperparameters(
+            {
+                "net": net,
+                "label_names": list(label_names),
+                "loss": to_plain(loss or {}),
+                "deep_supervision_weights": to_plain(deep_supervision_weights),
+                "inferer": to_plain(inferer or {}),
+                "compile": compile,
+                "channels_last": channels_last,
+            }
+        )
+        kwargs = dict(net)
+        self.net = create_net(kwargs.pop("name"), **kwargs)
+        self.loss_fn = SegLoss(build_loss(**to_plain(loss or {})), to_plain(deep_supervision_weights))
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.label_names = list(label_names)
+        self.inferer = {"roi_size": None, "sw_batch_size": 2, "overlap": 0.25, "mode": "gaussian", **to_plain(inferer or {})}
+        self.channels_last = channels_last
+        self._compiled = None
+        self.dice_best = 0.0
+        self._val_sum = None
+        self._val_count = None
+
+    # -- forward --------------------------------------------------------------------------------
+    def _prep(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.as_tensor() if hasattr(x, "as_tensor") else x
+        if self.channels_last and x.ndim == 5:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        fn = self._compiled or self.net
+        return fn(self._prep(x))
+
+    def setup(self, stage: str) -> None:
+        if self.channels_last:
+            self.net.to(memory_format=torch.channels_last_3d)
+        if self.hparams.compile and self._compiled is None:
+            # not registered as a submodule: state-dict keys stay those of the plain net
+            object.__setattr__(self, "_compiled", torch.compile(self.net))
+
+    def predict_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Whole-volume logits by sliding window (Gaussian blending); eval mode returns one tensor."""
+        roi = self.inferer["roi_size"] or list(x.shape[2:])
+
+        def fwd(t: torch.Tensor) -> torch.Tensor:
+            out = self(t)
+            return out[0] if isinstance(out, (list, tuple)) else out
+
+        return sliding_window_inference(
+            self._prep(x), roi_size=roi, sw_batch_size=self.inferer["sw_batch_size"], predictor=fwd,
+            overlap=self.inferer["overlap"], mode=self.inferer["mode"],
+        )
+
+    # -- steps --------------------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        x, y = batch["image"], batch["label"]
+        y = y.as_tensor() if hasattr(y, "as_tensor") else y
+        loss = self.loss_fn(self(x), y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=x.shape[0], sync_dist=True)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        n = len(self.label_names)
+        self._val_sum = torch.zeros(n, dtype=torch.float64, device=self.device)
+        self._val_count = torch.zeros(n, dtype=torch.float64, device=self.device)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        x, y = batch["image"], batch["label"]
+        y = y.as_tensor() if hasattr(y, "as_tensor") else y
+        logits = self.predict_logits(x)
+        k = logits.shape[1]
+        self.log("val/loss", self.loss_fn(logits, y), batch_size=1, sync_dist=True)
+        pred = one_hot(logits.argmax(1, keepdim=True), k)
+        dice = compute_dice(pred, one_hot(y.long(), k), include_background=False, ignore_empty=True)  # [B, K-1]
+        valid = ~torch.isnan(dice)
+        self._val_sum += torch.where(valid, dice, 0).sum(0).double()
+        self._val_count += valid.sum(0).double()
+
+    def on_validation_epoch_end(self) -> None:
+        s, c = self._val_sum, self._val_count
+        if self.trainer.world_size > 1:  # ranks hold different cases: add sums and counts
+            s = self.all_gather(s).reshape(-1, s.numel()).sum(0)
+            c = self.all_gather(c).reshape(-1, c.numel()).sum(0)
+        per_class = torch.where(c > 0, s / c.clamp(min=1), torch.nan)
+        for name, v in zip(self.label_names, per_class):
+            self.log(f"val/dice_{metric_key(name)}", float(v), sync_dist=False)
+        mean = float(torch.nanmean(per_class)) if bool((c > 0).any()) else 0.0
+        self.log("val/dice", mean, prog_bar=True, sync_dist=False)
+        if not self.trainer.sanity_checking:
+            self.dice_best = max(self.dice_best, mean)
+        self.log("val/dice_best", self.dice_best, prog_bar=True, sync_dist=False)
+
+    # -- optimisation ---------------------------------------------------------------------------
+    def configure_optimizers(self):
+        if self.optimizer_factory is None:
+            opt = torch.optim.Adam(self.parameters(), lr=1e-3)
+        else:
+            opt = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=opt), "interval": "epoch"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["seg_dice_best"] = float(self.dice_best)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.dice_best = float(checkpoint.get("seg_dice_best", 0.0))

@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from seg.cli.train import train
+from tests.conftest import REPO, TINY, compose_train
+
+
+def _overrides(root: Path) -> list[str]:
+    return [f"data.root={root}", *TINY]
+
+
+def test_fast_dev_run_composes_real_config(synth_root, tmp_path):
+    cfg = compose_train(["debug=fast_dev_run", *_overrides(synth_root)], tmp_path)
+    metrics = train(cfg)
+    assert metrics["global_step"] == 1
+    assert (tmp_path / "config.yaml").exists()
+
+
+def test_run_folder_contents_and_resume(synth_root, tmp_path):
+    run1 = tmp_path / "run1"
+    cfg = compose_train(["trainer.max_epochs=2", *_overrides(synth_root)], run1)
+    m1 = train(cfg)
+    for rel in ("config.yaml", "metrics.json", "checkpoints/last.ckpt", "checkpoints/best.ckpt", "splits.json"):
+        assert (run1 / rel).exists(), rel
+    assert list((run1 / "tensorboard").glob("events.*"))
+    assert (run1 / "csv" / "metrics.csv").exists()
+    saved = json.loads((run1 / "metrics.json").read_text())
+    assert saved["epochs"] == 2 and 0.0 <= saved["val/dice"] <= 1.0 and "val/dice_meningioma" in saved
+    # checkpoints hold plain data: loadable with weights_only=True, net stored as {name, kwargs}
+    ck = torch.load(run1 / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ck["hyper_parameters"]["net"]["name"] == "unet"
+    assert ck["epoch"] == 1 and ck["optimizer_states"] and ck["lr_schedulers"]
+    # resume: continues from epoch 2 to 3 with the optimiser and scheduler state
+    run2 = tmp_path / "run2"
+    cfg2 = compose_train(["trainer.max_epochs=3", f"ckpt_path={run1 / 'checkpoints' / 'last.ckpt'}",
+                          f"data.splits_file={run1 / 'splits.json'}", *_overrides(synth_root)], run2)
+    m2 = train(cfg2)
+    assert m2["epochs"] == 3
+    assert m2["global_step"] == m1["global_step"] * 3 // 2
+    lr1 = ck["lr_schedulers"][0]["last_epoch"]
+    ck2 = torch.load(run2 / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ck2["lr_schedulers"][0]["last_epoch"] == lr1 + 1
+
+
+def _cli(args: list[str], **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "seg.cli.train", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_killed_mid_epoch_run_resumes_and_finishes(synth_root, tmp_path):
+    run = tmp_path / "killed"
+    args = [f"data.root={synth_root}", *TINY, "trainer.max_epochs=40", f"hydra.run.dir={run}"]
+    p = _cli(args, start_new_session=True)
+    last = run / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 240
+    while not last.exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.2)
+    assert last.exists(), p.communicate()[1][-2000:]
+    time.sleep(1.0)  # into the next epoch
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    ck = torch.load(last, weights_only=True)
+    assert ck["epoch"] < 39
+    run2 = tmp_path / "resumed"
+    q = _cli([f"data.root={synth_root}", *TINY, "trainer.max_epochs=" + str(ck["epoch"] + 3), f"ckpt_path={last}",
+              f"data.splits_file={run / 'splits.json'}", f"hydra.run.dir={run2}"])
+    out, err = q.communicate(timeout=300)
+    assert q.returncode == 0, err[-2000:]
+    assert json.loads((run2 / "metrics.json").read_text())["epochs"] == ck["epoch"] + 3
+
+
+def test_bad_dataset_stops_with_one_line_per_error(synth_copy, tmp_path):
+    (synth_copy / "labelsTr" / "synth_001.nii.gz").write_bytes(b"not a nifti")
+    p = _cli([f"data.root={synth_copy}", *TINY, f"hydra.run.dir={tmp_path / 'r'}"])
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 1
+    lines = [l for l in err.splitlines() if l.startswith("ERROR ")]
+    assert len(lines) == 1 and "labelsTr/synth_001.nii.gz" in lines[0]
+    assert "Traceback" not in err
+
+
+def test_missing_dataset_one_line(tmp_path):
+    p = _cli(["data=hippocampus", f"data.root={tmp_path / 'nope'}", f"hydra.run.dir={tmp_path / 'r'}"])
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 1 and "dataset folder does not exist" in err and "Traceback" not in err
+
+
+def test_ddp_two_cpu_processes(synth_root, tmp_path):
+    run = tmp_path / "ddp"
+    p = _cli([f"data.root={synth_root}", *TINY, "trainer=ddp", "trainer.max_epochs=2", f"hydra.run.dir={run}"])
+    out, err = p.communicate(timeout=400)
+    assert p.returncode == 0, err[-3000:]
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["epochs"] == 2
+    # 6 train cases split over 2 ranks (3 each), batch 2 with drop_last: 1 step per epoch on each rank
+    assert m["global_step"] == 2
+    assert "rank 0/2: 3 train" in err + out and "rank 1/2: 3 train" in err + out

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SEG_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """A tiny synthetic MSD dataset (8 cases, 32^3), shared read-only by the session's tests."""
+    from seg.data.synthetic import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("synth") / "ds", n=8, seed=3, shape=(32, 32, 32))
+
+
+@pytest.fixture
+def synth_copy(synth_root, tmp_path) -> Path:
+    """A private copy of the tiny dataset that a test may damage."""
+    dst = tmp_path / "ds"
+    shutil.copytree(synth_root, dst)
+    return dst
+
+
+def shared(sub: str) -> Path:
+    p = SHARED_DATA / sub
+    if not p.exists():
+        pytest.skip(f"real data not present at {p}")
+    return p
+
+
+def compose_train(overrides: list[str], output_dir: Path, config_name: str = "train"):
+    """Compose the real conf/<config_name>.yaml with overrides and a test output folder."""
+    from hydra import compose, initialize_config_dir
+
+    from seg.cli.common import CONF_DIR
+
+    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+        return compose(config_name, overrides=[f"paths.output_dir={output_dir}", *overrides])
+
+
+# overrides that make a pipeline test small: tiny net, tiny patches, no progress bar, no workers
+TINY = [
+    "model.net.filters=[4,8,16]",
+    "data.patch_size=[24,24,24]",
+    "data.num_workers=0",
+    "data.batch_size=2",
+    "data.num_folds=4",
+    "~callbacks.rich_progress_bar",
+    "trainer.enable_model_summary=false",
+    "trainer.log_every_n_steps=1",
+]

@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import gzip
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from seg.cli.check_data import main as check_main
+from seg.data.check import check_dataset, errors
+from seg.data.datalist import load_dataset
+
+
+def _save(arr, affine, path):
+    nib.save(nib.Nifti1Image(arr, affine), str(path))
+
+
+def _damage(root):
+    """Damage one case per problem kind; returns {case_id: expected message fragment}."""
+    img_dir, lab_dir = root / "imagesTr", root / "labelsTr"
+    def aff(cid):
+        return nib.load(str(img_dir / f"{cid}.nii.gz")).affine
+
+    shape = (32, 32, 32)
+    # truncated gzip
+    raw = (img_dir / "synth_000.nii.gz").read_bytes()
+    (img_dir / "synth_000.nii.gz").write_bytes(raw[: len(raw) // 2])
+    # 2D image
+    _save(np.zeros((32, 32), np.float32), aff("synth_001"), img_dir / "synth_001.nii.gz")
+    # NaN voxels
+    a = nib.load(str(img_dir / "synth_002.nii.gz")).get_fdata().astype(np.float32)
+    a[0, 0, :3] = np.nan
+    _save(a, aff("synth_002"), img_dir / "synth_002.nii.gz")
+    # label shape differs
+    _save(np.zeros((30, 32, 32), np.uint8), aff("synth_003"), lab_dir / "synth_003.nii.gz")
+    # label affine differs
+    lab = nib.load(str(lab_dir / "synth_004.nii.gz")).get_fdata().astype(np.uint8)
+    aff2 = aff("synth_004").copy()
+    aff2[0, 3] += 5.0
+    _save(lab, aff2, lab_dir / "synth_004.nii.gz")
+    # undeclared label value
+    lab5 = np.zeros(shape, np.uint8)
+    lab5[1, 1, 1] = 7
+    _save(lab5, aff("synth_005"), lab_dir / "synth_005.nii.gz")
+    # empty label: warning only
+    _save(np.zeros(shape, np.uint8), aff("synth_006"), lab_dir / "synth_006.nii.gz")
+    # missing file
+    (img_dir / "synth_007.nii.gz").unlink()
+    return {
+        "synth_000": ("imagesTr/synth_000", "truncated"),
+        "synth_001": ("imagesTr/synth_001", "is 2D"),
+        "synth_002": ("imagesTr/synth_002", "3 NaN/inf voxels"),
+        "synth_003": ("labelsTr/synth_003", "label shape [30, 32, 32] differs"),
+        "synth_004": ("labelsTr/synth_004", "label affine differs"),
+        "synth_005": ("labelsTr/synth_005", "label values [7] are not declared"),
+        "synth_007": ("imagesTr/synth_007", "file is missing"),
+    }
+
+
+def test_check_reports_every_bad_case_at_once(synth_copy):
+    expected = _damage(synth_copy)
+    problems = check_dataset(load_dataset(synth_copy))
+    errs = errors(problems)
+    for cid, (path_part, fragment) in expected.items():
+        hits = [p for p in errs if path_part in p.path and fragment in p.message]
+        assert hits, f"no error for {cid}: {fragment!r}; got {[str(p) for p in errs]}"
+    warnings = [p for p in problems if p.level == "warning"]
+    assert any("synth_006" in p.path and "empty" in p.message for p in warnings)
+    assert not any("synth_006" in p.path for p in errs)
+
+
+def test_check_cli_one_line_per_problem_and_exit_code(synth_copy, capsys):
+    expected = _damage(synth_copy)
+    code = check_main([str(synth_copy)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert len(err) == len(expected)
+    for line in err:
+        assert line.startswith("ERROR ") and str(synth_copy) in line
+
+
+def test_check_cli_clean_dataset_exits_zero(synth_root, capsys):
+    assert check_main([str(synth_root)]) == 0
+    assert "0 errors" in capsys.readouterr().out
+
+
+def test_check_cli_missing_dataset_json(tmp_path, capsys):
+    assert check_main([str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "dataset.json not found" in err and str(tmp_path) in err
+
+
+def test_check_multichannel_nnunet_channel_missing(tmp_path):
+    aff = np.diag([1.5, 1.5, 2.0, 1.0])
+    (tmp_path / "imagesTr").mkdir()
+    (tmp_path / "labelsTr").mkdir()
+    for c in ("a", "b"):
+        for ch in range(2):
+            if (c, ch) != ("b", 1):
+                _save(np.random.rand(8, 9, 10).astype(np.float32), aff, tmp_path / "imagesTr" / f"{c}_{ch:04d}.nii.gz")
+        _save(np.zeros((8, 9, 10), np.uint8), aff, tmp_path / "labelsTr" / f"{c}.nii.gz")
+    (tmp_path / "dataset.json").write_text(
+        json.dumps({"channel_names": {"0": "T1", "1": "T2"}, "labels": {"background": 0, "x": 1}, "file_ending": ".nii.gz"})
+    )
+    errs = errors(check_dataset(load_dataset(tmp_path)))
+    assert [(p.path.endswith("b_0001.nii.gz"), p.message) for p in errs] == [(True, "file is missing")]

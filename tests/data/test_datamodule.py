@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai import transforms as T
+
+from seg.data.datalist import load_dataset
+from seg.data.datamodule import SegDataModule
+from seg.data.synthetic import make_case, write_dataset
+from seg.data.transforms import deterministic_transforms
+
+
+def test_synthetic_is_deterministic_and_realistic():
+    a, b = make_case(5, 2, (32, 32, 32)), make_case(5, 2, (32, 32, 32))
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.label, b.label)
+    assert not np.array_equal(make_case(6, 2, (32, 32, 32)).image, a.image)
+    assert not np.allclose(a.affine[:3, :3], np.diag(np.diag(a.affine[:3, :3])))  # rotated, not axis-aligned
+    cases = [make_case(0, i, (48, 48, 48)) for i in range(30)]
+    counts = [len(c.lesion_ml) for c in cases]
+    assert 0 in counts and 2 in counts and 1 in counts
+    vols = [v for c in cases for v in c.lesion_ml]
+    assert min(vols) < 1.0 < 10.0 < max(vols)
+    for c in cases:
+        if c.label.any():  # enhancing lesion brighter than the rest of the head
+            assert c.image[c.label > 0].mean() > 1.2 * c.image[(c.label == 0) & (c.image > 100)].mean()
+
+
+@pytest.mark.parametrize(
+    "mode, kwargs, expected",
+    [
+        ("patch", {"patch_size": [16, 20, 24]}, (2, 1, 16, 20, 24)),
+        ("resize", {"resize_shape": [24, 16, 20]}, (2, 1, 24, 16, 20)),
+    ],
+    ids=["patch", "resize"],
+)
+def test_datamodule_batches(synth_root, tmp_path, mode, kwargs, expected):
+    dm = SegDataModule(
+        str(synth_root), mode=mode, num_workers=0, batch_size=2, num_folds=4, cache="none",
+        splits_file=str(tmp_path / "splits.json"), augment={"flip_prob": 0.5, "affine_prob": 0.5, "noise_prob": 0.5},
+        **kwargs,
+    )
+    dm.setup("fit")
+    assert len(dm.val_cases) == 2 and len(dm.train_cases) == 6
+    assert not set(dm.val_cases) & set(dm.train_cases)
+    batch = next(iter(dm.train_dataloader()))
+    assert tuple(batch["image"].shape) == expected
+    assert set(torch.unique(batch["label"]).tolist()) <= {0.0, 1.0}
+    val = next(iter(dm.val_dataloader()))
+    if mode == "resize":
+        assert tuple(val["image"].shape[2:]) == tuple(kwargs["resize_shape"])
+    else:
+        assert tuple(val["image"].shape[2:]) == (32, 32, 32)
+    assert json.loads((tmp_path / "splits.json").read_text())[0]["val"] == dm.val_cases
+
+
+def test_persistent_cache(synth_root, tmp_path):
+    dm = SegDataModule(str(synth_root), patch_size=[16, 16, 16], num_workers=0, cache="persistent",
+                       cache_dir=str(tmp_path / "cache"), num_folds=4, splits_file=str(tmp_path / "s.json"))
+    dm.setup("fit")
+    next(iter(dm.train_dataloader()))
+    assert any((tmp_path / "cache" / "train").iterdir())
+
+
+def test_orientation_zscore_and_label_remap(tmp_path):
+    """An LPS-oriented case with non-consecutive labels {0, 2, 7} comes out RAS with classes {0, 1, 2}."""
+    root = tmp_path / "ds"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    aff = np.diag([-2.0, -2.0, 3.0, 1.0])
+    img = np.random.default_rng(0).normal(100, 20, (10, 12, 8)).astype(np.float32)
+    img[0] = 0  # a zero slab: excluded from the z-score statistics
+    lab = np.zeros((10, 12, 8), np.uint8)
+    lab[1, 2, 3], lab[5, 5, 5] = 2, 7
+    nib.save(nib.Nifti1Image(img, aff), str(root / "imagesTr" / "a.nii.gz"))
+    nib.save(nib.Nifti1Image(lab, aff), str(root / "labelsTr" / "a.nii.gz"))
+    (root / "dataset.json").write_text(json.dumps({
+        "modality": {"0": "CT"}, "labels": {"0": "bg", "2": "liver", "7": "spleen"},
+        "training": [{"image": "./imagesTr/a.nii.gz", "label": "./labelsTr/a.nii.gz"}],
+    }))
+    spec = load_dataset(root)
+    out = T.Compose(deterministic_transforms(spec, "patch"))(spec.cases[0].as_dict())
+    assert np.allclose(np.sign(np.diag(out["image"].affine.numpy())[:3]), [1, 1, 1])
+    assert sorted(torch.unique(out["label"]).tolist()) == [0, 1, 2]
+    # LPS -> RAS flips x and y: voxel (1, 2, 3) of label 2 moves to (8, 9, 3) as class 1
+    assert out["label"][0, 8, 9, 3] == 1 and out["label"][0, 4, 6, 5] == 2
+    nz = out["image"][0][out["image"][0] != 0]
+    assert abs(float(nz.mean())) < 1e-4 and abs(float(nz.std()) - 1) < 1e-2

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import torch
+from functools import partial
+
+from seg.lit.losses import SegLoss, build_loss, deep_supervision_weights
+from seg.lit.module import SegModule
+
+
+def _module(**kw):
+    net = {"name": "unet", "spatial_dims": 3, "in_channels": 1, "out_channels": 3, "filters": [4, 8, 16], **kw}
+    return SegModule(net=net, label_names=["a", "b"], optimizer=partial(torch.optim.Adam, lr=1e-2),
+                     inferer={"roi_size": [16, 16, 16], "sw_batch_size": 2})
+
+
+def _batch(b=2, shape=(20, 18, 17)):
+    y = torch.zeros(b, 1, *shape)
+    y[:, :, 4:10, 4:10, 4:10] = 1
+    y[:, :, 12:16, 10:16, 8:14] = 2
+    x = y + 0.3 * torch.randn_like(y)
+    return {"image": x, "label": y}
+
+
+def test_training_steps_reduce_loss():
+    torch.manual_seed(0)
+    m = _module()
+    opt = m.configure_optimizers()
+    batch = _batch()
+    losses = []
+    for _ in range(25):
+        loss = m.training_step(batch, 0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < 0.6 * losses[0]
+
+
+def test_deep_supervision_loss_uses_every_head():
+    m = _module(deep_supervision=True)
+    out = m(_batch()["image"])
+    assert isinstance(out, list) and len(out) == 2
+    loss = m.loss_fn(out, _batch()["label"])
+    loss.backward()
+    for h in m.net.heads:
+        assert h.weight.grad is not None and h.weight.grad.abs().sum() > 0
+
+
+def test_ds_weights():
+    assert deep_supervision_weights("equal", 4) == [0.25] * 4
+    w = deep_supervision_weights("exp", 3)
+    assert abs(sum(w) - 1) < 1e-9 and w[0] == 2 * w[1] == 4 * w[2]
+    assert deep_supervision_weights([3, 1], 2) == [0.75, 0.25]
+
+
+def test_loss_variants_finite():
+    logits, y = torch.randn(2, 3, 8, 8, 8, requires_grad=True), torch.randint(0, 3, (2, 1, 8, 8, 8)).float()
+    for name in ("dice_ce", "dice", "paper_dice", "ce"):
+        loss = SegLoss(build_loss(name))(logits, y)
+        assert torch.isfinite(loss) and loss > 0
+
+
+def test_sliding_window_prediction_covers_whole_volume():
+    m = _module().eval()
+    x = _batch(1, (37, 21, 19))["image"]
+    with torch.no_grad():
+        logits = m.predict_logits(x)
+    assert logits.shape == (1, 3, 37, 21, 19)
+    assert torch.isfinite(logits).all()
