@@ -45,8 +45,11 @@ def check_before_training(spec) -> None:
         raise UserError("\n".join(str(p) for p in bad) + f"\n{len(bad)} dataset errors in {spec.root}: fix them or run seg-check-data")
 
 
-def train(cfg) -> dict:
-    """Train as ``cfg`` says; returns the run's metrics (also written to ``<run>/metrics.json``)."""
+def train(cfg, extra_callbacks: list | None = None) -> dict:
+    """Train as ``cfg`` says; returns the run's metrics (also written to ``<run>/metrics.json``).
+
+    ``extra_callbacks`` (Lightning callbacks) are added to the configured ones (benchmarks, tests).
+    """
     import pytorch_lightning as pl
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -66,6 +69,7 @@ def train(cfg) -> dict:
         check_before_training(spec)
     model = build_model(cfg, spec)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
+    callbacks += list(extra_callbacks or [])
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     if trainer.is_global_zero:

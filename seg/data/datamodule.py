@@ -35,7 +35,9 @@ class SegDataModule(pl.LightningDataModule):
         spacing: target voxel spacing in mm, or None to keep the images' own.
         orientation: axis codes to reorient to (e.g. "RAS"), or None.
         normalize: ``{mode: zscore|minmax|window|none, nonzero: bool, window: [lo, hi]}``.
-        crop_foreground: crop to the non-zero bounding box of the image.
+        crop_foreground: "none", "nonzero" (bounding box of non-zero voxels) or "head" (the paper's
+            head crop: threshold ``head_threshold`` of the range, largest component, holes filled).
+        head_threshold: threshold of the head crop, as a fraction of the intensity range.
         pos_neg: positive/negative patch ratio.
         num_samples: patches drawn per loaded volume.
         augment: probabilities and ranges (see ``conf/data/default.yaml``).
@@ -60,7 +62,8 @@ class SegDataModule(pl.LightningDataModule):
         spacing: Sequence[float] | None = None,
         orientation: str | None = "RAS",
         normalize: Mapping | None = None,
-        crop_foreground: bool = False,
+        crop_foreground: bool | str = False,
+        head_threshold: float = 0.2,
         pos_neg: Sequence[float] = (1.0, 1.0),
         num_samples: int = 1,
         augment: Mapping | None = None,
@@ -86,6 +89,7 @@ class SegDataModule(pl.LightningDataModule):
         self.orientation = orientation
         self.normalize = dict(normalize or {"mode": "zscore", "nonzero": True})
         self.crop_foreground = crop_foreground
+        self.head_threshold = head_threshold
         self.pos_neg = list(pos_neg)
         self.num_samples = num_samples
         self.augment = dict(augment or {})
@@ -131,7 +135,14 @@ class SegDataModule(pl.LightningDataModule):
             "orientation": self.orientation,
             "normalize": self.normalize,
             "crop_foreground": self.crop_foreground,
+            "head_threshold": self.head_threshold,
         }
+
+    def preprocessing_kwargs(self) -> dict:
+        """Keyword arguments of :func:`deterministic_transforms` (without ``spec``/``with_label``)."""
+        p = self.preprocessing
+        p.pop("patch_size")
+        return p
 
     def split(self) -> tuple[list[str], list[str]]:
         case_ids = [c.case_id for c in self.spec.cases]
@@ -157,9 +168,7 @@ class SegDataModule(pl.LightningDataModule):
             train = partition_dataset(train, num_partitions=world, shuffle=True, seed=self.split_seed, even_divisible=True)[rank]
             val = partition_dataset(val, num_partitions=world, shuffle=False, even_divisible=False)[rank]
             log.info("rank %d/%d: %d train and %d val cases", rank, world, len(train), len(val))
-        det = deterministic_transforms(
-            spec, self.mode, self.spacing, self.orientation, self.normalize, self.crop_foreground, self.resize_shape
-        )
+        det = deterministic_transforms(spec, with_label=True, **self.preprocessing_kwargs())
         rnd = random_transforms(self.mode, self.patch_size, self.pos_neg, self.num_samples, self.augment)
         self.train_ds = self._dataset(train, T.Compose(det + rnd), "train")
         self.val_ds = self._dataset(val, T.Compose(det), "val")

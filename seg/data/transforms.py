@@ -9,13 +9,47 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 from monai import transforms as T
+from scipy import ndimage
 
 from seg.data.datalist import DatasetSpec
 from seg.nn.layers import check_option
 
 MODES = ("patch", "resize")
 NORMALIZE = ("zscore", "minmax", "window", "none")
+CROPS = ("none", "nonzero", "head")
+
+
+class HeadMask:
+    """The AGUNet paper's head crop: threshold at ``threshold`` of the intensity range, keep the largest
+    connected component, fill holes. Used as ``CropForegroundd``'s ``select_fn`` (the bounding box of
+    this mask is the crop), so MONAI records it and can invert it.
+    """
+
+    def __init__(self, threshold: float = 0.2) -> None:
+        self.threshold = threshold
+
+    def __call__(self, img) -> np.ndarray:
+        a = np.asarray(img.detach().cpu() if hasattr(img, "detach") else img)
+        a = a.max(0) if a.ndim == 4 else a  # [C, *S]: any channel
+        lo, hi = float(a.min()), float(a.max())
+        mask = a > lo + self.threshold * (hi - lo)
+        if not mask.any():
+            return np.ones((1, *a.shape), bool)
+        lab, n = ndimage.label(mask)
+        if n > 1:
+            sizes = ndimage.sum_labels(mask, lab, index=np.arange(1, n + 1))
+            mask = lab == (1 + int(np.argmax(sizes)))
+        return ndimage.binary_fill_holes(mask)[None]
+
+
+def crop_mode(crop_foreground) -> str:
+    if crop_foreground is True:
+        return "nonzero"
+    if crop_foreground in (False, None):
+        return "none"
+    return check_option("data.crop_foreground", str(crop_foreground), CROPS)
 
 
 def _label_map(spec: DatasetSpec) -> list:
@@ -44,11 +78,15 @@ def deterministic_transforms(
     spacing: Sequence[float] | None = None,
     orientation: str | None = "RAS",
     normalize: Mapping | None = None,
-    crop_foreground: bool = False,
+    crop_foreground: bool | str = False,
     resize_shape: Sequence[int] | None = None,
     with_label: bool = True,
+    head_threshold: float = 0.2,
 ) -> list:
-    """Load -> channel first -> orientation -> spacing -> normalise -> crop -> (resize)."""
+    """Load -> channel first -> orientation -> spacing -> normalise -> crop -> (resize).
+
+    Every spatial step is one MONAI records, so :func:`seg.data.inverse.invert_to_original` can undo it.
+    """
     check_option("data.mode", mode, MODES)
     keys = ["image", "label"] if with_label else ["image"]
     interp = ["bilinear", "nearest"][: len(keys)]
@@ -60,12 +98,15 @@ def deterministic_transforms(
     if spacing:
         xs.append(T.Spacingd(keys=keys, pixdim=tuple(spacing), mode=interp))
     xs += normalize_transform(normalize or {"mode": "zscore"})
-    if crop_foreground:
+    crop = crop_mode(crop_foreground)
+    if crop == "nonzero":
         xs.append(T.CropForegroundd(keys=keys, source_key="image", allow_smaller=True))
+    elif crop == "head":
+        xs.append(T.CropForegroundd(keys=keys, source_key="image", select_fn=HeadMask(head_threshold), allow_smaller=True))
     if mode == "resize":
         if not resize_shape:
             raise ValueError("data.mode=resize needs data.resize_shape")
-        xs.append(T.Resized(keys=keys, spatial_size=tuple(resize_shape), mode=["trilinear", "nearest"][: len(keys)]))
+        xs.append(T.Resized(keys=keys, spatial_size=tuple(resize_shape), mode=["trilinear", "nearest-exact"][: len(keys)]))
     xs.append(T.EnsureTyped(keys="image", dtype="float32", track_meta=True))
     return xs
 
@@ -97,9 +138,11 @@ def random_transforms(
     if affine_p > 0:
         rot = math.radians(float(a.get("rotate_deg", 15.0)))
         scale = float(a.get("scale", 0.1))
+        shift = float(a.get("translate_vox", 0.0))
         xs.append(
             T.RandAffined(
                 keys=keys, prob=affine_p, rotate_range=(rot,) * 3, scale_range=(scale,) * 3,
+                translate_range=(shift,) * 3 if shift else None,
                 mode=["bilinear", "nearest"], padding_mode="zeros",
             )
         )

@@ -11,6 +11,8 @@ from seg.cli.common import CONF_DIR
 from seg.nn import create_net, list_nets
 
 SMALL = {
+    "agunet": {"filters": [4, 8, 16]},
+    "daunet": {"filters": [4, 8, 16], "guided": True},
     "unet": {"filters": [4, 8, 16]},
     "monai_unet": {"channels": [4, 8, 16], "num_res_units": 1},
     "monai_attention_unet": {"channels": [4, 8, 16]},
@@ -34,8 +36,9 @@ def test_forward_backward_eval(name, spatial_dims, shape):
     net = create_net(name, spatial_dims=spatial_dims, in_channels=2, out_channels=3, **SMALL[name])
     x = torch.randn(2, 2, *shape)
     y = net(x)
-    assert y.shape == (2, 3, *shape)
-    y.square().mean().backward()
+    ys = y if isinstance(y, list) else [y]  # deep supervision: a list in training
+    assert ys[0].shape == (2, 3, *shape)
+    sum(o.square().mean() for o in ys).backward()
     for pname, p in net.named_parameters():
         assert p.grad is not None, f"{name}: no gradient for {pname}"
         assert torch.isfinite(p.grad).all(), pname
@@ -53,5 +56,6 @@ def test_unknown_net_suggests():
 def test_every_net_config_instantiates(path):
     cfg = OmegaConf.load(path)
     small = SMALL.get(cfg.name, {})
-    net = instantiate(cfg, in_channels=1, out_channels=2, **small)
-    assert net(torch.randn(1, 1, 16, 16, 16)).shape == (1, 2, 16, 16, 16)
+    net = instantiate(cfg, in_channels=1, out_channels=2, **small).eval()
+    with torch.no_grad():
+        assert net(torch.randn(1, 1, 16, 16, 16)).shape == (1, 2, 16, 16, 16)

@@ -1,11 +1,21 @@
-"""The U-Net backbone of the AGUNet paper, for 2D and 3D.
+"""The U-Net family of the AGUNet paper: U-Net backbone, AGUNet, DAUNet (and DAGUNet), in 2D and 3D.
 
 Bouget et al., "Meningioma segmentation in T1-weighted MRI leveraging global context and attention
 mechanisms", Front. Radiol. 2021 (arXiv 2101.07715). Backbone from the original code: conv block =
 2 x (conv 3^d -> BN -> ReLU); encoder level = block (kept as skip) -> max-pool 2 (an axis of 4 voxels or
-fewer is not pooled); decoder level = transposed conv (k 3, stride 2) -> concat skip -> BN -> ReLU -> block;
-1x1 head. The network pads its input to the size its pooling needs and crops the output back, so it
-runs on any size (e.g. 37x50x29).
+fewer is not pooled); decoder level = transposed conv (k 3, stride 2) -> concat skip -> BN -> ReLU ->
+block; 1x1 head. Each concept of the paper is a switch, so every ablation is one flag:
+
+- ``attention_gate``: gate every skip with the upsampled decoder feature ("concat" as in the original
+  code, "add" as in Oktay et al.), F_int = half the level's filters (AGUNet).
+- ``bottleneck_attention``: position + channel attention at the bottleneck (DAUNet), or one of them.
+- ``guided``: bottleneck output upsampled to every decoder level and concatenated there (DAGUNet).
+- ``multiscale_input``: average-pooled input pyramid, conv 3^d + ReLU, concatenated at each encoder level.
+- ``deep_supervision``: a 1x1 head per decoder level; a list (full resolution first) in training, the
+  full-resolution tensor in eval.
+
+The network pads its input to the size its pooling needs and crops the output back, so it runs on any
+size (e.g. 37x50x29).
 """
 
 from __future__ import annotations
@@ -17,41 +27,42 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from seg.nn.blocks import ConvBlock, UpConv, crop_to, pad_to_multiple, pool_plan
-from seg.nn.layers import check_option, conv_layer, norm_layer, Option
+from seg.nn.blocks import AttentionGate, ConvBlock, DualAttention, UpConv, crop_to, pad_to_multiple, pool_plan
+from seg.nn.layers import Option, check_option, conv_layer, conv_transpose_layer, norm_layer
 from seg.nn.registry import register_net
 
 PAPER_FILTERS = (16, 32, 128, 256, 256)
+GATES = ("concat", "add", "none")
+BOTTLENECKS = ("none", "dual", "position", "channel")
 
 
 class DecoderLevel(nn.Module):
-    """Upsample the deeper feature, fuse it with the skip, then a conv block.
+    """Upsample the deeper feature, (gate the skip,) concatenate, conv block.
 
-    Without a gate this is the paper's order (up -> concat -> BN -> ReLU -> block). A subclass or a
-    ``gate`` module may gate the skip with the upsampled feature (AGUNet).
+    Without a gate: the paper's order up -> concat -> BN -> ReLU -> block. With a gate: up -> BN -> ReLU
+    (= g) -> gate(g, skip) -> concat[g, gated] -> block. A guide feature (DAGUNet) joins the concat.
     """
 
-    def __init__(
-        self,
-        spatial_dims: int,
-        in_channels: int,
-        skip_channels: int,
-        out_channels: int,
-        norm: str,
-        dropout: float,
-        upsample: str = "transpose",
-    ) -> None:
+    def __init__(self, spatial_dims: int, in_channels: int, skip_channels: int, out_channels: int, norm: str,
+                 dropout: float, upsample: str = "transpose", gate: str = "none", guide_channels: int = 0) -> None:
         super().__init__()
         check_option("upsample", upsample, ("transpose", "trilinear"))
+        check_option("attention_gate", gate, GATES)
         self.upsample = upsample
         if upsample == "transpose":
             self.up = UpConv(spatial_dims, in_channels, out_channels)
         else:
             self.up = conv_layer(spatial_dims, in_channels, out_channels, 1)
-        self.post_concat = nn.Sequential(
-            norm_layer(norm, spatial_dims, out_channels + skip_channels), nn.ReLU(inplace=True)
-        )
-        self.block = ConvBlock(spatial_dims, out_channels + skip_channels, out_channels, norm, dropout)
+        cat_ch = out_channels + skip_channels + guide_channels
+        if gate != "none":
+            self.up_act = nn.Sequential(norm_layer(norm, spatial_dims, out_channels), nn.ReLU(inplace=True))
+            self.gate = AttentionGate(spatial_dims, out_channels, skip_channels, max(1, out_channels // 2), gate, norm)
+            self.post_concat = nn.Identity()
+        else:
+            self.up_act = nn.Identity()
+            self.gate = None
+            self.post_concat = nn.Sequential(norm_layer(norm, spatial_dims, cat_ch), nn.ReLU(inplace=True))
+        self.block = ConvBlock(spatial_dims, cat_ch, out_channels, norm, dropout)
 
     def upsample_to(self, x: torch.Tensor, stride: Sequence[int]) -> torch.Tensor:
         if self.upsample == "transpose":
@@ -60,25 +71,57 @@ class DecoderLevel(nn.Module):
         mode = "trilinear" if x.ndim == 5 else "bilinear"
         return self.up(F.interpolate(x, size=size, mode=mode, align_corners=False))
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor, stride: Sequence[int]) -> torch.Tensor:
-        g = self.upsample_to(x, stride)
-        return self.block(self.post_concat(torch.cat([g, skip], dim=1)))
+    def forward(self, x: torch.Tensor, skip: torch.Tensor, stride: Sequence[int],
+                guide: torch.Tensor | None = None) -> torch.Tensor:
+        g = self.up_act(self.upsample_to(x, stride))
+        if self.gate is not None:
+            skip = self.gate(g, skip)
+        parts = [g, skip] if guide is None else [g, skip, guide]
+        return self.block(self.post_concat(torch.cat(parts, 1)))
+
+
+class GuideUp(nn.Module):
+    """DAGUNet: transposed conv from the bottleneck straight to a decoder level (kernel = stride = 2^k).
+
+    A 1x1 conv first reduces the bottleneck to ``reduced`` channels: a 16^3 kernel from 256 channels
+    would cost ~16 M parameters per level. Axes that were not pooled get a smaller stride; the extra
+    border is cropped centrally.
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, factor: int, reduced: int = 16) -> None:
+        super().__init__()
+        self.factor = factor
+        reduced = min(reduced, in_channels)
+        self.reduce = conv_layer(spatial_dims, in_channels, reduced, 1)
+        self.conv = conv_transpose_layer(spatial_dims, reduced, out_channels, factor, stride=factor)
+        self.spatial_dims = spatial_dims
+
+    def forward(self, x: torch.Tensor, stride: Sequence[int]) -> torch.Tensor:
+        fn = F.conv_transpose3d if self.spatial_dims == 3 else F.conv_transpose2d
+        y = fn(self.reduce(x), self.conv.weight, self.conv.bias, stride=tuple(stride))
+        target = [s * f for s, f in zip(x.shape[2:], stride)]
+        sl = tuple(slice((o - t) // 2, (o - t) // 2 + t) for o, t in zip(y.shape[2:], target))
+        return y[(slice(None), slice(None)) + sl]
 
 
 class UNet(nn.Module):
-    """The paper's U-Net backbone.
+    """The paper's U-Net with every attention concept as a switch (see the module docstring).
 
     Args:
         spatial_dims: 2 or 3.
         in_channels: input channels.
-        out_channels: classes (logits out, softmax is the loss's job).
+        out_channels: classes (logits; softmax is the loss's job).
         filters: filters per level, top to bottom (paper: 16, 32, 128, 256, 256).
         norm: "batch" (paper), "instance" or "none".
         dropout: spatial dropout after each conv block.
-        deep_supervision: in training, return a list of logits, one per decoder level, full
-            resolution first; in eval the full-resolution tensor only.
+        deep_supervision: list of logits in training (full resolution first), tensor in eval.
         upsample: "transpose" (paper) or "trilinear" (interpolation then 1x1 conv).
         min_pool_size: an axis of this many voxels or fewer is not pooled.
+        attention_gate: "concat", "add" or "none".
+        bottleneck_attention: "dual" (PAM + CAM), "position", "channel" or "none".
+        attention_dropout: dropout inside the dual-attention head (paper 0.5).
+        guided: DAGUNet's bottleneck-to-every-decoder-level connections.
+        multiscale_input: the input pyramid injected at every encoder level.
 
     Shapes: ``[B, in_channels, *S] -> [B, out_channels, *S]`` for any ``S``.
     """
@@ -94,9 +137,16 @@ class UNet(nn.Module):
         deep_supervision: bool = False,
         upsample: str = "transpose",
         min_pool_size: int = 4,
+        attention_gate: str = "none",
+        bottleneck_attention: str = "none",
+        attention_dropout: float = 0.5,
+        guided: bool = False,
+        multiscale_input: bool = False,
     ) -> None:
         super().__init__()
         check_option("norm", norm, Option.NORMS)
+        check_option("attention_gate", attention_gate, GATES)
+        check_option("bottleneck_attention", bottleneck_attention, BOTTLENECKS)
         filters = [int(f) for f in filters]
         if len(filters) < 2:
             raise ValueError(f"filters needs at least 2 levels, got {filters}")
@@ -104,57 +154,82 @@ class UNet(nn.Module):
         self.filters = filters
         self.deep_supervision = deep_supervision
         self.min_pool_size = min_pool_size
+        self.multiscale_input = multiscale_input
+        n = len(filters)
         self.encoder = nn.ModuleList()
+        self.ms_convs = nn.ModuleList()
         ch = in_channels
-        for f in filters:
-            self.encoder.append(ConvBlock(spatial_dims, ch, f, norm, dropout))
+        for i, f in enumerate(filters):
+            extra = 0
+            if multiscale_input and i > 0:
+                self.ms_convs.append(nn.Sequential(conv_layer(spatial_dims, in_channels, f, 3, padding=1), nn.ReLU(inplace=True)))
+                extra = f
+            self.encoder.append(ConvBlock(spatial_dims, ch + extra, f, norm, dropout))
             ch = f
+        if bottleneck_attention == "none":
+            self.bottleneck = nn.Identity()
+        else:
+            self.bottleneck = DualAttention(spatial_dims, filters[-1], norm, attention_dropout,
+                                            position=bottleneck_attention in ("dual", "position"),
+                                            channel=bottleneck_attention in ("dual", "channel"))
+        self.guides = nn.ModuleList()
         self.decoder = nn.ModuleList()
-        for level in reversed(range(len(filters) - 1)):
-            self.decoder.append(
-                self.make_decoder_level(level, filters[level + 1], filters[level], filters[level], norm, dropout, upsample)
-            )
-        n_heads = len(filters) - 1 if deep_supervision else 1
-        # heads[0] is full resolution; heads[i] sits on decoder level i (top = 0).
+        for level in reversed(range(n - 1)):
+            guide_ch = 0
+            if guided and level < n - 2:  # the level right under the bottleneck already gets it as input
+                guide_ch = max(4, filters[level] // 2)
+                self.guides.append(GuideUp(spatial_dims, filters[-1], guide_ch, 2 ** (n - 1 - level)))
+            self.decoder.append(DecoderLevel(spatial_dims, filters[level + 1], filters[level], filters[level], norm,
+                                             dropout, upsample, attention_gate, guide_ch))
+        self.guided = guided
+        n_heads = n - 1 if deep_supervision else 1
         self.heads = nn.ModuleList(conv_layer(spatial_dims, filters[i], out_channels, 1) for i in range(n_heads))
 
-    def make_decoder_level(self, level, in_ch, skip_ch, out_ch, norm, dropout, upsample) -> nn.Module:
-        return DecoderLevel(self.spatial_dims, in_ch, skip_ch, out_ch, norm, dropout, upsample)
-
-    def pool(self, x: torch.Tensor, factors: Sequence[int]) -> torch.Tensor:
+    def pool(self, x: torch.Tensor, factors: Sequence[int], avg: bool = False) -> torch.Tensor:
         if all(f == 1 for f in factors):
             return x
-        fn = F.max_pool3d if x.ndim == 5 else F.max_pool2d
+        if avg:
+            fn = F.avg_pool3d if x.ndim == 5 else F.avg_pool2d
+        else:
+            fn = F.max_pool3d if x.ndim == 5 else F.max_pool2d
         return fn(x, kernel_size=tuple(factors), stride=tuple(factors))
 
     def encode(self, x: torch.Tensor, plan: list[tuple[int, ...]]) -> list[torch.Tensor]:
         """Run the encoder; returns the features of every level, top first."""
         feats = []
+        inp = x
         for i, block in enumerate(self.encoder):
             if i > 0:
                 x = self.pool(x, plan[i - 1])
+                if self.multiscale_input:
+                    inp = self.pool(inp, plan[i - 1], avg=True)
+                    x = torch.cat([x, self.ms_convs[i - 1](inp)], 1)
             x = block(x)
             feats.append(x)
         return feats
 
-    def bottleneck(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         shape = tuple(x.shape[2:])
-        plan = pool_plan(shape, len(self.filters) - 1, self.min_pool_size)
+        n = len(self.filters)
+        plan = pool_plan(shape, n - 1, self.min_pool_size)
         multiple = [math.prod(p[a] for p in plan) for a in range(len(shape))]
         x = pad_to_multiple(x, multiple)
         feats = self.encode(x, plan)
-        y = self.bottleneck(feats[-1])
+        bottom = self.bottleneck(feats[-1])
+        y = bottom
+        ds = self.deep_supervision and self.training
         outs: list[torch.Tensor] = []
-        n_levels = len(self.filters)
+        guides = iter(self.guides)
         for j, dec in enumerate(self.decoder):
-            level = n_levels - 2 - j
-            y = dec(y, feats[level], plan[level])
-            if self.deep_supervision and self.training and level < len(self.heads):
+            level = n - 2 - j
+            guide = None
+            if self.guided and level < n - 2:
+                stride = [math.prod(p[a] for p in plan[level:]) for a in range(len(shape))]
+                guide = next(guides)(bottom, stride)
+            y = dec(y, feats[level], plan[level], guide)
+            if ds and level < len(self.heads):
                 outs.append(self.heads[level](y))
-        if not (self.deep_supervision and self.training):
+        if not ds:
             return crop_to(self.heads[0](y), shape)
         outs.reverse()  # full resolution first
         result = []
@@ -166,5 +241,19 @@ class UNet(nn.Module):
 
 @register_net("unet")
 def unet(**kwargs) -> UNet:
-    """The AGUNet paper's U-Net backbone (no attention)."""
+    """The AGUNet paper's U-Net backbone (no attention, by default no MS or DS)."""
     return UNet(**kwargs)
+
+
+@register_net("agunet")
+def agunet(attention_gate: str = "concat", multiscale_input: bool = True, deep_supervision: bool = True, **kwargs) -> UNet:
+    """AGUNet: attention gates on every skip, multi-scale input, deep supervision (each can be switched off)."""
+    return UNet(attention_gate=attention_gate, multiscale_input=multiscale_input, deep_supervision=deep_supervision, **kwargs)
+
+
+@register_net("daunet")
+def daunet(bottleneck_attention: str = "dual", multiscale_input: bool = True, deep_supervision: bool = True,
+           guided: bool = False, **kwargs) -> UNet:
+    """DAUNet: position + channel attention at the bottleneck; ``guided=True`` gives DAGUNet."""
+    return UNet(bottleneck_attention=bottleneck_attention, multiscale_input=multiscale_input,
+                deep_supervision=deep_supervision, guided=guided, **kwargs)

@@ -1,0 +1,147 @@
+"""Training throughput of seg-train's loop (Hydra config -> Lightning Trainer) against a plain
+PyTorch + MONAI loop on the same network, data, transforms and batch, in one process.
+
+    python scripts/bench_train.py [--steps 30] [--data synthetic|hippocampus]
+
+Prints cases/s for both, their ratio (the Lightning/Hydra overhead) and the share of step time spent
+waiting for data. Validation is off in both loops (it is not part of the loop's overhead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def plain_loop(dm, net_kwargs, loss_cfg, lr, steps, warmup):
+    from seg.lit.losses import SegLoss, build_loss
+    from seg.nn import create_net
+
+    torch.manual_seed(0)
+    net = create_net(**net_kwargs).to(memory_format=torch.channels_last_3d)
+    loss_fn = SegLoss(build_loss(**loss_cfg))
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-5)
+    net.train()
+    done, data_t, t_start = 0, 0.0, None
+    while done < steps + warmup:
+        t_fetch = time.perf_counter()
+        for batch in dm.train_dataloader():
+            t_got = time.perf_counter()
+            if done == warmup:
+                t_start, data_t = t_got, 0.0
+            elif done > warmup:
+                data_t += t_got - t_fetch
+            x = batch["image"].as_tensor().contiguous(memory_format=torch.channels_last_3d)
+            y = batch["label"].as_tensor()
+            loss = loss_fn(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            done += 1
+            t_fetch = time.perf_counter()
+            if done >= steps + warmup:
+                break
+    return time.perf_counter() - t_start, data_t
+
+
+def seg_loop(root, overrides, steps, warmup, out):
+    import pytorch_lightning as pl
+    from hydra import compose, initialize_config_dir
+
+    from seg.cli.common import CONF_DIR
+    from seg.cli.train import train
+
+    class Timer(pl.Callback):
+        def __init__(self):
+            self.t_start = None
+            self.data_t = 0.0
+            self.last_end = None
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            now = time.perf_counter()
+            step = trainer.global_step
+            if step == warmup:
+                self.t_start, self.data_t = now, 0.0
+            elif step > warmup and self.last_end is not None:
+                self.data_t += now - self.last_end
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.last_end = time.perf_counter()
+            if trainer.global_step == steps + warmup:
+                self.t_end = self.last_end
+
+    timer = Timer()
+    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+        cfg = compose("train", overrides=[f"paths.output_dir={out}", f"data.root={root}", *overrides,
+                                          f"trainer.max_steps={steps + warmup}", "trainer.limit_val_batches=0"])
+    train(cfg, extra_callbacks=[timer])
+    return timer.t_end - timer.t_start, timer.data_t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--data", choices=["synthetic", "hippocampus"], default="synthetic")
+    ap.add_argument("--repeats", type=int, default=2)
+    a = ap.parse_args()
+    torch.set_num_threads(2)
+    from omegaconf import OmegaConf
+
+    from seg.data.datamodule import SegDataModule
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
+    if a.data == "synthetic":
+        from seg.data.synthetic import write_dataset
+
+        root = write_dataset(tmp / "synth", n=16, seed=0, shape=(64, 64, 64))
+        overrides = ["experiment=synthetic_unet", "data.num_workers=1", "data.cache=cache"]
+    else:
+        root = REPO.parent / "shared" / "data" / "hippocampus"
+        if not root.exists():
+            sys.exit(f"{root} not found")
+        overrides = ["experiment=hippocampus_unet", "data.num_workers=1"]
+    overrides += ["~callbacks.rich_progress_bar", "trainer.enable_model_summary=false", "check_data=false",
+                  f"data.splits_file={tmp / 'splits.json'}"]
+    from hydra import compose, initialize_config_dir
+
+    from seg.cli.common import CONF_DIR
+
+    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+        cfg = compose("train", overrides=[f"paths.output_dir={tmp / 'x'}", f"data.root={root}", *overrides])
+    dcfg = OmegaConf.to_container(cfg.data, resolve=True)
+    dcfg.pop("_target_")
+    dm = SegDataModule(**dcfg)
+    dm.setup("fit")
+    net_kwargs = OmegaConf.to_container(cfg.model.net, resolve=True)
+    net_kwargs.pop("_target_")
+    net_kwargs.update(in_channels=dm.spec.in_channels, out_channels=dm.spec.out_channels)
+    loss_cfg = OmegaConf.to_container(cfg.model.loss, resolve=True)
+    per_step = dm.batch_size * dm.num_samples
+    rows = {"plain PyTorch+MONAI loop": [], "seg-train loop (Lightning+Hydra)": []}
+    for r in range(a.repeats):
+        rows["plain PyTorch+MONAI loop"].append(plain_loop(dm, net_kwargs, loss_cfg, cfg.model.optimizer.lr, a.steps, a.warmup))
+        rows["seg-train loop (Lightning+Hydra)"].append(seg_loop(root, overrides, a.steps, a.warmup, tmp / f"run{r}"))
+    base = None
+    print(f"\ndata={a.data} net={net_kwargs['name']} filters={net_kwargs.get('filters')} batch={dm.batch_size}x{dm.num_samples} "
+          f"patch={dm.patch_size} steps={a.steps} (best of {a.repeats}), torch threads={torch.get_num_threads()}")
+    print(f"{'loop':36s} {'s/step':>8s} {'samples/s':>10s} {'ratio':>7s} {'data share':>11s}")
+    for name, runs in rows.items():
+        t, d = min(runs)
+        sps = a.steps * per_step / t
+        if base is None:
+            base = sps
+        print(f"{name:36s} {t / a.steps:8.3f} {sps:10.2f} {sps / base:7.3f} {d / t:10.1%}")
+    print("ratio = samples/s relative to the plain loop (baseline); overhead = 1 - ratio")
+
+
+if __name__ == "__main__":
+    main()
