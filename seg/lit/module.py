@@ -13,7 +13,7 @@ from monai.inferers import sliding_window_inference
 from monai.metrics import compute_dice
 from monai.networks.utils import one_hot
 
-from seg.lit.losses import SegLoss, build_loss
+from seg.lit.losses import SegLoss
 from seg.nn import create_net
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ class SegModule(pl.LightningModule):
         optimizer: a partial optimiser (Hydra ``_partial_: true``) taking the parameters.
         scheduler: a partial LR scheduler taking the optimiser, or None.
         deep_supervision_weights: "equal", "exp" or a list, for nets that return a list in training.
+        deep_supervision_label_mode: how labels reach coarse heads: "nearest" or "area" (soft one-hot).
         inferer: ``{roi_size, sw_batch_size, overlap, mode}`` for validation by sliding window.
         compile: wrap the network's forward in ``torch.compile``.
         channels_last: use the channels-last memory format (faster 3D convs on CPU).
@@ -55,6 +56,7 @@ class SegModule(pl.LightningModule):
         optimizer: Any = None,
         scheduler: Any = None,
         deep_supervision_weights: str | Sequence[float] = "equal",
+        deep_supervision_label_mode: str = "nearest",
         inferer: Mapping | None = None,
         compile: bool = False,
         channels_last: bool = False,
@@ -68,6 +70,7 @@ class SegModule(pl.LightningModule):
                 "label_names": list(label_names),
                 "loss": to_plain(loss or {}),
                 "deep_supervision_weights": to_plain(deep_supervision_weights),
+                "deep_supervision_label_mode": deep_supervision_label_mode,
                 "inferer": to_plain(inferer or {}),
                 "compile": compile,
                 "channels_last": channels_last,
@@ -75,7 +78,7 @@ class SegModule(pl.LightningModule):
         )
         kwargs = dict(net)
         self.net = create_net(kwargs.pop("name"), **kwargs)
-        self.loss_fn = SegLoss(build_loss(**to_plain(loss or {})), to_plain(deep_supervision_weights))
+        self.loss_fn = SegLoss(to_plain(loss or {}), to_plain(deep_supervision_weights), deep_supervision_label_mode)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.label_names = list(label_names)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 from functools import partial
 
-from seg.lit.losses import SegLoss, build_loss, deep_supervision_weights
+from seg.lit.losses import SegLoss, deep_supervision_weights
 from seg.lit.module import SegModule
 
 
@@ -57,8 +57,29 @@ def test_ds_weights():
 def test_loss_variants_finite():
     logits, y = torch.randn(2, 3, 8, 8, 8, requires_grad=True), torch.randint(0, 3, (2, 1, 8, 8, 8)).float()
     for name in ("dice_ce", "dice", "paper_dice", "ce"):
-        loss = SegLoss(build_loss(name))(logits, y)
+        loss = SegLoss({"name": name})(logits, y)
         assert torch.isfinite(loss) and loss > 0
+
+
+def test_area_label_mode_soft_targets():
+    """A 1-voxel structure vanishes from a nearest-downsampled label but not from an area-averaged one."""
+    y = torch.zeros(1, 1, 8, 8, 8)
+    y[0, 0, 2, 2, 2] = 1  # MONAI resizes with nearest-exact: by 2 it keeps the odd voxels only
+    coarse = torch.zeros(1, 2, 4, 4, 4, requires_grad=True)
+    full = torch.zeros(1, 2, 8, 8, 8)
+    nearest = SegLoss({"name": "ce"}, [0.0, 1.0], "nearest")
+    area = SegLoss({"name": "ce"}, [0.0, 1.0], "area")
+    nearest([full, coarse], y).backward()
+    g_near = coarse.grad[0, 1, 1, 1, 1].item()
+    coarse.grad = None
+    area([full, coarse], y).backward()
+    g_area = coarse.grad[0, 1, 1, 1, 1].item()
+    assert g_near > 0  # nearest: the structure is gone, class 1 is pushed down there
+    assert g_area < g_near  # area: 1/8 of that voxel is class 1, the push is weaker (toward the soft target)
+    # a full-resolution head gets the exact one-hot target in both modes
+    logits = torch.randn(1, 2, 8, 8, 8)
+    torch.testing.assert_close(SegLoss({"name": "ce"}, "equal", "area")([logits], y),
+                               SegLoss({"name": "ce"}, "equal", "nearest")([logits], y))
 
 
 def test_sliding_window_prediction_covers_whole_volume():
