@@ -1,0 +1,1 @@
+"""Evaluation on whole volumes: overlap and surface metrics, the paper's detection metrics, reports."""

@@ -1,0 +1,125 @@
+"""Evaluate a folder of predicted label maps against a folder of reference label maps.
+
+Writes ``summary.json`` in the shape of nnU-Net's (``metric_per_case`` entries with ``prediction_file``,
+``reference_file`` and per-label ``metrics``; ``mean`` per label; ``foreground_mean``) plus the paper's
+detection metrics per label (patient- and object-wise, overall and per volume bin).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from seg.data.datalist import case_id_from_path
+from seg.eval.detection import case_detection, summarize, summarize_by_volume
+from seg.eval.metrics import case_metrics
+from seg.io import NiftiError, read_nifti, write_text
+
+log = logging.getLogger(__name__)
+GRID_TOL = 1e-3
+
+
+class EvalError(ValueError):
+    pass
+
+
+def _nifti_files(folder: Path) -> dict[str, Path]:
+    return {case_id_from_path(p): p for p in sorted(folder.iterdir()) if p.name.endswith((".nii.gz", ".nii"))}
+
+
+def evaluate_case(pred_path: str, ref_path: str, labels: Mapping[int, str], surface: bool = True,
+                  tolerance_mm: float = 2.0, overlap: float = 0.1, min_voxels: int = 50) -> dict:
+    """All metrics of one case; raises :class:`EvalError` naming the file on a grid mismatch."""
+    try:
+        pred, ref = read_nifti(pred_path), read_nifti(ref_path)
+    except NiftiError as e:
+        raise EvalError(f"{pred_path} / {ref_path}: {e}") from None
+    p, r = np.squeeze(pred.data), np.squeeze(ref.data)
+    if p.shape != r.shape:
+        raise EvalError(f"{pred_path}: shape {list(p.shape)} differs from the reference's {list(r.shape)} ({ref_path})")
+    if not np.allclose(pred.affine, ref.affine, atol=GRID_TOL):
+        raise EvalError(f"{pred_path}: affine differs from the reference's ({ref_path})")
+    spacing = [float(x) for x in ref.header.get_zooms()[:3]]
+    p, r = np.rint(p).astype(np.int64), np.rint(r).astype(np.int64)
+    metrics = case_metrics(p, r, spacing, labels, surface, tolerance_mm)
+    detection = {}
+    for i in sorted(labels):
+        if i:
+            d = case_detection(case_id_from_path(ref_path), p == i, r == i, spacing, overlap, min_voxels)
+            detection[str(i)] = d
+    return {"prediction_file": str(pred_path), "reference_file": str(ref_path), "metrics": metrics,
+            "_detection": detection}
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    v = [x for x in values if x is not None and not math.isnan(x) and not math.isinf(x)]
+    if not v:
+        return math.nan, math.nan
+    return float(np.mean(v)), float(np.std(v))
+
+
+def aggregate(per_case: list[dict], labels: Mapping[int, str], bins: Sequence[float] = (3.0,)) -> dict:
+    """Means (and standard deviations) per label, foreground mean, detection summaries."""
+    keys = [str(i) for i in sorted(labels) if i]
+    metric_names = sorted({m for c in per_case for k in keys for m in c["metrics"].get(k, {})})
+    mean, std = {}, {}
+    for k in keys:
+        mean[k], std[k] = {}, {}
+        for m in metric_names:
+            mean[k][m], std[k][m] = _mean_std([c["metrics"][k].get(m) for c in per_case])
+    fg = {m: _mean_std([mean[k][m] for k in keys])[0] for m in metric_names}
+    detection = {}
+    for k in keys:
+        dets = [c["_detection"][k] for c in per_case]
+        detection[k] = {"overall": summarize(dets), "by_volume": summarize_by_volume(dets, bins)}
+    return {"mean": mean, "std": std, "foreground_mean": fg, "detection": detection}
+
+
+def _clean(x):
+    """JSON-safe: NaN/inf -> None."""
+    if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
+        return None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_clean(v) for v in x]
+    return x
+
+
+def evaluate_folders(pred_dir: str | Path, label_dir: str | Path, labels: Mapping[int, str] | None = None,
+                     output: str | Path | None = None, surface: bool = True, tolerance_mm: float = 2.0,
+                     bins: Sequence[float] = (3.0,), workers: int | None = None) -> dict:
+    """Evaluate every prediction in ``pred_dir`` that has a reference of the same name in ``label_dir``."""
+    pred_dir, label_dir = Path(pred_dir), Path(label_dir)
+    for d in (pred_dir, label_dir):
+        if not d.is_dir():
+            raise EvalError(f"{d}: folder does not exist")
+    preds, refs = _nifti_files(pred_dir), _nifti_files(label_dir)
+    common = sorted(set(preds) & set(refs))
+    if not common:
+        raise EvalError(f"{pred_dir}: no prediction has a reference of the same name in {label_dir}")
+    missing = sorted(set(refs) - set(preds))
+    if missing:
+        log.warning("%d references have no prediction (not evaluated): %s", len(missing), ", ".join(missing[:10]))
+    if labels is None:
+        ids = set()
+        for c in common:
+            ids |= set(np.unique(np.rint(np.asanyarray(read_nifti(refs[c]).data))).astype(int).tolist())
+        labels = {i: str(i) for i in sorted(ids | {0})}
+    workers = workers or min(4, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:
+        per_case = list(pool.map(lambda c: evaluate_case(str(preds[c]), str(refs[c]), labels, surface, tolerance_mm), common))
+    summary = aggregate(per_case, labels, bins)
+    summary["labels"] = {str(k): v for k, v in labels.items()}
+    summary["metric_per_case"] = [{k: v for k, v in c.items() if k != "_detection"} for c in per_case]
+    summary = _clean(summary)
+    if output:
+        write_text(Path(output) / "summary.json", json.dumps(summary, indent=1))
+    return summary
