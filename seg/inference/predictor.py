@@ -1,0 +1,146 @@
+"""Predict one case: the training pre-processing, the network(s), and the exact inverse.
+
+Shared by out-of-fold validation predictions (k-fold) and ``seg-predict``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn as nn
+from monai import transforms as T
+from monai.inferers import sliding_window_inference
+
+from seg.data.datalist import DatasetSpec
+from seg.data.inverse import invert_to_original
+from seg.data.transforms import deterministic_transforms
+from seg.io import save_nifti
+from seg.nn.utils import prepare_for_inference
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prediction:
+    probabilities: torch.Tensor  # [K, *S] on the input's grid, float32
+    labels: np.ndarray  # [*S] uint8 label ids (the dataset's own ids) on the input's grid
+    reference: nib.Nifti1Image  # the input (first channel), whose grid the outputs share
+    seconds: dict = field(default_factory=dict)  # per stage
+
+
+class Predictor:
+    """Turns NIfTI input(s) of one case into probabilities and a label map on the input's own grid.
+
+    Args:
+        nets: one network per fold (ensembled by mean softmax).
+        labels: label id -> name (background 0 included), in class order.
+        channel_names: input channel names.
+        preprocessing: the data options the nets were trained with (``mode``, ``spacing``, ...).
+        roi_size: sliding-window size (patch mode); resize mode runs the whole resized volume.
+        overlap: sliding-window overlap (Gaussian blending).
+        sw_batch_size: windows per forward.
+        tta: average over all axis mirrorings (8 in 3D).
+        device: torch device.
+        threshold: for two-class models, foreground where its probability >= threshold (None: argmax).
+    """
+
+    def __init__(self, nets: Sequence[nn.Module], labels: Mapping[int, str], channel_names: Sequence[str],
+                 preprocessing: Mapping, roi_size: Sequence[int] | None = None, overlap: float = 0.5,
+                 sw_batch_size: int = 2, tta: bool = False, device: str | torch.device = "cpu",
+                 threshold: float | None = None) -> None:
+        self.device = torch.device(device)
+        self.nets = [prepare_for_inference(n, channels_last=True).to(self.device) for n in nets]
+        self.label_ids = sorted(labels)
+        self.spec = DatasetSpec(root=".", layout="msd", channel_names=list(channel_names), labels=dict(labels))
+        pre = dict(preprocessing)
+        pre.pop("patch_size", None)
+        self.mode = pre.get("mode", "patch")
+        self.transform = T.Compose(deterministic_transforms(self.spec, with_label=False, **pre))
+        self.roi_size = list(roi_size) if roi_size else None
+        self.overlap = overlap
+        self.sw_batch_size = sw_batch_size
+        self.tta = tta
+        self.threshold = threshold
+
+    def _forward(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        def run(t: torch.Tensor) -> torch.Tensor:
+            out = net(t.contiguous(memory_format=torch.channels_last_3d) if t.ndim == 5 else t)
+            return out[0] if isinstance(out, (list, tuple)) else out
+
+        if self.mode == "resize" or not self.roi_size:
+            return run(x)
+        return sliding_window_inference(x, self.roi_size, self.sw_batch_size, run, overlap=self.overlap, mode="gaussian")
+
+    @torch.inference_mode()
+    def probabilities(self, image: torch.Tensor) -> torch.Tensor:
+        """Mean softmax over nets (and mirrorings) on the pre-processed grid: ``[C, *S'] -> [K, *S']``."""
+        x = image.as_tensor() if hasattr(image, "as_tensor") else image
+        x = x[None].to(self.device, torch.float32)
+        spatial = list(range(2, x.ndim))
+        flips = [()] + [c for r in range(1, len(spatial) + 1) for c in itertools.combinations(spatial, r)] if self.tta else [()]
+        acc = None
+        for net in self.nets:
+            for f in flips:
+                xi = torch.flip(x, f) if f else x
+                p = torch.softmax(self._forward(net, xi).float(), 1)
+                p = torch.flip(p, f) if f else p
+                acc = p if acc is None else acc + p
+        return (acc / (len(self.nets) * len(flips)))[0].cpu()
+
+    def labels_from(self, prob: torch.Tensor) -> np.ndarray:
+        """Class probabilities ``[K, *S]`` -> label ids ``[*S]`` (uint8)."""
+        if self.threshold is not None and prob.shape[0] == 2:
+            cls = (prob[1] >= self.threshold).to(torch.int64)
+        else:
+            cls = prob.argmax(0)
+        lut = torch.tensor(self.label_ids, dtype=torch.int64)
+        return lut[cls].numpy().astype(np.uint8)
+
+    def predict(self, image_paths: str | Sequence[str]) -> Prediction:
+        """Predict one case from its channel file(s)."""
+        t = {"start": time.perf_counter()}
+        paths = [image_paths] if isinstance(image_paths, str) else list(image_paths)
+        data = self.transform({"image": paths[0] if len(paths) == 1 else paths})
+        image = data["image"]
+        t["preprocess"] = time.perf_counter()
+        prob = self.probabilities(image)
+        t["infer"] = time.perf_counter()
+        prob_orig = invert_to_original(prob, image, self.transform).as_tensor().float()
+        t["invert"] = time.perf_counter()
+        ref = nib.load(paths[0])
+        if tuple(prob_orig.shape[1:]) != tuple(ref.shape[:3]):
+            raise RuntimeError(f"{paths[0]}: inverted prediction has shape {list(prob_orig.shape[1:])}, input {list(ref.shape[:3])}")
+        labels = self.labels_from(prob_orig)
+        t["labels"] = time.perf_counter()
+        names = ["preprocess", "infer", "invert", "labels"]
+        prev = t["start"]
+        secs = {}
+        for n in names:
+            secs[n] = t[n] - prev
+            prev = t[n]
+        return Prediction(prob_orig, labels, ref, secs)
+
+
+def mask_image(labels: np.ndarray, reference: nib.Nifti1Image) -> nib.Nifti1Image:
+    """A uint8 label image on exactly the reference's grid: its affine, qform/sform and codes."""
+    hdr = reference.header.copy()
+    hdr.set_data_dtype(np.uint8)
+    hdr.set_slope_inter(1.0, 0.0)
+    if len(hdr.get_data_shape()) > 3:
+        hdr.set_data_shape(hdr.get_data_shape()[:3])
+    img = nib.Nifti1Image(labels.astype(np.uint8), reference.affine, header=hdr)
+    img.set_qform(reference.get_qform(), code=int(reference.header["qform_code"]))
+    img.set_sform(reference.get_sform(), code=int(reference.header["sform_code"]))
+    return img
+
+
+def save_mask(labels: np.ndarray, reference: nib.Nifti1Image, path) -> None:
+    """Write a label map atomically on the reference's grid."""
+    save_nifti(mask_image(labels, reference), path)
