@@ -1,0 +1,1 @@
+"""K-fold cross-validation: splits, fold training, out-of-fold predictions, evaluation, model bundle."""

@@ -1,0 +1,183 @@
+"""Evaluation of a CV run's out-of-fold predictions and its reports.
+
+``cv_summary.json`` follows nnU-Net's ``summary.json`` (``metric_per_case`` with ``prediction_file``,
+``reference_file`` and per-label ``metrics``; ``mean``; ``foreground_mean``) and adds ``fold`` to each
+case, ``per_fold`` means, the paper's detection metrics (overall and per volume bin) and the threshold
+scan. ``results.csv`` has one row per case and label; ``report.md`` the paper's table; ``figures/`` PNGs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+
+from seg.eval.detection import threshold_scan
+from seg.eval.evaluate import _clean, _mean_std, aggregate, evaluate_case
+from seg.io import atomic_write_bytes, write_text
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_cv(run_dir: Path, spec, folds: list[int], cv) -> dict:
+    by_id = spec.by_id()
+    labels = spec.labels
+    per_case, prob_cases = [], []
+    for k in folds:
+        vdir = run_dir / f"fold_{k}" / "validation"
+        for cid in json.loads((run_dir / f"fold_{k}" / "done.json").read_text())["val_cases"]:
+            c = evaluate_case(str(vdir / f"{cid}.nii.gz"), by_id[cid].label, labels, bool(cv.get("surface_metrics", True)),
+                              float(cv.get("tolerance_mm", 2.0)), float(cv.get("overlap_threshold", 0.1)),
+                              int(cv.get("min_object_voxels", 50)))
+            c["fold"] = k
+            c["case_id"] = cid
+            per_case.append(c)
+            prob = vdir / f"{cid}_prob.npz"
+            if prob.exists() and len(labels) == 2:
+                import nibabel as nib
+
+                ref = nib.load(by_id[cid].label)
+                prob_cases.append((cid, np.load(prob)["prob"].astype(np.float32), np.asanyarray(ref.dataobj) > 0,
+                                   ref.header.get_zooms()[:3]))
+    bins = list(cv.get("volume_bins", [3.0]))
+    summary = aggregate(per_case, labels, bins)
+    summary["labels"] = {str(k): v for k, v in labels.items()}
+    summary["per_fold"] = {}
+    for k in folds:
+        sel = [c for c in per_case if c["fold"] == k]
+        summary["per_fold"][str(k)] = {"n": len(sel), **{kk: vv for kk, vv in aggregate(sel, labels, bins).items() if kk in ("mean", "foreground_mean")}}
+    fold_dice = [summary["per_fold"][str(k)]["foreground_mean"].get("Dice") for k in folds]
+    summary["fold_dice_mean"], summary["fold_dice_std"] = _mean_std(fold_dice)
+    summary["threshold"] = None
+    if prob_cases:
+        best, table = threshold_scan(prob_cases, overlap=float(cv.get("overlap_threshold", 0.1)),
+                                     min_voxels=int(cv.get("min_object_voxels", 50)))
+        summary["threshold"], summary["threshold_scan"] = best, table
+    summary["metric_per_case"] = [{k: v for k, v in c.items() if k != "_detection"} for c in per_case]
+    summary = _clean(summary)
+    write_text(run_dir / "cv_summary.json", json.dumps(summary, indent=1))
+    write_results_csv(run_dir / "results.csv", summary)
+    figures = write_figures(run_dir / "figures", summary, per_case, by_id, int(cv.get("worst_cases", 3)))
+    write_text(run_dir / "report.md", report_markdown(summary, figures))
+    return summary
+
+
+def write_results_csv(path: Path, summary: dict) -> None:
+    names = ["Dice", "IoU", "HD95", "ASD", "SurfaceDice", "ref_ml", "pred_ml"]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["fold", "case", "label", *names])
+    for c in summary["metric_per_case"]:
+        for lab, m in c["metrics"].items():
+            w.writerow([c["fold"], c["case_id"], summary["labels"][lab], *[m.get(n) for n in names]])
+    write_text(path, buf.getvalue())
+
+
+def _fmt(x, pct: bool = True) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{100 * x:.1f}" if pct else f"{x:.2f}"
+
+
+def report_markdown(s: dict, figures: list[str]) -> str:
+    lines = ["# Cross-validation report", "",
+             f"{len(s['metric_per_case'])} out-of-fold cases in {len(s['per_fold'])} folds; "
+             f"fold-mean foreground Dice {_fmt(s.get('fold_dice_mean'))} +- {_fmt(s.get('fold_dice_std'))} (%).", ""]
+    if s.get("threshold") is not None:
+        lines += [f"Operating point (max of (Dice-TP + patient recall)/2 over thresholds 0.1..1.0): **{s['threshold']:.1f}** "
+                  "(the tables below use the argmax masks).", ""]
+    lines += ["## Detection (the paper's form, %)", "",
+              "| label | bin | cases | Dice | Dice-TP | P-recall | P-precision | P-F1 | O-recall | O-precision | O-F1 |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for lab, d in s["detection"].items():
+        rows = [("all", d["overall"])] + list(d["by_volume"].items())
+        for b, r in rows:
+            lines.append(f"| {s['labels'][lab]} | {b} | {r['n_positive']} | {_fmt(r['Dice'])} | {_fmt(r['Dice-TP'])} | "
+                         f"{_fmt(r['patient_recall'])} | {_fmt(r['patient_precision'])} | {_fmt(r['patient_f1'])} | "
+                         f"{_fmt(r['object_recall'])} | {_fmt(r['object_precision'])} | {_fmt(r['object_f1'])} |")
+    lines += ["", "## Per label (mean +- std over cases)", "", "| label | Dice % | HD95 mm | ASD mm | surface Dice % |", "|---|---|---|---|---|"]
+    for lab, m in s["mean"].items():
+        sd = s["std"][lab]
+        lines.append(f"| {s['labels'][lab]} | {_fmt(m.get('Dice'))} +- {_fmt(sd.get('Dice'))} | {_fmt(m.get('HD95'), False)} +- "
+                     f"{_fmt(sd.get('HD95'), False)} | {_fmt(m.get('ASD'), False)} | {_fmt(m.get('SurfaceDice'))} |")
+    lines += ["", "## Per fold (foreground mean Dice %)", "", "| fold | cases | Dice |", "|---|---|---|"]
+    for k, f in s["per_fold"].items():
+        lines.append(f"| {k} | {f['n']} | {_fmt(f['foreground_mean'].get('Dice'))} |")
+    if figures:
+        lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
+    return "\n".join(lines) + "\n"
+
+
+def _save_fig(fig, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    atomic_write_bytes(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
+
+
+def write_figures(fig_dir: Path, s: dict, per_case: list[dict], by_id: dict, worst: int) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import nibabel as nib
+
+    out = []
+    labs = list(s["labels"])[1:]
+    # Dice against label volume, the < 3 ml region marked
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for lab in labs:
+        pts = [(c["metrics"][lab]["ref_ml"], c["metrics"][lab]["Dice"]) for c in per_case
+               if c["metrics"][lab]["ref_ml"] > 0 and not math.isnan(c["metrics"][lab]["Dice"])]
+        if pts:
+            ax.scatter(*zip(*pts), s=12, label=s["labels"][lab])
+    ax.axvspan(0, 3, color="grey", alpha=0.15, label="< 3 ml")
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlabel("label volume (ml)")
+    ax.set_ylabel("Dice")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=7)
+    _save_fig(fig, fig_dir / "dice_vs_volume.png")
+    plt.close(fig)
+    out.append("figures/dice_vs_volume.png")
+    # per-fold box plots
+    folds = sorted({c["fold"] for c in per_case})
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    data = [[np.nanmean([c["metrics"][lab]["Dice"] for lab in labs]) for c in per_case if c["fold"] == k] for k in folds]
+    ax.boxplot([[v for v in d if not math.isnan(v)] or [0] for d in data], tick_labels=[str(k) for k in folds])
+    ax.set_xlabel("fold")
+    ax.set_ylabel("foreground Dice per case")
+    _save_fig(fig, fig_dir / "dice_per_fold.png")
+    plt.close(fig)
+    out.append("figures/dice_per_fold.png")
+    # overlays of the worst cases (lowest mean foreground Dice among cases with a label)
+    scored = [(np.nanmean([c["metrics"][lab]["Dice"] for lab in labs]), c) for c in per_case
+              if any(c["metrics"][lab]["ref_ml"] > 0 for lab in labs)]
+    scored = [x for x in scored if not math.isnan(x[0])]
+    for dice, c in sorted(scored, key=lambda x: x[0])[:worst]:
+        img = np.asanyarray(nib.load(by_id[c["case_id"]].images[0]).dataobj).astype(np.float32)
+        img = img[..., 0] if img.ndim == 4 else img
+        ref = np.asanyarray(nib.load(c["reference_file"]).dataobj)
+        pred = np.asanyarray(nib.load(c["prediction_file"]).dataobj)
+        centre = [int(round(x)) for x in np.argwhere(ref > 0).mean(0)]
+        fig, axes = plt.subplots(1, 3, figsize=(9, 3.2))
+        for ax, axis, name in zip(axes, range(3), ["axis 0", "axis 1", "axis 2"]):
+            sl = [slice(None)] * 3
+            sl[axis] = centre[axis]
+            ax.imshow(np.rot90(img[tuple(sl)]), cmap="gray")
+            if (ref[tuple(sl)] > 0).any():
+                ax.contour(np.rot90(ref[tuple(sl)] > 0), [0.5], colors="lime", linewidths=0.8)
+            if (pred[tuple(sl)] > 0).any():
+                ax.contour(np.rot90(pred[tuple(sl)] > 0), [0.5], colors="red", linewidths=0.8)
+            ax.set_title(name, fontsize=8)
+            ax.axis("off")
+        fig.suptitle(f"{c['case_id']} (fold {c['fold']}): Dice {dice:.3f}; green reference, red prediction", fontsize=9)
+        name = f"figures/worst_{c['case_id']}.png"
+        _save_fig(fig, fig_dir.parent / name)
+        plt.close(fig)
+        out.append(name)
+    return out

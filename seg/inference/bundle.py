@@ -1,0 +1,111 @@
+"""The self-contained model bundle: ``model.yaml`` + ``fold_<k>/weights.pt``.
+
+``model.yaml`` holds the network's registry name and kwargs, label ids and names, input channels, the
+pre-processing (its inverse is derived from it), patch/whole-volume mode, sliding-window settings, the
+probability threshold and the folds. Weights are plain state dicts, loaded with ``weights_only=True``.
+Nothing is pickled: moving a class breaks no bundle.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from seg.io import atomic_write_bytes, write_text
+from seg.nn import create_net
+
+FORMAT = "seg-model/1"
+
+
+class BundleError(ValueError):
+    pass
+
+
+@dataclass
+class Bundle:
+    root: Path
+    meta: dict
+
+    @property
+    def folds(self) -> list[int]:
+        return [int(f) for f in self.meta["folds"]]
+
+    @property
+    def labels(self) -> dict[int, str]:
+        return {int(k): str(v) for k, v in self.meta["labels"].items()}
+
+    def load_nets(self, folds: Sequence[int] | None = None, device: str = "cpu") -> list[torch.nn.Module]:
+        """One network per fold, weights loaded with ``weights_only=True``."""
+        folds = self.folds if folds is None else list(folds)
+        unknown = sorted(set(folds) - set(self.folds))
+        if unknown:
+            raise BundleError(f"{self.root / 'model.yaml'}: folds {unknown} not in the bundle (has {self.folds})")
+        net_cfg = dict(self.meta["net"])
+        name = net_cfg.pop("name")
+        nets = []
+        for k in folds:
+            path = self.root / f"fold_{k}" / "weights.pt"
+            if not path.is_file():
+                raise BundleError(f"{path}: weights missing")
+            state = torch.load(path, map_location=device, weights_only=True)
+            net = create_net(name, **net_cfg)
+            net.load_state_dict(state)
+            nets.append(net.eval())
+        return nets
+
+
+def write_bundle_meta(root: str | Path, net: Mapping, labels: Mapping[int, str], channel_names: Sequence[str],
+                      preprocessing: Mapping, inferer: Mapping, folds: Sequence[int], threshold: float | None = None,
+                      extra: Mapping | None = None) -> Path:
+    """Write ``model.yaml`` (atomically)."""
+    root = Path(root)
+    meta = {
+        "format": FORMAT,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "net": dict(net),
+        "labels": {int(k): str(v) for k, v in labels.items()},
+        "channel_names": list(channel_names),
+        "preprocessing": dict(preprocessing),
+        "inverse": "undo the recorded spatial steps in reverse: resize, crop (paste into the box), resampling, "
+                   "orientation (seg.data.inverse.invert_to_original)",
+        "inferer": dict(inferer),
+        "threshold": threshold,
+        "folds": sorted(int(f) for f in folds),
+        **(dict(extra) if extra else {}),
+    }
+    write_text(root / "model.yaml", yaml.safe_dump(meta, sort_keys=False))
+    return root / "model.yaml"
+
+
+def save_weights(state_dict: Mapping[str, torch.Tensor], path: str | Path) -> None:
+    """Save a plain state dict atomically."""
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, buf)
+    atomic_write_bytes(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
+
+
+def load_bundle(root: str | Path) -> Bundle:
+    root = Path(root)
+    path = root / "model.yaml"
+    if not path.is_file():
+        raise BundleError(f"{path}: not a seg model bundle (model.yaml missing)")
+    try:
+        meta = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise BundleError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise BundleError(f"{path}: unknown bundle format {meta.get('format') if isinstance(meta, dict) else None!r}")
+    return Bundle(root, meta)
+
+
+def net_state_from_checkpoint(ckpt_path: str | Path) -> tuple[dict, dict]:
+    """The network's state dict and ``{name, kwargs}`` from a Lightning checkpoint (weights only)."""
+    ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    state = {k[len("net."):]: v for k, v in ck["state_dict"].items() if k.startswith("net.")}
+    return state, dict(ck["hyper_parameters"]["net"])

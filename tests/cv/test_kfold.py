@@ -1,0 +1,103 @@
+"""K-fold: a 2-fold CV on synthetic data end to end, resume skip, the bundle, launcher configs."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from seg.cv.kfold import kfold
+from seg.inference.bundle import load_bundle
+from tests.conftest import TINY, compose_train
+
+
+def _cfg(root, run, extra=()):
+    return compose_train([f"data.root={root}", *[o for o in TINY if not o.startswith("data.num_folds")],
+                          "cv.folds=2", "trainer.max_epochs=2", f"cv.run_dir={run}", "cv.worst_cases=1", *extra],
+                         run, config_name="kfold")
+
+
+def test_two_fold_cv_end_to_end_and_resume(synth_root, tmp_path):
+    run = tmp_path / "cv"
+    s = kfold(_cfg(synth_root, run))
+    splits = json.loads((run / "splits.json").read_text())
+    assert len(splits) == 2
+    val_all = sorted(splits[0]["val"] + splits[1]["val"])
+    assert val_all == sorted(p.name[:-7] for p in (synth_root / "labelsTr").iterdir())
+    # out-of-fold predictions on the original grids
+    for k in (0, 1):
+        for cid in splits[k]["val"]:
+            pred = nib.load(str(run / f"fold_{k}" / "validation" / f"{cid}.nii.gz"))
+            ref = nib.load(str(synth_root / "labelsTr" / f"{cid}.nii.gz"))
+            assert pred.shape == ref.shape and np.allclose(pred.affine, ref.affine)
+    # summary in nnU-Net's shape, one entry per case, with the fold
+    cs = json.loads((run / "cv_summary.json").read_text())
+    assert len(cs["metric_per_case"]) == 8
+    e = cs["metric_per_case"][0]
+    assert {"prediction_file", "reference_file", "metrics", "fold"} <= set(e) and "Dice" in e["metrics"]["1"]
+    assert set(cs["per_fold"]) == {"0", "1"} and "overall" in cs["detection"]["1"]
+    assert cs["threshold"] is not None and len(cs["threshold_scan"]) == 10
+    assert (run / "results.csv").read_text().count("\n") == 1 + 8
+    report = (run / "report.md").read_text()
+    assert "Dice-TP" in report and "< 3 ml" in report
+    for f in ("dice_vs_volume.png", "dice_per_fold.png"):
+        assert (run / "figures" / f).stat().st_size > 1000
+    assert list((run / "figures").glob("worst_*.png"))
+    # the bundle: model.yaml + plain state dicts
+    b = load_bundle(run / "model")
+    assert b.folds == [0, 1] and b.labels == {0: "background", 1: "meningioma"}
+    assert b.meta["net"]["name"] == "unet" and b.meta["net"]["in_channels"] == 1
+    w = torch.load(run / "model" / "fold_0" / "weights.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in w.values())
+    nets = b.load_nets()
+    assert len(nets) == 2
+    # resume: finished folds are skipped (nothing retrained), the summary is rebuilt
+    mtime = (run / "fold_0" / "done.json").stat().st_mtime
+    s2 = kfold(_cfg(synth_root, run))
+    assert (run / "fold_0" / "done.json").stat().st_mtime == mtime
+    assert s2["fold_dice_mean"] == pytest.approx(s["fold_dice_mean"])
+
+
+def test_overlapping_splits_file_is_an_error(synth_root, tmp_path):
+    from seg.data.splits import SplitError
+
+    run = tmp_path / "cv"
+    run.mkdir()
+    (run / "splits.json").write_text(json.dumps([{"train": ["synth_000", "synth_001"], "val": ["synth_001"]}]))
+    with pytest.raises(SplitError, match="both train and val"):
+        kfold(_cfg(synth_root, run))
+
+
+def test_slurm_launcher_config_gives_submitit_parameters(tmp_path, monkeypatch):
+    """The SLURM path cannot run here: check its composed config turns into the right submitit parameters."""
+    submitit = pytest.importorskip("submitit")
+    from hydra import compose, initialize_config_dir
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from omegaconf import OmegaConf
+
+    from seg.cli.common import CONF_DIR
+
+    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+        hc = compose("kfold", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+                                         "hydra.launcher.tasks_per_node=4", "hydra.launcher.gpus_per_node=4",
+                                         f"paths.output_dir={tmp_path}"], return_hydra_config=True)
+    params = OmegaConf.to_container(hc.hydra.launcher, resolve=False)
+    assert params["_target_"].endswith("SlurmLauncher")
+    # as the plugin's launcher does: generic keys stay, the rest get the "slurm_" prefix
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    skip = {"_target_", "submitit_folder", "max_num_timeout", "setup", "name"}  # init keys, as the plugin splits them
+    import submitit.slurm.slurm as sl
+
+    monkeypatch.setattr(sl.shutil, "which", lambda name: f"/usr/bin/{name}")  # no cluster here: pretend srun exists
+    ex = submitit.AutoExecutor(folder=str(tmp_path / "sub"), cluster="slurm", slurm_max_num_timeout=params["max_num_timeout"])
+    ex.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items() if k not in skip and v is not None})
+    p = ex._executor.parameters
+    assert p["ntasks_per_node"] == 4 and p["gpus_per_node"] == 4 and p["partition"] == "gpu"
+    assert p["time"] == 1440 and p["cpus_per_task"] == 8 and p["mem"] == "32GB"
+    assert ex._executor.parameters["array_parallelism"] == 5
+    sbatch = ex._executor._make_submission_file_text("python -m seg.cli.kfold", "123")
+    for line in ("#SBATCH --ntasks-per-node=4", "#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=4", "#SBATCH --time=1440"):
+        assert line in sbatch
