@@ -133,3 +133,27 @@ def test_seg_eval_cli_on_folders(tmp_path, capsys):
     assert main(["-p", str(tmp_path / "pred"), "-l", str(tmp_path / "ref"), "--no-surface"]) == 1
     err = capsys.readouterr().err
     assert "c1.nii.gz" in err and "differs" in err
+
+
+def test_compare_paired_wilcoxon(tmp_path, capsys):
+    import json
+
+    from scipy.stats import wilcoxon
+
+    from seg.cli.eval import main
+
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0.6, 0.8, 20)
+    b = a + rng.normal(0.05, 0.02, 20)  # B better on most cases
+    for name, vals in (("A", a), ("B", b)):
+        (tmp_path / name).mkdir()
+        cases = [{"case_id": f"c{i}", "prediction_file": "p", "reference_file": "r", "metrics": {"1": {"Dice": float(v)}}}
+                 for i, v in enumerate(vals)]
+        (tmp_path / name / "cv_summary.json").write_text(json.dumps({"metric_per_case": cases}))
+    out = tmp_path / "cmp.json"
+    assert main(["compare", str(tmp_path / "A"), str(tmp_path / "B"), "-o", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["n_cases"] == 20 and r["mean_diff"] == pytest.approx(float((b - a).mean()))
+    assert r["wilcoxon_p"] == pytest.approx(wilcoxon(b, a).pvalue) and r["wilcoxon_p"] < 0.01
+    assert "Wilcoxon" in capsys.readouterr().out
+    assert main(["compare", str(tmp_path / "A"), str(tmp_path / "nope")]) == 1
