@@ -155,6 +155,8 @@ def write_figures(fig_dir: Path, s: dict, per_case: list[dict], by_id: dict, wor
     plt.close(fig)
     out.append("figures/dice_per_fold.png")
     # overlays of the worst cases (lowest mean foreground Dice among cases with a label)
+    from seg.eval.overlay import overlay_montage
+
     scored = [(np.nanmean([c["metrics"][lab]["Dice"] for lab in labs]), c) for c in per_case
               if any(c["metrics"][lab]["ref_ml"] > 0 for lab in labs)]
     scored = [x for x in scored if not math.isnan(x[0])]
@@ -163,21 +165,8 @@ def write_figures(fig_dir: Path, s: dict, per_case: list[dict], by_id: dict, wor
         img = img[..., 0] if img.ndim == 4 else img
         ref = np.asanyarray(nib.load(c["reference_file"]).dataobj)
         pred = np.asanyarray(nib.load(c["prediction_file"]).dataobj)
-        centre = [int(round(x)) for x in np.argwhere(ref > 0).mean(0)]
-        fig, axes = plt.subplots(1, 3, figsize=(9, 3.2))
-        for ax, axis, name in zip(axes, range(3), ["axis 0", "axis 1", "axis 2"]):
-            sl = [slice(None)] * 3
-            sl[axis] = centre[axis]
-            ax.imshow(np.rot90(img[tuple(sl)]), cmap="gray")
-            if (ref[tuple(sl)] > 0).any():
-                ax.contour(np.rot90(ref[tuple(sl)] > 0), [0.5], colors="lime", linewidths=0.8)
-            if (pred[tuple(sl)] > 0).any():
-                ax.contour(np.rot90(pred[tuple(sl)] > 0), [0.5], colors="red", linewidths=0.8)
-            ax.set_title(name, fontsize=8)
-            ax.axis("off")
-        fig.suptitle(f"{c['case_id']} (fold {c['fold']}): Dice {dice:.3f}; green reference, red prediction", fontsize=9)
         name = f"figures/worst_{c['case_id']}.png"
-        _save_fig(fig, fig_dir.parent / name)
-        plt.close(fig)
+        overlay_montage(img, {"lime": ref, "red": pred}, fig_dir.parent / name,
+                        f"{c['case_id']} (fold {c['fold']}): Dice {dice:.3f}; green reference, red prediction")
         out.append(name)
     return out

@@ -76,7 +76,16 @@ class Predictor:
 
         if self.mode == "resize" or not self.roi_size:
             return run(x)
-        return sliding_window_inference(x, self.roi_size, self.sw_batch_size, run, overlap=self.overlap, mode="gaussian")
+        try:
+            return sliding_window_inference(x, self.roi_size, self.sw_batch_size, run, overlap=self.overlap, mode="gaussian")
+        except torch.cuda.OutOfMemoryError:
+            if x.device.type != "cuda":
+                raise
+            # the windows fit, the whole-volume accumulators did not: stitch on the CPU instead
+            torch.cuda.empty_cache()
+            log.warning("GPU out of memory for a %s volume: stitching the sliding windows on the CPU", list(x.shape[2:]))
+            return sliding_window_inference(x, self.roi_size, self.sw_batch_size, run, overlap=self.overlap,
+                                            mode="gaussian", sw_device=x.device, device="cpu").to(x.device)
 
     @torch.inference_mode()
     def probabilities(self, image: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,147 @@
+"""seg-predict: grids, robustness (bad files, killed runs, no overwrite), reports, channels."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from seg.cli.predict import main
+from tests.conftest import REPO, shared
+from tests.inference.conftest import make_bundle
+
+
+def _digest(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture
+def mixed_input(synth_root, tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    imgs = sorted((synth_root / "imagesTr").iterdir())
+    for f in imgs[:2]:
+        shutil.copy(f, inp / f.name)
+    raw = imgs[2].read_bytes()
+    (inp / "corrupt.nii.gz").write_bytes(raw[: len(raw) // 3])
+    nib.save(nib.Nifti1Image(np.zeros((20, 20), np.float32), np.eye(4)), str(inp / "flat2d.nii.gz"))
+    a = np.ones((16, 16, 16), np.float32)
+    a[3, 3, 3] = np.nan
+    nib.save(nib.Nifti1Image(a, np.eye(4)), str(inp / "nan.nii"))
+    return inp
+
+
+def test_bad_files_are_listed_good_ones_written(tiny_bundle, mixed_input, tmp_path, capsys):
+    before = _digest(mixed_input)
+    out = tmp_path / "out"
+    code = main(["-i", str(mixed_input), "-o", str(out), "-m", str(tiny_bundle), "-q", "--png"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert _digest(mixed_input) == before  # inputs untouched
+    good = sorted(p.name for p in mixed_input.iterdir() if p.name.startswith("synth"))
+    for name in good:
+        src, mask = nib.load(str(mixed_input / name)), nib.load(str(out / name))
+        assert mask.shape == src.shape and np.array_equal(mask.affine, src.affine) and mask.get_data_dtype() == np.uint8
+        rep = json.loads((out / name.replace(".nii.gz", ".json")).read_text())
+        assert set(rep["labels"]["lesion"]) == {"label", "volume_ml", "components"}
+        assert {"preprocess", "infer", "invert", "write"} <= set(rep["seconds"])
+        assert (out / name.replace(".nii.gz", ".png")).stat().st_size > 1000
+    for bad, why in (("corrupt", "truncated"), ("flat2d", "2D"), ("nan", "NaN")):
+        assert not (out / f"{bad}.nii.gz").exists() and not (out / f"{bad}.nii").exists()
+        assert any(line.startswith(f"FAILED {bad}:") and why in line for line in err.splitlines()), err
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert len(rows) == 5 and sum(r["mask"].startswith("FAILED") for r in rows) == 3
+    assert not [p for p in out.iterdir() if ".part" in p.name]  # no temporary files left
+
+
+def test_output_equal_to_input_is_refused(tiny_bundle, synth_copy, capsys):
+    inp = synth_copy / "imagesTr"
+    before = _digest(inp)
+    assert main(["-i", str(inp), "-o", str(inp), "-m", str(tiny_bundle), "-q"]) == 2
+    one = sorted(inp.iterdir())[0]
+    assert main(["-i", str(one), "-o", str(inp), "-m", str(tiny_bundle), "-q"]) == 2
+    assert "never overwritten" in capsys.readouterr().err
+    assert _digest(inp) == before
+
+
+def test_bad_bundle_and_folds(tiny_bundle, synth_root, tmp_path, capsys):
+    img = str(sorted((synth_root / "imagesTr").iterdir())[0])
+    assert main(["-i", img, "-o", str(tmp_path / "o"), "-m", str(tmp_path), "-q"]) == 2
+    assert "model.yaml missing" in capsys.readouterr().err
+    assert main(["-i", img, "-o", str(tmp_path / "o"), "-m", str(tiny_bundle), "--folds", "0,7", "-q"]) == 2
+    assert "folds [7] not in the bundle" in capsys.readouterr().err
+    assert main(["-i", img, "-o", str(tmp_path / "o"), "-m", str(tiny_bundle), "--folds", "1", "-q", "--tta"]) == 0
+
+
+def test_nnunet_channel_files_grouped_and_missing_channel_reported(synth_root, tmp_path, capsys):
+    bundle = make_bundle(tmp_path / "m2", channels=("T1", "T2"), folds=(0,))
+    inp = tmp_path / "in"
+    inp.mkdir()
+    imgs = sorted((synth_root / "imagesTr").iterdir())
+    for i, f in enumerate(imgs[:2]):
+        shutil.copy(f, inp / f"case{i}_0000.nii.gz")
+    shutil.copy(imgs[0], inp / "case0_0001.nii.gz")  # case1 has no second channel
+    out = tmp_path / "out"
+    assert main(["-i", str(inp), "-o", str(out), "-m", str(bundle), "-q"]) == 1
+    assert (out / "case0.nii.gz").exists() and not (out / "case1.nii.gz").exists()
+    assert "case1_0001 missing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["brainchop_t1_crop_1mm_256.nii.gz", "IXI012-HH-1211_T1_2mm.nii.gz", "IXI015-HH-1258_T1_2mm.nii.gz"])
+def test_round_trip_real_t1_orientations(tiny_bundle, tmp_path, name):
+    src_path = shared("brain_t1") / name
+    out = tmp_path / "out"
+    assert main(["-i", str(src_path), "-o", str(out), "-m", str(tiny_bundle), "-q", "--folds", "0"]) == 0
+    src, mask = nib.load(str(src_path)), nib.load(str(out / name))
+    assert mask.shape == src.shape[:3]
+    np.testing.assert_array_equal(mask.affine, src.affine)
+    assert nib.aff2axcodes(mask.affine) == nib.aff2axcodes(src.affine)
+    for code in ("qform_code", "sform_code"):
+        assert int(mask.header[code]) == int(src.header[code])
+    assert mask.get_data_dtype() == np.uint8
+
+
+def test_multilabel_non_consecutive_ids(tmp_path):
+    lab_path = shared("multilabel") / "ct_abdomen_3mm_seg41.nii.gz"
+    img_path = shared("multilabel") / "ct_abdomen_3mm.nii.gz"
+    ids = sorted(int(v) for v in np.unique(np.asanyarray(nib.load(str(lab_path)).dataobj)))
+    assert ids != list(range(len(ids)))  # the quirk under test
+    pre = {"mode": "patch", "spacing": None, "orientation": "RAS", "normalize": {"mode": "window", "window": [-200, 300]}}
+    bundle = make_bundle(tmp_path / "m", labels={i: f"l{i}" for i in ids}, folds=(0,), preprocessing=pre)
+    out = tmp_path / "out"
+    assert main(["-i", str(img_path), "-o", str(out), "-m", str(bundle), "-q"]) == 0
+    src, mask = nib.load(str(img_path)), nib.load(str(out / img_path.name))
+    assert mask.shape == src.shape and np.array_equal(mask.affine, src.affine)
+    assert set(np.unique(np.asanyarray(mask.dataobj)).tolist()) <= set(ids)
+
+
+def test_killed_run_leaves_no_partial_mask(tiny_bundle, synth_root, tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for i in range(6):
+        for f in sorted((synth_root / "imagesTr").iterdir()):
+            shutil.copy(f, inp / f"r{i}_{f.name}")
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "seg.cli.predict", "-i", str(inp), "-o", str(out), "-m", str(tiny_bundle), "-q"],
+                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and p.poll() is None and not (out.exists() and len(list(out.glob("*.json"))) >= 2):
+        time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    masks = [m for m in out.glob("*.nii.gz") if not m.name.startswith(".")]
+    assert masks, "killed before any mask was written: nothing tested"
+    assert len(masks) < 48
+    for m in masks:  # every mask with a final name is complete
+        assert np.asanyarray(nib.load(str(m)).dataobj).shape == (32, 32, 32)
