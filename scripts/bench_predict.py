@@ -1,0 +1,130 @@
+"""End-to-end prediction speed and memory: seg's predictor against a MONAI baseline pipeline, CPU, one process.
+
+    python scripts/bench_predict.py [--hippocampus 20] [--folds 1 5]
+
+Workloads: the 256^3 T1 (1 mm, LIA, uint8) and MSD hippocampus cases, from ../shared/data. Network: the
+paper's U-Net backbone (filters 16..256 for the T1 with 96^3 windows; 8..128 for hippocampus with
+40x56x40 windows), untrained weights (speed does not depend on them). Baseline: LoadImaged ->
+EnsureChannelFirstd -> Orientationd -> NormalizeIntensityd -> sliding_window_inference (Gaussian) ->
+softmax (mean over folds) -> Invertd -> AsDiscreted(argmax) -> SaveImaged, the same windows and overlap.
+seg: seg.inference.Predictor + save_mask (conv+BN folded, channels-last, inference_mode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchlib import peak_memory_mb, print_table, threads_note  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "data"
+PRE = {"mode": "patch", "spacing": None, "orientation": "RAS", "normalize": {"mode": "zscore", "nonzero": True}}
+
+
+def nets(filters, n):
+    from seg.nn import create_net
+
+    out = []
+    for k in range(n):
+        torch.manual_seed(k)
+        out.append(create_net("unet", spatial_dims=3, in_channels=1, out_channels=2, filters=filters).eval())
+    return out
+
+
+def monai_pipeline(files, models, roi, overlap, out_dir):
+    from monai import transforms as T
+    from monai.inferers import sliding_window_inference
+
+    pre = T.Compose([T.LoadImaged("image", image_only=True), T.EnsureChannelFirstd("image"),
+                     T.Orientationd("image", axcodes="RAS", labels=None), T.NormalizeIntensityd("image", nonzero=True, channel_wise=True)])
+    post = T.Compose([T.Invertd("pred", transform=pre, orig_keys="image", nearest_interp=False),
+                      T.AsDiscreted("pred", argmax=True),
+                      T.SaveImaged("pred", output_dir=str(out_dir), output_postfix="", separate_folder=False,
+                                   output_dtype="uint8", print_log=False)])
+    times = {"preprocess": 0.0, "infer": 0.0, "invert+write": 0.0}
+    for f in files:
+        t0 = time.perf_counter()
+        d = pre({"image": f})
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            x = d["image"][None].float()
+            prob = sum(torch.softmax(sliding_window_inference(x, roi, 2, m, overlap=overlap, mode="gaussian"), 1) for m in models)
+            d["pred"] = (prob / len(models))[0]
+        t2 = time.perf_counter()
+        post(d)
+        t3 = time.perf_counter()
+        times["preprocess"] += t1 - t0
+        times["infer"] += t2 - t1
+        times["invert+write"] += t3 - t2
+    return times
+
+
+def seg_pipeline(files, models, roi, overlap, out_dir):
+    from seg.inference.predictor import Predictor, save_mask
+
+    pred = Predictor(models, {0: "background", 1: "fg"}, ["T1"], PRE, roi_size=roi, overlap=overlap)
+    times = {"preprocess": 0.0, "infer": 0.0, "invert+write": 0.0}
+    for f in files:
+        p = pred.predict(f)
+        t = time.perf_counter()
+        save_mask(p.labels, p.reference, Path(out_dir) / Path(f).name)
+        times["preprocess"] += p.seconds["preprocess"]
+        times["infer"] += p.seconds["infer"]
+        times["invert+write"] += p.seconds["invert"] + p.seconds["labels"] + time.perf_counter() - t
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--hippocampus", type=int, default=20)
+    ap.add_argument("--folds", type=int, nargs="+", default=[1, 5])
+    ap.add_argument("--overlap", type=float, default=0.5)
+    a = ap.parse_args()
+    workloads = []
+    t1 = SHARED / "brain_t1" / "brainchop_t1_crop_1mm_256.nii.gz"
+    if t1.exists():
+        workloads.append(("T1 256^3", [str(t1)], [16, 32, 64, 128, 256], [96, 96, 96]))
+    hip = SHARED / "hippocampus" / "imagesTr"
+    if hip.is_dir():
+        workloads.append((f"hippocampus x{a.hippocampus}", [str(p) for p in sorted(hip.iterdir())[: a.hippocampus]],
+                          [8, 16, 32, 64, 128], [40, 56, 40]))
+    if not workloads:
+        sys.exit(f"no data under {SHARED}")
+    rows = []
+    for name, files, filters, roi in workloads:
+        for n in a.folds:
+            models = nets(filters, n)
+            for impl, fn in (("MONAI pipeline (baseline)", monai_pipeline), ("seg predictor", seg_pipeline)):
+                with tempfile.TemporaryDirectory() as d:
+                    fn(files[:1], models, roi, a.overlap, d)  # warm-up
+                    res = {}
+
+                    def go():
+                        res.update(fn(files, models, roi, a.overlap, d))
+
+                    t = time.perf_counter()
+                    mem = peak_memory_mb(go)
+                    total = time.perf_counter() - t
+                rows.append({"workload": name, "folds": n, "impl": impl, "s_case": total / len(files),
+                             "pre": res["preprocess"] / total, "infer": res["infer"] / total, "inv": res["invert+write"] / total,
+                             "mem": mem / 1024, "total": total})
+            base = rows[-2]["s_case"]
+            rows[-2]["x"], rows[-1]["x"] = 1.0, rows[-1]["s_case"] / base
+    print(f"\n{threads_note()}; overlap {a.overlap}; untrained paper U-Nets (speed only)")
+    print_table(rows, [("workload", "workload", "s"), ("folds", "folds", "d"), ("impl", "pipeline", "s"),
+                       ("s_case", "s/case", ".2f"), ("x", "x baseline", ".2f"), ("pre", "load+pre", ".0%"),
+                       ("infer", "infer", ".0%"), ("inv", "invert+write", ".0%"), ("mem", "peak GB", ".2f")])
+    print("shares are of the end-to-end time; invert+write = resampling back to the input grid, argmax, writing the mask")
+
+
+if __name__ == "__main__":
+    main()
