@@ -96,6 +96,15 @@ def train(cfg, extra_callbacks: list | None = None) -> dict:
         }
     )
     if trainer.is_global_zero:
+        ckpt_best = metrics["best_checkpoint"] or metrics["last_checkpoint"]
+        if ckpt_best and not cfg.trainer.get("fast_dev_run"):
+            from seg.inference.bundle import export_run_bundle
+            from seg.lit.module import to_plain
+
+            # every run is deployable: seg-predict -m <run>/model
+            export_run_bundle(out / "model", ckpt_best, model.hparams["net"], spec, dm.preprocessing,
+                              to_plain(OmegaConf.to_container(cfg.model.inferer, resolve=True)), int(dm.fold))
+            metrics["model_bundle"] = str(out / "model")
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         log.info("run folder: %s", out)
         log.info("val/dice_best %.4f (checkpoint %s)", metrics["val/dice_best"], metrics["best_checkpoint"])

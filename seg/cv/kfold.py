@@ -113,7 +113,7 @@ def run_fold(cfg, k: int, splits_path: Path, run_dir: Path) -> dict:
     dm.train_cases, dm.val_cases = dm.split()
     cases = predict_validation(fold_dir, ckpt, dm, fc, bool(cfg.cv.get("save_probabilities", True)))
     state, _ = net_state_from_checkpoint(ckpt)
-    save_weights(state, run_dir / "model" / f"fold_{k}" / "weights.pt")
+    save_weights(state, run_dir / "model" / f"fold_{k}" / "weights.pt")  # the CV's bundle (model.yaml written at the end)
     record = {"fold": k, "val_cases": cases, "checkpoint": ckpt, "val/dice_best": metrics.get("val/dice_best"),
               "epochs": metrics.get("epochs"), "seconds": round(time.time() - t0, 1)}
     write_text(done, json.dumps(record, indent=1))

@@ -109,3 +109,16 @@ def net_state_from_checkpoint(ckpt_path: str | Path) -> tuple[dict, dict]:
     ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     state = {k[len("net."):]: v for k, v in ck["state_dict"].items() if k.startswith("net.")}
     return state, dict(ck["hyper_parameters"]["net"])
+
+
+def export_run_bundle(model_dir: str | Path, ckpt: str | Path, net: Mapping, spec, preprocessing: Mapping,
+                      inferer: Mapping, fold: int, folds: Sequence[int] | None = None, threshold: float | None = None,
+                      extra: Mapping | None = None) -> Path:
+    """Write fold ``fold``'s weights from a Lightning checkpoint and (re)write ``model.yaml``."""
+    state, _ = net_state_from_checkpoint(ckpt)
+    model_dir = Path(model_dir)
+    save_weights(state, model_dir / f"fold_{fold}" / "weights.pt")
+    inf = {"roi_size": list(inferer["roi_size"]) if inferer.get("roi_size") else None,
+           "overlap": float(inferer.get("overlap", 0.5)), "sw_batch_size": int(inferer.get("sw_batch_size", 2))}
+    return write_bundle_meta(model_dir, net, spec.labels, spec.channel_names, preprocessing, inf,
+                             folds if folds is not None else [fold], threshold, extra)

@@ -30,7 +30,8 @@ def test_run_folder_contents_and_resume(synth_root, tmp_path):
     run1 = tmp_path / "run1"
     cfg = compose_train(["trainer.max_epochs=2", *_overrides(synth_root)], run1)
     m1 = train(cfg)
-    for rel in ("config.yaml", "metrics.json", "checkpoints/last.ckpt", "checkpoints/best.ckpt", "splits.json"):
+    for rel in ("config.yaml", "metrics.json", "checkpoints/last.ckpt", "checkpoints/best.ckpt", "splits.json",
+                "model/model.yaml", "model/fold_0/weights.pt"):
         assert (run1 / rel).exists(), rel
     assert list((run1 / "tensorboard").glob("events.*"))
     assert (run1 / "csv" / "metrics.csv").exists()
