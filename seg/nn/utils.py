@@ -21,6 +21,9 @@ def fuse_conv_bn(net: nn.Module, inplace: bool = False) -> nn.Module:
     if not inplace:
         net = copy.deepcopy(net)
     net.eval()
+    for module in list(net.modules()):
+        if hasattr(module, "fold_bn"):  # modules that know their own conv -> BN pairs (e.g. DecoderLevel)
+            module.fold_bn()
     for module in net.modules():
         if not isinstance(module, nn.Sequential):
             continue

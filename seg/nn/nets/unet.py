@@ -64,6 +64,16 @@ class DecoderLevel(nn.Module):
             self.post_concat = nn.Sequential(norm_layer(norm, spatial_dims, cat_ch), nn.ReLU(inplace=True))
         self.block = ConvBlock(spatial_dims, cat_ch, out_channels, norm, dropout)
 
+    def fold_bn(self) -> None:
+        """Eval only: fold the BatchNorm after the transposed conv (gated levels) into its weights."""
+        from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+        if self.upsample == "transpose" and isinstance(self.up_act, nn.Sequential) and isinstance(
+            self.up_act[0], (nn.BatchNorm2d, nn.BatchNorm3d)
+        ):
+            self.up.conv = fuse_conv_bn_eval(self.up.conv, self.up_act[0], transpose=True)
+            self.up_act[0] = nn.Identity()
+
     def upsample_to(self, x: torch.Tensor, stride: Sequence[int]) -> torch.Tensor:
         if self.upsample == "transpose":
             return self.up(x, stride)
