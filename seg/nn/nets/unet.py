@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from seg.nn.blocks import AttentionGate, ConvBlock, DualAttention, UpConv, crop_to, pad_to_multiple, pool_plan
+from seg.nn.blocks.window_attention_upsample import WindowAttentionUpsample
 from seg.nn.layers import Option, check_option, conv_layer, conv_transpose_layer, norm_layer
 from seg.nn.registry import register_net
 
@@ -44,13 +45,19 @@ class DecoderLevel(nn.Module):
     """
 
     def __init__(self, spatial_dims: int, in_channels: int, skip_channels: int, out_channels: int, norm: str,
-                 dropout: float, upsample: str = "transpose", gate: str = "none", guide_channels: int = 0) -> None:
+                 dropout: float, upsample: str = "transpose", gate: str = "none", guide_channels: int = 0,
+                 wau_heads: int = 4, wau_window: int | None = 8) -> None:
         super().__init__()
-        check_option("upsample", upsample, ("transpose", "trilinear"))
+        check_option("upsample", upsample, Option.UPSAMPLE)
         check_option("attention_gate", gate, GATES)
         self.upsample = upsample
         if upsample == "transpose":
             self.up = UpConv(spatial_dims, in_channels, out_channels)
+        elif upsample == "wau":
+            heads = max(1, min(wau_heads, out_channels // 4))
+            while out_channels % heads:
+                heads -= 1
+            self.up = WindowAttentionUpsample(spatial_dims, in_channels, skip_channels, out_channels, heads, wau_window)
         else:
             self.up = conv_layer(spatial_dims, in_channels, out_channels, 1)
         cat_ch = out_channels + skip_channels + guide_channels
@@ -74,16 +81,18 @@ class DecoderLevel(nn.Module):
             self.up.conv = fuse_conv_bn_eval(self.up.conv, self.up_act[0], transpose=True)
             self.up_act[0] = nn.Identity()
 
-    def upsample_to(self, x: torch.Tensor, stride: Sequence[int]) -> torch.Tensor:
+    def upsample_to(self, x: torch.Tensor, stride: Sequence[int], skip: torch.Tensor | None = None) -> torch.Tensor:
         if self.upsample == "transpose":
             return self.up(x, stride)
+        if self.upsample == "wau":
+            return self.up(x, skip)
         size = [s * f for s, f in zip(x.shape[2:], stride)]
         mode = "trilinear" if x.ndim == 5 else "bilinear"
         return self.up(F.interpolate(x, size=size, mode=mode, align_corners=False))
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor, stride: Sequence[int],
                 guide: torch.Tensor | None = None) -> torch.Tensor:
-        g = self.up_act(self.upsample_to(x, stride))
+        g = self.up_act(self.upsample_to(x, stride, skip))
         if self.gate is not None:
             skip = self.gate(g, skip)
         parts = [g, skip] if guide is None else [g, skip, guide]
@@ -125,13 +134,16 @@ class UNet(nn.Module):
         norm: "batch" (paper), "instance" or "none".
         dropout: spatial dropout after each conv block.
         deep_supervision: list of logits in training (full resolution first), tensor in eval.
-        upsample: "transpose" (paper) or "trilinear" (interpolation then 1x1 conv).
+        upsample: "transpose" (paper), "trilinear" (interpolation then 1x1 conv) or "wau" (window
+            attention upsampling, Li et al. 2022).
         min_pool_size: an axis of this many voxels or fewer is not pooled.
         attention_gate: "concat", "add" or "none".
         bottleneck_attention: "dual" (PAM + CAM), "position", "channel" or "none".
         attention_dropout: dropout inside the dual-attention head (paper 0.5).
         guided: DAGUNet's bottleneck-to-every-decoder-level connections.
         multiscale_input: the input pyramid injected at every encoder level.
+        wau_heads: attention heads of WAU (capped so each head has >= 4 channels).
+        wau_window: WAU's high-resolution window size, or None for global attention.
 
     Shapes: ``[B, in_channels, *S] -> [B, out_channels, *S]`` for any ``S``.
     """
@@ -152,6 +164,8 @@ class UNet(nn.Module):
         attention_dropout: float = 0.5,
         guided: bool = False,
         multiscale_input: bool = False,
+        wau_heads: int = 4,
+        wau_window: int | None = 8,
     ) -> None:
         super().__init__()
         check_option("norm", norm, Option.NORMS)
@@ -190,7 +204,7 @@ class UNet(nn.Module):
                 guide_ch = max(4, filters[level] // 2)
                 self.guides.append(GuideUp(spatial_dims, filters[-1], guide_ch, 2 ** (n - 1 - level)))
             self.decoder.append(DecoderLevel(spatial_dims, filters[level + 1], filters[level], filters[level], norm,
-                                             dropout, upsample, attention_gate, guide_ch))
+                                             dropout, upsample, attention_gate, guide_ch, wau_heads, wau_window))
         self.guided = guided
         n_heads = n - 1 if deep_supervision else 1
         self.heads = nn.ModuleList(conv_layer(spatial_dims, filters[i], out_channels, 1) for i in range(n_heads))
