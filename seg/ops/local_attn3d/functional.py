@@ -1,0 +1,81 @@
+"""``local_attn3d``: 3D neighbourhood attention (NATTEN semantics) with backends chosen by capability.
+
+Backends: ``torch`` (the fast CPU path, blocked queries with a key halo, O(N * E) memory), ``reference``
+(naive, for tests), ``triton`` (fused GPU kernels; not written yet: requesting it raises).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from seg.ops.local_attn3d.reference import local_attn3d_reference
+from seg.ops.local_attn3d.torch_impl import local_attn3d_torch
+
+BACKENDS = ("torch", "reference", "triton")
+
+
+def _triple(x: int | Sequence[int], name: str) -> tuple[int, int, int]:
+    t = (int(x),) * 3 if isinstance(x, int) else tuple(int(v) for v in x)
+    if len(t) != 3:
+        raise ValueError(f"local_attn3d: {name} needs 1 or 3 values, got {list(t)}")
+    return t
+
+
+def local_attn3d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int | Sequence[int],
+                 dilation: int | Sequence[int] = 1, scale: float | None = None, backend: str | None = None) -> torch.Tensor:
+    """3D neighbourhood attention.
+
+    Every query attends to exactly ``kernel_size`` keys per axis: the window centred on it, shifted inward
+    at the borders (no padding); with ``dilation`` d it sees only keys of its own residue class
+    (coordinate mod d). Matches NATTEN's ``na3d``.
+
+    Args:
+        q, k, v: ``[B, D, H, W, heads, head_dim]`` (NATTEN's heads-last layout), one dtype and device.
+        kernel_size: odd window size, int or per-axis triple.
+        dilation: int or per-axis triple; ``kernel_size * dilation`` must fit each axis.
+        scale: score scale, default ``head_dim ** -0.5``.
+        backend: "torch", "reference" or "triton"; None picks by capability.
+
+    Returns:
+        ``[B, D, H, W, heads, head_dim]``.
+    """
+    if q.ndim != 6:
+        raise ValueError(f"local_attn3d: q must be [B, D, H, W, heads, head_dim], got rank {q.ndim}")
+    if k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f"local_attn3d: q, k, v shapes differ: {list(q.shape)}, {list(k.shape)}, {list(v.shape)}")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"local_attn3d: q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.device != q.device or v.device != q.device:
+        raise ValueError("local_attn3d: q, k, v are on different devices")
+    ks, dil = _triple(kernel_size, "kernel_size"), _triple(dilation, "dilation")
+    for n, kk, d, ax in zip(q.shape[1:4], ks, dil, "DHW"):
+        if kk < 1 or kk % 2 == 0:
+            raise ValueError(f"local_attn3d: kernel_size must be odd and positive, got {kk} on axis {ax}")
+        if d < 1:
+            raise ValueError(f"local_attn3d: dilation must be >= 1, got {d} on axis {ax}")
+        if kk * d > n:
+            raise ValueError(f"local_attn3d: kernel {kk} x dilation {d} = {kk * d} is larger than axis {ax} ({n} voxels)")
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    if not math.isfinite(float(scale)):
+        raise ValueError(f"local_attn3d: scale must be finite, got {scale}")
+    if backend is None:
+        backend = "triton" if q.is_cuda and _triton_available() else "torch"
+    if backend not in BACKENDS:
+        raise ValueError(f"local_attn3d: backend {backend!r} is not one of {BACKENDS}")
+    if backend == "reference":
+        return local_attn3d_reference(q, k, v, ks, dil, float(scale))
+    if backend == "torch":
+        return local_attn3d_torch(q, k, v, ks, dil, float(scale))
+    raise NotImplementedError("local_attn3d: the triton backend is not written yet; use backend='torch'")
+
+
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
