@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from seg.nn.blocks import AttentionGate, ConvBlock, DualAttention, UpConv, crop_to, pad_to_multiple, pool_plan
+from seg.nn.blocks.local_attention import LocalAttention3d
 from seg.nn.blocks.window_attention_upsample import WindowAttentionUpsample
 from seg.nn.layers import Option, check_option, conv_layer, conv_transpose_layer, norm_layer
 from seg.nn.registry import register_net
@@ -144,6 +145,9 @@ class UNet(nn.Module):
         multiscale_input: the input pyramid injected at every encoder level.
         wau_heads: attention heads of WAU (capped so each head has >= 4 channels).
         wau_window: WAU's high-resolution window size, or None for global attention.
+        local_attention_levels: encoder levels (0 = full resolution) followed by a 3D local attention block.
+        local_attention_heads: heads of those blocks (capped so each head has >= 8 channels).
+        local_attention_kernel: their neighbourhood (odd), shrunk on axes too short for it.
 
     Shapes: ``[B, in_channels, *S] -> [B, out_channels, *S]`` for any ``S``.
     """
@@ -166,6 +170,9 @@ class UNet(nn.Module):
         multiscale_input: bool = False,
         wau_heads: int = 4,
         wau_window: int | None = 8,
+        local_attention_levels: Sequence[int] | None = None,
+        local_attention_heads: int = 4,
+        local_attention_kernel: int | Sequence[int] = 7,
     ) -> None:
         super().__init__()
         check_option("norm", norm, Option.NORMS)
@@ -190,6 +197,15 @@ class UNet(nn.Module):
                 extra = f
             self.encoder.append(ConvBlock(spatial_dims, ch + extra, f, norm, dropout))
             ch = f
+        # 3D local attention after the conv block of the chosen encoder levels (0 = full resolution)
+        self.local_attn = nn.ModuleDict()
+        for lv in local_attention_levels or []:
+            if not 0 <= lv < n:
+                raise ValueError(f"local_attention_levels: level {lv} does not exist (levels 0..{n - 1})")
+            heads = max(1, min(local_attention_heads, filters[lv] // 8))
+            while filters[lv] % heads:
+                heads -= 1
+            self.local_attn[str(lv)] = LocalAttention3d(filters[lv], heads, local_attention_kernel, spatial_dims=spatial_dims)
         if bottleneck_attention == "none":
             self.bottleneck = nn.Identity()
         else:
@@ -229,6 +245,8 @@ class UNet(nn.Module):
                     inp = self.pool(inp, plan[i - 1], avg=True)
                     x = torch.cat([x, self.ms_convs[i - 1](inp)], 1)
             x = block(x)
+            if str(i) in self.local_attn:
+                x = self.local_attn[str(i)](x)
             feats.append(x)
         return feats
 
@@ -281,3 +299,12 @@ def daunet(bottleneck_attention: str = "dual", multiscale_input: bool = True, de
     """DAUNet: position + channel attention at the bottleneck; ``guided=True`` gives DAGUNet."""
     return UNet(bottleneck_attention=bottleneck_attention, multiscale_input=multiscale_input,
                 deep_supervision=deep_supervision, guided=guided, **kwargs)
+
+
+@register_net("unet_local_attn")
+def unet_local_attn(local_attention_levels: Sequence[int] | None = None, filters: Sequence[int] = PAPER_FILTERS,
+                    **kwargs) -> UNet:
+    """The "3D attention" U-Net: the paper's backbone with 3D local attention blocks at every level below
+    full resolution by default (combine with ``attention_gate="concat"`` for gated skips)."""
+    levels = list(range(1, len(filters))) if local_attention_levels is None else list(local_attention_levels)
+    return UNet(filters=filters, local_attention_levels=levels, **kwargs)
