@@ -14,6 +14,7 @@ SMALL = {
     "agunet": {"filters": [4, 8, 16]},
     "daunet": {"filters": [4, 8, 16], "guided": True},
     "unet_local_attn": {"filters": [8, 16, 16], "local_attention_kernel": 3},
+    "transdae": {"dims": [16, 32, 32], "heads": [1, 2, 2], "depths": [1, 1, 1]},
     "unet": {"filters": [4, 8, 16]},
     "monai_unet": {"channels": [4, 8, 16], "num_res_units": 1},
     "monai_attention_unet": {"channels": [4, 8, 16]},
