@@ -44,8 +44,31 @@ def configs(quick: bool):
         ("agunet no ds", seg("agunet", deep_supervision=False)),
         ("daunet", seg("daunet")),
         ("dagunet (guided)", seg("daunet", guided=True)),
+        ("unet upsample=wau (w8)", seg("unet", upsample="wau", wau_window=8)),
+        ("agunet upsample=wau (w8)", seg("agunet", upsample="wau", wau_window=8)),
+        ("transdae light3d", lambda: create_net("transdae", spatial_dims=3, in_channels=1, out_channels=2)),
     ]
     return rows[:4] if quick else rows
+
+
+def wau_memory(shape) -> list[dict]:
+    """Windowed vs global WAU at the top decoder level (full resolution, 16 channels, from 32 at half size)."""
+    from seg.nn.blocks.window_attention_upsample import WindowAttentionUpsample
+
+    rows = []
+    low = torch.randn(1, 32, *[s // 2 for s in shape])
+    skip = torch.randn(1, 16, *shape)
+    for name, window in (("WAU windowed (w=8)", 8), ("WAU global", None)):
+        wau = WindowAttentionUpsample(3, 32, 16, 16, heads=4, window=window).eval()
+        with torch.inference_mode():
+            try:
+                t = timeit(lambda: wau(low, skip), reps=1)
+                mem = peak_memory_mb(lambda: wau(low, skip))
+            except RuntimeError as e:  # the global N x N map does not fit
+                t, mem = None, None
+                print(f"{name}: {type(e).__name__}: {str(e)[:80]}")
+        rows.append({"block": name, "shape": "x".join(map(str, shape)), "s": t, "mb": mem})
+    return rows
 
 
 def measure(name, make, shape, reps, roof, fwd_bwd: bool):
@@ -105,6 +128,10 @@ def main() -> None:
     if not a.quick:
         cols += [("fwd_bwd", "fwd+bwd s", ".2f"), ("x_fb", "x AttUnet", ".2f"), ("mem_train", "train peak MB", ".0f")]
     print_table(rows, cols)
+    # a quarter of the input per axis: the global variant's N x N/8 scores at full resolution would not fit
+    wshape = [s // 4 for s in a.shape] if not a.quick else [16, 16, 16]
+    print(f"\nWAU windowed vs global on a {'x'.join(map(str, wshape))} map (16 channels, from 32 at half size):")
+    print_table(wau_memory(wshape), [("block", "block", "s"), ("shape", "map", "s"), ("s", "fwd s", ".3f"), ("mb", "peak MB", ".0f")])
     print("fwd = seg inference path (eval, conv+BN folded, channels-last 3D, inference_mode); "
           "fwd eager = the plain module in eval mode; ratios x AttUnet are to MONAI's AttentionUnet (row 1), "
           "timed the same way.")
