@@ -128,3 +128,19 @@ def test_shape_dtype_rank_errors_and_triton_request():
         local_attn3d(q, q.double(), q, 3)
     with pytest.raises(NotImplementedError, match="triton"):
         local_attn3d(q, q, q, 3, backend="triton")
+
+
+def test_torch_compile_uses_the_custom_op():
+    torch.manual_seed(5)
+    q, k, v = [torch.randn(1, 6, 7, 5, 2, 8, requires_grad=True) for _ in range(3)]
+
+    def f(a, b, c):
+        return local_attn3d(a, b, c, 3, backend="torch") * 2
+
+    eager = f(q, k, v)
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)(q, k, v)
+    torch.testing.assert_close(compiled, eager)
+    g = torch.randn_like(eager)
+    for a, b in zip(torch.autograd.grad(eager, (q, k, v), g), torch.autograd.grad(compiled, (q, k, v), g)):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+    torch.library.opcheck(torch.ops.seg.local_attn3d.default, (q.detach(), k.detach(), v.detach(), [3, 3, 3], [1, 1, 1], 0.3))
