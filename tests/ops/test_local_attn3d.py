@@ -3,6 +3,8 @@ with a NATTEN-style mask, gradcheck, argument checks."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -126,8 +128,9 @@ def test_shape_dtype_rank_errors_and_triton_request():
         local_attn3d(q, q[:, :7], q, 3)
     with pytest.raises(ValueError, match="dtypes differ"):
         local_attn3d(q, q.double(), q, 3)
-    with pytest.raises(NotImplementedError, match="triton"):
-        local_attn3d(q, q, q, 3, backend="triton")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        with pytest.raises(RuntimeError, match="triton"):
+            local_attn3d(q, q, q, 3, backend="triton")
 
 
 def test_torch_compile_uses_the_custom_op():

@@ -1,12 +1,13 @@
 """``local_attn3d``: 3D neighbourhood attention (NATTEN semantics) with backends chosen by capability.
 
 Backends: ``torch`` (the fast CPU path, blocked queries with a key halo, O(N * E) memory), ``reference``
-(naive, for tests), ``triton`` (fused GPU kernels; not written yet: requesting it raises).
+(naive, for tests), ``triton`` (fused forward, dQ and dK/dV kernels; CUDA, or the CPU under TRITON_INTERPRET=1 for tests).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 
 import torch
@@ -74,7 +75,14 @@ def local_attn3d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size:
 
             return local_attn3d_op(q, k, v, list(ks), list(dil), float(scale))
         return local_attn3d_torch(q, k, v, ks, dil, float(scale))
-    raise NotImplementedError("local_attn3d: the triton backend is not written yet; use backend='torch'")
+    if not _triton_available():
+        raise RuntimeError("local_attn3d: backend='triton' needs the triton package (Linux x86_64)")
+    if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError("local_attn3d: backend='triton' runs on CUDA tensors (or on the CPU under TRITON_INTERPRET=1, "
+                           "for tests); use backend='torch' on the CPU")
+    from seg.ops.local_attn3d.autograd import TritonNeighbourhoodAttention
+
+    return TritonNeighbourhoodAttention.apply(q, k, v, ks, dil, float(scale))
 
 
 def _triton_available() -> bool:

@@ -1,0 +1,273 @@
+"""Fused 3D neighbourhood attention in Triton: forward, dQ and dK/dV kernels, then their launchers.
+
+A program owns a 3D tile of queries (TD x TH x TW) of one (batch, head). Its keys lie in a halo of
+the tile grown by (k - 1) * d on each side (clamped to the volume); the program walks that halo in
+flat chunks of BLOCK_K keys with an online softmax (running max and sum), masking keys outside each
+query's own NATTEN window (window start per axis computed in the kernel, dilation by residue class),
+and saves the log-sum-exp. The backward recomputes the scores from it (FlashAttention-2): the dQ kernel
+walks the same key halo; the dK/dV kernel owns a key tile and walks the halo of queries that can see it.
+Tensors are heads-last ``[B, D, H, W, heads, E]`` with arbitrary strides; tails are masked.
+On a machine without a GPU the kernels run under TRITON_INTERPRET=1 (tests only: it is slow).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _start(i, L, K: tl.constexpr, DIL: tl.constexpr):
+    """NATTEN window start on one axis (vectorised over i)."""
+    r = i % DIL
+    j = i // DIL
+    class_len = (L - r + DIL - 1) // DIL
+    s = tl.maximum(j - K // 2, 0)
+    s = tl.minimum(s, class_len - K)
+    return r + DIL * s
+
+
+@triton.jit
+def _in_window(kc, st, K: tl.constexpr, DIL: tl.constexpr):
+    off = kc - st
+    return (off >= 0) & (off <= (K - 1) * DIL) & (off % DIL == 0)
+
+
+@triton.jit
+def _tile_coords(pid_t, D, H, W, TD: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr):
+    nth = (H + TH - 1) // TH
+    ntw = (W + TW - 1) // TW
+    td = pid_t // (nth * ntw)
+    th = (pid_t // ntw) % nth
+    tw = pid_t % ntw
+    return td * TD, th * TH, tw * TW
+
+
+@triton.jit
+def _na3d_fwd(Q, Kt, V, O, LSE,
+              s_b, s_d, s_h, s_w, s_n, s_e,
+              D, H, W, NH, E, scale,
+              KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+              DD: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
+              TD: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
+              BLOCK_K: tl.constexpr, BLOCK_E: tl.constexpr):
+    pid_t = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // NH
+    hd = pid_bh % NH
+    d0, h0, w0 = _tile_coords(pid_t, D, H, W, TD, TH, TW)
+    BLOCK_Q: tl.constexpr = TD * TH * TW
+    qi = tl.arange(0, BLOCK_Q)
+    qd = d0 + qi // (TH * TW)
+    qh = h0 + (qi // TW) % TH
+    qw = w0 + qi % TW
+    q_ok = (qd < D) & (qh < H) & (qw < W)
+    e = tl.arange(0, BLOCK_E)
+    e_ok = e < E
+    base = b * s_b + hd * s_n
+    q_off = base + qd * s_d + qh * s_h + qw * s_w
+    q = tl.load(Q + q_off[:, None] + e[None, :] * s_e, mask=q_ok[:, None] & e_ok[None, :], other=0.0)
+    st_d = _start(tl.minimum(qd, D - 1), D, KD, DD)
+    st_h = _start(tl.minimum(qh, H - 1), H, KH, DH)
+    st_w = _start(tl.minimum(qw, W - 1), W, KW, DW)
+    lo_d = tl.maximum(d0 - (KD - 1) * DD, 0)
+    lo_h = tl.maximum(h0 - (KH - 1) * DH, 0)
+    lo_w = tl.maximum(w0 - (KW - 1) * DW, 0)
+    n_d = tl.minimum(d0 + TD + (KD - 1) * DD, D) - lo_d
+    n_h = tl.minimum(h0 + TH + (KH - 1) * DH, H) - lo_h
+    n_w = tl.minimum(w0 + TW + (KW - 1) * DW, W) - lo_w
+    total = n_d * n_h * n_w
+    m_i = tl.full([BLOCK_Q], -1.0e30, tl.float32)
+    l_i = tl.zeros([BLOCK_Q], tl.float32)
+    acc = tl.zeros([BLOCK_Q, BLOCK_E], tl.float32)
+    for start in range(0, total, BLOCK_K):
+        kk = start + tl.arange(0, BLOCK_K)
+        k_ok = kk < total
+        kd = lo_d + kk // (n_h * n_w)
+        kh = lo_h + (kk // n_w) % n_h
+        kw = lo_w + kk % n_w
+        k_off = base + kd * s_d + kh * s_h + kw * s_w
+        kmask = k_ok[:, None] & e_ok[None, :]
+        k = tl.load(Kt + k_off[:, None] + e[None, :] * s_e, mask=kmask, other=0.0)
+        v = tl.load(V + k_off[:, None] + e[None, :] * s_e, mask=kmask, other=0.0)
+        s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale
+        valid = (q_ok[:, None] & k_ok[None, :]
+                 & _in_window(kd[None, :], st_d[:, None], KD, DD)
+                 & _in_window(kh[None, :], st_h[:, None], KH, DH)
+                 & _in_window(kw[None, :], st_w[:, None], KW, DW))
+        s = tl.where(valid, s, -1.0e30)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.where(valid, tl.exp(s - m_new[:, None]), 0.0)
+        alpha = tl.exp(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v).to(tl.float32)
+        m_i = m_new
+    l_safe = tl.where(l_i > 0, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    tl.store(O + q_off[:, None] + e[None, :] * s_e, out.to(O.dtype.element_ty), mask=q_ok[:, None] & e_ok[None, :])
+    lse_off = pid_bh * D * H * W + (qd * H + qh) * W + qw
+    tl.store(LSE + lse_off, m_i + tl.log(l_safe), mask=q_ok)
+
+
+@triton.jit
+def _na3d_bwd_dq(Q, Kt, V, DO, LSE, DELTA, DQ,
+                 s_b, s_d, s_h, s_w, s_n, s_e,
+                 D, H, W, NH, E, scale,
+                 KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+                 DD: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
+                 TD: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
+                 BLOCK_K: tl.constexpr, BLOCK_E: tl.constexpr):
+    pid_t = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // NH
+    hd = pid_bh % NH
+    d0, h0, w0 = _tile_coords(pid_t, D, H, W, TD, TH, TW)
+    BLOCK_Q: tl.constexpr = TD * TH * TW
+    qi = tl.arange(0, BLOCK_Q)
+    qd = d0 + qi // (TH * TW)
+    qh = h0 + (qi // TW) % TH
+    qw = w0 + qi % TW
+    q_ok = (qd < D) & (qh < H) & (qw < W)
+    e = tl.arange(0, BLOCK_E)
+    e_ok = e < E
+    base = b * s_b + hd * s_n
+    q_off = base + qd * s_d + qh * s_h + qw * s_w
+    qmask = q_ok[:, None] & e_ok[None, :]
+    q = tl.load(Q + q_off[:, None] + e[None, :] * s_e, mask=qmask, other=0.0)
+    do = tl.load(DO + q_off[:, None] + e[None, :] * s_e, mask=qmask, other=0.0)
+    row = pid_bh * D * H * W + (qd * H + qh) * W + qw
+    lse = tl.load(LSE + row, mask=q_ok, other=0.0)
+    delta = tl.load(DELTA + row, mask=q_ok, other=0.0)
+    st_d = _start(tl.minimum(qd, D - 1), D, KD, DD)
+    st_h = _start(tl.minimum(qh, H - 1), H, KH, DH)
+    st_w = _start(tl.minimum(qw, W - 1), W, KW, DW)
+    lo_d = tl.maximum(d0 - (KD - 1) * DD, 0)
+    lo_h = tl.maximum(h0 - (KH - 1) * DH, 0)
+    lo_w = tl.maximum(w0 - (KW - 1) * DW, 0)
+    n_d = tl.minimum(d0 + TD + (KD - 1) * DD, D) - lo_d
+    n_h = tl.minimum(h0 + TH + (KH - 1) * DH, H) - lo_h
+    n_w = tl.minimum(w0 + TW + (KW - 1) * DW, W) - lo_w
+    total = n_d * n_h * n_w
+    dq = tl.zeros([BLOCK_Q, BLOCK_E], tl.float32)
+    for start in range(0, total, BLOCK_K):
+        kk = start + tl.arange(0, BLOCK_K)
+        k_ok = kk < total
+        kd = lo_d + kk // (n_h * n_w)
+        kh = lo_h + (kk // n_w) % n_h
+        kw = lo_w + kk % n_w
+        k_off = base + kd * s_d + kh * s_h + kw * s_w
+        kmask = k_ok[:, None] & e_ok[None, :]
+        k = tl.load(Kt + k_off[:, None] + e[None, :] * s_e, mask=kmask, other=0.0)
+        v = tl.load(V + k_off[:, None] + e[None, :] * s_e, mask=kmask, other=0.0)
+        valid = (q_ok[:, None] & k_ok[None, :]
+                 & _in_window(kd[None, :], st_d[:, None], KD, DD)
+                 & _in_window(kh[None, :], st_h[:, None], KH, DH)
+                 & _in_window(kw[None, :], st_w[:, None], KW, DW))
+        s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale
+        p = tl.where(valid, tl.exp(s - lse[:, None]), 0.0)
+        dp = tl.dot(do, tl.trans(v)).to(tl.float32)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k).to(tl.float32)
+    tl.store(DQ + q_off[:, None] + e[None, :] * s_e, (dq * scale).to(DQ.dtype.element_ty), mask=qmask)
+
+
+@triton.jit
+def _na3d_bwd_dkdv(Q, Kt, V, DO, LSE, DELTA, DK, DV,
+                   s_b, s_d, s_h, s_w, s_n, s_e,
+                   D, H, W, NH, E, scale,
+                   KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+                   DD: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
+                   TD: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
+                   BLOCK_Q: tl.constexpr, BLOCK_E: tl.constexpr):
+    pid_t = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // NH
+    hd = pid_bh % NH
+    d0, h0, w0 = _tile_coords(pid_t, D, H, W, TD, TH, TW)
+    BLOCK_KT: tl.constexpr = TD * TH * TW
+    ki = tl.arange(0, BLOCK_KT)
+    kd = d0 + ki // (TH * TW)
+    kh = h0 + (ki // TW) % TH
+    kw = w0 + ki % TW
+    k_ok = (kd < D) & (kh < H) & (kw < W)
+    e = tl.arange(0, BLOCK_E)
+    e_ok = e < E
+    base = b * s_b + hd * s_n
+    k_off = base + kd * s_d + kh * s_h + kw * s_w
+    kmask = k_ok[:, None] & e_ok[None, :]
+    k = tl.load(Kt + k_off[:, None] + e[None, :] * s_e, mask=kmask, other=0.0)
+    v = tl.load(V + k_off[:, None] + e[None, :] * s_e, mask=kmask, other=0.0)
+    # queries that can see a key of this tile lie within (k - 1) * d of it on every axis
+    lo_d = tl.maximum(d0 - (KD - 1) * DD, 0)
+    lo_h = tl.maximum(h0 - (KH - 1) * DH, 0)
+    lo_w = tl.maximum(w0 - (KW - 1) * DW, 0)
+    n_d = tl.minimum(d0 + TD + (KD - 1) * DD, D) - lo_d
+    n_h = tl.minimum(h0 + TH + (KH - 1) * DH, H) - lo_h
+    n_w = tl.minimum(w0 + TW + (KW - 1) * DW, W) - lo_w
+    total = n_d * n_h * n_w
+    dk = tl.zeros([BLOCK_KT, BLOCK_E], tl.float32)
+    dv = tl.zeros([BLOCK_KT, BLOCK_E], tl.float32)
+    for start in range(0, total, BLOCK_Q):
+        qq = start + tl.arange(0, BLOCK_Q)
+        q_ok = qq < total
+        qd = lo_d + qq // (n_h * n_w)
+        qh = lo_h + (qq // n_w) % n_h
+        qw = lo_w + qq % n_w
+        q_off = base + qd * s_d + qh * s_h + qw * s_w
+        qmask = q_ok[:, None] & e_ok[None, :]
+        q = tl.load(Q + q_off[:, None] + e[None, :] * s_e, mask=qmask, other=0.0)
+        do = tl.load(DO + q_off[:, None] + e[None, :] * s_e, mask=qmask, other=0.0)
+        row = pid_bh * D * H * W + (qd * H + qh) * W + qw
+        lse = tl.load(LSE + row, mask=q_ok, other=0.0)
+        delta = tl.load(DELTA + row, mask=q_ok, other=0.0)
+        st_d = _start(qd, D, KD, DD)
+        st_h = _start(qh, H, KH, DH)
+        st_w = _start(qw, W, KW, DW)
+        valid = (q_ok[:, None] & k_ok[None, :]
+                 & _in_window(kd[None, :], st_d[:, None], KD, DD)
+                 & _in_window(kh[None, :], st_h[:, None], KH, DH)
+                 & _in_window(kw[None, :], st_w[:, None], KW, DW))  # [BLOCK_Q, BLOCK_KT]
+        s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale
+        p = tl.where(valid, tl.exp(s - lse[:, None]), 0.0)
+        dv += tl.dot(tl.trans(p).to(do.dtype), do).to(tl.float32)
+        dp = tl.dot(do, tl.trans(v)).to(tl.float32)
+        ds = p * (dp - delta[:, None])
+        dk += tl.dot(tl.trans(ds).to(q.dtype), q).to(tl.float32)
+    tl.store(DK + k_off[:, None] + e[None, :] * s_e, (dk * scale).to(DK.dtype.element_ty), mask=kmask)
+    tl.store(DV + k_off[:, None] + e[None, :] * s_e, dv.to(DV.dtype.element_ty), mask=kmask)
+
+
+# ---------------------------------------------------------------------------------------------- launchers
+TILE = (2, 4, 8)  # queries per program: 64
+BLOCK = 64  # keys (forward, dQ) or queries (dK/dV) per inner step
+
+
+def _grid(shape, tile):
+    B, D, H, W, NH, _ = shape
+    n = triton.cdiv(D, tile[0]) * triton.cdiv(H, tile[1]) * triton.cdiv(W, tile[2])
+    return (n, B * NH)
+
+
+def _common(q, kernel, dilation, scale):
+    B, D, H, W, NH, E = q.shape
+    return dict(D=D, H=H, W=W, NH=NH, E=E, scale=scale, KD=kernel[0], KH=kernel[1], KW=kernel[2],
+                DD=dilation[0], DH=dilation[1], DW=dilation[2], TD=TILE[0], TH=TILE[1], TW=TILE[2],
+                BLOCK_E=max(16, triton.next_power_of_2(E)))
+
+
+def na3d_forward(q, k, v, kernel, dilation, scale):
+    B, D, H, W, NH, E = q.shape
+    o = torch.empty_like(q)
+    lse = torch.empty(B * NH, D * H * W, device=q.device, dtype=torch.float32)
+    _na3d_fwd[_grid(q.shape, TILE)](q, k, v, o, lse, *q.stride(), **_common(q, kernel, dilation, scale), BLOCK_K=BLOCK)
+    return o, lse
+
+
+def na3d_backward(do, q, k, v, o, lse, kernel, dilation, scale):
+    delta = (do.float() * o.float()).sum(-1).permute(0, 4, 1, 2, 3).reshape(lse.shape).contiguous()
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    args = _common(q, kernel, dilation, scale)
+    _na3d_bwd_dq[_grid(q.shape, TILE)](q, k, v, do, lse, delta, dq, *q.stride(), **args, BLOCK_K=BLOCK)
+    _na3d_bwd_dkdv[_grid(q.shape, TILE)](q, k, v, do, lse, delta, dk, dv, *q.stride(), **args, BLOCK_Q=BLOCK)
+    return dq, dk, dv
