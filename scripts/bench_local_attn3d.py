@@ -1,0 +1,161 @@
+"""3D neighbourhood attention on the CPU: seg's torch path against PyTorch flex_attention (compiled, with a
+block mask; its mask build reported apart), dense SDPA with a boolean mask (where it fits) and the naive
+reference, in one process. Ratios are to flex_attention's forward.
+
+    python scripts/bench_local_attn3d.py [--sizes 16 24 32 40] [--kernels 7 5 9] [--no-flex]
+
+B=1, heads=4, head_dim=32. Useful FLOPs per forward = 4 * N * kernel^3 * head_dim * heads, reported as a
+fraction of a large sgemm's FP32 rate measured in the same run. A GPU section (triton vs flex vs SDPA,
+triton.testing.do_bench) runs when CUDA is present.
+
+Paper estimate for the Triton kernel on an H100 (no GPU here), k=7, bf16: a program owns 2x4x8 = 64
+queries and walks the conservative halo grown by (k-1) on both sides, (2+12)x(4+12)x(8+12) = 4480 keys:
+K and V are 2 x 4480 x 32 x 2 B = 573 KB and QK^T + PV is 4 x 64 x 4480 x 32 = 36.7 MFLOP, so ~64
+FLOP/B, below the H100's ~295 FLOP/B ridge (990 TFLOP/s bf16 dense / 3.35 TB/s) when halos come from
+HBM: ~22 % of peak on all FLOPs, and only 64 x 343 / (64 x 4480) = 7.7 % of them are useful, i.e.
+~1.7 % of peak on useful FLOPs; L2 reuse of overlapping halos raises it. The exact halo (tile + k - 1
+per axis, 8x10x14 = 1120 keys) would make 31 % of the work useful (~7 % of peak); NATTEN's fused
+kernels reach 3.6x cuDNN dense at 91 % sparsity. Tightening the halo is the next step for the kernel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchlib import peak_memory_mb, print_table, sgemm_gflops, threads_note, timeit  # noqa: E402
+
+HEADS, HEAD_DIM = 4, 32
+
+
+def natten_mask_fn(n: int, kernel: int):
+    from seg.ops.local_attn3d.reference import window_start
+
+    st = window_start(n, kernel, 1)
+
+    def coords(t):
+        return t // (n * n), (t // n) % n, t % n
+
+    def mask_mod(b, h, qi, ki):
+        ok = torch.ones_like(qi, dtype=torch.bool)
+        for qc, kc in zip(coords(qi), coords(ki)):
+            s = st[qc]
+            ok = ok & (kc >= s) & (kc < s + kernel)
+        return ok
+
+    return mask_mod
+
+
+def bench_size(n: int, kernel: int, roof: float, flex_on: bool, max_dense_gb: float) -> list[dict]:
+    from seg.ops import local_attn3d
+
+    N = n**3
+    q, k, v = [torch.randn(1, n, n, n, HEADS, HEAD_DIM) for _ in range(3)]
+    useful = 4 * N * kernel**3 * HEAD_DIM * HEADS / 1e9
+    rows = []
+
+    def row(name, fwd, fb=None, mem=None, extra=""):
+        r = {"n": f"{n}^3", "k": kernel, "impl": name, "fwd": fwd, "fb": fb, "mem": mem, "note": extra}
+        r["rate"] = useful / fwd / roof if fwd else None
+        rows.append(r)
+
+    # seg torch path
+    with torch.no_grad():
+        t = timeit(lambda: local_attn3d(q, k, v, kernel, backend="torch"), reps=2)
+        m = peak_memory_mb(lambda: local_attn3d(q, k, v, kernel, backend="torch"))
+    qg, kg, vg = [x.clone().requires_grad_(True) for x in (q, k, v)]
+
+    def fb():
+        local_attn3d(qg, kg, vg, kernel, backend="torch").sum().backward()
+
+    row("seg torch", t, timeit(fb, reps=1), m)
+    # flex attention, compiled, with a block mask
+    if flex_on:
+        try:
+            from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+            import time
+
+            t0 = time.perf_counter()
+            bm_mem = peak_memory_mb(lambda: create_block_mask(natten_mask_fn(n, kernel), 1, HEADS, N, N, device="cpu"))
+            t_build = time.perf_counter() - t0
+            bm = create_block_mask(natten_mask_fn(n, kernel), 1, HEADS, N, N, device="cpu")
+            fa = torch.compile(flex_attention)
+            qf, kf, vf = [x.reshape(1, N, HEADS, HEAD_DIM).transpose(1, 2).contiguous() for x in (q, k, v)]
+            with torch.no_grad():
+                t = timeit(lambda: fa(qf, kf, vf, block_mask=bm), reps=2)
+                m = peak_memory_mb(lambda: fa(qf, kf, vf, block_mask=bm))
+            row("flex_attention (compiled)", t, None, m, f"mask build {t_build:.1f} s, {bm_mem:.0f} MB")
+        except Exception as e:  # noqa: BLE001
+            row("flex_attention (compiled)", None, None, None, f"failed: {type(e).__name__}")
+    # dense SDPA with a boolean mask, where it fits
+    dense_gb = N * N * (1 + 4 * HEADS) / 1e9
+    if dense_gb <= max_dense_gb:
+        from seg.ops.local_attn3d.reference import neighbourhood_index
+
+        idx = neighbourhood_index(n, kernel, 1)
+        inside = torch.zeros(n, n, dtype=torch.bool)
+        inside[torch.arange(n)[:, None], idx] = True
+        mask = (inside[:, None, None, :, None, None] & inside[None, :, None, None, :, None]
+                & inside[None, None, :, None, None, :]).reshape(N, N)
+        qs, ks_, vs = [x.reshape(1, N, HEADS, HEAD_DIM).transpose(1, 2) for x in (q, k, v)]
+        f = torch.nn.functional.scaled_dot_product_attention
+        with torch.no_grad():
+            t = timeit(lambda: f(qs, ks_, vs, attn_mask=mask), reps=1)
+            m = peak_memory_mb(lambda: f(qs, ks_, vs, attn_mask=mask))
+        row("dense SDPA + bool mask", t, None, m)
+    else:
+        row("dense SDPA + bool mask", None, None, None, f"skipped: ~{dense_gb:.0f} GB")
+    if n <= 24:
+        with torch.no_grad():
+            t = timeit(lambda: local_attn3d(q, k, v, kernel, backend="reference"), reps=1)
+            m = peak_memory_mb(lambda: local_attn3d(q, k, v, kernel, backend="reference"))
+        row("naive reference", t, None, m)
+    base = next((r["fwd"] for r in rows if r["impl"].startswith("flex") and r["fwd"]), None)
+    for r in rows:
+        r["x"] = r["fwd"] / base if base and r["fwd"] else None
+        r["fb_x"] = r["fb"] / r["fwd"] if r["fb"] and r["fwd"] else None
+    return rows
+
+
+def gpu_section(sizes, kernel):
+    import triton.testing
+
+    from seg.ops import local_attn3d
+
+    print("\nGPU (triton.testing.do_bench, ms):")
+    for n in sizes:
+        q, k, v = [torch.randn(1, n, n, n, HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16) for _ in range(3)]
+        t = triton.testing.do_bench(lambda: local_attn3d(q, k, v, kernel, backend="triton"))
+        print(f"  {n}^3 k{kernel}: triton {t:.3f} ms")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[16, 24, 32, 40])
+    ap.add_argument("--kernels", type=int, nargs="+", default=[7, 5, 9])
+    ap.add_argument("--no-flex", action="store_true")
+    ap.add_argument("--max-dense-gb", type=float, default=6.0)
+    a = ap.parse_args()
+    roof = sgemm_gflops()
+    rows = []
+    for kernel in a.kernels:
+        for n in a.sizes:
+            if n >= kernel:
+                rows += bench_size(n, kernel, roof, not a.no_flex, a.max_dense_gb)
+    print(f"\nB=1, heads={HEADS}, head_dim={HEAD_DIM}; {threads_note()}; sgemm roof {roof:.0f} GFLOP/s (measured now)")
+    print_table(rows, [("n", "volume", "s"), ("k", "kernel", "d"), ("impl", "implementation", "s"), ("fwd", "fwd s", ".3f"),
+                       ("x", "x flex", ".2f"), ("fb", "fwd+bwd s", ".3f"), ("fb_x", "fb/fwd", ".2f"), ("rate", "useful/roof", ".1%"),
+                       ("mem", "fwd peak MB", ".0f"), ("note", "note", "s")])
+    if torch.cuda.is_available():
+        gpu_section(a.sizes, 7)
+
+
+if __name__ == "__main__":
+    main()
