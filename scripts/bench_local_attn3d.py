@@ -8,14 +8,13 @@ B=1, heads=4, head_dim=32. Useful FLOPs per forward = 4 * N * kernel^3 * head_di
 fraction of a large sgemm's FP32 rate measured in the same run. A GPU section (triton vs flex vs SDPA,
 triton.testing.do_bench) runs when CUDA is present.
 
-Paper estimate for the Triton kernel on an H100 (no GPU here), k=7, bf16: a program owns 2x4x8 = 64
-queries and walks the conservative halo grown by (k-1) on both sides, (2+12)x(4+12)x(8+12) = 4480 keys:
-K and V are 2 x 4480 x 32 x 2 B = 573 KB and QK^T + PV is 4 x 64 x 4480 x 32 = 36.7 MFLOP, so ~64
-FLOP/B, below the H100's ~295 FLOP/B ridge (990 TFLOP/s bf16 dense / 3.35 TB/s) when halos come from
-HBM: ~22 % of peak on all FLOPs, and only 64 x 343 / (64 x 4480) = 7.7 % of them are useful, i.e.
-~1.7 % of peak on useful FLOPs; L2 reuse of overlapping halos raises it. The exact halo (tile + k - 1
-per axis, 8x10x14 = 1120 keys) would make 31 % of the work useful (~7 % of peak); NATTEN's fused
-kernels reach 3.6x cuDNN dense at 91 % sparsity. Tightening the halo is the next step for the kernel.
+Paper estimate for the Triton forward on an H100 (no GPU here), k=7, bf16, interior tile: a program owns
+2x4x8 = 64 queries whose windows' union is (2+6)x(4+6)x(8+6) = 1120 keys: K and V are 2 x 1120 x 32 x
+2 B = 143 KB and QK^T + PV is 4 x 64 x 1120 x 32 = 9.2 MFLOP, ~64 FLOP/B, below the H100's ~295 FLOP/B
+ridge (990 TFLOP/s bf16 dense / 3.35 TB/s) when halos come from HBM: ~22 % of peak on all FLOPs, of
+which 64 x 343 / (64 x 1120) = 31 % are useful, i.e. ~7 % of peak on useful FLOPs; L2 reuse of the
+overlapping halos of neighbouring tiles raises it. The dK/dV kernel walks a conservative query halo
+(4480 per tile): ~4x that work. NATTEN's fused kernels reach 3.6x cuDNN dense at 91 % sparsity.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """Fused 3D neighbourhood attention in Triton: forward, dQ and dK/dV kernels, then their launchers.
 
-A program owns a 3D tile of queries (TD x TH x TW) of one (batch, head). Its keys lie in a halo of
-the tile grown by (k - 1) * d on each side (clamped to the volume); the program walks that halo in
-flat chunks of BLOCK_K keys with an online softmax (running max and sum), masking keys outside each
+A program owns a 3D tile of queries (TD x TH x TW) of one (batch, head). Its keys lie in the union of
+its queries' windows (per axis: from the smallest window start to the largest start + (k - 1) * d);
+the program walks that halo in flat chunks of BLOCK_K keys with an online softmax (running max and sum), masking keys outside each
 query's own NATTEN window (window start per axis computed in the kernel, dilation by residue class),
 and saves the log-sum-exp. The backward recomputes the scores from it (FlashAttention-2): the dQ kernel
-walks the same key halo; the dK/dV kernel owns a key tile and walks the halo of queries that can see it.
+walks the same key halo; the dK/dV kernel owns a key tile and walks the queries within (k - 1) * d of it (a
+conservative halo: the inverse window has no closed form with clamped borders).
 Tensors are heads-last ``[B, D, H, W, heads, E]`` with arbitrary strides; tails are masked.
 On a machine without a GPU the kernels run under TRITON_INTERPRET=1 (tests only: it is slow).
 """
@@ -71,12 +72,13 @@ def _na3d_fwd(Q, Kt, V, O, LSE,
     st_d = _start(tl.minimum(qd, D - 1), D, KD, DD)
     st_h = _start(tl.minimum(qh, H - 1), H, KH, DH)
     st_w = _start(tl.minimum(qw, W - 1), W, KW, DW)
-    lo_d = tl.maximum(d0 - (KD - 1) * DD, 0)
-    lo_h = tl.maximum(h0 - (KH - 1) * DH, 0)
-    lo_w = tl.maximum(w0 - (KW - 1) * DW, 0)
-    n_d = tl.minimum(d0 + TD + (KD - 1) * DD, D) - lo_d
-    n_h = tl.minimum(h0 + TH + (KH - 1) * DH, H) - lo_h
-    n_w = tl.minimum(w0 + TW + (KW - 1) * DW, W) - lo_w
+    # the exact union of the tile's windows on each axis (tail queries repeat the last one's window)
+    lo_d = tl.min(st_d, 0)
+    lo_h = tl.min(st_h, 0)
+    lo_w = tl.min(st_w, 0)
+    n_d = tl.max(st_d, 0) + (KD - 1) * DD + 1 - lo_d
+    n_h = tl.max(st_h, 0) + (KH - 1) * DH + 1 - lo_h
+    n_w = tl.max(st_w, 0) + (KW - 1) * DW + 1 - lo_w
     total = n_d * n_h * n_w
     m_i = tl.full([BLOCK_Q], -1.0e30, tl.float32)
     l_i = tl.zeros([BLOCK_Q], tl.float32)
@@ -142,12 +144,12 @@ def _na3d_bwd_dq(Q, Kt, V, DO, LSE, DELTA, DQ,
     st_d = _start(tl.minimum(qd, D - 1), D, KD, DD)
     st_h = _start(tl.minimum(qh, H - 1), H, KH, DH)
     st_w = _start(tl.minimum(qw, W - 1), W, KW, DW)
-    lo_d = tl.maximum(d0 - (KD - 1) * DD, 0)
-    lo_h = tl.maximum(h0 - (KH - 1) * DH, 0)
-    lo_w = tl.maximum(w0 - (KW - 1) * DW, 0)
-    n_d = tl.minimum(d0 + TD + (KD - 1) * DD, D) - lo_d
-    n_h = tl.minimum(h0 + TH + (KH - 1) * DH, H) - lo_h
-    n_w = tl.minimum(w0 + TW + (KW - 1) * DW, W) - lo_w
+    lo_d = tl.min(st_d, 0)
+    lo_h = tl.min(st_h, 0)
+    lo_w = tl.min(st_w, 0)
+    n_d = tl.max(st_d, 0) + (KD - 1) * DD + 1 - lo_d
+    n_h = tl.max(st_h, 0) + (KH - 1) * DH + 1 - lo_h
+    n_w = tl.max(st_w, 0) + (KW - 1) * DW + 1 - lo_w
     total = n_d * n_h * n_w
     dq = tl.zeros([BLOCK_Q, BLOCK_E], tl.float32)
     for start in range(0, total, BLOCK_K):
