@@ -12,7 +12,8 @@ import time
 import warnings
 from pathlib import Path
 
-from seg.cli.common import CONF_DIR, UserError, fail, hydra_main
+from seg.cli.common import UserError, hydra_main
+from seg.io import write_text
 
 log = logging.getLogger("seg.train")
 
@@ -73,7 +74,7 @@ def train(cfg, extra_callbacks: list | None = None) -> dict:
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     if trainer.is_global_zero:
-        (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     ckpt = cfg.get("ckpt_path")
     if ckpt and not Path(ckpt).is_file():
         raise UserError(f"{ckpt}: checkpoint to resume from does not exist")
@@ -105,7 +106,7 @@ def train(cfg, extra_callbacks: list | None = None) -> dict:
             export_run_bundle(out / "model", ckpt_best, model.hparams["net"], spec, dm.preprocessing,
                               to_plain(OmegaConf.to_container(cfg.model.inferer, resolve=True)), int(dm.fold))
             metrics["model_bundle"] = str(out / "model")
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_text(out / "metrics.json", json.dumps(metrics, indent=2))
         log.info("run folder: %s", out)
         log.info("val/dice_best %.4f (checkpoint %s)", metrics["val/dice_best"], metrics["best_checkpoint"])
     return metrics

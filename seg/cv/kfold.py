@@ -142,7 +142,7 @@ def kfold(cfg) -> dict:
     if len(splits) != int(cfg.cv.folds):
         log.warning("%s has %d folds; cv.folds=%d is ignored", splits_path, len(splits), cfg.cv.folds)
     fold_ids = list(cfg.cv.fold_ids) if cfg.cv.get("fold_ids") is not None else list(range(len(splits)))
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     records = [run_fold(cfg, int(k), splits_path, run_dir) for k in fold_ids]
     finished = sorted(int(p.parent.name.split("_")[1]) for p in run_dir.glob("fold_*/done.json"))
     summary = evaluate_cv(run_dir, spec, finished, cfg.cv)

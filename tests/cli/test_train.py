@@ -107,3 +107,9 @@ def test_ddp_two_cpu_processes(synth_root, tmp_path):
     # 6 train cases split over 2 ranks (3 each), batch 2 with drop_last: 1 step per epoch on each rank
     assert m["global_step"] == 2
     assert "rank 0/2: 3 train" in err + out and "rank 1/2: 3 train" in err + out
+
+
+def test_bf16_mixed_precision_step(synth_root, tmp_path):
+    cfg = compose_train(["debug=fast_dev_run", "trainer.precision=bf16-mixed", *_overrides(synth_root)], tmp_path)
+    m = train(cfg)
+    assert m["global_step"] == 1 and m["train/loss"] == m["train/loss"]  # finite (not NaN)
