@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
 
                             img = np.asanyarray(pr.reference.dataobj).astype(np.float32)
                             img = img[..., 0] if img.ndim == 4 else img
-                            overlay_montage(img, {"red": pr.labels}, out / f"{stem}.png", f"{c.case_id}: prediction in red")
+                            overlay_montage(img, {"red": pr.labels}, out / f"{stem}.png", f"{c.case_id}: prediction in red",
+                                            pr.reference.affine)
                         secs = report["seconds"]
                         log.info("%s: %s (%.1f s: %s)", c.case_id, target.name, time.perf_counter() - t0,
                                  ", ".join(f"{k} {v:.2f}" for k, v in secs.items()))

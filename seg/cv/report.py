@@ -161,12 +161,13 @@ def write_figures(fig_dir: Path, s: dict, per_case: list[dict], by_id: dict, wor
               if any(c["metrics"][lab]["ref_ml"] > 0 for lab in labs)]
     scored = [x for x in scored if not math.isnan(x[0])]
     for dice, c in sorted(scored, key=lambda x: x[0])[:worst]:
-        img = np.asanyarray(nib.load(by_id[c["case_id"]].images[0]).dataobj).astype(np.float32)
+        nii = nib.load(by_id[c["case_id"]].images[0])
+        img = np.asanyarray(nii.dataobj).astype(np.float32)
         img = img[..., 0] if img.ndim == 4 else img
         ref = np.asanyarray(nib.load(c["reference_file"]).dataobj)
         pred = np.asanyarray(nib.load(c["prediction_file"]).dataobj)
         name = f"figures/worst_{c['case_id']}.png"
         overlay_montage(img, {"lime": ref, "red": pred}, fig_dir.parent / name,
-                        f"{c['case_id']} (fold {c['fold']}): Dice {dice:.3f}; green reference, red prediction")
+                        f"{c['case_id']} (fold {c['fold']}): Dice {dice:.3f}; green reference, red prediction", nii.affine)
         out.append(name)
     return out
