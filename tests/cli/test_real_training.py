@@ -20,11 +20,11 @@ def _subset_splits(tmp_path, n_train: int, n_val: int):
     return path
 
 
-def _run(tmp_path, experiment: str, epochs: int, n_train: int = 32, n_val: int = 8, extra=()):
+def _run(tmp_path, experiment: str, epochs: int, n_train: int = 48, n_val: int = 8, extra=()):
     splits = _subset_splits(tmp_path, n_train, n_val)
     cfg = compose_train([f"experiment={experiment}", f"data.root={shared('hippocampus')}", f"data.splits_file={splits}",
                          f"trainer.max_epochs={epochs}", "trainer.check_val_every_n_epoch=1", "trainer.max_time=null",
-                         "data.num_workers=0",
+                         "data.num_workers=0", "model.optimizer.lr=3e-3", "model.loss.batch=true",
                          "~callbacks.rich_progress_bar", "trainer.enable_model_summary=false", *extra], tmp_path / "run")
     m = train(cfg)
     rows = [l.split(",") for l in (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()]
@@ -34,10 +34,18 @@ def _run(tmp_path, experiment: str, epochs: int, n_train: int = 32, n_val: int =
 
 
 def test_hippocampus_unet_learns(tmp_path):
-    m, curve = _run(tmp_path, "hippocampus_unet", epochs=8)
-    assert len(curve) == 8  # validation after every epoch
+    """Default tier (~75 s): three epochs on 48 cases; Dice must rise well above its first value."""
+    m, curve = _run(tmp_path, "hippocampus_unet", epochs=3)
+    assert len(curve) == 3  # validation after every epoch
     assert m["val/dice_best"] == pytest.approx(max(curve), abs=1e-6)
-    assert m["val/dice_best"] > 0.6 and m["val/dice_best"] > curve[0] + 0.2
+    assert m["val/dice_best"] > 0.35 and m["val/dice_best"] > curve[0] + 0.15
+
+
+@pytest.mark.slow
+def test_hippocampus_unet_learns_well(tmp_path):
+    """Slow tier (~4 min): ten epochs reach a real Dice (measured 0.157 -> 0.863)."""
+    m, curve = _run(tmp_path, "hippocampus_unet", epochs=10)
+    assert m["val/dice_best"] > 0.8 and m["val/dice_best"] > curve[0] + 0.4
 
 
 @pytest.mark.slow
@@ -45,4 +53,4 @@ def test_hippocampus_unet_learns(tmp_path):
 def test_hippocampus_attention_nets_learn(tmp_path, experiment):
     m, curve = _run(tmp_path, experiment, epochs=10)
     assert len(curve) == 10
-    assert m["val/dice_best"] > 0.6 and m["val/dice_best"] > curve[0] + 0.2
+    assert m["val/dice_best"] > 0.75 and m["val/dice_best"] > curve[0] + 0.3

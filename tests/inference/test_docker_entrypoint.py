@@ -43,7 +43,13 @@ def test_dockerfile_entrypoint_in_fresh_venv(synth_root, tmp_path):
                         run, config_name="kfold"))
     # the image's environment: a new venv, the Dockerfile's two pip steps, from a copy of the build context
     ctx = tmp_path / "ctx"
-    shutil.copytree(REPO, ctx, ignore=shutil.ignore_patterns(".git", ".venv", "outputs", "data", "tests", "*.egg-info", "__pycache__"))
+    top_level = {".git", ".venv", "outputs", "tests"}  # as .dockerignore: only the repo's own top-level folders
+
+    def ignore(folder, names):
+        skip = {n for n in names if n == "__pycache__" or n.endswith(".egg-info")}
+        return skip | (top_level & set(names) if Path(folder) == REPO else set())
+
+    shutil.copytree(REPO, ctx, ignore=ignore)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "-c", "requirements/constraints.txt"]
