@@ -22,12 +22,12 @@ sys.path.insert(0, str(REPO))
 
 
 def plain_loop(dm, net_kwargs, loss_cfg, lr, steps, warmup):
-    from seg.lit.losses import SegLoss, build_loss
+    from seg.lit.losses import SegLoss
     from seg.nn import create_net
 
     torch.manual_seed(0)
     net = create_net(**net_kwargs).to(memory_format=torch.channels_last_3d)
-    loss_fn = SegLoss(build_loss(**loss_cfg))
+    loss_fn = SegLoss(loss_cfg)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-5)
     net.train()
     done, data_t, t_start = 0, 0.0, None
