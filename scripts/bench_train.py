@@ -81,7 +81,7 @@ def seg_loop(root, overrides, steps, warmup, out):
     timer = Timer()
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
         cfg = compose("train", overrides=[f"paths.output_dir={out}", f"data.root={root}", *overrides,
-                                          f"trainer.max_steps={steps + warmup}", "trainer.limit_val_batches=0"])
+                                          f"+trainer.max_steps={steps + warmup}", "+trainer.limit_val_batches=0"])
     train(cfg, extra_callbacks=[timer])
     return timer.t_end - timer.t_start, timer.data_t
 
