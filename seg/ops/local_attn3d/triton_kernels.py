@@ -46,6 +46,30 @@ def _tile_coords(pid_t, D, H, W, TD: tl.constexpr, TH: tl.constexpr, TW: tl.cons
 
 
 @triton.jit
+def _query_tile(pid_t, D, H, W, TD: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr):
+    """Coordinates of the program's TD x TH x TW tile (flattened) and which lie inside the volume."""
+    d0, h0, w0 = _tile_coords(pid_t, D, H, W, TD, TH, TW)
+    i = tl.arange(0, TD * TH * TW)
+    cd = d0 + i // (TH * TW)
+    ch = h0 + (i // TW) % TH
+    cw = w0 + i % TW
+    return cd, ch, cw, (cd < D) & (ch < H) & (cw < W)
+
+
+@triton.jit
+def _window_halo(st_d, st_h, st_w, KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+                 DD: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr):
+    """The exact union of the tile's windows per axis: lower corner, extents and flat size."""
+    lo_d = tl.min(st_d, 0)
+    lo_h = tl.min(st_h, 0)
+    lo_w = tl.min(st_w, 0)
+    n_d = tl.max(st_d, 0) + (KD - 1) * DD + 1 - lo_d
+    n_h = tl.max(st_h, 0) + (KH - 1) * DH + 1 - lo_h
+    n_w = tl.max(st_w, 0) + (KW - 1) * DW + 1 - lo_w
+    return lo_d, lo_h, lo_w, n_h, n_w, n_d * n_h * n_w
+
+
+@triton.jit
 def _na3d_fwd(Q, Kt, V, O, LSE,
               s_b, s_d, s_h, s_w, s_n, s_e,
               D, H, W, NH, E, scale,
@@ -57,13 +81,8 @@ def _na3d_fwd(Q, Kt, V, O, LSE,
     pid_bh = tl.program_id(1)
     b = pid_bh // NH
     hd = pid_bh % NH
-    d0, h0, w0 = _tile_coords(pid_t, D, H, W, TD, TH, TW)
+    qd, qh, qw, q_ok = _query_tile(pid_t, D, H, W, TD, TH, TW)
     BLOCK_Q: tl.constexpr = TD * TH * TW
-    qi = tl.arange(0, BLOCK_Q)
-    qd = d0 + qi // (TH * TW)
-    qh = h0 + (qi // TW) % TH
-    qw = w0 + qi % TW
-    q_ok = (qd < D) & (qh < H) & (qw < W)
     e = tl.arange(0, BLOCK_E)
     e_ok = e < E
     base = b * s_b + hd * s_n
@@ -72,14 +91,8 @@ def _na3d_fwd(Q, Kt, V, O, LSE,
     st_d = _start(tl.minimum(qd, D - 1), D, KD, DD)
     st_h = _start(tl.minimum(qh, H - 1), H, KH, DH)
     st_w = _start(tl.minimum(qw, W - 1), W, KW, DW)
-    # the exact union of the tile's windows on each axis (tail queries repeat the last one's window)
-    lo_d = tl.min(st_d, 0)
-    lo_h = tl.min(st_h, 0)
-    lo_w = tl.min(st_w, 0)
-    n_d = tl.max(st_d, 0) + (KD - 1) * DD + 1 - lo_d
-    n_h = tl.max(st_h, 0) + (KH - 1) * DH + 1 - lo_h
-    n_w = tl.max(st_w, 0) + (KW - 1) * DW + 1 - lo_w
-    total = n_d * n_h * n_w
+    # tail queries repeat the last one's window, so they do not widen the halo
+    lo_d, lo_h, lo_w, n_h, n_w, total = _window_halo(st_d, st_h, st_w, KD, KH, KW, DD, DH, DW)
     m_i = tl.full([BLOCK_Q], -1.0e30, tl.float32)
     l_i = tl.zeros([BLOCK_Q], tl.float32)
     acc = tl.zeros([BLOCK_Q, BLOCK_E], tl.float32)
@@ -124,13 +137,8 @@ def _na3d_bwd_dq(Q, Kt, V, DO, LSE, DELTA, DQ,
     pid_bh = tl.program_id(1)
     b = pid_bh // NH
     hd = pid_bh % NH
-    d0, h0, w0 = _tile_coords(pid_t, D, H, W, TD, TH, TW)
+    qd, qh, qw, q_ok = _query_tile(pid_t, D, H, W, TD, TH, TW)
     BLOCK_Q: tl.constexpr = TD * TH * TW
-    qi = tl.arange(0, BLOCK_Q)
-    qd = d0 + qi // (TH * TW)
-    qh = h0 + (qi // TW) % TH
-    qw = w0 + qi % TW
-    q_ok = (qd < D) & (qh < H) & (qw < W)
     e = tl.arange(0, BLOCK_E)
     e_ok = e < E
     base = b * s_b + hd * s_n
@@ -144,13 +152,7 @@ def _na3d_bwd_dq(Q, Kt, V, DO, LSE, DELTA, DQ,
     st_d = _start(tl.minimum(qd, D - 1), D, KD, DD)
     st_h = _start(tl.minimum(qh, H - 1), H, KH, DH)
     st_w = _start(tl.minimum(qw, W - 1), W, KW, DW)
-    lo_d = tl.min(st_d, 0)
-    lo_h = tl.min(st_h, 0)
-    lo_w = tl.min(st_w, 0)
-    n_d = tl.max(st_d, 0) + (KD - 1) * DD + 1 - lo_d
-    n_h = tl.max(st_h, 0) + (KH - 1) * DH + 1 - lo_h
-    n_w = tl.max(st_w, 0) + (KW - 1) * DW + 1 - lo_w
-    total = n_d * n_h * n_w
+    lo_d, lo_h, lo_w, n_h, n_w, total = _window_halo(st_d, st_h, st_w, KD, KH, KW, DD, DH, DW)
     dq = tl.zeros([BLOCK_Q, BLOCK_E], tl.float32)
     for start in range(0, total, BLOCK_K):
         kk = start + tl.arange(0, BLOCK_K)
