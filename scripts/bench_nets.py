@@ -112,7 +112,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="first 4 rows, forward only")
     a = ap.parse_args()
     roof = sgemm_gflops()
-    rows = [measure(n, m, a.shape, a.reps, roof, not a.quick) for n, m in configs(a.quick)]
+    rows = []
+    for n, m in configs(a.quick):
+        rows.append(measure(n, m, a.shape, a.reps, roof, not a.quick))
+        print(f"measured {n}: fwd {rows[-1]['fwd']:.2f} s, fwd peak {rows[-1]['mem_fwd']:.0f} MB", flush=True)
     base = rows[0]
     for r in rows:
         r["x_fwd"] = r["fwd"] / base["fwd"]

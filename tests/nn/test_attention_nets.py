@@ -131,3 +131,17 @@ def test_gate_parameter_count_formula():
     gate = AttentionGate(3, c, c, f, "concat")
     expected = 2 * (c * f + 2 * f) + (2 * f + 1) + 2
     assert sum(p.numel() for p in gate.parameters()) == expected
+
+
+@pytest.mark.parametrize("mode", ["concat", "add"])
+def test_gate_matches_explicit_formula(mode):
+    """The gate's memory-lean forward (split psi conv, in-place ReLU/add) equals the textbook formula."""
+    from seg.nn.blocks import AttentionGate
+
+    torch.manual_seed(5)
+    gate = AttentionGate(3, 6, 4, 3, mode).train()
+    g, x = torch.randn(2, 6, 5, 6, 7), torch.randn(2, 4, 5, 6, 7)
+    g1, x1 = gate.w_g(g), gate.w_x(x)
+    h = torch.cat([g1, x1], 1) if mode == "concat" else g1 + x1
+    expected = x * torch.sigmoid(gate.psi(torch.relu(h)))
+    torch.testing.assert_close(gate(g, x), expected)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from seg.nn.layers import Option, check_option, conv_layer, norm_layer
 
@@ -39,9 +40,19 @@ class AttentionGate(nn.Module):
         self.last_psi: torch.Tensor | None = None
 
     def coefficients(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        # ReLU and the add are in place (norm and conv backward do not need their outputs): fewer F_int maps
         g1, x1 = self.w_g(g), self.w_x(x)
-        h = torch.cat([g1, x1], 1) if self.mode == "concat" else g1 + x1
-        return torch.sigmoid(self.psi(torch.relu(h)))
+        if self.mode == "add":
+            h = self.psi[0](torch.relu_(g1.add_(x1)))
+        else:
+            # psi's 1x1 conv over concat[g1, x1] is the sum of its two halves applied to g1 and x1: no
+            # concatenated 2 * F_int map is ever built (same weights, same result, less memory and time)
+            conv = self.psi[0]
+            conv_fn = F.conv3d if g1.ndim == 5 else F.conv2d
+            w = conv.weight
+            h = conv_fn(torch.relu_(g1), w[:, : g1.shape[1]]) + conv_fn(torch.relu_(x1), w[:, g1.shape[1]:], conv.bias)
+        del g1, x1
+        return torch.sigmoid(self.psi[1:](h))
 
     def forward(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         psi = self.coefficients(g, x)
