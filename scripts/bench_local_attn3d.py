@@ -34,10 +34,10 @@ from benchlib import peak_memory_mb, print_table, sgemm_gflops, threads_note, ti
 HEADS, HEAD_DIM = 4, 32
 
 
-def natten_mask_fn(n: int, kernel: int):
+def natten_mask_fn(n: int, kernel: int, device: str = "cpu"):
     from seg.ops.local_attn3d.reference import window_start
 
-    st = window_start(n, kernel, 1)
+    st = window_start(n, kernel, 1, device)
 
     def coords(t):
         return t // (n * n), (t // n) % n, t % n
@@ -52,7 +52,7 @@ def natten_mask_fn(n: int, kernel: int):
     return mask_mod
 
 
-def bench_size(n: int, kernel: int, roof: float, flex_on: bool, max_dense_gb: float) -> list[dict]:
+def bench_size(n: int, kernel: int, roof: float, flex_on: bool, max_dense_gb: float, max_flex_gb: float) -> list[dict]:
     from seg.ops import local_attn3d
 
     N = n**3
@@ -76,15 +76,20 @@ def bench_size(n: int, kernel: int, roof: float, flex_on: bool, max_dense_gb: fl
 
     row("seg torch", t, timeit(fb, reps=1), m)
     # flex attention, compiled, with a block mask
-    if flex_on:
+    flex_gb = 10 * N * N / 1e9  # create_block_mask on the CPU evaluates the N x N mask (~10 GB at 32^3)
+    if flex_on and flex_gb > max_flex_gb:
+        row("flex_attention (compiled)", None, None, None, f"skipped: mask build ~{flex_gb:.0f} GB")
+    elif flex_on:
         try:
             from torch.nn.attention.flex_attention import create_block_mask, flex_attention
             import time
 
             t0 = time.perf_counter()
-            bm_mem = peak_memory_mb(lambda: create_block_mask(natten_mask_fn(n, kernel), 1, HEADS, N, N, device="cpu"))
+            made = {}
+            bm_mem = peak_memory_mb(lambda: made.update(bm=create_block_mask(natten_mask_fn(n, kernel), 1, HEADS, N, N,
+                                                                             device="cpu")))
             t_build = time.perf_counter() - t0
-            bm = create_block_mask(natten_mask_fn(n, kernel), 1, HEADS, N, N, device="cpu")
+            bm = made["bm"]
             fa = torch.compile(flex_attention)
             qf, kf, vf = [x.reshape(1, N, HEADS, HEAD_DIM).transpose(1, 2).contiguous() for x in (q, k, v)]
             with torch.no_grad():
@@ -124,15 +129,31 @@ def bench_size(n: int, kernel: int, roof: float, flex_on: bool, max_dense_gb: fl
 
 
 def gpu_section(sizes, kernel):
+    """triton vs flex_attention (compiled, block mask) vs dense SDPA with a boolean mask, bf16, on CUDA."""
     import triton.testing
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     from seg.ops import local_attn3d
+    from seg.ops.local_attn3d.reference import neighbourhood_index
 
-    print("\nGPU (triton.testing.do_bench, ms):")
+    print(f"\nGPU {torch.cuda.get_device_name()} (triton.testing.do_bench, ms, bf16, kernel {kernel}):")
+    fa = torch.compile(flex_attention)
     for n in sizes:
+        N = n**3
         q, k, v = [torch.randn(1, n, n, n, HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16) for _ in range(3)]
-        t = triton.testing.do_bench(lambda: local_attn3d(q, k, v, kernel, backend="triton"))
-        print(f"  {n}^3 k{kernel}: triton {t:.3f} ms")
+        res = {"triton": triton.testing.do_bench(lambda: local_attn3d(q, k, v, kernel, backend="triton"))}
+        qf, kf, vf = [x.reshape(1, N, HEADS, HEAD_DIM).transpose(1, 2).contiguous() for x in (q, k, v)]
+        bm = create_block_mask(natten_mask_fn(n, kernel, "cuda"), 1, HEADS, N, N, device="cuda")
+        res["flex"] = triton.testing.do_bench(lambda: fa(qf, kf, vf, block_mask=bm))
+        if N * N * 3 / 1e9 < 0.5 * torch.cuda.get_device_properties(0).total_memory / 1e9:
+            idx = neighbourhood_index(n, kernel, 1, device="cuda")
+            inside = torch.zeros(n, n, dtype=torch.bool, device="cuda")
+            inside[torch.arange(n, device="cuda")[:, None], idx] = True
+            mask = (inside[:, None, None, :, None, None] & inside[None, :, None, None, :, None]
+                    & inside[None, None, :, None, None, :]).reshape(N, N)
+            sdpa = torch.nn.functional.scaled_dot_product_attention
+            res["dense SDPA"] = triton.testing.do_bench(lambda: sdpa(qf, kf, vf, attn_mask=mask))
+        print(f"  {n}^3: " + ", ".join(f"{name} {t:.3f} ms ({t / res['flex']:.2f}x flex)" for name, t in res.items()))
 
 
 def main() -> None:
@@ -141,13 +162,14 @@ def main() -> None:
     ap.add_argument("--kernels", type=int, nargs="+", default=[7, 5, 9])
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--max-dense-gb", type=float, default=6.0)
+    ap.add_argument("--max-flex-gb", type=float, default=14.0, help="skip flex where its CPU mask build needs more")
     a = ap.parse_args()
     roof = sgemm_gflops()
     rows = []
     for kernel in a.kernels:
         for n in a.sizes:
             if n >= kernel:
-                rows += bench_size(n, kernel, roof, not a.no_flex, a.max_dense_gb)
+                rows += bench_size(n, kernel, roof, not a.no_flex, a.max_dense_gb, a.max_flex_gb)
     print(f"\nB=1, heads={HEADS}, head_dim={HEAD_DIM}; {threads_note()}; sgemm roof {roof:.0f} GFLOP/s (measured now)")
     print_table(rows, [("n", "volume", "s"), ("k", "kernel", "d"), ("impl", "implementation", "s"), ("fwd", "fwd s", ".3f"),
                        ("x", "x flex", ".2f"), ("fb", "fwd+bwd s", ".3f"), ("fb_x", "fb/fwd", ".2f"), ("rate", "useful/roof", ".1%"),

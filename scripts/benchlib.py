@@ -29,11 +29,26 @@ def _status_kb(field: str) -> int:
     return 0
 
 
+def _malloc_trim() -> None:
+    """Hand freed heap memory back to the OS (glibc), so the baseline RSS does not hide a re-allocation.
+
+    glibc raises its mmap threshold (up to 32 MB) after large frees; tensors below it then come from the
+    heap and stay resident after being freed, and a peak measured after a warm-up run would read ~0.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def peak_memory_mb(fn: Callable[[], object]) -> float:
     """Peak resident memory added while ``fn`` runs, in MB (Linux: resets VmHWM via clear_refs)."""
     import gc
 
     gc.collect()
+    _malloc_trim()
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")

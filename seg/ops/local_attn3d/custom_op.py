@@ -24,7 +24,7 @@ def _(q, k, v, kernel_size, dilation, scale):
 @torch.library.custom_op("seg::local_attn3d_backward", mutates_args=())
 def local_attn3d_backward_op(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: list[int],
                              dilation: list[int], scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    # recomputes the forward (its log-sum-exp) inside the torch path's autograd; ~1.5x the eager backward
+    # recomputes the forward inside the torch path's autograd (the op saves only q, k, v); ~1.3x the eager backward
     with torch.enable_grad():
         qq, kk, vv = (t.detach().requires_grad_(True) for t in (q, k, v))
         out = local_attn3d_torch(qq, kk, vv, tuple(kernel_size), tuple(dilation), scale)
