@@ -4,10 +4,11 @@
 
 Workloads: the 256^3 T1 (1 mm, LIA, uint8) and MSD hippocampus cases, from ../shared/data. Network: the
 paper's U-Net backbone with filters 8..128 (96^3 windows on the T1: 125 windows per fold at overlap 0.5;
-40x56x40 on hippocampus), untrained weights (speed does not depend on them). Filters 16..256 on the T1
-would make a 5-fold ensemble ~10 minutes per pipeline on 2 cores with the same ratios (inference is the
-same network in both); ``--t1-filters 16 32 128 256 256`` measures it. Each pipeline is warmed up on a
-small generated volume first. ~8 minutes in all. Baseline: LoadImaged ->
+40x56x40 on hippocampus), untrained weights (speed does not depend on them). The paper's filters
+16..256 (``--t1-filters 16 32 128 256 256``) cost ~4x the FLOPs per window; both pipelines run the same
+network, so they would only lengthen the run (the 5-fold T1 already takes ~11 minutes in the MONAI
+pipeline on 2 cores). Each pipeline is warmed up on a small generated volume first. ~25 minutes in all.
+Baseline: LoadImaged ->
 EnsureChannelFirstd -> Orientationd -> NormalizeIntensityd -> sliding_window_inference (Gaussian) ->
 softmax (mean over folds) -> Invertd -> AsDiscreted(argmax) -> SaveImaged, the same windows and overlap.
 seg: seg.inference.Predictor + save_mask (conv+BN folded, channels-last, inference_mode).
