@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A real 5-fold cross-validation on ../shared/data/hippocampus with a small epoch budget (default: the
-# AGUNet experiment, 2 epochs per fold; ~15-20 minutes on a 2-core CPU). Resumable: run it again to
+# AGUNet experiment, 2 epochs per fold; 697 s on the 2-core VM). Resumable: run it again to
 # continue. Extra arguments are Hydra overrides, e.g. experiment=hippocampus_unet trainer.max_epochs=4.
 set -euo pipefail
 cd "$(dirname "$0")/.."
