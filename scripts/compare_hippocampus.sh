@@ -12,7 +12,7 @@ EXPS=("$@")
 [ ${#EXPS[@]} -gt 0 ] || EXPS=(hippocampus_unet hippocampus_agunet hippocampus_daunet)
 OUT="outputs/compare_hippocampus/$(date +%Y-%m-%d_%H-%M-%S)"
 for e in "${EXPS[@]}"; do
-  "$VENV/bin/seg-train" experiment="$e" trainer.max_time="00:00:${MIN}:00" hydra.run.dir="$OUT/$e"
+  "$VENV/bin/seg-train" experiment="$e" trainer.max_time="$(printf "00:%02d:%02d:00" $((MIN / 60)) $((MIN % 60)))" hydra.run.dir="$OUT/$e"
 done
 "$VENV/bin/python" - "$OUT" "${EXPS[@]}" <<'PY'
 import json, sys
