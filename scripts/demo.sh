@@ -26,7 +26,7 @@ fi
 seg-predict -i "$UNSEEN/imagesTr" -o "$RUN/predictions" -m "$RUN/model" --png -q
 
 echo "[demo] 4/4 evaluating them: seg-eval"
-seg-eval -p "$RUN/predictions" -l "$UNSEEN/labelsTr" -o "$RUN/predictions" --no-surface
+seg-eval -p "$RUN/predictions" -l "$UNSEEN/labelsTr" -d "$UNSEEN/dataset.json" -o "$RUN/predictions" --no-surface
 
 python - "$RUN" <<'PY'
 import json, sys
