@@ -13,6 +13,8 @@ On a machine without a GPU the kernels run under TRITON_INTERPRET=1 (tests only:
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -70,13 +72,23 @@ def _window_halo(st_d, st_h, st_w, KD: tl.constexpr, KH: tl.constexpr, KW: tl.co
 
 
 @triton.jit
+def _load_tile(ptrs, mask, UPCAST: tl.constexpr):
+    """Load a q/k/v/dO tile; UPCAST (bf16 under TRITON_INTERPRET only) converts it to fp32 on load, since
+    the interpreter keeps bf16 as raw uint16 bits and its dot/arithmetic on them is wrong (Triton docs)."""
+    x = tl.load(ptrs, mask=mask, other=0.0)
+    if UPCAST:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
 def _na3d_fwd(Q, Kt, V, O, LSE,
               s_b, s_d, s_h, s_w, s_n, s_e,
               D, H, W, NH, E, scale,
               KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
               DD: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
               TD: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
-              BLOCK_K: tl.constexpr, BLOCK_E: tl.constexpr):
+              BLOCK_K: tl.constexpr, BLOCK_E: tl.constexpr, UPCAST: tl.constexpr):
     pid_t = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // NH
@@ -87,7 +99,7 @@ def _na3d_fwd(Q, Kt, V, O, LSE,
     e_ok = e < E
     base = b * s_b + hd * s_n
     q_off = base + qd * s_d + qh * s_h + qw * s_w
-    q = tl.load(Q + q_off[:, None] + e[None, :] * s_e, mask=q_ok[:, None] & e_ok[None, :], other=0.0)
+    q = _load_tile(Q + q_off[:, None] + e[None, :] * s_e, q_ok[:, None] & e_ok[None, :], UPCAST)
     st_d = _start(tl.minimum(qd, D - 1), D, KD, DD)
     st_h = _start(tl.minimum(qh, H - 1), H, KH, DH)
     st_w = _start(tl.minimum(qw, W - 1), W, KW, DW)
@@ -104,8 +116,8 @@ def _na3d_fwd(Q, Kt, V, O, LSE,
         kw = lo_w + kk % n_w
         k_off = base + kd * s_d + kh * s_h + kw * s_w
         kmask = k_ok[:, None] & e_ok[None, :]
-        k = tl.load(Kt + k_off[:, None] + e[None, :] * s_e, mask=kmask, other=0.0)
-        v = tl.load(V + k_off[:, None] + e[None, :] * s_e, mask=kmask, other=0.0)
+        k = _load_tile(Kt + k_off[:, None] + e[None, :] * s_e, kmask, UPCAST)
+        v = _load_tile(V + k_off[:, None] + e[None, :] * s_e, kmask, UPCAST)
         s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale
         valid = (q_ok[:, None] & k_ok[None, :]
                  & _in_window(kd[None, :], st_d[:, None], KD, DD)
@@ -132,7 +144,7 @@ def _na3d_bwd_dq(Q, Kt, V, DO, LSE, DELTA, DQ,
                  KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
                  DD: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
                  TD: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
-                 BLOCK_K: tl.constexpr, BLOCK_E: tl.constexpr):
+                 BLOCK_K: tl.constexpr, BLOCK_E: tl.constexpr, UPCAST: tl.constexpr):
     pid_t = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // NH
@@ -144,8 +156,8 @@ def _na3d_bwd_dq(Q, Kt, V, DO, LSE, DELTA, DQ,
     base = b * s_b + hd * s_n
     q_off = base + qd * s_d + qh * s_h + qw * s_w
     qmask = q_ok[:, None] & e_ok[None, :]
-    q = tl.load(Q + q_off[:, None] + e[None, :] * s_e, mask=qmask, other=0.0)
-    do = tl.load(DO + q_off[:, None] + e[None, :] * s_e, mask=qmask, other=0.0)
+    q = _load_tile(Q + q_off[:, None] + e[None, :] * s_e, qmask, UPCAST)
+    do = _load_tile(DO + q_off[:, None] + e[None, :] * s_e, qmask, UPCAST)
     row = pid_bh * D * H * W + (qd * H + qh) * W + qw
     lse = tl.load(LSE + row, mask=q_ok, other=0.0)
     delta = tl.load(DELTA + row, mask=q_ok, other=0.0)
@@ -162,8 +174,8 @@ def _na3d_bwd_dq(Q, Kt, V, DO, LSE, DELTA, DQ,
         kw = lo_w + kk % n_w
         k_off = base + kd * s_d + kh * s_h + kw * s_w
         kmask = k_ok[:, None] & e_ok[None, :]
-        k = tl.load(Kt + k_off[:, None] + e[None, :] * s_e, mask=kmask, other=0.0)
-        v = tl.load(V + k_off[:, None] + e[None, :] * s_e, mask=kmask, other=0.0)
+        k = _load_tile(Kt + k_off[:, None] + e[None, :] * s_e, kmask, UPCAST)
+        v = _load_tile(V + k_off[:, None] + e[None, :] * s_e, kmask, UPCAST)
         valid = (q_ok[:, None] & k_ok[None, :]
                  & _in_window(kd[None, :], st_d[:, None], KD, DD)
                  & _in_window(kh[None, :], st_h[:, None], KH, DH)
@@ -183,7 +195,7 @@ def _na3d_bwd_dkdv(Q, Kt, V, DO, LSE, DELTA, DK, DV,
                    KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
                    DD: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
                    TD: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
-                   BLOCK_Q: tl.constexpr, BLOCK_E: tl.constexpr):
+                   BLOCK_Q: tl.constexpr, BLOCK_E: tl.constexpr, UPCAST: tl.constexpr):
     pid_t = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // NH
@@ -200,8 +212,8 @@ def _na3d_bwd_dkdv(Q, Kt, V, DO, LSE, DELTA, DK, DV,
     base = b * s_b + hd * s_n
     k_off = base + kd * s_d + kh * s_h + kw * s_w
     kmask = k_ok[:, None] & e_ok[None, :]
-    k = tl.load(Kt + k_off[:, None] + e[None, :] * s_e, mask=kmask, other=0.0)
-    v = tl.load(V + k_off[:, None] + e[None, :] * s_e, mask=kmask, other=0.0)
+    k = _load_tile(Kt + k_off[:, None] + e[None, :] * s_e, kmask, UPCAST)
+    v = _load_tile(V + k_off[:, None] + e[None, :] * s_e, kmask, UPCAST)
     # queries that can see a key of this tile lie within (k - 1) * d of it on every axis
     lo_d = tl.maximum(d0 - (KD - 1) * DD, 0)
     lo_h = tl.maximum(h0 - (KH - 1) * DH, 0)
@@ -220,8 +232,8 @@ def _na3d_bwd_dkdv(Q, Kt, V, DO, LSE, DELTA, DK, DV,
         qw = lo_w + qq % n_w
         q_off = base + qd * s_d + qh * s_h + qw * s_w
         qmask = q_ok[:, None] & e_ok[None, :]
-        q = tl.load(Q + q_off[:, None] + e[None, :] * s_e, mask=qmask, other=0.0)
-        do = tl.load(DO + q_off[:, None] + e[None, :] * s_e, mask=qmask, other=0.0)
+        q = _load_tile(Q + q_off[:, None] + e[None, :] * s_e, qmask, UPCAST)
+        do = _load_tile(DO + q_off[:, None] + e[None, :] * s_e, qmask, UPCAST)
         row = pid_bh * D * H * W + (qd * H + qh) * W + qw
         lse = tl.load(LSE + row, mask=q_ok, other=0.0)
         delta = tl.load(DELTA + row, mask=q_ok, other=0.0)
@@ -257,7 +269,8 @@ def _common(q, kernel, dilation, scale):
     B, D, H, W, NH, E = q.shape
     return dict(D=D, H=H, W=W, NH=NH, E=E, scale=scale, KD=kernel[0], KH=kernel[1], KW=kernel[2],
                 DD=dilation[0], DH=dilation[1], DW=dilation[2], TD=TILE[0], TH=TILE[1], TW=TILE[2],
-                BLOCK_E=max(16, triton.next_power_of_2(E)))
+                BLOCK_E=max(16, triton.next_power_of_2(E)),
+                UPCAST=q.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1")
 
 
 def na3d_forward(q, k, v, kernel, dilation, scale):
