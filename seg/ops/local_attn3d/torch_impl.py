@@ -9,8 +9,9 @@ scores of a chunk stay in the CPU's cache (the softmax over them is then cheap).
 plus one chunk of scores, never O(N^2) and never O(N * halo) at once. Masked keys get -1e4, not -inf:
 the fused softmax is fast on finite inputs, and exp(-1e4 - max) is exactly 0.
 
-The backward recomputes scores and probabilities chunk by chunk (nothing but O is saved) and scatters key/value gradients back with ``index_add_``. Dilation runs the same on each
-residue sub-grid (coordinates mod d), which is exactly NATTEN's dilated neighbourhood.
+The backward recomputes scores and probabilities chunk by chunk (nothing but O is saved) and scatters
+key/value gradients back with ``index_add_``. Dilation runs the same on each residue sub-grid
+(coordinates mod d), which is exactly NATTEN's dilated neighbourhood.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class _Plan:
         flat = (ad.idx[:, None, None, :, None, None] * H + ah.idx[None, :, None, None, :, None]) * W \
             + aw.idx[None, None, :, None, None, :]
         self.halo_idx = flat.reshape(ad.n * self.plane, self.h3)
+        self.batch_offsets = torch.arange(B, device=device) * (ad.length * ah.length * aw.length)
         self.per_chunk = max(1, CHUNK_BYTES // (B * h * self.b3 * self.h3 * 4))
         self.groups = self._groups(dtype)
 
@@ -117,26 +119,24 @@ class _Plan:
         """``[B, D, H, W, h, e]`` -> ``[B*N, h*e]``: one row per voxel, all heads (a view of contiguous input)."""
         return x.reshape(-1, self.h * self.e)
 
-    def _row_index(self, sel: torch.Tensor) -> torch.Tensor:
+    def row_index(self, sel: torch.Tensor) -> torch.Tensor:
+        """Rows of ``[B*N, h*e]`` that make up the halos of blocks ``sel`` (computed once per chunk)."""
         idx = self.halo_idx[sel].flatten()
-        if self.B == 1:
-            return idx
-        n = math.prod(a.length for a in self.ax)
-        return (torch.arange(self.B, device=idx.device)[:, None] * n + idx).flatten()
+        return idx if self.B == 1 else (self.batch_offsets[:, None] + idx).flatten()
 
-    def halo(self, rows: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
-        """Key/value rows ``[B*N, h*e]`` -> the halos of blocks ``sel``, ``[B*h*len(sel), halo^3, e]``.
+    def halo(self, rows: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Key/value rows ``[B*N, h*e]`` at ``idx`` (:meth:`row_index`) -> halos ``[B*h*blocks, halo^3, e]``.
 
         The gather runs over whole voxel rows (all heads, dim 0): PyTorch's CPU ``index_select`` along
         dim 0 is ~80x faster than along an inner dim of a ``[B*h, N, e]`` layout; one permute follows.
         """
-        g = rows.index_select(0, self._row_index(sel)).view(self.B, -1, self.h3, self.h, self.e)
+        g = rows.index_select(0, idx).view(self.B, -1, self.h3, self.h, self.e)
         return g.permute(0, 3, 1, 2, 4).reshape(-1, self.h3, self.e)
 
-    def scatter_halo(self, g: torch.Tensor, out_rows: torch.Tensor, sel: torch.Tensor) -> None:
-        """Add halo gradients ``[B*h*len(sel), halo^3, e]`` back into rows ``out_rows [B*N, h*e]``."""
+    def scatter_halo(self, g: torch.Tensor, out_rows: torch.Tensor, idx: torch.Tensor) -> None:
+        """Add halo gradients ``[B*h*blocks, halo^3, e]`` back into rows ``out_rows [B*N, h*e]`` at ``idx``."""
         g = g.view(self.B, self.h, -1, self.h3, self.e).permute(0, 2, 3, 1, 4).reshape(-1, self.h * self.e)
-        out_rows.index_add_(0, self._row_index(sel), g)
+        out_rows.index_add_(0, idx, g)
 
 
 def _forward(q, k, v, plan: _Plan, scale: float):
@@ -145,8 +145,9 @@ def _forward(q, k, v, plan: _Plan, scale: float):
     out = torch.empty_like(qb_all)
     Bh, b3, e = qb_all.shape[0], plan.b3, plan.e
     for sel, bias in plan.chunks():
-        s = torch.baddbmm(bias, qb_all[:, sel].reshape(-1, b3, e), plan.halo(k, sel).transpose(1, 2))
-        out[:, sel] = torch.bmm(torch.softmax(s, -1), plan.halo(v, sel)).view(Bh, -1, b3, e)
+        idx = plan.row_index(sel)
+        s = torch.baddbmm(bias, qb_all[:, sel].reshape(-1, b3, e), plan.halo(k, idx).transpose(1, 2))
+        out[:, sel] = torch.bmm(torch.softmax(s, -1), plan.halo(v, idx)).view(Bh, -1, b3, e)
     return plan.unblock(out)
 
 
@@ -160,14 +161,15 @@ def _backward(do, q, k, v, out, plan: _Plan, scale: float):
     Bh, b3, e = qb_all.shape[0], plan.b3, plan.e
     for sel, bias in plan.chunks():
         qb, dob = qb_all[:, sel].reshape(-1, b3, e), do_all[:, sel].reshape(-1, b3, e)
-        kb, vb = plan.halo(k, sel), plan.halo(v, sel)
+        idx = plan.row_index(sel)
+        kb, vb = plan.halo(k, idx), plan.halo(v, idx)
         # recompute P with the fused softmax: on a cache-resident chunk it is as cheap as exp(S - lse) and
         # avoids the slow exp path of the masked entries, so the forward saves no log-sum-exp at all
         p = torch.softmax(torch.baddbmm(bias, qb, kb.transpose(1, 2)), -1)
-        plan.scatter_halo(torch.bmm(p.transpose(1, 2), dob), dv, sel)
+        plan.scatter_halo(torch.bmm(p.transpose(1, 2), dob), dv, idx)
         ds = p.mul_(torch.bmm(dob, vb.transpose(1, 2)).sub_(delta[:, sel].reshape(-1, b3, 1)))
         dq[:, sel] = torch.bmm(ds, kb).view(Bh, -1, b3, e)
-        plan.scatter_halo(torch.bmm(ds.transpose(1, 2), qb), dk, sel)  # qb is scaled: dK = scale * dS^T Q
+        plan.scatter_halo(torch.bmm(ds.transpose(1, 2), qb), dk, idx)  # qb is scaled: dK = scale * dS^T Q
     return plan.unblock(dq.mul_(scale)), dk.view(q.shape), dv.view(q.shape)
 
 
