@@ -43,6 +43,21 @@ def test_torch_backend_matches_reference_forward_and_gradients(shape, kernel, di
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("width", [7, 8, 9, 10, 11, 12])
+def test_torch_backend_line_borders(width):
+    """W is the axis whose blocks share one key line; positions outside the volume stand in for the keys of
+    inward-shifted border windows. Every width from the kernel to kernel + 5 (all remainders of the W block)."""
+    torch.manual_seed(width)
+    q, k, v = [torch.randn(1, 5, 6, width, 2, 4, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    kernel = (3, 5, 7)
+    ref = local_attn3d(q, k, v, kernel, backend="reference")
+    out = local_attn3d(q, k, v, kernel, backend="torch")
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
+    g = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(ref, (q, k, v), g), torch.autograd.grad(out, (q, k, v), g)):
+        torch.testing.assert_close(b, a, atol=1e-12, rtol=1e-12)
+
+
 def test_torch_backend_float64_exact_and_fp16_runs():
     torch.manual_seed(1)
     q, k, v = [torch.randn(1, 6, 7, 5, 2, 4, dtype=torch.float64) for _ in range(3)]

@@ -1,6 +1,6 @@
 """``seg::local_attn3d``: the torch path as a ``torch.library`` custom op, so ``torch.compile`` treats the
 op as one opaque node (with a fake implementation for shapes and an autograd formula) instead of
-tracing through its Python chunk loop."""
+tracing through its Python loop over lines of blocks."""
 
 from __future__ import annotations
 

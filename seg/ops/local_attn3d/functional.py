@@ -1,7 +1,8 @@
 """``local_attn3d``: 3D neighbourhood attention (NATTEN semantics) with backends chosen by capability.
 
-Backends: ``torch`` (the fast CPU path, blocked queries with a key halo, O(N * E) memory), ``reference``
-(naive, for tests), ``triton`` (fused forward, dQ and dK/dV kernels; CUDA, or the CPU under TRITON_INTERPRET=1 for tests).
+Backends: ``torch`` (the fast CPU path: blocked queries against a shared key halo in PyTorch's fused
+CPU flash-attention kernel, O(N * E) memory), ``reference`` (naive, for tests), ``triton`` (fused forward,
+dQ and dK/dV kernels; CUDA, or the CPU under TRITON_INTERPRET=1 for tests).
 """
 
 from __future__ import annotations

@@ -1,212 +1,249 @@
 """The fast CPU path of 3D neighbourhood attention in plain PyTorch.
 
-Queries are cut into blocks of b^3 (b = 4); a block's windows all lie inside one halo of (b + k - 1)^3
-keys, so one block is two batched matmuls ([b^3, E] x [E, halo] and back) with an additive mask for
-the keys outside each query's own window. Blocks whose windows are clamped the same way (all interior
-blocks, and one group per border case) share one mask, so blocks are processed group by group in
-chunks of a few blocks: the mask is one small ``[b^3, halo]`` tensor broadcast into ``baddbmm`` and the
-scores of a chunk stay in the CPU's cache (the softmax over them is then cheap). Memory is O(N * E)
-plus one chunk of scores, never O(N^2) and never O(N * halo) at once. Masked keys get -1e4, not -inf:
-the fused softmax is fast on finite inputs, and exp(-1e4 - max) is exactly 0.
+Queries are cut into blocks of ``4 x 4 x 2`` (D, H, W). A block's windows all lie inside one halo of
+``(4 + kd - 1) x (4 + kh - 1) x (2 + kw - 1)`` keys, so a block is one small dense attention over its
+halo with an additive mask for the keys outside each query's own window. The dense attention is
+PyTorch's fused CPU flash-attention kernel (``aten::_scaled_dot_product_flash_attention_for_cpu`` and
+its backward): tiled QK^T, online softmax and PV in one pass, log-sum-exp saved, the backward
+recomputing scores from it. What we add is the halo bookkeeping the kernel lacks:
 
-The backward recomputes scores and probabilities chunk by chunk (nothing but O is saved) and scatters
-key/value gradients back with ``index_add_``. Dilation runs the same on each residue sub-grid
-(coordinates mod d), which is exactly NATTEN's dilated neighbourhood.
+* The blocks of one *line* (same D and H block, every W block) share one gathered key buffer laid out
+  W-outermost, ``[W positions, halo_d, halo_h]``. Block ``j``'s halo is then rows ``[2 j * n1, 2 j * n1 +
+  (2 + kw - 1) * n1)`` of it (``n1 = halo_d * halo_h``): the kernel reads every block's keys through
+  one overlapping strided view (batch stride ``2 * n1`` rows), so keys are gathered once per line
+  (~6x the volume at kernel 7), not once per block (~16x).
+* On D and H the halo is clamped inside the volume per block (the windows there are shifted inward
+  the same way). On W the line is not clamped, so positions ``p < 0`` and ``p >= W`` in front of and
+  behind the volume hold the keys that the border queries' inward-shifted windows need
+  (``p -> p + kw`` and ``p -> p - kw``); the mask keeps exactly one copy of every key in a block's
+  window, so every query sees exactly its NATTEN window.
+* The masks depend only on the block's border case on each axis: one ``[W blocks, b^3, halo]``
+  additive mask per (D case, H case), built once per shape and broadcast over heads.
+
+Masked keys get -1e4, not -inf (finite scores keep the kernel on its fast path, exp underflows to
+exactly 0). Memory is O(N * E) plus one line of keys and the masks, never O(N^2). Dilation runs the
+same on each residue sub-grid (coordinates mod d), which is exactly NATTEN's dilated neighbourhood.
+Half precision is computed in fp32 (CPU half matmuls are slow and lossy) and cast back.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
 from seg.ops.local_attn3d.reference import window_start
 
-CHUNK_BYTES = 2**20  # scores per chunk (~one block x 4 heads): small enough to stay in cache during the softmax
+BLOCK = (4, 4, 2)  # query block (D, H, W): measured fastest at kernel 5-9 (scripts/bench_local_attn3d.py)
 MASKED = -1.0e4
+_FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+_FLASH_BWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Axis:
+    """One clamped axis (D or H): every block's halo starts inside the volume."""
+
     length: int
-    kernel: int
     block: int
     n: int  # blocks
     halo: int
-    idx: torch.Tensor  # [n, halo] key coordinates of each block's halo
-    mask: torch.Tensor  # [n, block, halo] key inside the query's window
+    idx: torch.Tensor  # [n, halo] key coordinate of each halo position
+    case: torch.Tensor  # [n] border case of each block (blocks of one case share one mask)
+    masks: torch.Tensor  # [cases, block, halo] key inside the query's window
 
 
-def _axis(length: int, kernel: int, block: int, device) -> _Axis:
+def _clamped_axis(length: int, kernel: int, block: int) -> _Axis:
     b = min(block, length)
     n = math.ceil(length / b)
     halo = min(b + kernel - 1, length)
-    qi = (torch.arange(n, device=device)[:, None] * b + torch.arange(b, device=device)).clamp(max=length - 1)  # [n, b]
-    st = window_start(length, kernel, 1, device)[qi]  # [n, b]
-    hs = st[:, 0].clamp(max=length - halo)  # [n]
-    idx = hs[:, None] + torch.arange(halo, device=device)  # [n, halo]
-    mask = (idx[:, None, :] >= st[:, :, None]) & (idx[:, None, :] < st[:, :, None] + kernel)
-    return _Axis(length, kernel, b, n, halo, idx, mask)
+    qi = (torch.arange(n)[:, None] * b + torch.arange(b)).clamp(max=length - 1)  # [n, b]; padded queries repeat the last
+    st = window_start(length, kernel, 1)[qi]
+    idx = st[:, :1].clamp(max=length - halo) + torch.arange(halo)
+    inside = (idx[:, None, :] >= st[:, :, None]) & (idx[:, None, :] < st[:, :, None] + kernel)
+    masks, case = torch.unique(inside, dim=0, return_inverse=True)
+    return _Axis(length, b, n, halo, idx, case, masks)
+
+
+@dataclass(frozen=True)
+class _Line:
+    """The shared axis (W): one key buffer per line, every block reading a strided window of it."""
+
+    length: int
+    block: int
+    n: int
+    span: int  # halo positions per block: block + kernel - 1
+    key: torch.Tensor  # [n * block + kernel - 1] key coordinate behind each line position
+    mask: torch.Tensor  # [n, block, span] key inside the query's window, counted once
+
+
+def _line_axis(length: int, kernel: int, block: int) -> _Line:
+    b = min(block, length)
+    n = math.ceil(length / b)
+    r, span = kernel // 2, b + kernel - 1
+    pos = torch.arange(b * (n - 1) + span) - r
+    # in front of / behind the volume: the keys an inward-shifted border window needs (checked below)
+    key = torch.where(pos < 0, pos + kernel, torch.where(pos >= length, pos - kernel, pos)).clamp(0, length - 1)
+    natural = (pos >= 0) & (pos < length)
+    qi = (torch.arange(n)[:, None] * b + torch.arange(b)).clamp(max=length - 1)
+    st = window_start(length, kernel, 1)[qi]  # [n, b]
+    mask = torch.zeros(n, b, span, dtype=torch.bool)
+    for j in range(n):
+        keys, nat = key[j * b:j * b + span], natural[j * b:j * b + span]
+        once = nat.clone()  # every key at most once per block: its own position if present, else its first copy
+        seen = set(keys[nat].tolist())
+        for p in range(span):
+            if not nat[p] and int(keys[p]) not in seen:
+                once[p] = True
+                seen.add(int(keys[p]))
+        mask[j] = once & (keys >= st[j][:, None]) & (keys < st[j][:, None] + kernel)
+    if not bool((mask.sum(-1) == kernel).all()):  # pragma: no cover - a broken halo rule must not pass silently
+        raise AssertionError(f"local_attn3d: line halo misses keys (length {length}, kernel {kernel}, block {b})")
+    return _Line(length, b, n, span, key, mask)
 
 
 class _Plan:
-    def __init__(self, shape, kernel, block, device, dtype=torch.float32):
-        B, D, H, W, h, e = shape
-        self.B, self.h, self.e = B, h, e
-        self.ax = [_axis(L, k, block, device) for L, k in zip((D, H, W), kernel)]
-        ad, ah, aw = self.ax
+    """Index bookkeeping for one (volume, kernel) shape; cached, it is reused by every call and layer."""
+
+    def __init__(self, dhw: tuple[int, int, int], kernel: tuple[int, int, int]):
+        (D, H, W), (kd, kh, kw) = dhw, kernel
+        self.ad, self.ah = _clamped_axis(D, kd, BLOCK[0]), _clamped_axis(H, kh, BLOCK[1])
+        self.aw = _line_axis(W, kw, BLOCK[2])
+        ad, ah, aw = self.ad, self.ah, self.aw
         self.b3 = ad.block * ah.block * aw.block
-        self.h3 = ad.halo * ah.halo * aw.halo
-        self.plane = ah.n * aw.n
+        self.n1 = ad.halo * ah.halo  # keys per line position
+        self.halo = aw.span * self.n1
         self.padded = (ad.n * ad.block, ah.n * ah.block, aw.n * aw.block)
-        H, W = ah.length, aw.length
-        # flat key index of every block's halo, [blocks, halo^3], for one index_select per chunk
-        flat = (ad.idx[:, None, None, :, None, None] * H + ah.idx[None, :, None, None, :, None]) * W \
-            + aw.idx[None, None, :, None, None, :]
-        self.halo_idx = flat.reshape(ad.n * self.plane, self.h3)
-        self.batch_offsets = torch.arange(B, device=device) * (ad.length * ah.length * aw.length)
-        self.per_chunk = max(1, CHUNK_BYTES // (B * h * self.b3 * self.h3 * 4))
-        self.groups = self._groups(dtype)
+        # key rows of every line, W-outermost: [nd, nh, line positions * n1]
+        plane = (ad.idx[:, None, :, None] * H + ah.idx[None, :, None, :]) * W  # [nd, nh, hd, hh]
+        self.line_rows = (aw.key[None, None, :, None, None] + plane[:, :, None]).reshape(ad.n, ah.n, -1)
+        self._masks: dict[tuple[int, int, torch.dtype], torch.Tensor] = {}
 
-    def _groups(self, dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Blocks grouped by their window mask: ``[(block ids, additive mask [b^3, halo^3])]``."""
-        per_axis = []
-        for a in self.ax:
-            uniq, inv = torch.unique(a.mask.reshape(a.n, -1), dim=0, return_inverse=True)
-            per_axis.append((uniq.reshape(-1, a.block, a.halo), inv))
-        (ud, td), (uh, th), (uw, tw) = per_axis
-        tid = ((td[:, None, None] * len(uh) + th[None, :, None]) * len(uw) + tw[None, None, :]).flatten()
-        groups = []
-        for t in torch.unique(tid).tolist():
-            i, rest = divmod(t, len(uh) * len(uw))
-            j, l = divmod(rest, len(uw))
-            inside = (ud[i][:, None, None, :, None, None] & uh[j][None, :, None, None, :, None]
-                      & uw[l][None, None, :, None, None, :]).reshape(self.b3, self.h3)
-            bias = torch.zeros(self.b3, self.h3, dtype=dtype, device=inside.device).masked_fill_(~inside, MASKED)
-            groups.append((torch.nonzero(tid == t).flatten(), bias))
-        return groups
-
-    def chunks(self):
-        """``(block ids, additive mask)`` per chunk: every block exactly once."""
-        for sel, bias in self.groups:
-            for i in range(0, len(sel), self.per_chunk):
-                yield sel[i:i + self.per_chunk], bias
-
-    def pad(self, x: torch.Tensor) -> torch.Tensor:
-        D, H, W = x.shape[1:4]
-        Dp, Hp, Wp = self.padded
-        if (D, H, W) == (Dp, Hp, Wp):
-            return x
-        return torch.nn.functional.pad(x, (0, 0, 0, 0, 0, Wp - W, 0, Hp - H, 0, Dp - D))
+    def mask(self, i: int, j: int, dtype: torch.dtype) -> torch.Tensor:
+        """Additive mask ``[W blocks, 1, b^3, halo]`` of line (D block i, H block j); queries (d, h, w), keys (w, d, h)."""
+        key = (int(self.ad.case[i]), int(self.ah.case[j]), dtype)
+        m = self._masks.get(key)
+        if m is None:
+            md, mh, mw = self.ad.masks[key[0]], self.ah.masks[key[1]], self.aw.mask
+            inside = (md[None, :, None, None, None, :, None] & mh[None, None, :, None, None, None, :]
+                      & mw[:, None, None, :, :, None, None])
+            inside = inside.reshape(self.aw.n, 1, self.b3, self.halo)
+            m = self._masks[key] = torch.zeros(inside.shape, dtype=dtype).masked_fill_(~inside, MASKED)
+        return m
 
     def blocks(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, D, H, W, h, e]`` -> padded query blocks ``[B*h, blocks, b^3, e]`` (one copy)."""
-        ad, ah, aw = self.ax
-        x = self.pad(x).reshape(self.B, ad.n, ad.block, ah.n, ah.block, aw.n, aw.block, self.h, self.e)
-        x = x.permute(0, 7, 1, 3, 5, 2, 4, 6, 8)
-        return x.reshape(self.B * self.h, ad.n * self.plane, self.b3, self.e)
+        """``[B, D, H, W, h, e]`` -> query blocks ``[B, nd, nh, nw, h, b^3, e]`` (one copy, zero padded)."""
+        B, D, H, W, h, e = x.shape
+        (Dp, Hp, Wp), ad, ah, aw = self.padded, self.ad, self.ah, self.aw
+        if (D, H, W) != (Dp, Hp, Wp):
+            x = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, Wp - W, 0, Hp - H, 0, Dp - D))
+        x = x.reshape(B, ad.n, ad.block, ah.n, ah.block, aw.n, aw.block, h, e).permute(0, 1, 3, 5, 7, 2, 4, 6, 8)
+        return x.reshape(B, ad.n, ah.n, aw.n, h, self.b3, e)
 
     def unblock(self, t: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`blocks`, cropped to the volume: ``[B, D, H, W, h, e]`` (contiguous)."""
-        ad, ah, aw = self.ax
-        t = t.reshape(self.B, self.h, ad.n, ah.n, aw.n, ad.block, ah.block, aw.block, self.e)
-        t = t.permute(0, 2, 5, 3, 6, 4, 7, 1, 8)
-        t = t.reshape(self.B, ad.n * ad.block, ah.n * ah.block, aw.n * aw.block, self.h, self.e)
+        B, h, e = t.shape[0], t.shape[4], t.shape[6]
+        ad, ah, aw = self.ad, self.ah, self.aw
+        t = t.reshape(B, ad.n, ah.n, aw.n, h, ad.block, ah.block, aw.block, e).permute(0, 1, 5, 2, 6, 3, 7, 4, 8)
+        t = t.reshape(B, *self.padded, h, e)
         return t[:, :ad.length, :ah.length, :aw.length].contiguous()
 
-    def rows(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, D, H, W, h, e]`` -> ``[B*N, h*e]``: one row per voxel, all heads (a view of contiguous input)."""
-        return x.reshape(-1, self.h * self.e)
+    def halo_view(self, line: torch.Tensor, heads: int) -> torch.Tensor:
+        """Gathered line ``[positions * n1, h * e]`` -> every block's halo ``[nw, h, halo, e]`` (overlapping view)."""
+        e = line.shape[1] // heads
+        step = self.aw.block * self.n1 * line.shape[1]
+        return line.as_strided((self.aw.n, heads, self.halo, e), (step, e, line.shape[1], 1))
 
-    def row_index(self, sel: torch.Tensor) -> torch.Tensor:
-        """Rows of ``[B*N, h*e]`` that make up the halos of blocks ``sel`` (computed once per chunk)."""
-        idx = self.halo_idx[sel].flatten()
-        return idx if self.B == 1 else (self.batch_offsets[:, None] + idx).flatten()
+    def add_halos(self, g: torch.Tensor, line: torch.Tensor) -> None:
+        """Sum per-block halo gradients ``[nw, h, halo, e]`` into the line buffer ``[positions * n1, h * e]``.
 
-    def halo(self, rows: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """Key/value rows ``[B*N, h*e]`` at ``idx`` (:meth:`row_index`) -> halos ``[B*h*blocks, halo^3, e]``.
+        Blocks ``span // block + 1`` apart do not overlap, so each pass is one strided in-place add."""
+        nw, h, L, e = g.shape
+        stride = self.aw.block * self.n1 * h * e
+        every = -(-self.aw.span // self.aw.block)
+        for s in range(min(every, nw)):
+            m = len(range(s, nw, every))
+            dst = line.as_strided((m, L, h, e), (stride * every, h * e, e, 1), s * stride)
+            dst.add_(g[s::every].transpose(1, 2))
 
-        The gather runs over whole voxel rows (all heads, dim 0): PyTorch's CPU ``index_select`` along
-        dim 0 is ~80x faster than along an inner dim of a ``[B*h, N, e]`` layout; one permute follows.
-        """
-        g = rows.index_select(0, idx).view(self.B, -1, self.h3, self.h, self.e)
-        return g.permute(0, 3, 1, 2, 4).reshape(-1, self.h3, self.e)
 
-    def scatter_halo(self, g: torch.Tensor, out_rows: torch.Tensor, idx: torch.Tensor) -> None:
-        """Add halo gradients ``[B*h*blocks, halo^3, e]`` back into rows ``out_rows [B*N, h*e]`` at ``idx``."""
-        g = g.view(self.B, self.h, -1, self.h3, self.e).permute(0, 2, 3, 1, 4).reshape(-1, self.h * self.e)
-        out_rows.index_add_(0, idx, g)
+@lru_cache(maxsize=32)
+def _plan(dhw: tuple[int, int, int], kernel: tuple[int, int, int]) -> _Plan:
+    return _Plan(dhw, kernel)
 
 
 def _forward(q, k, v, plan: _Plan, scale: float):
-    qb_all = plan.blocks(q) * scale  # never in place: blocks() may be a view of q
-    k, v = plan.rows(k), plan.rows(v)
-    out = torch.empty_like(qb_all)
-    Bh, b3, e = qb_all.shape[0], plan.b3, plan.e
-    for sel, bias in plan.chunks():
-        idx = plan.row_index(sel)
-        s = torch.baddbmm(bias, qb_all[:, sel].reshape(-1, b3, e), plan.halo(k, idx).transpose(1, 2))
-        out[:, sel] = torch.bmm(torch.softmax(s, -1), plan.halo(v, idx)).view(Bh, -1, b3, e)
-    return plan.unblock(out)
+    B, h = q.shape[0], q.shape[4]
+    qb = plan.blocks(q)
+    out = torch.empty_like(qb)
+    lse = qb.new_empty(qb.shape[:-1])  # [B, nd, nh, nw, h, b^3]
+    kr, vr = k.reshape(B, -1, k.shape[4] * k.shape[5]), v.reshape(B, -1, v.shape[4] * v.shape[5])
+    for b in range(B):
+        for i in range(plan.ad.n):
+            for j in range(plan.ah.n):
+                rows = plan.line_rows[i, j]
+                kh, vh = plan.halo_view(kr[b].index_select(0, rows), h), plan.halo_view(vr[b].index_select(0, rows), h)
+                mask = plan.mask(i, j, q.dtype)
+                o, lse[b, i, j] = _FLASH(qb[b, i, j], kh, vh, attn_mask=mask.expand(-1, h, -1, -1), scale=scale)
+                out[b, i, j] = o
+    return out, lse
 
 
-def _backward(do, q, k, v, out, plan: _Plan, scale: float):
-    qb_all = plan.blocks(q) * scale  # never in place: blocks() may be a view of q
-    do_all = plan.blocks(do)
-    delta = (do_all * plan.blocks(out)).sum(-1)  # rowsum(dO * O) per query, [B*h, blocks, b^3]
-    dq = torch.empty_like(qb_all)
-    k, v = plan.rows(k), plan.rows(v)
-    dk, dv = torch.zeros_like(k), torch.zeros_like(v)
-    Bh, b3, e = qb_all.shape[0], plan.b3, plan.e
-    for sel, bias in plan.chunks():
-        qb, dob = qb_all[:, sel].reshape(-1, b3, e), do_all[:, sel].reshape(-1, b3, e)
-        idx = plan.row_index(sel)
-        kb, vb = plan.halo(k, idx), plan.halo(v, idx)
-        # recompute P with the fused softmax: on a cache-resident chunk it is as cheap as exp(S - lse) and
-        # avoids the slow exp path of the masked entries, so the forward saves no log-sum-exp at all
-        p = torch.softmax(torch.baddbmm(bias, qb, kb.transpose(1, 2)), -1)
-        plan.scatter_halo(torch.bmm(p.transpose(1, 2), dob), dv, idx)
-        ds = p.mul_(torch.bmm(dob, vb.transpose(1, 2)).sub_(delta[:, sel].reshape(-1, b3, 1)))
-        dq[:, sel] = torch.bmm(ds, kb).view(Bh, -1, b3, e)
-        plan.scatter_halo(torch.bmm(ds.transpose(1, 2), qb), dk, idx)  # qb is scaled: dK = scale * dS^T Q
-    return plan.unblock(dq.mul_(scale)), dk.view(q.shape), dv.view(q.shape)
+def _backward(do, q, k, v, out, lse, plan: _Plan, scale: float):
+    B, h = q.shape[0], q.shape[4]
+    qb, dob = plan.blocks(q), plan.blocks(do)
+    dq = torch.empty_like(qb)
+    he = k.shape[4] * k.shape[5]
+    kr, vr = k.reshape(B, -1, he), v.reshape(B, -1, he)
+    dk, dv = torch.zeros_like(kr), torch.zeros_like(vr)
+    for b in range(B):
+        for i in range(plan.ad.n):
+            for j in range(plan.ah.n):
+                rows = plan.line_rows[i, j]
+                kh, vh = plan.halo_view(kr[b].index_select(0, rows), h), plan.halo_view(vr[b].index_select(0, rows), h)
+                mask = plan.mask(i, j, q.dtype).expand(-1, h, -1, -1)
+                dq[b, i, j], gk, gv = _FLASH_BWD(dob[b, i, j], qb[b, i, j], kh, vh, out[b, i, j], lse[b, i, j], 0.0, False,
+                                                 attn_mask=mask, scale=scale)
+                for g, dst in ((gk, dk), (gv, dv)):
+                    line = g.new_zeros(len(rows), he)
+                    plan.add_halos(g, line)
+                    dst[b].index_add_(0, rows, line)
+    return plan.unblock(dq), dk.view(k.shape), dv.view(v.shape)
 
 
 class _BlockedNeighbourhoodAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, kernel, scale, block):
-        plan = _Plan(q.shape, kernel, block, q.device, q.dtype)
-        out = _forward(q, k, v, plan, scale)
-        ctx.save_for_backward(q, k, v, out)
+    def forward(ctx, q, k, v, kernel, scale):
+        plan = _plan(tuple(q.shape[1:4]), kernel)
+        out, lse = _forward(q, k, v, plan, scale)
+        ctx.save_for_backward(q, k, v, out, lse)
         ctx.plan, ctx.scale = plan, scale
-        return out
+        return plan.unblock(out)
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, out = ctx.saved_tensors
-        dq, dk, dv = _backward(do.contiguous(), q, k, v, out, ctx.plan, ctx.scale)
-        return dq, dk, dv, None, None, None
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = _backward(do.contiguous(), q, k, v, out, lse, ctx.plan, ctx.scale)
+        return dq, dk, dv, None, None
 
 
 def local_attn3d_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: tuple[int, int, int],
-                       dilation: tuple[int, int, int], scale: float, block: int = 4) -> torch.Tensor:
+                       dilation: tuple[int, int, int], scale: float) -> torch.Tensor:
     """``[B, D, H, W, heads, E]`` -> same (arguments already checked by :func:`local_attn3d`)."""
     dtype = q.dtype
     if dtype in (torch.float16, torch.bfloat16):  # CPU half matmuls are slow and lossy: compute in fp32
         q, k, v = q.float(), k.float(), v.float()
+    kernel = tuple(kernel_size)
     if dilation == (1, 1, 1):
-        out = _BlockedNeighbourhoodAttention.apply(q.contiguous(), k.contiguous(), v.contiguous(), tuple(kernel_size), scale, block)
-        return out.to(dtype)
+        return _BlockedNeighbourhoodAttention.apply(q.contiguous(), k.contiguous(), v.contiguous(), kernel, scale).to(dtype)
     dd, dh, dw = dilation
-    parts = []
+    out = q.new_empty(q.shape)
     for rd in range(dd):
         for rh in range(dh):
             for rw in range(dw):
                 sl = (slice(None), slice(rd, None, dd), slice(rh, None, dh), slice(rw, None, dw))
-                parts.append((sl, _BlockedNeighbourhoodAttention.apply(q[sl].contiguous(), k[sl].contiguous(),
-                                                                       v[sl].contiguous(), tuple(kernel_size), scale, block)))
-    out = q.new_empty(q.shape)
-    for sl, o in parts:
-        out[sl] = o
+                out[sl] = _BlockedNeighbourhoodAttention.apply(q[sl].contiguous(), k[sl].contiguous(), v[sl].contiguous(),
+                                                               kernel, scale)
     return out.to(dtype)
