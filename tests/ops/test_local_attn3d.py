@@ -162,3 +162,23 @@ def test_torch_compile_uses_the_custom_op():
     for a, b in zip(torch.autograd.grad(eager, (q, k, v), g), torch.autograd.grad(compiled, (q, k, v), g)):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
     torch.library.opcheck(torch.ops.seg.local_attn3d.default, (q.detach(), k.detach(), v.detach(), [3, 3, 3], [1, 1, 1], 0.3))
+
+
+def test_custom_op_backward_reuses_the_saved_log_sum_exp(monkeypatch):
+    """The op's backward runs the backward kernels on the saved output and log-sum-exp: no second forward."""
+    import importlib
+
+    from seg.ops.local_attn3d.custom_op import local_attn3d_op
+
+    ti = importlib.import_module("seg.ops.local_attn3d.torch_impl")
+    calls = []
+    real = ti._forward
+    monkeypatch.setattr(ti, "_forward", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(6)
+    q, k, v = [torch.randn(1, 6, 7, 9, 2, 8, requires_grad=True) for _ in range(3)]
+    out = local_attn3d_op(q, k, v, [3, 5, 3], [1, 1, 1], 0.4)
+    grads = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+    assert len(calls) == 1
+    ref = local_attn3d(q, k, v, (3, 5, 3), scale=0.4, backend="reference")
+    for a, b in zip(torch.autograd.grad(ref, (q, k, v), torch.ones_like(ref)), grads):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)

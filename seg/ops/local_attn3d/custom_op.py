@@ -1,52 +1,58 @@
-"""``seg::local_attn3d``: the torch path as a ``torch.library`` custom op, so ``torch.compile`` treats the
-op as one opaque node (with a fake implementation for shapes and an autograd formula) instead of
-tracing through its Python loop over lines of blocks."""
+"""``seg::local_attn3d``: the torch path as ``torch.library`` custom ops, so ``torch.compile`` treats the
+op as one opaque node (fake implementations for shapes, an autograd formula) instead of tracing through
+its Python loop over lines of blocks. The forward op also returns the log-sum-exp, which autograd
+saves with q, k, v and the output, so the backward op is the eager backward (nothing recomputed)."""
 
 from __future__ import annotations
 
 import torch
 
-from seg.ops.local_attn3d.torch_impl import local_attn3d_torch
+from seg.ops.local_attn3d.torch_impl import local_attn3d_torch_backward, local_attn3d_torch_forward
 
 
 @torch.library.custom_op("seg::local_attn3d", mutates_args=())
-def local_attn3d_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: list[int], dilation: list[int],
-                    scale: float) -> torch.Tensor:
-    with torch.no_grad():
-        return local_attn3d_torch(q, k, v, tuple(kernel_size), tuple(dilation), scale)
+def local_attn3d_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: list[int], dilation: list[int],
+                        scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    out, lse = local_attn3d_torch_forward(q, k, v, tuple(kernel_size), tuple(dilation), scale)
+    return out, lse
 
 
-@local_attn3d_op.register_fake
+@local_attn3d_fwd_op.register_fake
 def _(q, k, v, kernel_size, dilation, scale):
-    return torch.empty_like(q)
+    lse_dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    return torch.empty_like(q), q.new_empty(q.shape[:-1], dtype=lse_dtype)
 
 
 @torch.library.custom_op("seg::local_attn3d_backward", mutates_args=())
-def local_attn3d_backward_op(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: list[int],
-                             dilation: list[int], scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    # recomputes the forward inside the torch path's autograd (the op saves only q, k, v); ~1.3x the eager backward
-    with torch.enable_grad():
-        qq, kk, vv = (t.detach().requires_grad_(True) for t in (q, k, v))
-        out = local_attn3d_torch(qq, kk, vv, tuple(kernel_size), tuple(dilation), scale)
-        dq, dk, dv = torch.autograd.grad(out, (qq, kk, vv), grad)
+def local_attn3d_backward_op(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                             lse: torch.Tensor, kernel_size: list[int], dilation: list[int],
+                             scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dq, dk, dv = local_attn3d_torch_backward(grad, q, k, v, out, lse, tuple(kernel_size), tuple(dilation), scale)
     return dq, dk, dv
 
 
 @local_attn3d_backward_op.register_fake
-def _(grad, q, k, v, kernel_size, dilation, scale):
+def _(grad, q, k, v, out, lse, kernel_size, dilation, scale):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup_context(ctx, inputs, output):
     q, k, v, kernel_size, dilation, scale = inputs
-    ctx.save_for_backward(q, k, v)
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse)
     ctx.args = (list(kernel_size), list(dilation), float(scale))
 
 
-def _backward(ctx, grad):
-    q, k, v = ctx.saved_tensors
-    dq, dk, dv = local_attn3d_backward_op(grad.contiguous(), q, k, v, *ctx.args)
+def _backward(ctx, grad, _grad_lse):
+    q, k, v, out, lse = ctx.saved_tensors
+    dq, dk, dv = local_attn3d_backward_op(grad.contiguous(), q, k, v, out, lse, *ctx.args)
     return dq, dk, dv, None, None, None
 
 
-local_attn3d_op.register_autograd(_backward, setup_context=_setup_context)
+local_attn3d_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def local_attn3d_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: list[int], dilation: list[int],
+                    scale: float) -> torch.Tensor:
+    """The output of ``seg::local_attn3d`` (its log-sum-exp is for autograd)."""
+    return local_attn3d_fwd_op(q, k, v, kernel_size, dilation, scale)[0]

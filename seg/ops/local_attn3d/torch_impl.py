@@ -133,12 +133,12 @@ class _Plan:
             m = self._masks[key] = torch.zeros(inside.shape, dtype=dtype).masked_fill_(~inside, MASKED)
         return m
 
-    def blocks(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, D, H, W, h, e]`` -> query blocks ``[B, nd, nh, nw, h, b^3, e]`` (one copy, zero padded)."""
+    def blocks(self, x: torch.Tensor, pad: float = 0.0) -> torch.Tensor:
+        """``[B, D, H, W, h, e]`` -> query blocks ``[B, nd, nh, nw, h, b^3, e]`` (one copy, padded with ``pad``)."""
         B, D, H, W, h, e = x.shape
         (Dp, Hp, Wp), ad, ah, aw = self.padded, self.ad, self.ah, self.aw
         if (D, H, W) != (Dp, Hp, Wp):
-            x = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, Wp - W, 0, Hp - H, 0, Dp - D))
+            x = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, Wp - W, 0, Hp - H, 0, Dp - D), value=pad)
         x = x.reshape(B, ad.n, ad.block, ah.n, ah.block, aw.n, aw.block, h, e).permute(0, 1, 3, 5, 7, 2, 4, 6, 8)
         return x.reshape(B, ad.n, ah.n, aw.n, h, self.b3, e)
 
@@ -175,10 +175,11 @@ def _plan(dhw: tuple[int, int, int], kernel: tuple[int, int, int]) -> _Plan:
 
 
 def _forward(q, k, v, plan: _Plan, scale: float):
+    """One residue grid: ``(out, lse)`` in block layout ``[B, nd, nh, nw, h, b^3, e]`` and ``[..., b^3]``."""
     B, h = q.shape[0], q.shape[4]
     qb = plan.blocks(q)
     out = torch.empty_like(qb)
-    lse = qb.new_empty(qb.shape[:-1])  # [B, nd, nh, nw, h, b^3]
+    lse = qb.new_empty(qb.shape[:-1])
     kr, vr = k.reshape(B, -1, k.shape[4] * k.shape[5]), v.reshape(B, -1, v.shape[4] * v.shape[5])
     for b in range(B):
         for i in range(plan.ad.n):
@@ -192,6 +193,7 @@ def _forward(q, k, v, plan: _Plan, scale: float):
 
 
 def _backward(do, q, k, v, out, lse, plan: _Plan, scale: float):
+    """One residue grid; ``out``, ``lse`` in block layout. Returns dq, dk, dv ``[B, D, H, W, h, e]``."""
     B, h = q.shape[0], q.shape[4]
     qb, dob = plan.blocks(q), plan.blocks(do)
     dq = torch.empty_like(qb)
@@ -213,37 +215,70 @@ def _backward(do, q, k, v, out, lse, plan: _Plan, scale: float):
     return plan.unblock(dq), dk.view(k.shape), dv.view(v.shape)
 
 
-class _BlockedNeighbourhoodAttention(torch.autograd.Function):
+def _residue_grids(dilation: tuple[int, int, int]):
+    """Index of each residue sub-grid (coordinates mod d): dilated attention is plain attention on each."""
+    dd, dh, dw = dilation
+    for rd in range(dd):
+        for rh in range(dh):
+            for rw in range(dw):
+                yield slice(None), slice(rd, None, dd), slice(rh, None, dh), slice(rw, None, dw)
+
+
+def _fp32(*ts: torch.Tensor) -> list[torch.Tensor]:
+    """CPU half matmuls are slow and lossy: compute in fp32."""
+    return [t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in ts]
+
+
+def local_attn3d_torch_forward(q, k, v, kernel_size, dilation, scale) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(out [B, D, H, W, heads, E] in q's dtype, log-sum-exp [B, D, H, W, heads] fp32)``, no autograd."""
+    dtype, (q, k, v) = q.dtype, _fp32(q, k, v)
+    grids = list(_residue_grids(tuple(dilation)))
+    out, lse = (q.new_empty(q.shape), q.new_empty(q.shape[:-1])) if len(grids) > 1 else (None, None)
+    for sl in grids:
+        qs = q[sl].contiguous()
+        plan = _plan(tuple(qs.shape[1:4]), tuple(kernel_size))
+        ob, lb = _forward(qs, k[sl].contiguous(), v[sl].contiguous(), plan, scale)
+        ob, lb = plan.unblock(ob), plan.unblock(lb.unsqueeze(-1)).squeeze(-1)
+        if len(grids) == 1:
+            return ob.to(dtype), lb
+        out[sl], lse[sl] = ob, lb
+    return out.to(dtype), lse
+
+
+def local_attn3d_torch_backward(do, q, k, v, out, lse, kernel_size, dilation, scale):
+    """Gradients ``(dq, dk, dv)`` from the saved output and log-sum-exp, in q's dtype."""
+    dtype, (do, q, k, v, out) = q.dtype, _fp32(do, q, k, v, out)
+    grids = list(_residue_grids(tuple(dilation)))
+    grads = [q.new_empty(q.shape) for _ in range(3)] if len(grids) > 1 else None
+    for sl in grids:
+        qs = q[sl].contiguous()
+        plan = _plan(tuple(qs.shape[1:4]), tuple(kernel_size))
+        # padded queries get lse = +max: their P = exp(S - lse) is exactly 0 (never exp(S) * 0 = nan)
+        lb = plan.blocks(lse[sl].unsqueeze(-1), pad=torch.finfo(lse.dtype).max).squeeze(-1)
+        parts = _backward(do[sl].contiguous(), qs, k[sl].contiguous(), v[sl].contiguous(), plan.blocks(out[sl]), lb, plan, scale)
+        if len(grids) == 1:
+            return tuple(p.to(dtype) for p in parts)
+        for g, p in zip(grads, parts):
+            g[sl] = p
+    return tuple(g.to(dtype) for g in grads)
+
+
+class _NeighbourhoodAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, kernel, scale):
-        plan = _plan(tuple(q.shape[1:4]), kernel)
-        out, lse = _forward(q, k, v, plan, scale)
+    def forward(ctx, q, k, v, kernel, dilation, scale):
+        out, lse = local_attn3d_torch_forward(q, k, v, kernel, dilation, scale)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.plan, ctx.scale = plan, scale
-        return plan.unblock(out)
+        ctx.args = (kernel, dilation, scale)
+        return out
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = _backward(do.contiguous(), q, k, v, out, lse, ctx.plan, ctx.scale)
-        return dq, dk, dv, None, None
+        dq, dk, dv = local_attn3d_torch_backward(do, q, k, v, out, lse, *ctx.args)
+        return dq, dk, dv, None, None, None
 
 
 def local_attn3d_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: tuple[int, int, int],
                        dilation: tuple[int, int, int], scale: float) -> torch.Tensor:
     """``[B, D, H, W, heads, E]`` -> same (arguments already checked by :func:`local_attn3d`)."""
-    dtype = q.dtype
-    if dtype in (torch.float16, torch.bfloat16):  # CPU half matmuls are slow and lossy: compute in fp32
-        q, k, v = q.float(), k.float(), v.float()
-    kernel = tuple(kernel_size)
-    if dilation == (1, 1, 1):
-        return _BlockedNeighbourhoodAttention.apply(q.contiguous(), k.contiguous(), v.contiguous(), kernel, scale).to(dtype)
-    dd, dh, dw = dilation
-    out = q.new_empty(q.shape)
-    for rd in range(dd):
-        for rh in range(dh):
-            for rw in range(dw):
-                sl = (slice(None), slice(rd, None, dd), slice(rh, None, dh), slice(rw, None, dw))
-                out[sl] = _BlockedNeighbourhoodAttention.apply(q[sl].contiguous(), k[sl].contiguous(), v[sl].contiguous(),
-                                                               kernel, scale)
-    return out.to(dtype)
+    return _NeighbourhoodAttention.apply(q, k, v, tuple(kernel_size), tuple(dilation), scale)
