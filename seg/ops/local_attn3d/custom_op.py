@@ -19,8 +19,7 @@ def local_attn3d_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kerne
 
 @local_attn3d_fwd_op.register_fake
 def _(q, k, v, kernel_size, dilation, scale):
-    lse_dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
-    return torch.empty_like(q), q.new_empty(q.shape[:-1], dtype=lse_dtype)
+    return torch.empty_like(q), q.new_empty(q.shape[:-1], dtype=torch.promote_types(q.dtype, torch.float32))
 
 
 @torch.library.custom_op("seg::local_attn3d_backward", mutates_args=())

@@ -55,12 +55,17 @@ class _Axis:
     masks: torch.Tensor  # [cases, block, halo] key inside the query's window
 
 
-def _clamped_axis(length: int, kernel: int, block: int) -> _Axis:
+def _block_windows(length: int, kernel: int, block: int) -> tuple[int, int, torch.Tensor]:
+    """``(block, blocks, window start of every query [blocks, block])``; padded queries repeat the last."""
     b = min(block, length)
     n = math.ceil(length / b)
+    qi = (torch.arange(n)[:, None] * b + torch.arange(b)).clamp(max=length - 1)
+    return b, n, window_start(length, kernel, 1)[qi]
+
+
+def _clamped_axis(length: int, kernel: int, block: int) -> _Axis:
+    b, n, st = _block_windows(length, kernel, block)
     halo = min(b + kernel - 1, length)
-    qi = (torch.arange(n)[:, None] * b + torch.arange(b)).clamp(max=length - 1)  # [n, b]; padded queries repeat the last
-    st = window_start(length, kernel, 1)[qi]
     idx = st[:, :1].clamp(max=length - halo) + torch.arange(halo)
     inside = (idx[:, None, :] >= st[:, :, None]) & (idx[:, None, :] < st[:, :, None] + kernel)
     masks, case = torch.unique(inside, dim=0, return_inverse=True)
@@ -80,15 +85,12 @@ class _Line:
 
 
 def _line_axis(length: int, kernel: int, block: int) -> _Line:
-    b = min(block, length)
-    n = math.ceil(length / b)
+    b, n, st = _block_windows(length, kernel, block)
     r, span = kernel // 2, b + kernel - 1
     pos = torch.arange(b * (n - 1) + span) - r
     # in front of / behind the volume: the keys an inward-shifted border window needs (checked below)
     key = torch.where(pos < 0, pos + kernel, torch.where(pos >= length, pos - kernel, pos)).clamp(0, length - 1)
     natural = (pos >= 0) & (pos < length)
-    qi = (torch.arange(n)[:, None] * b + torch.arange(b)).clamp(max=length - 1)
-    st = window_start(length, kernel, 1)[qi]  # [n, b]
     mask = torch.zeros(n, b, span, dtype=torch.bool)
     for j in range(n):
         keys, nat = key[j * b:j * b + span], natural[j * b:j * b + span]
@@ -229,37 +231,45 @@ def _fp32(*ts: torch.Tensor) -> list[torch.Tensor]:
     return [t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in ts]
 
 
+def _over_grids(tensors: tuple[torch.Tensor, ...], kernel: tuple[int, int, int], dilation: tuple[int, int, int], step):
+    """``step(plan, *tensors)`` on each residue grid of ``tensors`` ``[B, D, H, W, ...]``; its results
+    (volume layout) are stitched back into full-size tensors (no copy without dilation)."""
+    grids = list(_residue_grids(dilation))
+    results = None
+    for sl in grids:
+        parts = [x[sl].contiguous() for x in tensors]
+        out = step(_plan(tuple(parts[0].shape[1:4]), kernel), *parts)
+        if len(grids) == 1:
+            return out
+        if results is None:
+            results = [o.new_empty(tensors[0].shape[:4] + o.shape[4:]) for o in out]
+        for r, o in zip(results, out):
+            r[sl] = o
+    return tuple(results)
+
+
 def local_attn3d_torch_forward(q, k, v, kernel_size, dilation, scale) -> tuple[torch.Tensor, torch.Tensor]:
     """``(out [B, D, H, W, heads, E] in q's dtype, log-sum-exp [B, D, H, W, heads] fp32)``, no autograd."""
     dtype, (q, k, v) = q.dtype, _fp32(q, k, v)
-    grids = list(_residue_grids(tuple(dilation)))
-    out, lse = (q.new_empty(q.shape), q.new_empty(q.shape[:-1])) if len(grids) > 1 else (None, None)
-    for sl in grids:
-        qs = q[sl].contiguous()
-        plan = _plan(tuple(qs.shape[1:4]), tuple(kernel_size))
-        ob, lb = _forward(qs, k[sl].contiguous(), v[sl].contiguous(), plan, scale)
-        ob, lb = plan.unblock(ob), plan.unblock(lb.unsqueeze(-1)).squeeze(-1)
-        if len(grids) == 1:
-            return ob.to(dtype), lb
-        out[sl], lse[sl] = ob, lb
+
+    def step(plan, q, k, v):
+        ob, lb = _forward(q, k, v, plan, scale)
+        return plan.unblock(ob), plan.unblock(lb.unsqueeze(-1)).squeeze(-1)
+
+    out, lse = _over_grids((q, k, v), tuple(kernel_size), tuple(dilation), step)
     return out.to(dtype), lse
 
 
 def local_attn3d_torch_backward(do, q, k, v, out, lse, kernel_size, dilation, scale):
     """Gradients ``(dq, dk, dv)`` from the saved output and log-sum-exp, in q's dtype."""
     dtype, (do, q, k, v, out) = q.dtype, _fp32(do, q, k, v, out)
-    grids = list(_residue_grids(tuple(dilation)))
-    grads = [q.new_empty(q.shape) for _ in range(3)] if len(grids) > 1 else None
-    for sl in grids:
-        qs = q[sl].contiguous()
-        plan = _plan(tuple(qs.shape[1:4]), tuple(kernel_size))
+
+    def step(plan, do, q, k, v, out, lse):
         # padded queries get lse = +max: their P = exp(S - lse) is exactly 0 (never exp(S) * 0 = nan)
-        lb = plan.blocks(lse[sl].unsqueeze(-1), pad=torch.finfo(lse.dtype).max).squeeze(-1)
-        parts = _backward(do[sl].contiguous(), qs, k[sl].contiguous(), v[sl].contiguous(), plan.blocks(out[sl]), lb, plan, scale)
-        if len(grids) == 1:
-            return tuple(p.to(dtype) for p in parts)
-        for g, p in zip(grads, parts):
-            g[sl] = p
+        lb = plan.blocks(lse.unsqueeze(-1), pad=torch.finfo(lse.dtype).max).squeeze(-1)
+        return _backward(do, q, k, v, plan.blocks(out), lb, plan, scale)
+
+    grads = _over_grids((do, q, k, v, out, lse), tuple(kernel_size), tuple(dilation), step)
     return tuple(g.to(dtype) for g in grads)
 
 
