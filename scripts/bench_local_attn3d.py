@@ -52,6 +52,16 @@ def natten_mask_fn(n: int, kernel: int, device: str = "cpu"):
     return mask_mod
 
 
+def dense_natten_mask(n: int, kernel: int, device: str = "cpu") -> torch.Tensor:
+    """``[N, N]`` boolean NATTEN mask of an n^3 volume, for dense SDPA."""
+    from seg.ops.local_attn3d.reference import neighbourhood_index
+
+    inside = torch.zeros(n, n, dtype=torch.bool, device=device)
+    inside[torch.arange(n, device=device)[:, None], neighbourhood_index(n, kernel, 1, device)] = True
+    return (inside[:, None, None, :, None, None] & inside[None, :, None, None, :, None]
+            & inside[None, None, :, None, None, :]).reshape(n**3, n**3)
+
+
 def bench_size(n: int, kernel: int, roof: float, flex_on: bool, max_dense_gb: float, max_flex_gb: float) -> list[dict]:
     from seg.ops import local_attn3d
 
@@ -60,9 +70,9 @@ def bench_size(n: int, kernel: int, roof: float, flex_on: bool, max_dense_gb: fl
     useful = 4 * N * kernel**3 * HEAD_DIM * HEADS / 1e9
     rows = []
 
-    def row(name, fwd, fb=None, mem=None, extra=""):
+    def row(name, fwd, fb=None, mem=None, extra="", rate_roof=roof):
         r = {"n": f"{n}^3", "k": kernel, "impl": name, "fwd": fwd, "fb": fb, "mem": mem, "note": extra}
-        r["rate"] = useful / fwd / roof if fwd else None
+        r["rate"] = useful / fwd / rate_roof if fwd else None
         rows.append(r)
 
     # seg torch path; its peak includes building the shape's plan (halo indices and masks, cached after)
@@ -82,8 +92,7 @@ def bench_size(n: int, kernel: int, roof: float, flex_on: bool, max_dense_gb: fl
     def fb():
         local_attn3d(qg, kg, vg, kernel, backend="torch").sum().backward()
 
-    row("seg torch", t, timeit(fb, reps=2), m, f"roof here {near_roof:.0f} GFLOP/s")
-    rows[-1]["rate"] = useful / t / near_roof
+    row("seg torch", t, timeit(fb, reps=2), m, f"roof here {near_roof:.0f} GFLOP/s", rate_roof=near_roof)
     # flex attention, compiled, with a block mask
     # create_block_mask evaluates mask_mod on the N x N grid: eagerly that is ~36 B per pair (6.7 GB at 24^3,
     # out of memory at 32^3); compiled (_compile=True) it works block by block (~0.3 GB at 24^3, but ~17 s)
@@ -112,13 +121,7 @@ def bench_size(n: int, kernel: int, roof: float, flex_on: bool, max_dense_gb: fl
     # dense SDPA with a boolean mask, where it fits
     dense_gb = N * N * (1 + 4 * HEADS) / 1e9
     if dense_gb <= max_dense_gb:
-        from seg.ops.local_attn3d.reference import neighbourhood_index
-
-        idx = neighbourhood_index(n, kernel, 1)
-        inside = torch.zeros(n, n, dtype=torch.bool)
-        inside[torch.arange(n)[:, None], idx] = True
-        mask = (inside[:, None, None, :, None, None] & inside[None, :, None, None, :, None]
-                & inside[None, None, :, None, None, :]).reshape(N, N)
+        mask = dense_natten_mask(n, kernel)
         qs, ks_, vs = [x.reshape(1, N, HEADS, HEAD_DIM).transpose(1, 2) for x in (q, k, v)]
         f = torch.nn.functional.scaled_dot_product_attention
         with torch.no_grad():
@@ -145,7 +148,6 @@ def gpu_section(sizes, kernel):
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     from seg.ops import local_attn3d
-    from seg.ops.local_attn3d.reference import neighbourhood_index
 
     print(f"\nGPU {torch.cuda.get_device_name()} (triton.testing.do_bench, ms, bf16, kernel {kernel}):")
     fa = torch.compile(flex_attention)
@@ -157,11 +159,7 @@ def gpu_section(sizes, kernel):
         bm = create_block_mask(natten_mask_fn(n, kernel, "cuda"), 1, HEADS, N, N, device="cuda")
         res["flex"] = triton.testing.do_bench(lambda: fa(qf, kf, vf, block_mask=bm))
         if N * N * 3 / 1e9 < 0.5 * torch.cuda.get_device_properties(0).total_memory / 1e9:
-            idx = neighbourhood_index(n, kernel, 1, device="cuda")
-            inside = torch.zeros(n, n, dtype=torch.bool, device="cuda")
-            inside[torch.arange(n, device="cuda")[:, None], idx] = True
-            mask = (inside[:, None, None, :, None, None] & inside[None, :, None, None, :, None]
-                    & inside[None, None, :, None, None, :]).reshape(N, N)
+            mask = dense_natten_mask(n, kernel, "cuda")
             sdpa = torch.nn.functional.scaled_dot_product_attention
             res["dense SDPA"] = triton.testing.do_bench(lambda: sdpa(qf, kf, vf, attn_mask=mask))
         print(f"  {n}^3: " + ", ".join(f"{name} {t:.3f} ms ({t / res['flex']:.2f}x flex)" for name, t in res.items()))
