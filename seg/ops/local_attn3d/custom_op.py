@@ -1,7 +1,7 @@
-"""``seg::local_attn3d``: the torch path as ``torch.library`` custom ops, so ``torch.compile`` treats the
-op as one opaque node (fake implementations for shapes, an autograd formula) instead of tracing through
-its Python loop over lines of blocks. The forward op also returns the log-sum-exp, which autograd
-saves with q, k, v and the output, so the backward op is the eager backward (nothing recomputed)."""
+"""``seg::local_attn3d``: the torch path as ``torch.library`` custom ops, its one autograd wiring in eager
+mode and under ``torch.compile`` (which sees one opaque node with fake implementations for shapes
+instead of tracing through the Python loop over lines of blocks). The forward op also returns the
+log-sum-exp, which autograd saves with q, k, v and the output, so the backward recomputes nothing."""
 
 from __future__ import annotations
 

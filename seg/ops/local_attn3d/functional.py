@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
+from seg.ops.local_attn3d.custom_op import local_attn3d_op
 from seg.ops.local_attn3d.reference import local_attn3d_reference
-from seg.ops.local_attn3d.torch_impl import local_attn3d_torch
 
 BACKENDS = ("torch", "reference", "triton")
 
@@ -71,11 +71,7 @@ def local_attn3d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size:
     if backend == "reference":
         return local_attn3d_reference(q, k, v, ks, dil, float(scale))
     if backend == "torch":
-        if torch.compiler.is_compiling():  # one opaque custom op for the compiler
-            from seg.ops.local_attn3d.custom_op import local_attn3d_op
-
-            return local_attn3d_op(q, k, v, list(ks), list(dil), float(scale))
-        return local_attn3d_torch(q, k, v, ks, dil, float(scale))
+        return local_attn3d_op(q, k, v, list(ks), list(dil), float(scale))
     if not _triton_available():
         raise RuntimeError("local_attn3d: backend='triton' needs the triton package (Linux x86_64)")
     if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":

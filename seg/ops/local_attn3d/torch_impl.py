@@ -182,44 +182,42 @@ def _plan(dhw: tuple[int, int, int], kernel: tuple[int, int, int]) -> _Plan:
     return _Plan(dhw, kernel)
 
 
-def _forward(q, k, v, plan: _Plan, scale: float):
-    """One residue grid: ``(out, lse)`` in block layout ``[B, nd, nh, nw, h, b^3, e]`` and ``[..., b^3]``."""
-    B, h = q.shape[0], q.shape[4]
-    qb = plan.blocks(q)
-    out = torch.empty_like(qb)
-    lse = qb.new_empty(qb.shape[:-1])
+def _lines(plan: _Plan, k: torch.Tensor, v: torch.Tensor, heads: int):
+    """Every line ``(b, i, j)`` with its key rows, gathered key/value halos ``[nw, h, halo, e]`` and mask."""
+    B = k.shape[0]
     kr, vr = k.reshape(B, -1, k.shape[4] * k.shape[5]), v.reshape(B, -1, v.shape[4] * v.shape[5])
     for b in range(B):
         for i in range(plan.ad.n):
             for j in range(plan.ah.n):
                 rows = plan.line_rows[i, j]
-                kh, vh = plan.halo_view(kr[b].index_select(0, rows), h), plan.halo_view(vr[b].index_select(0, rows), h)
-                mask = plan.mask(i, j, q.dtype)
-                o, lse[b, i, j] = _FLASH(qb[b, i, j], kh, vh, attn_mask=mask.expand(-1, h, -1, -1), scale=scale)
-                out[b, i, j] = o
+                kh = plan.halo_view(kr[b].index_select(0, rows), heads)
+                vh = plan.halo_view(vr[b].index_select(0, rows), heads)
+                yield (b, i, j), rows, kh, vh, plan.mask(i, j, k.dtype).expand(-1, heads, -1, -1)
+
+
+def _forward(q, k, v, plan: _Plan, scale: float):
+    """One residue grid: ``(out, lse)`` in block layout ``[B, nd, nh, nw, h, b^3, e]`` and ``[..., b^3]``."""
+    qb = plan.blocks(q)
+    out = torch.empty_like(qb)
+    lse = qb.new_empty(qb.shape[:-1])
+    for line, _, kh, vh, mask in _lines(plan, k, v, q.shape[4]):
+        out[line], lse[line] = _FLASH(qb[line], kh, vh, attn_mask=mask, scale=scale)
     return out, lse
 
 
 def _backward(do, q, k, v, out, lse, plan: _Plan, scale: float):
     """One residue grid; ``out``, ``lse`` in block layout. Returns dq, dk, dv ``[B, D, H, W, h, e]``."""
-    B, h = q.shape[0], q.shape[4]
     qb, dob = plan.blocks(q), plan.blocks(do)
     dq = torch.empty_like(qb)
     he = k.shape[4] * k.shape[5]
-    kr, vr = k.reshape(B, -1, he), v.reshape(B, -1, he)
-    dk, dv = torch.zeros_like(kr), torch.zeros_like(vr)
-    for b in range(B):
-        for i in range(plan.ad.n):
-            for j in range(plan.ah.n):
-                rows = plan.line_rows[i, j]
-                kh, vh = plan.halo_view(kr[b].index_select(0, rows), h), plan.halo_view(vr[b].index_select(0, rows), h)
-                mask = plan.mask(i, j, q.dtype).expand(-1, h, -1, -1)
-                dq[b, i, j], gk, gv = _FLASH_BWD(dob[b, i, j], qb[b, i, j], kh, vh, out[b, i, j], lse[b, i, j], 0.0, False,
-                                                 attn_mask=mask, scale=scale)
-                for g, dst in ((gk, dk), (gv, dv)):
-                    line = g.new_zeros(len(rows), he)
-                    plan.add_halos(g, line)
-                    dst[b].index_add_(0, rows, line)
+    dk, dv = (torch.zeros_like(t).view(t.shape[0], -1, he) for t in (k, v))
+    for line, rows, kh, vh, mask in _lines(plan, k, v, q.shape[4]):
+        dq[line], gk, gv = _FLASH_BWD(dob[line], qb[line], kh, vh, out[line], lse[line], 0.0, False,
+                                      attn_mask=mask, scale=scale)
+        for g, dst in ((gk, dk), (gv, dv)):
+            buf = g.new_zeros(len(rows), he)
+            plan.add_halos(g, buf)
+            dst[line[0]].index_add_(0, rows, buf)
     return plan.unblock(dq), dk.view(k.shape), dv.view(v.shape)
 
 
@@ -277,24 +275,3 @@ def local_attn3d_torch_backward(do, q, k, v, out, lse, kernel_size, dilation, sc
 
     grads = _over_grids((do, q, k, v, out, lse), tuple(kernel_size), tuple(dilation), step)
     return tuple(g.to(dtype) for g in grads)
-
-
-class _NeighbourhoodAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, kernel, dilation, scale):
-        out, lse = local_attn3d_torch_forward(q, k, v, kernel, dilation, scale)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.args = (kernel, dilation, scale)
-        return out
-
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = local_attn3d_torch_backward(do, q, k, v, out, lse, *ctx.args)
-        return dq, dk, dv, None, None, None
-
-
-def local_attn3d_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: tuple[int, int, int],
-                       dilation: tuple[int, int, int], scale: float) -> torch.Tensor:
-    """``[B, D, H, W, heads, E]`` -> same (arguments already checked by :func:`local_attn3d`)."""
-    return _NeighbourhoodAttention.apply(q, k, v, tuple(kernel_size), tuple(dilation), scale)
