@@ -76,9 +76,7 @@ def bench_size(n: int, kernel: int, roof: float, flex_on: bool, max_dense_gb: fl
         rows.append(r)
 
     # seg torch path; its peak includes building the shape's plan (halo indices and masks, cached after)
-    import importlib
-
-    plans = importlib.import_module("seg.ops.local_attn3d.torch_impl")._plan
+    from seg.ops.local_attn3d.torch_impl import _plan as plans
     with torch.no_grad():
         # a shared VM's speed drifts within a run: rate this timing against the sgemm roof measured right
         # before and after it (the higher of the two, the stricter ratio)

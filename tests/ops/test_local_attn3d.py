@@ -71,9 +71,7 @@ def test_torch_backend_float64_exact_and_fp16_runs():
 
 def test_unwritten_output_would_fail(monkeypatch):
     """Fresh outputs are poisoned with NaN: a block the forward forgot to write shows up."""
-    import importlib
-
-    ti = importlib.import_module("seg.ops.local_attn3d.torch_impl")
+    from seg.ops.local_attn3d import torch_impl as ti
 
     real_empty_like = torch.empty_like
     monkeypatch.setattr(ti.torch, "empty_like", lambda x, **kw: real_empty_like(x, **kw).fill_(float("nan")))
@@ -166,11 +164,9 @@ def test_torch_compile_uses_the_custom_op():
 
 def test_custom_op_backward_reuses_the_saved_log_sum_exp(monkeypatch):
     """The op's backward runs the backward kernels on the saved output and log-sum-exp: no second forward."""
-    import importlib
-
+    from seg.ops.local_attn3d import torch_impl as ti
     from seg.ops.local_attn3d.custom_op import local_attn3d_op
 
-    ti = importlib.import_module("seg.ops.local_attn3d.torch_impl")
     calls = []
     real = ti._forward
     monkeypatch.setattr(ti, "_forward", lambda *a: calls.append(1) or real(*a))
