@@ -28,7 +28,7 @@ Half precision is computed in fp32 (CPU half matmuls are slow and lossy) and cas
 Why the backward recomputes the scores instead of saving the probabilities P from the forward: saving P
 means giving up the fused forward for plain matmuls + softmax over materialized ``[b^3, halo]`` score
 blocks (420 MB at 32^3, kernel 7, 4 heads). Measured at 32^3: that forward 0.70 s + its backward 0.79 s
-against the fused 0.26 s + 0.79 s, so the fused pair is faster in total even though its backward is
+against the fused 0.28 s + 0.80 s in the same process, so the fused pair is faster in total even though its backward is
 ~3x its forward (5 matmul passes over the halo against 2).
 """
 
