@@ -98,8 +98,9 @@ def bench_size(n: int, kernel: int, roof: float, flex_on: bool, max_dense_gb: fl
     compile_mask = flex_gb > max_flex_gb
     if flex_on:
         try:
-            from torch.nn.attention.flex_attention import create_block_mask, flex_attention
             import time
+
+            from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
             t0 = time.perf_counter()
             made = {}

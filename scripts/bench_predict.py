@@ -74,8 +74,9 @@ def monai_pipeline(files, models, roi, overlap, out_dir):
 
 def seg_pipeline(files, models, roi, overlap, out_dir):
     from seg.inference.predictor import Predictor, save_mask
+    from seg.nn.inferer import InfererSpec
 
-    pred = Predictor(models, {0: "background", 1: "fg"}, ["T1"], PRE, roi_size=roi, overlap=overlap)
+    pred = Predictor(models, {0: "background", 1: "fg"}, ["T1"], PRE, InfererSpec(roi_size=roi, overlap=overlap))
     times = {"preprocess": 0.0, "infer": 0.0, "invert+write": 0.0}
     for f in files:
         p = pred.predict(f)

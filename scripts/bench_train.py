@@ -57,7 +57,7 @@ def seg_loop(root, overrides, steps, warmup, out):
     from hydra import compose, initialize_config_dir
 
     from seg.cli.common import CONF_DIR
-    from seg.cli.train import train
+    from seg.run.train import train
 
     class Timer(pl.Callback):
         def __init__(self):

@@ -15,6 +15,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+# Two grids are the same when their affines agree to this (mm and direction cosines): header round-off,
+# not a different grid. The one tolerance for the dataset check, seg-predict's channel check and seg-eval.
+GRID_TOL = 1e-3
+
 
 class NiftiError(ValueError):
     """An input volume cannot be used; ``str(e)`` is one line naming the problem (the caller adds the path)."""

@@ -1,4 +1,4 @@
-"""Shared plumbing for the Hydra entry points: config folder, one-line user errors, exit codes."""
+"""Shared plumbing for the entry points: config folder, one-line user errors, exit codes."""
 
 from __future__ import annotations
 
@@ -8,12 +8,10 @@ import os
 import sys
 from pathlib import Path
 
+from seg.config import UserError
+
 # conf/ sits beside the package in the source tree (editable installs); SEG_CONF_DIR points elsewhere.
 CONF_DIR = os.environ.get("SEG_CONF_DIR", str(Path(__file__).resolve().parents[2] / "conf"))
-
-
-class UserError(Exception):
-    """A problem with the user's input: printed without a traceback, exit code 1."""
 
 
 def fail(msg: str, code: int = 1) -> None:
@@ -25,9 +23,10 @@ def user_errors():
     """Exception types reported as one line (plus the list) instead of a traceback."""
     from seg.data.datalist import DatasetError
     from seg.data.splits import SplitError
+    from seg.inference.bundle import BundleError
     from seg.io import NiftiError
 
-    return (UserError, DatasetError, SplitError, NiftiError, FileNotFoundError)
+    return (UserError, DatasetError, SplitError, NiftiError, BundleError, FileNotFoundError)
 
 
 def hydra_main(config_name: str):

@@ -1,6 +1,6 @@
 """``seg-kfold experiment=... cv.folds=5``: k-fold cross-validation with out-of-fold evaluation and a model bundle.
 
-``kfold(cfg)`` (seg.cv.kfold) is the pure function; ``main`` is the thin Hydra wrapper.
+The runner is :func:`seg.run.kfold.kfold`; this is its thin Hydra wrapper.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from seg.cli.common import hydra_main
 
 @hydra_main("kfold")
 def main(cfg) -> None:
-    from seg.cv.kfold import kfold
+    from seg.run.kfold import kfold
 
     s = kfold(cfg)
     print(f"CV run: {cfg.cv.get('run_dir') or cfg.paths.output_dir}")

@@ -15,9 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from seg.data.datalist import Case, DatasetSpec
-from seg.io import NiftiError, read_nifti
-
-AFFINE_TOL = 1e-3  # mm / direction cosines: header round-off, not a different grid
+from seg.io import GRID_TOL, NiftiError, read_nifti
 
 
 @dataclass(frozen=True)
@@ -79,7 +77,7 @@ def check_case(case: Case, spec: DatasetSpec) -> list[Problem]:
         else:
             if spatial != ref_shape:
                 out.append(Problem("error", path, f"channel shape {list(spatial)} differs from {list(ref_shape)} of {case.images[0]}"))
-            elif not np.allclose(img.affine, ref_affine, atol=AFFINE_TOL):
+            elif not np.allclose(img.affine, ref_affine, atol=GRID_TOL):
                 out.append(Problem("error", path, f"channel affine differs from that of {case.images[0]}"))
     if case.label is None:
         return out
@@ -97,7 +95,7 @@ def check_case(case: Case, spec: DatasetSpec) -> list[Problem]:
     if ref_shape is not None:
         if tuple(ldata.shape) != tuple(ref_shape):
             out.append(Problem("error", case.label, f"label shape {list(ldata.shape)} differs from image shape {list(ref_shape)}"))
-        elif not np.allclose(lab.affine, ref_affine, atol=AFFINE_TOL):
+        elif not np.allclose(lab.affine, ref_affine, atol=GRID_TOL):
             d = float(np.abs(lab.affine - ref_affine).max())
             out.append(Problem("error", case.label, f"label affine differs from the image's (max difference {d:.4g})"))
     if np.issubdtype(ldata.dtype, np.floating):

@@ -8,19 +8,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from enum import Enum
 from pathlib import Path
 
 import pytorch_lightning as pl
 from monai import transforms as T
 from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset, partition_dataset
 
+from seg.config import check_option
 from seg.data.datalist import DatasetSpec, load_dataset
 from seg.data.splits import load_or_create_splits
 from seg.data.transforms import deterministic_transforms, random_transforms
-from seg.nn.layers import check_option
 
 log = logging.getLogger(__name__)
-CACHE_MODES = ("none", "cache", "persistent")
+
+
+class CacheMode(str, Enum):
+    NONE = "none"
+    CACHE = "cache"
+    PERSISTENT = "persistent"
 
 
 class SegDataModule(pl.LightningDataModule):
@@ -30,7 +36,7 @@ class SegDataModule(pl.LightningDataModule):
         root: dataset folder (MSD or nnU-Net raw).
         mode: "patch" (random positive/negative-balanced patches) or "resize" (whole volume resized to
             ``resize_shape``, the AGUNet paper's mode).
-        patch_size: training patch and sliding-window size in patch mode.
+        patch_size: training patch size in patch mode (also the default sliding window).
         resize_shape: the fixed network input shape in resize mode.
         spacing: target voxel spacing in mm, or None to keep the images' own.
         orientation: axis codes to reorient to (e.g. "RAS"), or None.
@@ -77,10 +83,9 @@ class SegDataModule(pl.LightningDataModule):
         split_seed: int = 0,
         splits_file: str | None = None,
         synthetic: Mapping | None = None,
-        roi_size: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        check_option("data.cache", cache, CACHE_MODES)
+        check_option("data.cache", cache, CacheMode)
         self.root = str(root)
         self.mode = mode
         self.patch_size = list(patch_size) if patch_size else None

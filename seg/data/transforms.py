@@ -8,17 +8,34 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from enum import Enum
 
 import numpy as np
 from monai import transforms as T
 from scipy import ndimage
 
+from seg.config import check_option
 from seg.data.datalist import DatasetSpec
-from seg.nn.layers import check_option
 
-MODES = ("patch", "resize")
-NORMALIZE = ("zscore", "minmax", "window", "none")
-CROPS = ("none", "nonzero", "head")
+
+class Mode(str, Enum):
+    """``patch``: random patches, sliding-window inference; ``resize``: the whole volume resized (the paper)."""
+
+    PATCH = "patch"
+    RESIZE = "resize"
+
+
+class Normalize(str, Enum):
+    ZSCORE = "zscore"
+    MINMAX = "minmax"
+    WINDOW = "window"
+    NONE = "none"
+
+
+class Crop(str, Enum):
+    NONE = "none"
+    NONZERO = "nonzero"
+    HEAD = "head"
 
 
 class HeadMask:
@@ -49,7 +66,7 @@ def crop_mode(crop_foreground) -> str:
         return "nonzero"
     if crop_foreground in (False, None):
         return "none"
-    return check_option("data.crop_foreground", str(crop_foreground), CROPS)
+    return check_option("data.crop_foreground", str(crop_foreground), Crop)
 
 
 def _label_map(spec: DatasetSpec) -> list:
@@ -61,7 +78,7 @@ def _label_map(spec: DatasetSpec) -> list:
 
 
 def normalize_transform(normalize: Mapping) -> list:
-    mode = check_option("normalize.mode", normalize.get("mode", "zscore"), NORMALIZE)
+    mode = check_option("normalize.mode", normalize.get("mode", "zscore"), Normalize)
     if mode == "zscore":
         return [T.NormalizeIntensityd(keys="image", nonzero=bool(normalize.get("nonzero", True)), channel_wise=True)]
     if mode == "minmax":
@@ -87,7 +104,7 @@ def deterministic_transforms(
 
     Every spatial step is one MONAI records, so :func:`seg.data.inverse.invert_to_original` can undo it.
     """
-    check_option("data.mode", mode, MODES)
+    mode = check_option("data.mode", mode, Mode)
     keys = ["image", "label"] if with_label else ["image"]
     interp = ["bilinear", "nearest"][: len(keys)]
     xs: list = [T.LoadImaged(keys=keys, image_only=True), T.EnsureChannelFirstd(keys=keys)]

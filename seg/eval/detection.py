@@ -22,6 +22,33 @@ from scipy.optimize import linear_sum_assignment
 STRUCTURE_26 = np.ones((3, 3, 3), bool)
 
 
+@dataclass(frozen=True)
+class DetectionParams:
+    """The paper's detection settings; the one home of their defaults (``seg-eval`` and ``cv.*`` read them).
+
+    Args:
+        overlap: Dice a patient needs to count as detected, and an object match must exceed.
+        min_object_voxels: connected components smaller than this are dropped before matching.
+    """
+
+    overlap: float = 0.1
+    min_object_voxels: int = 50
+
+    @classmethod
+    def from_mapping(cls, m, overlap_key: str = "overlap_threshold") -> DetectionParams:
+        """From a ``cv`` config: ``overlap_threshold`` and ``min_object_voxels``; null or absent = default."""
+        m = m or {}
+        kw = {}
+        if m.get(overlap_key) is not None:
+            kw["overlap"] = float(m.get(overlap_key))
+        if m.get("min_object_voxels") is not None:
+            kw["min_object_voxels"] = int(m.get("min_object_voxels"))
+        return cls(**kw)
+
+
+DEFAULT = DetectionParams()
+
+
 @dataclass
 class CaseDetection:
     case_id: str
@@ -34,7 +61,7 @@ class CaseDetection:
     matched: int
     matched_ref_ml: list  # volumes (ml) of the reference objects that were matched
     ref_object_ml: list  # volumes (ml) of all reference objects
-    overlap: float = 0.1  # Dice needed for a patient-wise true positive
+    overlap: float = DEFAULT.overlap  # Dice needed for a patient-wise true positive
 
     @property
     def detected(self) -> bool:
@@ -51,7 +78,7 @@ def components(mask: np.ndarray, min_voxels: int) -> list[np.ndarray]:
     return [np.flatnonzero(lab.ravel() == i) for i in range(1, n + 1) if sizes[i] >= min_voxels]
 
 
-def match_objects(ref_objs: list[np.ndarray], pred_objs: list[np.ndarray], overlap: float = 0.1) -> list[tuple[int, int, float]]:
+def match_objects(ref_objs: list[np.ndarray], pred_objs: list[np.ndarray], overlap: float = DEFAULT.overlap) -> list[tuple[int, int, float]]:
     """Hungarian matching on Dice between overlapping objects; pairs with Dice > ``overlap``."""
     if not ref_objs or not pred_objs:
         return []
@@ -66,7 +93,7 @@ def match_objects(ref_objs: list[np.ndarray], pred_objs: list[np.ndarray], overl
 
 
 def case_detection(case_id: str, pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
-                   overlap: float = 0.1, min_voxels: int = 50) -> CaseDetection:
+                   overlap: float = DEFAULT.overlap, min_voxels: int = DEFAULT.min_object_voxels) -> CaseDetection:
     """Patient- and object-wise detection facts of one case (binary masks)."""
     pred, ref = pred.astype(bool), ref.astype(bool)
     voxel_ml = float(np.prod(spacing)) / 1000.0
@@ -136,7 +163,7 @@ def summarize_by_volume(cases: Sequence[CaseDetection], edges: Sequence[float] =
 
 def threshold_scan(prob_cases: Sequence[tuple[str, np.ndarray, np.ndarray, Sequence[float]]],
                    thresholds: Sequence[float] = tuple(np.round(np.arange(0.1, 1.01, 0.1), 2)),
-                   overlap: float = 0.1, min_voxels: int = 50) -> tuple[float, list[dict]]:
+                   overlap: float = DEFAULT.overlap, min_voxels: int = DEFAULT.min_object_voxels) -> tuple[float, list[dict]]:
     """Patient-wise metrics at each probability threshold; returns the best threshold by
     (Dice-TP + patient recall) / 2 and the table. ``prob_cases``: (case id, foreground probability,
     reference mask, spacing). A voxel is positive when its probability >= the threshold."""

@@ -18,12 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from seg.data.datalist import case_id_from_path
-from seg.eval.detection import case_detection, summarize, summarize_by_volume
+from seg.eval.detection import DEFAULT, case_detection, summarize, summarize_by_volume
 from seg.eval.metrics import case_metrics
-from seg.io import NiftiError, read_nifti, write_text
+from seg.io import GRID_TOL, NiftiError, read_nifti, write_text
 
 log = logging.getLogger(__name__)
-GRID_TOL = 1e-3
 
 
 class EvalError(ValueError):
@@ -35,7 +34,8 @@ def _nifti_files(folder: Path) -> dict[str, Path]:
 
 
 def evaluate_case(pred_path: str, ref_path: str, labels: Mapping[int, str], surface: bool = True,
-                  tolerance_mm: float = 2.0, overlap: float = 0.1, min_voxels: int = 50) -> dict:
+                  tolerance_mm: float = 2.0, overlap: float = DEFAULT.overlap,
+                  min_voxels: int = DEFAULT.min_object_voxels) -> dict:
     """All metrics of one case; raises :class:`EvalError` naming the file on a grid mismatch."""
     try:
         pred, ref = read_nifti(pred_path), read_nifti(ref_path)
@@ -58,7 +58,7 @@ def evaluate_case(pred_path: str, ref_path: str, labels: Mapping[int, str], surf
             "_detection": detection}
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
     v = [x for x in values if x is not None and not math.isnan(x) and not math.isinf(x)]
     if not v:
         return math.nan, math.nan
@@ -73,8 +73,8 @@ def aggregate(per_case: list[dict], labels: Mapping[int, str], bins: Sequence[fl
     for k in keys:
         mean[k], std[k] = {}, {}
         for m in metric_names:
-            mean[k][m], std[k][m] = _mean_std([c["metrics"][k].get(m) for c in per_case])
-    fg = {m: _mean_std([mean[k][m] for k in keys])[0] for m in metric_names}
+            mean[k][m], std[k][m] = mean_std([c["metrics"][k].get(m) for c in per_case])
+    fg = {m: mean_std([mean[k][m] for k in keys])[0] for m in metric_names}
     detection = {}
     for k in keys:
         dets = [c["_detection"][k] for c in per_case]
@@ -82,14 +82,14 @@ def aggregate(per_case: list[dict], labels: Mapping[int, str], bins: Sequence[fl
     return {"mean": mean, "std": std, "foreground_mean": fg, "detection": detection}
 
 
-def _clean(x):
+def json_safe(x):
     """JSON-safe: NaN/inf -> None."""
     if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
         return None
     if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
+        return {k: json_safe(v) for k, v in x.items()}
     if isinstance(x, list):
-        return [_clean(v) for v in x]
+        return [json_safe(v) for v in x]
     return x
 
 
@@ -119,7 +119,7 @@ def evaluate_folders(pred_dir: str | Path, label_dir: str | Path, labels: Mappin
     summary = aggregate(per_case, labels, bins)
     summary["labels"] = {str(k): v for k, v in labels.items()}
     summary["metric_per_case"] = [{k: v for k, v in c.items() if k != "_detection"} for c in per_case]
-    summary = _clean(summary)
+    summary = json_safe(summary)
     if output:
         write_text(Path(output) / "summary.json", json.dumps(summary, indent=1))
     return summary

@@ -19,6 +19,7 @@ import yaml
 
 from seg.io import atomic_write_bytes, write_text
 from seg.nn import create_net
+from seg.nn.inferer import InfererSpec
 
 FORMAT = "seg-model/1"
 
@@ -39,6 +40,27 @@ class Bundle:
     @property
     def labels(self) -> dict[int, str]:
         return {int(k): str(v) for k, v in self.meta["labels"].items()}
+
+    @property
+    def inferer(self) -> InfererSpec:
+        """The sliding-window spec the networks were validated with."""
+        try:
+            return InfererSpec.from_mapping(self.meta.get("inferer"))
+        except (TypeError, ValueError) as e:
+            raise BundleError(f"{self.root / 'model.yaml'}: inferer: {e}") from None
+
+    def predictor(self, folds: Sequence[int] | None = None, device: str = "cpu", tta: bool = False,
+                  overlap: float | None = None, threshold: float | None = None):
+        """A :class:`~seg.inference.predictor.Predictor` over ``folds`` with the bundle's own settings;
+        ``overlap`` and ``threshold`` (two-class models) override the bundle's when given."""
+        from dataclasses import replace
+
+        from seg.inference.predictor import Predictor
+
+        inferer = self.inferer if overlap is None else replace(self.inferer, overlap=overlap)
+        thr = threshold if threshold is not None else self.meta.get("threshold")
+        return Predictor(self.load_nets(folds), self.labels, self.meta["channel_names"], self.meta["preprocessing"],
+                         inferer, tta=tta, device=device, threshold=thr if len(self.labels) == 2 else None)
 
     def load_nets(self, folds: Sequence[int] | None = None, device: str = "cpu") -> list[torch.nn.Module]:
         """One network per fold, weights loaded with ``weights_only=True``."""
@@ -61,8 +83,8 @@ class Bundle:
 
 
 def write_bundle_meta(root: str | Path, net: Mapping, labels: Mapping[int, str], channel_names: Sequence[str],
-                      preprocessing: Mapping, inferer: Mapping, folds: Sequence[int], threshold: float | None = None,
-                      extra: Mapping | None = None) -> Path:
+                      preprocessing: Mapping, inferer: InfererSpec | Mapping, folds: Sequence[int],
+                      threshold: float | None = None, extra: Mapping | None = None) -> Path:
     """Write ``model.yaml`` (atomically)."""
     root = Path(root)
     meta = {
@@ -74,7 +96,7 @@ def write_bundle_meta(root: str | Path, net: Mapping, labels: Mapping[int, str],
         "preprocessing": dict(preprocessing),
         "inverse": "undo the recorded spatial steps in reverse: resize, crop (paste into the box), resampling, "
                    "orientation (seg.data.inverse.invert_to_original)",
-        "inferer": dict(inferer),
+        "inferer": (inferer if isinstance(inferer, InfererSpec) else InfererSpec.from_mapping(inferer)).as_dict(),
         "threshold": threshold,
         "folds": sorted(int(f) for f in folds),
         **(dict(extra) if extra else {}),
@@ -104,21 +126,22 @@ def load_bundle(root: str | Path) -> Bundle:
     return Bundle(root, meta)
 
 
-def net_state_from_checkpoint(ckpt_path: str | Path) -> tuple[dict, dict]:
-    """The network's state dict and ``{name, kwargs}`` from a Lightning checkpoint (weights only)."""
+def read_checkpoint(ckpt_path: str | Path) -> tuple[dict, dict]:
+    """The network's state dict and the module's hyper-parameters (``net`` = ``{name, kwargs}``,
+    ``inferer``, ...) from a Lightning checkpoint, loaded weights-only."""
     ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     state = {k[len("net."):]: v for k, v in ck["state_dict"].items() if k.startswith("net.")}
-    return state, dict(ck["hyper_parameters"]["net"])
+    return state, dict(ck["hyper_parameters"])
 
 
-def export_run_bundle(model_dir: str | Path, ckpt: str | Path, net: Mapping, spec, preprocessing: Mapping,
-                      inferer: Mapping, fold: int, folds: Sequence[int] | None = None, threshold: float | None = None,
-                      extra: Mapping | None = None) -> Path:
-    """Write fold ``fold``'s weights from a Lightning checkpoint and (re)write ``model.yaml``."""
-    state, _ = net_state_from_checkpoint(ckpt)
+def export_run_bundle(model_dir: str | Path, ckpt: str | Path, spec, preprocessing: Mapping, fold: int) -> Path:
+    """Write fold ``fold``'s weights from a Lightning checkpoint and ``model.yaml``.
+
+    The network's ``{name, kwargs}`` and the inferer spec are read from the checkpoint's own
+    hyper-parameters, so the bundle describes exactly what was trained and validated.
+    """
+    state, hp = read_checkpoint(ckpt)
     model_dir = Path(model_dir)
     save_weights(state, model_dir / f"fold_{fold}" / "weights.pt")
-    inf = {"roi_size": list(inferer["roi_size"]) if inferer.get("roi_size") else None,
-           "overlap": float(inferer.get("overlap", 0.5)), "sw_batch_size": int(inferer.get("sw_batch_size", 2))}
-    return write_bundle_meta(model_dir, net, spec.labels, spec.channel_names, preprocessing, inf,
-                             folds if folds is not None else [fold], threshold, extra)
+    return write_bundle_meta(model_dir, hp["net"], spec.labels, spec.channel_names, preprocessing,
+                             InfererSpec.from_mapping(hp.get("inferer")), [fold])

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from seg.data.datalist import NIFTI_ENDINGS, case_id_from_path
-from seg.io import NiftiError, read_nifti
+from seg.io import GRID_TOL, NiftiError, read_nifti
 
 CHANNEL = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
 
@@ -88,6 +88,6 @@ def validate(case: InputCase) -> str | None:
             return f"{Path(f).name}: has {int((~np.isfinite(d)).sum())} NaN/inf voxels"
         if shape is None:
             shape, affine = d.shape, v.affine
-        elif d.shape != shape or not np.allclose(v.affine, affine, atol=1e-3):
+        elif d.shape != shape or not np.allclose(v.affine, affine, atol=GRID_TOL):
             return f"{Path(f).name}: grid differs from {Path(case.files[0]).name}"
     return None

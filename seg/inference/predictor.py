@@ -16,12 +16,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 from monai import transforms as T
-from monai.inferers import sliding_window_inference
 
 from seg.data.datalist import DatasetSpec
 from seg.data.inverse import invert_to_original
 from seg.data.transforms import deterministic_transforms
 from seg.io import save_nifti
+from seg.nn.inferer import InfererSpec, first_output, sliding_window
 from seg.nn.utils import prepare_for_inference
 
 log = logging.getLogger(__name__)
@@ -43,18 +43,16 @@ class Predictor:
         labels: label id -> name (background 0 included), in class order.
         channel_names: input channel names.
         preprocessing: the data options the nets were trained with (``mode``, ``spacing``, ...).
-        roi_size: sliding-window size (patch mode); resize mode runs the whole resized volume.
-        overlap: sliding-window overlap (Gaussian blending).
-        sw_batch_size: windows per forward.
+        inferer: the sliding-window spec the nets were validated with (from the bundle); resize mode runs
+            the whole resized volume whatever its ``roi_size``.
         tta: average over all axis mirrorings (8 in 3D).
         device: torch device.
         threshold: for two-class models, foreground where its probability >= threshold (None: argmax).
     """
 
     def __init__(self, nets: Sequence[nn.Module], labels: Mapping[int, str], channel_names: Sequence[str],
-                 preprocessing: Mapping, roi_size: Sequence[int] | None = None, overlap: float = 0.5,
-                 sw_batch_size: int = 2, tta: bool = False, device: str | torch.device = "cpu",
-                 threshold: float | None = None) -> None:
+                 preprocessing: Mapping, inferer: InfererSpec | None = None, tta: bool = False,
+                 device: str | torch.device = "cpu", threshold: float | None = None) -> None:
         self.device = torch.device(device)
         self.nets = [prepare_for_inference(n, channels_last=True).to(self.device) for n in nets]
         self.label_ids = sorted(labels)
@@ -63,29 +61,17 @@ class Predictor:
         pre.pop("patch_size", None)
         self.mode = pre.get("mode", "patch")
         self.transform = T.Compose(deterministic_transforms(self.spec, with_label=False, **pre))
-        self.roi_size = list(roi_size) if roi_size else None
-        self.overlap = overlap
-        self.sw_batch_size = sw_batch_size
+        self.inferer = (inferer or InfererSpec()).for_preprocessing(preprocessing)
         self.tta = tta
         self.threshold = threshold
 
     def _forward(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
         def run(t: torch.Tensor) -> torch.Tensor:
-            out = net(t.contiguous(memory_format=torch.channels_last_3d) if t.ndim == 5 else t)
-            return out[0] if isinstance(out, (list, tuple)) else out
+            return first_output(net(t.contiguous(memory_format=torch.channels_last_3d) if t.ndim == 5 else t))
 
-        if self.mode == "resize" or not self.roi_size:
+        if self.mode == "resize":
             return run(x)
-        try:
-            return sliding_window_inference(x, self.roi_size, self.sw_batch_size, run, overlap=self.overlap, mode="gaussian")
-        except torch.cuda.OutOfMemoryError:
-            if x.device.type != "cuda":
-                raise
-            # the windows fit, the whole-volume accumulators did not: stitch on the CPU instead
-            torch.cuda.empty_cache()
-            log.warning("GPU out of memory for a %s volume: stitching the sliding windows on the CPU", list(x.shape[2:]))
-            return sliding_window_inference(x, self.roi_size, self.sw_batch_size, run, overlap=self.overlap,
-                                            mode="gaussian", sw_device=x.device, device="cpu").to(x.device)
+        return sliding_window(run, x, self.inferer)
 
     @torch.inference_mode()
     def probabilities(self, image: torch.Tensor) -> torch.Tensor:

@@ -3,17 +3,32 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from enum import Enum
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from monai.losses import DeepSupervisionLoss, DiceCELoss, DiceLoss
-
 from monai.networks.utils import one_hot
 
-from seg.nn.layers import check_option
+from seg.config import check_option
 
-LOSSES = ("dice_ce", "dice", "paper_dice", "ce")
+
+class Loss(str, Enum):
+    DICE_CE = "dice_ce"
+    DICE = "dice"
+    PAPER_DICE = "paper_dice"
+    CE = "ce"
+
+
+class DSWeights(str, Enum):
+    EQUAL = "equal"
+    EXP = "exp"
+
+
+class DSLabelMode(str, Enum):
+    NEAREST = "nearest"
+    AREA = "area"
 
 
 def build_loss(name: str = "dice_ce", include_background: bool = False, batch: bool = False, lambda_ce: float = 1.0,
@@ -24,7 +39,7 @@ def build_loss(name: str = "dice_ce", include_background: bool = False, batch: b
     ``paper_dice`` is the AGUNet paper's loss: class-averaged soft Dice without background, squared
     denominators (V-Net form), smoothing 1.
     """
-    check_option("loss.name", name, LOSSES)
+    check_option("loss.name", name, Loss)
     onehot = not soft_target
     if name == "dice_ce":
         return DiceCELoss(to_onehot_y=onehot, softmax=True, include_background=include_background, batch=batch,
@@ -51,7 +66,7 @@ class _CE(nn.Module):
 def deep_supervision_weights(mode: str | Sequence[float], n: int) -> list[float]:
     """Per-head weights, normalised to sum 1: "equal", "exp" (nnU-Net's 1/2^i) or an explicit list."""
     if isinstance(mode, str):
-        check_option("deep_supervision_weights", mode, ("equal", "exp"))
+        mode = check_option("deep_supervision_weights", mode, DSWeights)
         w = [1.0] * n if mode == "equal" else [0.5**i for i in range(n)]
     else:
         w = [float(x) for x in mode][:n]
@@ -61,9 +76,6 @@ def deep_supervision_weights(mode: str | Sequence[float], n: int) -> list[float]
     if s <= 0 or min(w) < 0:
         raise ValueError(f"deep_supervision_weights must be non-negative with a positive sum, got {w}")
     return [x / s for x in w]
-
-
-DS_LABEL_MODES = ("nearest", "area")
 
 
 class SegLoss(nn.Module):
@@ -85,7 +97,7 @@ class SegLoss(nn.Module):
         cfg = dict(loss or {})
         self.loss = build_loss(**cfg)
         self.ds_weights = ds_weights
-        self.ds_label_mode = check_option("ds_label_mode", ds_label_mode, DS_LABEL_MODES)
+        self.ds_label_mode = check_option("ds_label_mode", ds_label_mode, DSLabelMode)
         self.soft_loss = build_loss(**cfg, soft_target=True) if ds_label_mode == "area" else None
 
     def forward(self, out: torch.Tensor | list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:

@@ -9,23 +9,15 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from monai.inferers import sliding_window_inference
 from monai.metrics import compute_dice
 from monai.networks.utils import one_hot
 
+from seg.config import to_plain
 from seg.lit.losses import SegLoss
 from seg.nn import create_net
+from seg.nn.inferer import InfererSpec, first_output, sliding_window
 
 log = logging.getLogger(__name__)
-
-
-def to_plain(x: Any) -> Any:
-    """DictConfig/ListConfig or nested mappings -> plain dict/list (safe for weights-only checkpoints)."""
-    if isinstance(x, Mapping):
-        return {str(k): to_plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)) or type(x).__name__ == "ListConfig":
-        return [to_plain(v) for v in x]
-    return x
 
 
 def metric_key(name: str) -> str:
@@ -36,14 +28,15 @@ class SegModule(pl.LightningModule):
     """Trains a segmentation network.
 
     Args:
-        net: ``{name, **kwargs}`` of a registered network (stored as such in checkpoints).
+        net: ``{name, **kwargs}`` of a registered network (stored as such in checkpoints); no ``_target_``.
         label_names: foreground label names, in class order (class 1 first).
         loss: ``{name, include_background, batch, ...}`` for :func:`seg.lit.losses.build_loss`.
         optimizer: a partial optimiser (Hydra ``_partial_: true``) taking the parameters.
         scheduler: a partial LR scheduler taking the optimiser, or None.
         deep_supervision_weights: "equal", "exp" or a list, for nets that return a list in training.
         deep_supervision_label_mode: how labels reach coarse heads: "nearest" or "area" (soft one-hot).
-        inferer: ``{roi_size, sw_batch_size, overlap, mode}`` for validation by sliding window.
+        inferer: the :class:`~seg.nn.inferer.InfererSpec` (or its mapping) validation slides; the same spec
+            goes into the model bundle, so seg-predict and out-of-fold prediction use it too.
         compile: wrap the network's forward in ``torch.compile``.
         channels_last: use the channels-last memory format (faster 3D convs on CPU).
     """
@@ -57,13 +50,15 @@ class SegModule(pl.LightningModule):
         scheduler: Any = None,
         deep_supervision_weights: str | Sequence[float] = "equal",
         deep_supervision_label_mode: str = "nearest",
-        inferer: Mapping | None = None,
+        inferer: InfererSpec | Mapping | None = None,
         compile: bool = False,
         channels_last: bool = False,
     ) -> None:
         super().__init__()
         net = to_plain(net)
-        net.pop("_target_", None)
+        if "_target_" in net:
+            raise ValueError("SegModule: net is the plain {name, kwargs} of a registered network, without _target_")
+        inferer = inferer if isinstance(inferer, InfererSpec) else InfererSpec.from_mapping(to_plain(inferer or {}))
         self.save_hyperparameters(
             {
                 "net": net,
@@ -71,7 +66,7 @@ class SegModule(pl.LightningModule):
                 "loss": to_plain(loss or {}),
                 "deep_supervision_weights": to_plain(deep_supervision_weights),
                 "deep_supervision_label_mode": deep_supervision_label_mode,
-                "inferer": to_plain(inferer or {}),
+                "inferer": inferer.as_dict(),
                 "compile": compile,
                 "channels_last": channels_last,
             }
@@ -82,7 +77,7 @@ class SegModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.label_names = list(label_names)
-        self.inferer = {"roi_size": None, "sw_batch_size": 2, "overlap": 0.25, "mode": "gaussian", **to_plain(inferer or {})}
+        self.inferer = inferer
         self.channels_last = channels_last
         self._compiled = None
         self.dice_best = 0.0
@@ -108,17 +103,8 @@ class SegModule(pl.LightningModule):
             object.__setattr__(self, "_compiled", torch.compile(self.net))
 
     def predict_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Whole-volume logits by sliding window (Gaussian blending); eval mode returns one tensor."""
-        roi = self.inferer["roi_size"] or list(x.shape[2:])
-
-        def fwd(t: torch.Tensor) -> torch.Tensor:
-            out = self(t)
-            return out[0] if isinstance(out, (list, tuple)) else out
-
-        return sliding_window_inference(
-            self._prep(x), roi_size=roi, sw_batch_size=self.inferer["sw_batch_size"], predictor=fwd,
-            overlap=self.inferer["overlap"], mode=self.inferer["mode"],
-        )
+        """Whole-volume logits through the model's inferer spec; eval mode returns one tensor."""
+        return sliding_window(lambda t: first_output(self(t)), self._prep(x), self.inferer)
 
     # -- steps --------------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

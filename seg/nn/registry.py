@@ -1,7 +1,8 @@
 """Network registry: ``register_net``, ``create_net(name, **kwargs)``, ``list_nets()``.
 
 Checkpoints and model bundles store the plain ``{name, kwargs}`` of a network, never a pickled module,
-so a network is rebuilt through this registry.
+so a network is rebuilt through this registry. The registry imports no network module: the built-in
+networks register themselves when ``seg.nn`` is imported (``seg/nn/__init__.py`` imports ``seg.nn.nets``).
 """
 
 from __future__ import annotations
@@ -26,13 +27,8 @@ def register_net(name: str) -> Callable[[Callable[..., nn.Module]], Callable[...
     return deco
 
 
-def _ensure_loaded() -> None:
-    import seg.nn.nets  # noqa: F401  (registers the built-in networks)
-
-
 def list_nets() -> list[str]:
     """Names of all registered networks, sorted."""
-    _ensure_loaded()
     return sorted(_REGISTRY)
 
 
@@ -41,7 +37,6 @@ def create_net(name: str, **kwargs) -> nn.Module:
 
     Every network takes MONAI's ``spatial_dims``, ``in_channels`` and ``out_channels`` keywords.
     """
-    _ensure_loaded()
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""

@@ -9,7 +9,7 @@ import torch
 from hydra.utils import instantiate
 
 from seg.cli.common import CONF_DIR
-from seg.cli.train import train
+from seg.run.train import train
 from tests.conftest import compose_train
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
@@ -40,5 +40,5 @@ def test_paper_experiment_runs(name, synth_root, tmp_path):
                          "data.resize_shape=[32,32,36]", "data.num_workers=0", "data.num_folds=4",
                          "trainer.max_epochs=1", "trainer.accumulate_grad_batches=2",
                          "~callbacks.rich_progress_bar", "trainer.enable_model_summary=false"], tmp_path)
-    m = train(cfg)
+    m = train(cfg).metrics
     assert m["epochs"] == 1 and 0.0 <= m["val/dice"] <= 1.0

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from seg.cli.train import train
 from seg.data.datalist import load_dataset
+from seg.run.train import train
 from tests.conftest import compose_train, shared
 
 
@@ -26,7 +26,7 @@ def _run(tmp_path, experiment: str, epochs: int, n_train: int = 48, n_val: int =
                          f"trainer.max_epochs={epochs}", "trainer.check_val_every_n_epoch=1", "trainer.max_time=null",
                          "data.num_workers=0", "model.optimizer.lr=3e-3", "model.loss.batch=true",
                          "~callbacks.rich_progress_bar", "trainer.enable_model_summary=false", *extra], tmp_path / "run")
-    m = train(cfg)
+    m = train(cfg).metrics
     rows = [l.split(",") for l in (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()]
     col = rows[0].index("val/dice")
     curve = [float(r[col]) for r in rows[1:] if len(r) > col and r[col]]

@@ -8,10 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
-from seg.cli.train import train
+from seg.run.train import train
 from tests.conftest import REPO, TINY, compose_train
 
 
@@ -21,7 +20,7 @@ def _overrides(root: Path) -> list[str]:
 
 def test_fast_dev_run_composes_real_config(synth_root, tmp_path):
     cfg = compose_train(["debug=fast_dev_run", *_overrides(synth_root)], tmp_path)
-    metrics = train(cfg)
+    metrics = train(cfg).metrics
     assert metrics["global_step"] == 1
     assert (tmp_path / "config.yaml").exists()
 
@@ -29,7 +28,7 @@ def test_fast_dev_run_composes_real_config(synth_root, tmp_path):
 def test_run_folder_contents_and_resume(synth_root, tmp_path):
     run1 = tmp_path / "run1"
     cfg = compose_train(["trainer.max_epochs=2", *_overrides(synth_root)], run1)
-    m1 = train(cfg)
+    m1 = train(cfg).metrics
     for rel in ("config.yaml", "metrics.json", "checkpoints/last.ckpt", "checkpoints/best.ckpt", "splits.json",
                 "model/model.yaml", "model/fold_0/weights.pt"):
         assert (run1 / rel).exists(), rel
@@ -45,7 +44,7 @@ def test_run_folder_contents_and_resume(synth_root, tmp_path):
     run2 = tmp_path / "run2"
     cfg2 = compose_train(["trainer.max_epochs=3", f"ckpt_path={run1 / 'checkpoints' / 'last.ckpt'}",
                           f"data.splits_file={run1 / 'splits.json'}", *_overrides(synth_root)], run2)
-    m2 = train(cfg2)
+    m2 = train(cfg2).metrics
     assert m2["epochs"] == 3
     assert m2["global_step"] == m1["global_step"] * 3 // 2
     lr1 = ck["lr_schedulers"][0]["last_epoch"]
@@ -111,5 +110,5 @@ def test_ddp_two_cpu_processes(synth_root, tmp_path):
 
 def test_bf16_mixed_precision_step(synth_root, tmp_path):
     cfg = compose_train(["debug=fast_dev_run", "trainer.precision=bf16-mixed", *_overrides(synth_root)], tmp_path)
-    m = train(cfg)
+    m = train(cfg).metrics
     assert m["global_step"] == 1 and m["train/loss"] == m["train/loss"]  # finite (not NaN)

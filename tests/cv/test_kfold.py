@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from seg.cv.kfold import kfold
 from seg.inference.bundle import load_bundle
+from seg.run.kfold import kfold
 from tests.conftest import TINY, compose_train
 
 

@@ -1,11 +1,9 @@
 from __future__ import annotations
 
-import gzip
 import json
 
 import nibabel as nib
 import numpy as np
-import pytest
 
 from seg.cli.check_data import main as check_main
 from seg.data.check import check_dataset, errors

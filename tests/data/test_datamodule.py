@@ -10,7 +10,7 @@ from monai import transforms as T
 
 from seg.data.datalist import load_dataset
 from seg.data.datamodule import SegDataModule
-from seg.data.synthetic import make_case, write_dataset
+from seg.data.synthetic import make_case
 from seg.data.transforms import deterministic_transforms
 
 

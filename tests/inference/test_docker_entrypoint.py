@@ -18,9 +18,8 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pytest
 
-from seg.cv.kfold import kfold
+from seg.run.kfold import kfold
 from tests.conftest import REPO, TINY, compose_train
 
 

@@ -9,6 +9,7 @@ import torch
 
 from seg.inference.predictor import Predictor, save_mask
 from seg.nn import create_net
+from seg.nn.inferer import InfererSpec
 from tests.conftest import shared
 
 PATCH = {"mode": "patch", "spacing": None, "orientation": "RAS", "normalize": {"mode": "zscore", "nonzero": True}}
@@ -26,7 +27,7 @@ def _net(seed=0, out=2):
 def test_output_on_input_grid_real_t1(tmp_path, pre, name):
     path = shared("brain_t1") / name
     labels = {0: "background", 3: "tumour"}  # a non-consecutive id comes back as itself
-    pred = Predictor([_net()], labels, ["T1"], pre, roi_size=[48, 48, 48], overlap=0.25)
+    pred = Predictor([_net()], labels, ["T1"], pre, InfererSpec(roi_size=(48, 48, 48), overlap=0.25))
     out = pred.predict(str(path))
     src = nib.load(str(path))
     assert tuple(out.probabilities.shape) == (2, *src.shape)
@@ -44,12 +45,12 @@ def test_output_on_input_grid_real_t1(tmp_path, pre, name):
 def test_ensemble_is_mean_softmax_and_tta_is_symmetric(synth_root):
     img = str(sorted((synth_root / "imagesTr").iterdir())[0])
     a, b = _net(1), _net(2)
-    pa = Predictor([a], {0: "bg", 1: "x"}, ["T1"], PATCH, roi_size=[32, 32, 32])
-    pb = Predictor([b], {0: "bg", 1: "x"}, ["T1"], PATCH, roi_size=[32, 32, 32])
-    pab = Predictor([a, b], {0: "bg", 1: "x"}, ["T1"], PATCH, roi_size=[32, 32, 32])
+    pa = Predictor([a], {0: "bg", 1: "x"}, ["T1"], PATCH, InfererSpec(roi_size=(32, 32, 32)))
+    pb = Predictor([b], {0: "bg", 1: "x"}, ["T1"], PATCH, InfererSpec(roi_size=(32, 32, 32)))
+    pab = Predictor([a, b], {0: "bg", 1: "x"}, ["T1"], PATCH, InfererSpec(roi_size=(32, 32, 32)))
     img_t = pa.transform({"image": img})["image"]
     torch.testing.assert_close(pab.probabilities(img_t), (pa.probabilities(img_t) + pb.probabilities(img_t)) / 2)
-    tta = Predictor([a], {0: "bg", 1: "x"}, ["T1"], PATCH, roi_size=[32, 32, 32], tta=True)
+    tta = Predictor([a], {0: "bg", 1: "x"}, ["T1"], PATCH, InfererSpec(roi_size=(32, 32, 32)), tta=True)
     p = tta.probabilities(img_t)
     q = tta.probabilities(torch.flip(img_t, [1]))
     torch.testing.assert_close(torch.flip(q, [1]), p, atol=1e-5, rtol=1e-4)  # mirroring-equivariant by construction

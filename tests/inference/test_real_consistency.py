@@ -8,8 +8,8 @@ import nibabel as nib
 import numpy as np
 
 from seg.cli.predict import main
-from seg.cv.kfold import kfold
 from seg.data.datalist import load_dataset
+from seg.run.kfold import kfold
 from tests.conftest import compose_train, shared
 
 

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
-import torch
 from functools import partial
+
+import torch
 
 from seg.lit.losses import SegLoss, deep_supervision_weights
 from seg.lit.module import SegModule

@@ -7,7 +7,6 @@ import torch
 
 from seg.nn import create_net
 from seg.nn.blocks import AttentionGate, ChannelAttention, DualAttention, PositionAttention
-from seg.nn.nets.unet import UNet
 
 SMALL = [4, 8, 16, 16]
 

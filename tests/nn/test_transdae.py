@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from seg.nn import create_net
-from seg.nn.nets.transdae import ChannelAttention, EfficientAttention, PatchExpand
+from seg.nn.nets.transdae import EfficientAttention, PatchExpand, TransposedChannelAttention
 
 SMALL = {"dims": (16, 32, 32), "heads": (1, 2, 2), "depths": (1, 1, 1)}
 
@@ -35,7 +35,7 @@ def test_efficient_attention_is_linear_in_tokens_and_channel_attention_shapes():
     x = torch.randn(1, 64, 16)
     assert ea(x, (8, 8)).shape == (1, 64, 16)
     # no N x N map: the context is d x d per head, whatever N
-    ca = ChannelAttention(16, 4)
+    ca = TransposedChannelAttention(16, 4)
     assert ca(torch.randn(2, 1000, 16)).shape == (2, 1000, 16)
 
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from seg.nn.layers import Option, check_option, conv_layer, norm_layer
+from seg.nn.layers import Gate, check_option, conv_layer, norm_layer
 
 
 class AttentionGate(nn.Module):
@@ -30,7 +30,9 @@ class AttentionGate(nn.Module):
     def __init__(self, spatial_dims: int, g_channels: int, x_channels: int, inter_channels: int,
                  mode: str = "concat", norm: str = "batch") -> None:
         super().__init__()
-        self.mode = check_option("gate_mode", mode, Option.GATE)
+        self.mode = check_option("gate_mode", mode, Gate)
+        if self.mode == Gate.NONE:
+            raise ValueError("gate_mode='none' means no gate: do not build an AttentionGate")
         self.w_g = nn.Sequential(conv_layer(spatial_dims, g_channels, inter_channels, 1, bias=False),
                                  norm_layer(norm, spatial_dims, inter_channels))
         self.w_x = nn.Sequential(conv_layer(spatial_dims, x_channels, inter_channels, 1, bias=False),

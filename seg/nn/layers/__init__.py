@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+from seg.config import check_option
 from seg.nn.layers.factories import (
-    Option,
-    check_option,
+    Bottleneck,
+    Gate,
+    Norm,
+    Upsample,
     conv_layer,
     conv_transpose_layer,
     dropout_layer,
@@ -11,7 +14,10 @@ from seg.nn.layers.factories import (
 )
 
 __all__ = [
-    "Option",
+    "Bottleneck",
+    "Gate",
+    "Norm",
+    "Upsample",
     "check_option",
     "conv_layer",
     "conv_transpose_layer",

@@ -2,33 +2,39 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
+from enum import Enum
 
 import torch.nn as nn
 
-
-def check_option(name: str, value: str, choices: Sequence[str]) -> str:
-    """Return ``value`` if it is one of ``choices``, else raise a ValueError that suggests the nearest.
-
-    Args:
-        name: the option's name, used in the message.
-        value: the given value.
-        choices: the allowed values.
-    """
-    if value in choices:
-        return value
-    close = difflib.get_close_matches(str(value), list(choices), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"{name}={value!r} is not one of {sorted(choices)}{hint}")
+from seg.config import check_option
 
 
-class Option:
-    """Namespaces of the string options used across the networks."""
+class Norm(str, Enum):
+    BATCH = "batch"
+    INSTANCE = "instance"
+    NONE = "none"
 
-    NORMS = ("batch", "instance", "none")
-    UPSAMPLE = ("transpose", "trilinear", "wau")
-    GATE = ("concat", "add")
+
+class Upsample(str, Enum):
+    TRANSPOSE = "transpose"
+    TRILINEAR = "trilinear"
+    WAU = "wau"
+
+
+class Gate(str, Enum):
+    """How an attention gate joins the decoder and skip features (``none``: no gate)."""
+
+    CONCAT = "concat"
+    ADD = "add"
+    NONE = "none"
+
+
+class Bottleneck(str, Enum):
+    NONE = "none"
+    DUAL = "dual"
+    POSITION = "position"
+    CHANNEL = "channel"
 
 
 def ensure_tuple(value: int | Sequence[int], n: int, name: str = "value") -> tuple[int, ...]:
@@ -53,7 +59,7 @@ def conv_transpose_layer(spatial_dims: int, *args, **kwargs) -> nn.Module:
 
 def norm_layer(norm: str, spatial_dims: int, channels: int) -> nn.Module:
     """Batch, instance (affine) or no normalisation."""
-    check_option("norm", norm, Option.NORMS)
+    check_option("norm", norm, Norm)
     if norm == "none":
         return nn.Identity()
     if norm == "batch":

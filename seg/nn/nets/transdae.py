@@ -72,7 +72,7 @@ class EfficientAttention(nn.Module):
         return self.proj(out)
 
 
-class ChannelAttention(nn.Module):
+class TransposedChannelAttention(nn.Module):
     """Transposed (XCiT) attention across channels: L2-normalised q, k, a learned per-head temperature."""
 
     def __init__(self, dim: int, heads: int) -> None:
@@ -113,7 +113,7 @@ class DualAttentionBlock(nn.Module):
         self.n1, self.n2, self.n3, self.n4 = (nn.LayerNorm(dim) for _ in range(4))
         self.ea = EfficientAttention(spatial_dims, dim, heads, reduction)
         self.ffn1 = MixFFN(spatial_dims, dim, mlp_ratio)
-        self.ca = ChannelAttention(dim, heads)
+        self.ca = TransposedChannelAttention(dim, heads)
         self.ffn2 = MixFFN(spatial_dims, dim, mlp_ratio)
 
     def forward(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

@@ -30,12 +30,10 @@ import torch.nn.functional as F
 from seg.nn.blocks import AttentionGate, ConvBlock, DualAttention, UpConv, crop_to, pad_to_multiple, pool_plan
 from seg.nn.blocks.local_attention import LocalAttention3d
 from seg.nn.blocks.window_attention_upsample import WindowAttentionUpsample
-from seg.nn.layers import Option, check_option, conv_layer, conv_transpose_layer, norm_layer
+from seg.nn.layers import Bottleneck, Gate, Norm, Upsample, check_option, conv_layer, conv_transpose_layer, norm_layer
 from seg.nn.registry import register_net
 
 PAPER_FILTERS = (16, 32, 128, 256, 256)
-GATES = ("concat", "add", "none")
-BOTTLENECKS = ("none", "dual", "position", "channel")
 
 
 class DecoderLevel(nn.Module):
@@ -49,8 +47,8 @@ class DecoderLevel(nn.Module):
                  dropout: float, upsample: str = "transpose", gate: str = "none", guide_channels: int = 0,
                  wau_heads: int = 4, wau_window: int | None = 8) -> None:
         super().__init__()
-        check_option("upsample", upsample, Option.UPSAMPLE)
-        check_option("attention_gate", gate, GATES)
+        check_option("upsample", upsample, Upsample)
+        gate = check_option("attention_gate", gate, Gate)
         self.upsample = upsample
         if upsample == "transpose":
             self.up = UpConv(spatial_dims, in_channels, out_channels)
@@ -182,9 +180,9 @@ class UNet(nn.Module):
         local_attention_kernel: int | Sequence[int] = 7,
     ) -> None:
         super().__init__()
-        check_option("norm", norm, Option.NORMS)
-        check_option("attention_gate", attention_gate, GATES)
-        check_option("bottleneck_attention", bottleneck_attention, BOTTLENECKS)
+        check_option("norm", norm, Norm)
+        check_option("attention_gate", attention_gate, Gate)
+        check_option("bottleneck_attention", bottleneck_attention, Bottleneck)
         filters = [int(f) for f in filters]
         if len(filters) < 2:
             raise ValueError(f"filters needs at least 2 levels, got {filters}")

@@ -10,13 +10,19 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from enum import Enum
 
 import torch
 
+from seg.config import check_option
 from seg.ops.local_attn3d.custom_op import local_attn3d_op
 from seg.ops.local_attn3d.reference import local_attn3d_reference
 
-BACKENDS = ("torch", "reference", "triton")
+
+class Backend(str, Enum):
+    TORCH = "torch"
+    REFERENCE = "reference"
+    TRITON = "triton"
 
 
 def _triple(x: int | Sequence[int], name: str) -> tuple[int, int, int]:
@@ -32,7 +38,7 @@ def local_attn3d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size:
 
     Every query attends to exactly ``kernel_size`` keys per axis: the window centred on it, shifted inward
     at the borders (no padding); with ``dilation`` d it sees only keys of its own residue class
-    (coordinate mod d). Matches NATTEN's ``na3d``.
+    (coordinate mod d). Matches NATTEN's 3D neighbourhood attention.
 
     Args:
         q, k, v: ``[B, D, H, W, heads, head_dim]`` (NATTEN's heads-last layout), one dtype and device.
@@ -66,8 +72,7 @@ def local_attn3d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size:
         raise ValueError(f"local_attn3d: scale must be finite, got {scale}")
     if backend is None:
         backend = "triton" if q.is_cuda and _triton_available() else "torch"
-    if backend not in BACKENDS:
-        raise ValueError(f"local_attn3d: backend {backend!r} is not one of {BACKENDS}")
+    backend = check_option("local_attn3d: backend", backend, Backend)
     if backend == "reference":
         return local_attn3d_reference(q, k, v, ks, dil, float(scale))
     if backend == "torch":

@@ -82,7 +82,7 @@ def _load_tile(ptrs, mask, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _na3d_fwd(Q, Kt, V, O, LSE,
+def _local_attn3d_fwd(Q, Kt, V, O, LSE,
               s_b, s_d, s_h, s_w, s_n, s_e,
               D, H, W, NH, E, scale,
               KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
@@ -138,7 +138,7 @@ def _na3d_fwd(Q, Kt, V, O, LSE,
 
 
 @triton.jit
-def _na3d_bwd_dq(Q, Kt, V, DO, LSE, DELTA, DQ,
+def _local_attn3d_bwd_dq(Q, Kt, V, DO, LSE, DELTA, DQ,
                  s_b, s_d, s_h, s_w, s_n, s_e,
                  D, H, W, NH, E, scale,
                  KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
@@ -189,7 +189,7 @@ def _na3d_bwd_dq(Q, Kt, V, DO, LSE, DELTA, DQ,
 
 
 @triton.jit
-def _na3d_bwd_dkdv(Q, Kt, V, DO, LSE, DELTA, DK, DV,
+def _local_attn3d_bwd_dkdv(Q, Kt, V, DO, LSE, DELTA, DK, DV,
                    s_b, s_d, s_h, s_w, s_n, s_e,
                    D, H, W, NH, E, scale,
                    KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
@@ -273,18 +273,18 @@ def _common(q, kernel, dilation, scale):
                 UPCAST=q.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1")
 
 
-def na3d_forward(q, k, v, kernel, dilation, scale):
+def local_attn3d_forward(q, k, v, kernel, dilation, scale):
     B, D, H, W, NH, E = q.shape
     o = torch.empty_like(q)
     lse = torch.empty(B * NH, D * H * W, device=q.device, dtype=torch.float32)
-    _na3d_fwd[_grid(q.shape, TILE)](q, k, v, o, lse, *q.stride(), **_common(q, kernel, dilation, scale), BLOCK_K=BLOCK)
+    _local_attn3d_fwd[_grid(q.shape, TILE)](q, k, v, o, lse, *q.stride(), **_common(q, kernel, dilation, scale), BLOCK_K=BLOCK)
     return o, lse
 
 
-def na3d_backward(do, q, k, v, o, lse, kernel, dilation, scale):
+def local_attn3d_backward(do, q, k, v, o, lse, kernel, dilation, scale):
     delta = (do.float() * o.float()).sum(-1).permute(0, 4, 1, 2, 3).reshape(lse.shape).contiguous()
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     args = _common(q, kernel, dilation, scale)
-    _na3d_bwd_dq[_grid(q.shape, TILE)](q, k, v, do, lse, delta, dq, *q.stride(), **args, BLOCK_K=BLOCK)
-    _na3d_bwd_dkdv[_grid(q.shape, TILE)](q, k, v, do, lse, delta, dk, dv, *q.stride(), **args, BLOCK_Q=BLOCK)
+    _local_attn3d_bwd_dq[_grid(q.shape, TILE)](q, k, v, do, lse, delta, dq, *q.stride(), **args, BLOCK_K=BLOCK)
+    _local_attn3d_bwd_dkdv[_grid(q.shape, TILE)](q, k, v, do, lse, delta, dk, dv, *q.stride(), **args, BLOCK_Q=BLOCK)
     return dq, dk, dv

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from seg.eval.detection import threshold_scan
-from seg.eval.evaluate import _clean, _mean_std, aggregate, evaluate_case
+from seg.eval.detection import DetectionParams, threshold_scan
+from seg.eval.evaluate import aggregate, evaluate_case, json_safe, mean_std
 from seg.io import atomic_write_bytes, write_text
 
 log = logging.getLogger(__name__)
@@ -27,13 +27,13 @@ log = logging.getLogger(__name__)
 def evaluate_cv(run_dir: Path, spec, folds: list[int], cv) -> dict:
     by_id = spec.by_id()
     labels = spec.labels
+    det = DetectionParams.from_mapping(cv)
     per_case, prob_cases = [], []
     for k in folds:
         vdir = run_dir / f"fold_{k}" / "validation"
         for cid in json.loads((run_dir / f"fold_{k}" / "done.json").read_text())["val_cases"]:
             c = evaluate_case(str(vdir / f"{cid}.nii.gz"), by_id[cid].label, labels, bool(cv.get("surface_metrics", True)),
-                              float(cv.get("tolerance_mm", 2.0)), float(cv.get("overlap_threshold", 0.1)),
-                              int(cv.get("min_object_voxels", 50)))
+                              float(cv.get("tolerance_mm", 2.0)), det.overlap, det.min_object_voxels)
             c["fold"] = k
             c["case_id"] = cid
             per_case.append(c)
@@ -52,14 +52,13 @@ def evaluate_cv(run_dir: Path, spec, folds: list[int], cv) -> dict:
         sel = [c for c in per_case if c["fold"] == k]
         summary["per_fold"][str(k)] = {"n": len(sel), **{kk: vv for kk, vv in aggregate(sel, labels, bins).items() if kk in ("mean", "foreground_mean")}}
     fold_dice = [summary["per_fold"][str(k)]["foreground_mean"].get("Dice") for k in folds]
-    summary["fold_dice_mean"], summary["fold_dice_std"] = _mean_std(fold_dice)
+    summary["fold_dice_mean"], summary["fold_dice_std"] = mean_std(fold_dice)
     summary["threshold"] = None
     if prob_cases:
-        best, table = threshold_scan(prob_cases, overlap=float(cv.get("overlap_threshold", 0.1)),
-                                     min_voxels=int(cv.get("min_object_voxels", 50)))
+        best, table = threshold_scan(prob_cases, overlap=det.overlap, min_voxels=det.min_object_voxels)
         summary["threshold"], summary["threshold_scan"] = best, table
     summary["metric_per_case"] = [{k: v for k, v in c.items() if k != "_detection"} for c in per_case]
-    summary = _clean(summary)
+    summary = json_safe(summary)
     write_text(run_dir / "cv_summary.json", json.dumps(summary, indent=1))
     write_results_csv(run_dir / "results.csv", summary)
     figures = write_figures(run_dir / "figures", summary, per_case, by_id, int(cv.get("worst_cases", 3)))

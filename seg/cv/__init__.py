@@ -1,1 +1,0 @@
-"""K-fold cross-validation: splits, fold training, out-of-fold predictions, evaluation, model bundle."""

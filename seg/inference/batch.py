@@ -1,0 +1,210 @@
+"""Predict a batch of cases: one small function per output, one loop that goes on past a bad case.
+
+``predict_cases`` is what ``seg-predict`` and the k-fold out-of-fold prediction call. It checks each
+case's files ahead of the network (``workers`` threads), writes every output atomically, and returns a
+:class:`BatchResult` with the written cases and the failures (case id, one-line problem). Refusing to
+replace existing outputs is the command's decision, not this function's (k-fold resume writes again).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from seg.config import check_option
+from seg.inference.cases import InputCase, validate
+from seg.inference.predictor import Prediction, Predictor, save_mask
+from seg.io import atomic_write_bytes, save_nifti, write_text
+
+log = logging.getLogger(__name__)
+
+
+class ProbabilityFormat(str, Enum):
+    NONE = "none"
+    NIFTI = "nifti"  # <case>_prob.nii.gz: float32, one channel per class (seg-predict --save-probabilities)
+    NPZ = "npz"  # <case>_prob.npz: float16 foreground of two-class models (the k-fold threshold scan)
+
+
+@dataclass
+class BatchOptions:
+    """What to write besides each mask.
+
+    Args:
+        probabilities: "none", "nifti" or "npz" (see :class:`ProbabilityFormat`).
+        case_json: a ``<case>.json`` report per case (volumes, components, seconds per stage).
+        summary_csv: ``summary.csv`` for the batch (failures included).
+        overlay: a ``<case>.png`` montage per case.
+        workers: threads checking the next inputs ahead of the network.
+        progress: a progress bar on stderr.
+    """
+
+    probabilities: str = "none"
+    case_json: bool = True
+    summary_csv: bool = True
+    overlay: bool = False
+    workers: int = 1
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        self.probabilities = check_option("probabilities", self.probabilities, ProbabilityFormat)
+
+
+@dataclass
+class BatchResult:
+    written: list[dict] = field(default_factory=list)  # one summary row per written case
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (case id, one-line problem)
+    output: Path | None = None
+
+
+def stem(output_name: str) -> str:
+    """``case.nii.gz`` / ``case.nii`` -> ``case``."""
+    return output_name.split(".nii")[0]
+
+
+def case_report(labels_map: np.ndarray, names: Mapping[int, str], spacing: Sequence[float]) -> dict:
+    """Volume (ml) and connected components (26-connected) of each foreground label."""
+    from scipy import ndimage
+
+    voxel_ml = float(np.prod(spacing)) / 1000
+    out = {}
+    for i, name in names.items():
+        if i == 0:
+            continue
+        m = labels_map == i
+        n = int(ndimage.label(m, structure=np.ones((3, 3, 3), bool))[1]) if m.any() else 0
+        out[name] = {"label": i, "volume_ml": round(float(m.sum()) * voxel_ml, 4), "components": n}
+    return out
+
+
+def write_probabilities(pr: Prediction, path_stem: Path, fmt: str) -> None:
+    if fmt == ProbabilityFormat.NIFTI:
+        prob = np.moveaxis(pr.probabilities.numpy(), 0, -1).astype(np.float32)
+        img = nib.Nifti1Image(prob, pr.reference.affine)
+        img.set_qform(pr.reference.get_qform(), int(pr.reference.header["qform_code"]))
+        img.set_sform(pr.reference.get_sform(), int(pr.reference.header["sform_code"]))
+        save_nifti(img, path_stem.with_name(path_stem.name + "_prob.nii.gz"))
+    elif fmt == ProbabilityFormat.NPZ and pr.probabilities.shape[0] == 2:
+        fg = pr.probabilities[1].numpy().astype(np.float16)
+
+        def _w(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, prob=fg)
+
+        atomic_write_bytes(path_stem.with_name(path_stem.name + "_prob.npz"), _w)
+
+
+def write_case_json(report: dict, path: Path) -> None:
+    write_text(path, json.dumps(report, indent=1))
+
+
+def write_overlay(pr: Prediction, path: Path, title: str) -> None:
+    from seg.eval.overlay import overlay_montage
+
+    img = np.asanyarray(pr.reference.dataobj).astype(np.float32)
+    img = img[..., 0] if img.ndim == 4 else img
+    overlay_montage(img, {"red": pr.labels}, path, f"{title}: prediction in red", pr.reference.affine)
+
+
+def write_summary_csv(path: Path, rows: list[dict], failures: list[tuple[str, str]]) -> None:
+    buf = io.StringIO()
+    cols = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("case", "mask"), k)) or ["case", "mask"]
+    w = csv.DictWriter(buf, fieldnames=cols)
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+    for cid, problem in failures:
+        w.writerow({"case": cid, "mask": f"FAILED: {problem}"})
+    write_text(path, buf.getvalue())
+
+
+def predict_one(case: InputCase, predictor: Predictor, out: Path, options: BatchOptions, labels: Mapping[int, str]) -> dict:
+    """Predict one (already validated) case and write its outputs; returns its summary row."""
+    t0 = time.perf_counter()
+    target = out / case.output_name
+    pr = predictor.predict(case.files if len(case.files) > 1 else case.files[0])
+    t_w = time.perf_counter()
+    save_mask(pr.labels, pr.reference, target)
+    if options.probabilities != ProbabilityFormat.NONE:
+        write_probabilities(pr, out / stem(case.output_name), options.probabilities)
+    report = {"case": case.case_id, "inputs": case.files, "mask": str(target),
+              "labels": case_report(pr.labels, labels, pr.reference.header.get_zooms()[:3]),
+              "seconds": {**{k: round(v, 3) for k, v in pr.seconds.items()}, "write": round(time.perf_counter() - t_w, 3)}}
+    if options.case_json:
+        write_case_json(report, out / f"{stem(case.output_name)}.json")
+    if options.overlay:
+        write_overlay(pr, out / f"{stem(case.output_name)}.png", case.case_id)
+    secs = report["seconds"]
+    log.info("%s: %s (%.1f s: %s)", case.case_id, target.name, time.perf_counter() - t0,
+             ", ".join(f"{k} {v:.2f}" for k, v in secs.items()))
+    return {"case": case.case_id, "mask": target.name,
+            **{f"{n}_ml": v["volume_ml"] for n, v in report["labels"].items()},
+            **{f"{n}_components": v["components"] for n, v in report["labels"].items()},
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _progress(total: int):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                 console=Console(stderr=True))
+    return p, p.add_task("predicting", total=total)
+
+
+def predict_cases(cases: Sequence[InputCase], predictor: Predictor, out: str | Path, options: BatchOptions | None = None,
+                  labels: Mapping[int, str] | None = None) -> BatchResult:
+    """Predict ``cases`` into the folder ``out``; one bad case is reported and the others go on.
+
+    Args:
+        cases: from :func:`seg.inference.cases.discover` (or built by the caller).
+        predictor: the configured :class:`Predictor`.
+        out: output folder (made if missing).
+        options: what to write besides the masks.
+        labels: label id -> name for the reports (default: the predictor's ids as names).
+    """
+    options = options or BatchOptions()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = dict(labels) if labels is not None else {i: str(i) for i in predictor.label_ids}
+    inputs = {str(Path(f).resolve()) for c in cases for f in c.files}
+    result = BatchResult(output=out)
+    progress, task = _progress(len(cases)) if options.progress else (None, None)
+    if progress is not None:
+        progress.start()
+    try:
+        with ThreadPoolExecutor(max(1, options.workers)) as pool:
+            checks = [pool.submit(validate, c) for c in cases]  # read-ahead: inputs checked while predicting
+            for c, check in zip(cases, checks):
+                problem = check.result()
+                if problem is None and str((out / c.output_name).resolve()) in inputs:
+                    problem = f"output {out / c.output_name} would overwrite an input"
+                if problem is None:
+                    try:
+                        result.written.append(predict_one(c, predictor, out, options, labels))
+                    except torch.cuda.OutOfMemoryError as e:
+                        problem = f"out of memory: {e}".splitlines()[0]
+                    except Exception as e:  # one bad case must not stop the batch
+                        problem = f"{type(e).__name__}: {e}".splitlines()[0]
+                if problem is not None:
+                    result.failures.append((c.case_id, problem))
+                    log.error("%s: %s", c.files[0], problem)
+                if progress is not None:
+                    progress.advance(task)
+    finally:
+        if progress is not None:
+            progress.stop()
+    if options.summary_csv:
+        write_summary_csv(out / "summary.csv", result.written, result.failures)
+    return result

@@ -1,0 +1,139 @@
+"""The k-fold runner behind ``seg-kfold``: ``kfold(cfg) -> summary``.
+
+For each fold: train (:func:`seg.run.train.train` with ``data.fold=k``; it writes the fold's own bundle),
+predict the fold's validation cases on their original grids with that bundle through the same batch
+function as ``seg-predict`` (out-of-fold), copy the weights into the CV's bundle, and mark the fold done,
+so an interrupted CV resumes where it stopped. Then evaluate all out-of-fold predictions, scan the
+probability threshold, and write ``cv_summary.json``, ``results.csv``, ``report.md``, figures and
+``model/model.yaml``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import re
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from seg.io import write_text
+
+log = logging.getLogger("seg.kfold")
+
+
+def label_volumes(spec) -> dict[str, float]:
+    """Foreground volume (ml) of each case's label, for stratified splits."""
+    import nibabel as nib
+
+    out = {}
+    for c in spec.cases:
+        img = nib.load(c.label)
+        out[c.case_id] = float(np.count_nonzero(np.asanyarray(img.dataobj)) * np.prod(img.header.get_zooms()[:3]) / 1000)
+    return out
+
+
+def make_cv_splits(spec, cv, path: Path) -> list:
+    """Load ``path`` if present (hand edits are kept), else make grouped/stratified splits and save them."""
+    from seg.data.splits import load_or_create_splits
+
+    ids = [c.case_id for c in spec.cases]
+    groups = None
+    if cv.get("group_regex"):
+        pat = re.compile(cv.group_regex)
+        groups = {}
+        for cid in ids:
+            m = pat.search(cid)
+            groups[cid] = m.group(1) if m and m.groups() else (m.group(0) if m else cid)
+    strata = None
+    if cv.get("stratify") and not path.exists():
+        vols = label_volumes(spec)
+        n = max(1, int(cv.get("n_strata", 3)))
+        qs = np.quantile(list(vols.values()), np.linspace(0, 1, n + 1)[1:-1]) if n > 1 else []
+        strata = {cid: int(np.searchsorted(qs, v, side="right")) for cid, v in vols.items()}
+    return load_or_create_splits(path, ids, int(cv.folds), int(cv.seed), groups=groups, strata=strata)
+
+
+def fold_config(cfg, k: int, splits_path: Path, fold_dir: Path):
+    from omegaconf import OmegaConf, open_dict
+
+    fc = copy.deepcopy(cfg)
+    OmegaConf.set_struct(fc, False)
+    with open_dict(fc):
+        fc.data.fold = k
+        fc.data.num_folds = int(cfg.cv.folds)
+        fc.data.splits_file = str(splits_path)
+        fc.paths.output_dir = str(fold_dir)
+        fc.check_data = False  # checked once for the whole CV
+    return fc
+
+
+def predict_validation(fold_dir: Path, result, save_probabilities: bool) -> list[str]:
+    """Out-of-fold predictions of the fold's validation cases, with the fold's own bundle."""
+    from seg.inference.batch import BatchOptions, predict_cases
+    from seg.inference.bundle import load_bundle
+    from seg.inference.cases import InputCase
+
+    bundle = load_bundle(result.model_bundle)
+    dm = result.datamodule
+    by_id = dm.spec.by_id()
+    cases = [InputCase(cid, list(by_id[cid].images), None, f"{cid}.nii.gz") for cid in dm.val_cases]
+    opts = BatchOptions(probabilities="npz" if save_probabilities else "none", case_json=False, summary_csv=False)
+    res = predict_cases(cases, bundle.predictor(), fold_dir / "validation", opts, bundle.labels)
+    if res.failures:
+        raise RuntimeError(f"fold {fold_dir.name}: out-of-fold prediction failed for {res.failures}")
+    return [r["case"] for r in res.written]
+
+
+def run_fold(cfg, k: int, splits_path: Path, run_dir: Path) -> dict:
+    from seg.run.train import train
+
+    fold_dir = run_dir / f"fold_{k}"
+    done = fold_dir / "done.json"
+    if done.exists():
+        log.info("fold %d already finished (%s): skipped", k, done)
+        return json.loads(done.read_text())
+    t0 = time.time()
+    result = train(fold_config(cfg, k, splits_path, fold_dir))
+    cases = predict_validation(fold_dir, result, bool(cfg.cv.get("save_probabilities", True)))
+    dst = run_dir / "model" / f"fold_{k}"  # the CV's bundle (model.yaml written at the end)
+    dst.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(result.model_bundle / f"fold_{k}" / "weights.pt", dst / "weights.pt")
+    record = {"fold": k, "val_cases": cases, "checkpoint": str(result.checkpoint),
+              "val/dice_best": result.metrics.get("val/dice_best"), "epochs": result.metrics.get("epochs"),
+              "seconds": round(time.time() - t0, 1)}
+    write_text(done, json.dumps(record, indent=1))
+    return record
+
+
+def kfold(cfg) -> dict:
+    """Run (or resume) the cross-validation that ``cfg`` describes; returns the CV summary."""
+    from omegaconf import OmegaConf
+
+    from seg.eval.cv_report import evaluate_cv
+    from seg.inference.bundle import load_bundle, write_bundle_meta
+    from seg.run.train import prepare_data
+
+    run_dir = Path(cfg.cv.get("run_dir") or cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec = prepare_data(cfg).spec
+    splits_path = Path(cfg.cv.splits_file) if cfg.cv.get("splits_file") else run_dir / "splits.json"
+    splits = make_cv_splits(spec, cfg.cv, splits_path)
+    if len(splits) != int(cfg.cv.folds):
+        log.warning("%s has %d folds; cv.folds=%d is ignored", splits_path, len(splits), cfg.cv.folds)
+    fold_ids = list(cfg.cv.fold_ids) if cfg.cv.get("fold_ids") is not None else list(range(len(splits)))
+    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    records = [run_fold(cfg, int(k), splits_path, run_dir) for k in fold_ids]
+    finished = sorted(int(p.parent.name.split("_")[1]) for p in run_dir.glob("fold_*/done.json"))
+    summary = evaluate_cv(run_dir, spec, finished, cfg.cv)
+    # every fold's bundle describes the same net, pre-processing and inferer: take the first's
+    fold_meta = load_bundle(run_dir / f"fold_{finished[0]}" / "model").meta
+    write_bundle_meta(
+        run_dir / "model", fold_meta["net"], spec.labels, spec.channel_names, fold_meta["preprocessing"],
+        fold_meta["inferer"], finished, summary.get("threshold"), {"cv": {"run": str(run_dir), "splits": str(splits_path)}},
+    )
+    summary["folds_run"] = records
+    return summary
