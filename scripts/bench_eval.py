@@ -62,8 +62,22 @@ def run(name, items, labels):
     for pred, ref, sp in items:
         seg_suite(pred, ref, labels, sp)
     t_seg = time.perf_counter() - t
-    return [{"workload": name, "impl": "MONAI metrics (baseline)", "s": t_monai, "per_case": t_monai / len(items), "x": 1.0},
-            {"workload": name, "impl": "seg suite (+ detection)", "s": t_seg, "per_case": t_seg / len(items), "x": t_seg / t_monai}]
+    return [
+        {
+            "workload": name,
+            "impl": "MONAI metrics (baseline)",
+            "s": t_monai,
+            "per_case": t_monai / len(items),
+            "x": 1.0,
+        },
+        {
+            "workload": name,
+            "impl": "seg suite (+ detection)",
+            "s": t_seg,
+            "per_case": t_seg / len(items),
+            "x": t_seg / t_monai,
+        },
+    ]
 
 
 def main() -> None:
@@ -94,8 +108,16 @@ def main() -> None:
     if not rows:
         sys.exit(f"no data under {SHARED}")
     print(f"\n{threads_note()}")
-    print_table(rows, [("workload", "workload", "s"), ("impl", "implementation", "s"), ("s", "total s", ".2f"),
-                       ("per_case", "s/case", ".3f"), ("x", "x MONAI", ".2f")])
+    print_table(
+        rows,
+        [
+            ("workload", "workload", "s"),
+            ("impl", "implementation", "s"),
+            ("s", "total s", ".2f"),
+            ("per_case", "s/case", ".3f"),
+            ("x", "x MONAI", ".2f"),
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -58,8 +58,11 @@ def dense_natten_mask(n: int, kernel: int, device: str = "cpu") -> torch.Tensor:
 
     inside = torch.zeros(n, n, dtype=torch.bool, device=device)
     inside[torch.arange(n, device=device)[:, None], neighbourhood_index(n, kernel, 1, device)] = True
-    return (inside[:, None, None, :, None, None] & inside[None, :, None, None, :, None]
-            & inside[None, None, :, None, None, :]).reshape(n**3, n**3)
+    return (
+        inside[:, None, None, :, None, None]
+        & inside[None, :, None, None, :, None]
+        & inside[None, None, :, None, None, :]
+    ).reshape(n**3, n**3)
 
 
 def bench_size(n: int, kernel: int, roof: float, flex_on: bool, max_dense_gb: float, max_flex_gb: float) -> list[dict]:
@@ -77,6 +80,7 @@ def bench_size(n: int, kernel: int, roof: float, flex_on: bool, max_dense_gb: fl
 
     # seg torch path; its peak includes building the shape's plan (halo indices and masks, cached after)
     from seg.ops.local_attn3d.torch_impl import _plan as plans
+
     with torch.no_grad():
         # a shared VM's speed drifts within a run: rate this timing against the sgemm roof measured right
         # before and after it (the higher of the two, the stricter ratio)
@@ -104,8 +108,11 @@ def bench_size(n: int, kernel: int, roof: float, flex_on: bool, max_dense_gb: fl
 
             t0 = time.perf_counter()
             made = {}
-            bm_mem = peak_memory_mb(lambda: made.update(bm=create_block_mask(natten_mask_fn(n, kernel), 1, HEADS, N, N,
-                                                                             device="cpu", _compile=compile_mask)))
+            bm_mem = peak_memory_mb(
+                lambda: made.update(
+                    bm=create_block_mask(natten_mask_fn(n, kernel), 1, HEADS, N, N, device="cpu", _compile=compile_mask)
+                )
+            )
             t_build = time.perf_counter() - t0
             bm = made["bm"]
             fa = torch.compile(flex_attention)
@@ -113,8 +120,13 @@ def bench_size(n: int, kernel: int, roof: float, flex_on: bool, max_dense_gb: fl
             with torch.no_grad():
                 t = timeit(lambda: fa(qf, kf, vf, block_mask=bm), reps=2)
                 m = peak_memory_mb(lambda: fa(qf, kf, vf, block_mask=bm))
-            row("flex_attention (compiled)", t, None, m,
-                f"mask build{' (compiled)' if compile_mask else ''} {t_build:.1f} s, {bm_mem:.0f} MB")
+            row(
+                "flex_attention (compiled)",
+                t,
+                None,
+                m,
+                f"mask build{' (compiled)' if compile_mask else ''} {t_build:.1f} s, {bm_mem:.0f} MB",
+            )
         except Exception as e:  # noqa: BLE001
             row("flex_attention (compiled)", None, None, None, f"failed: {type(e).__name__}: {str(e)[:60]}")
     # dense SDPA with a boolean mask, where it fits
@@ -170,20 +182,44 @@ def main() -> None:
     ap.add_argument("--kernels", type=int, nargs="+", default=[7, 5, 9])
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--max-dense-gb", type=float, default=6.0)
-    ap.add_argument("--max-flex-gb", type=float, default=8.0,
-                    help="above this estimated eager mask-build memory, build flex's block mask compiled")
+    ap.add_argument(
+        "--max-flex-gb",
+        type=float,
+        default=8.0,
+        help="above this estimated eager mask-build memory, build flex's block mask compiled",
+    )
+    ap.add_argument("--gpu-only", action="store_true", help="only the CUDA section (scripts/gpu_check.sh)")
     a = ap.parse_args()
+    if a.gpu_only:
+        if not torch.cuda.is_available():
+            raise SystemExit("error: --gpu-only but no CUDA device is available")
+        gpu_section(a.sizes, 7)
+        return
     roof = sgemm_gflops()
     rows = []
     for kernel in a.kernels:
         for n in a.sizes:
             if n >= kernel:
                 rows += bench_size(n, kernel, roof, not a.no_flex, a.max_dense_gb, a.max_flex_gb)
-    print(f"\nB=1, heads={HEADS}, head_dim={HEAD_DIM}; {threads_note()}; sgemm roof {roof:.0f} GFLOP/s at the start "
-          "(seg's rate uses the roof measured next to its own timing)")
-    print_table(rows, [("n", "volume", "s"), ("k", "kernel", "d"), ("impl", "implementation", "s"), ("fwd", "fwd s", ".3f"),
-                       ("x", "x flex", ".2f"), ("fb", "fwd+bwd s", ".3f"), ("fb_x", "fb/fwd", ".2f"), ("rate", "useful/roof", ".1%"),
-                       ("mem", "fwd peak MB", ".0f"), ("note", "note", "s")])
+    print(
+        f"\nB=1, heads={HEADS}, head_dim={HEAD_DIM}; {threads_note()}; sgemm roof {roof:.0f} GFLOP/s at the start "
+        "(seg's rate uses the roof measured next to its own timing)"
+    )
+    print_table(
+        rows,
+        [
+            ("n", "volume", "s"),
+            ("k", "kernel", "d"),
+            ("impl", "implementation", "s"),
+            ("fwd", "fwd s", ".3f"),
+            ("x", "x flex", ".2f"),
+            ("fb", "fwd+bwd s", ".3f"),
+            ("fb_x", "fb/fwd", ".2f"),
+            ("rate", "useful/roof", ".1%"),
+            ("mem", "fwd peak MB", ".0f"),
+            ("note", "note", "s"),
+        ],
+    )
     if torch.cuda.is_available():
         gpu_section(a.sizes, 7)
 

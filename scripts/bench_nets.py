@@ -34,8 +34,10 @@ def configs(quick: bool):
 
     rows = [
         # MONAI's AttentionUnet behind seg's pad-to-16 wrapper (a no-op at 128x128x144)
-        ("monai AttentionUnet", lambda: create_net("monai_attention_unet", spatial_dims=3, in_channels=1,
-                                                   out_channels=2, channels=FILTERS)),
+        (
+            "monai AttentionUnet",
+            lambda: create_net("monai_attention_unet", spatial_dims=3, in_channels=1, out_channels=2, channels=FILTERS),
+        ),
         ("unet", seg("unet")),
         ("agunet", seg("agunet")),
         ("agunet gate=add", seg("agunet", attention_gate="add")),
@@ -122,22 +124,37 @@ def main() -> None:
         r["x_mem"] = r["mem_fwd"] / base["mem_fwd"]
         if "fwd_bwd" in r:
             r["x_fb"] = r["fwd_bwd"] / base["fwd_bwd"]
-    print(f"\ninput 1x1x{'x'.join(map(str, a.shape))}, filters {FILTERS}; {threads_note()}; "
-          f"sgemm roof {roof:.0f} GFLOP/s (measured now)")
-    cols = [("net", "net", "s"), ("params_m", "params M", ".2f"), ("gflop", "fwd GFLOP", ".1f"),
-            ("fwd_eager", "fwd eager s", ".2f"), ("fwd", "fwd s", ".2f"), ("x_fwd", "x AttUnet", ".2f"),
-            ("gflops", "GFLOP/s", ".0f"), ("roof", "of roof", ".0%"), ("mem_fwd", "fwd peak MB", ".0f"),
-            ("x_mem", "x AttUnet", ".2f")]
+    print(
+        f"\ninput 1x1x{'x'.join(map(str, a.shape))}, filters {FILTERS}; {threads_note()}; "
+        f"sgemm roof {roof:.0f} GFLOP/s (measured now)"
+    )
+    cols = [
+        ("net", "net", "s"),
+        ("params_m", "params M", ".2f"),
+        ("gflop", "fwd GFLOP", ".1f"),
+        ("fwd_eager", "fwd eager s", ".2f"),
+        ("fwd", "fwd s", ".2f"),
+        ("x_fwd", "x AttUnet", ".2f"),
+        ("gflops", "GFLOP/s", ".0f"),
+        ("roof", "of roof", ".0%"),
+        ("mem_fwd", "fwd peak MB", ".0f"),
+        ("x_mem", "x AttUnet", ".2f"),
+    ]
     if not a.quick:
         cols += [("fwd_bwd", "fwd+bwd s", ".2f"), ("x_fb", "x AttUnet", ".2f"), ("mem_train", "train peak MB", ".0f")]
     print_table(rows, cols)
     # a quarter of the input per axis: the global variant's N x N/8 scores at full resolution would not fit
     wshape = [s // 4 for s in a.shape] if not a.quick else [16, 16, 16]
     print(f"\nWAU windowed vs global on a {'x'.join(map(str, wshape))} map (16 channels, from 32 at half size):")
-    print_table(wau_memory(wshape), [("block", "block", "s"), ("shape", "map", "s"), ("s", "fwd s", ".3f"), ("mb", "peak MB", ".0f")])
-    print("fwd = seg inference path (eval, conv+BN folded, channels-last 3D, inference_mode); "
-          "fwd eager = the plain module in eval mode; ratios x AttUnet are to MONAI's AttentionUnet (row 1), "
-          "timed the same way.")
+    print_table(
+        wau_memory(wshape),
+        [("block", "block", "s"), ("shape", "map", "s"), ("s", "fwd s", ".3f"), ("mb", "peak MB", ".0f")],
+    )
+    print(
+        "fwd = seg inference path (eval, conv+BN folded, channels-last 3D, inference_mode); "
+        "fwd eager = the plain module in eval mode; ratios x AttUnet are to MONAI's AttentionUnet (row 1), "
+        "timed the same way."
+    )
 
 
 if __name__ == "__main__":

@@ -48,12 +48,28 @@ def monai_pipeline(files, models, roi, overlap, out_dir):
     from monai import transforms as T
     from monai.inferers import sliding_window_inference
 
-    pre = T.Compose([T.LoadImaged("image", image_only=True), T.EnsureChannelFirstd("image"),
-                     T.Orientationd("image", axcodes="RAS", labels=None), T.NormalizeIntensityd("image", nonzero=True, channel_wise=True)])
-    post = T.Compose([T.Invertd("pred", transform=pre, orig_keys="image", nearest_interp=False),
-                      T.AsDiscreted("pred", argmax=True),
-                      T.SaveImaged("pred", output_dir=str(out_dir), output_postfix="", separate_folder=False,
-                                   output_dtype="uint8", print_log=False)])
+    pre = T.Compose(
+        [
+            T.LoadImaged("image", image_only=True),
+            T.EnsureChannelFirstd("image"),
+            T.Orientationd("image", axcodes="RAS", labels=None),
+            T.NormalizeIntensityd("image", nonzero=True, channel_wise=True),
+        ]
+    )
+    post = T.Compose(
+        [
+            T.Invertd("pred", transform=pre, orig_keys="image", nearest_interp=False),
+            T.AsDiscreted("pred", argmax=True),
+            T.SaveImaged(
+                "pred",
+                output_dir=str(out_dir),
+                output_postfix="",
+                separate_folder=False,
+                output_dtype="uint8",
+                print_log=False,
+            ),
+        ]
+    )
     times = {"preprocess": 0.0, "infer": 0.0, "invert+write": 0.0}
     for f in files:
         t0 = time.perf_counter()
@@ -61,7 +77,10 @@ def monai_pipeline(files, models, roi, overlap, out_dir):
         t1 = time.perf_counter()
         with torch.inference_mode():
             x = d["image"][None].float()
-            prob = sum(torch.softmax(sliding_window_inference(x, roi, 2, m, overlap=overlap, mode="gaussian"), 1) for m in models)
+            prob = sum(
+                torch.softmax(sliding_window_inference(x, roi, 2, m, overlap=overlap, mode="gaussian"), 1)
+                for m in models
+            )
             d["pred"] = (prob / len(models))[0]
         t2 = time.perf_counter()
         post(d)
@@ -110,8 +129,14 @@ def main() -> None:
         workloads.append(("T1 256^3", [str(t1)], a.t1_filters, [96, 96, 96]))
     hip = SHARED / "hippocampus" / "imagesTr"
     if hip.is_dir():
-        workloads.append((f"hippocampus x{a.hippocampus}", [str(p) for p in sorted(hip.iterdir())[: a.hippocampus]],
-                          [8, 16, 32, 64, 128], [40, 56, 40]))
+        workloads.append(
+            (
+                f"hippocampus x{a.hippocampus}",
+                [str(p) for p in sorted(hip.iterdir())[: a.hippocampus]],
+                [8, 16, 32, 64, 128],
+                [40, 56, 40],
+            )
+        )
     if not workloads:
         sys.exit(f"no data under {SHARED}")
     rows = []
@@ -129,16 +154,39 @@ def main() -> None:
                     t = time.perf_counter()
                     mem = peak_memory_mb(go)
                     total = time.perf_counter() - t
-                rows.append({"workload": name, "folds": n, "impl": impl, "s_case": total / len(files),
-                             "pre": res["preprocess"] / total, "infer": res["infer"] / total, "inv": res["invert+write"] / total,
-                             "mem": mem / 1024, "total": total})
+                rows.append(
+                    {
+                        "workload": name,
+                        "folds": n,
+                        "impl": impl,
+                        "s_case": total / len(files),
+                        "pre": res["preprocess"] / total,
+                        "infer": res["infer"] / total,
+                        "inv": res["invert+write"] / total,
+                        "mem": mem / 1024,
+                        "total": total,
+                    }
+                )
             base = rows[-2]["s_case"]
             rows[-2]["x"], rows[-1]["x"] = 1.0, rows[-1]["s_case"] / base
     print(f"\n{threads_note()}; overlap {a.overlap}; untrained paper U-Nets (speed only)")
-    print_table(rows, [("workload", "workload", "s"), ("folds", "folds", "d"), ("impl", "pipeline", "s"),
-                       ("s_case", "s/case", ".2f"), ("x", "x baseline", ".2f"), ("pre", "load+pre", ".0%"),
-                       ("infer", "infer", ".0%"), ("inv", "invert+write", ".0%"), ("mem", "peak GB", ".2f")])
-    print("shares are of the end-to-end time; invert+write = resampling back to the input grid, argmax, writing the mask")
+    print_table(
+        rows,
+        [
+            ("workload", "workload", "s"),
+            ("folds", "folds", "d"),
+            ("impl", "pipeline", "s"),
+            ("s_case", "s/case", ".2f"),
+            ("x", "x baseline", ".2f"),
+            ("pre", "load+pre", ".0%"),
+            ("infer", "infer", ".0%"),
+            ("inv", "invert+write", ".0%"),
+            ("mem", "peak GB", ".2f"),
+        ],
+    )
+    print(
+        "shares are of the end-to-end time; invert+write = resampling back to the input grid, argmax, writing the mask"
+    )
 
 
 if __name__ == "__main__":

@@ -80,8 +80,16 @@ def seg_loop(root, overrides, steps, warmup, out):
 
     timer = Timer()
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
-        cfg = compose("train", overrides=[f"paths.output_dir={out}", f"data.root={root}", *overrides,
-                                          f"+trainer.max_steps={steps + warmup}", "+trainer.limit_val_batches=0"])
+        cfg = compose(
+            "train",
+            overrides=[
+                f"paths.output_dir={out}",
+                f"data.root={root}",
+                *overrides,
+                f"+trainer.max_steps={steps + warmup}",
+                "+trainer.limit_val_batches=0",
+            ],
+        )
     train(cfg, extra_callbacks=[timer])
     return timer.t_end - timer.t_start, timer.data_t
 
@@ -109,8 +117,12 @@ def main() -> None:
         if not root.exists():
             sys.exit(f"{root} not found")
         overrides = ["experiment=hippocampus_unet", "data.num_workers=1"]
-    overrides += ["~callbacks.rich_progress_bar", "trainer.enable_model_summary=false", "check_data=false",
-                  f"data.splits_file={tmp / 'splits.json'}"]
+    overrides += [
+        "~callbacks.rich_progress_bar",
+        "trainer.enable_model_summary=false",
+        "check_data=false",
+        f"data.splits_file={tmp / 'splits.json'}",
+    ]
     from hydra import compose, initialize_config_dir
 
     from seg.cli.common import CONF_DIR
@@ -128,11 +140,16 @@ def main() -> None:
     per_step = dm.batch_size * dm.num_samples
     rows = {"plain PyTorch+MONAI loop": [], "seg-train loop (Lightning+Hydra)": []}
     for r in range(a.repeats):
-        rows["plain PyTorch+MONAI loop"].append(plain_loop(dm, net_kwargs, loss_cfg, cfg.model.optimizer.lr, a.steps, a.warmup))
+        rows["plain PyTorch+MONAI loop"].append(
+            plain_loop(dm, net_kwargs, loss_cfg, cfg.model.optimizer.lr, a.steps, a.warmup)
+        )
         rows["seg-train loop (Lightning+Hydra)"].append(seg_loop(root, overrides, a.steps, a.warmup, tmp / f"run{r}"))
     base = None
-    print(f"\ndata={a.data} net={net_kwargs['name']} filters={net_kwargs.get('filters')} batch={dm.batch_size}x{dm.num_samples} "
-          f"patch={dm.patch_size} steps={a.steps} (best of {a.repeats}), torch threads={torch.get_num_threads()}")
+    print(
+        f"\ndata={a.data} net={net_kwargs['name']} filters={net_kwargs.get('filters')} "
+        f"batch={dm.batch_size}x{dm.num_samples} "
+        f"patch={dm.patch_size} steps={a.steps} (best of {a.repeats}), torch threads={torch.get_num_threads()}"
+    )
     print(f"{'loop':36s} {'s/step':>8s} {'samples/s':>10s} {'ratio':>7s} {'data share':>11s}")
     for name, runs in rows.items():
         t, d = min(runs)

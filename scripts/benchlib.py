@@ -72,7 +72,7 @@ def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
     print("  ".join(h.rjust(w) if i else h.ljust(w) for i, ((k, h, f), w) in enumerate(zip(columns, widths))))
     for r in rows:
         cells = []
-        for i, ((k, h, f), w) in enumerate(zip(columns, widths)):
+        for i, ((k, _h, f), w) in enumerate(zip(columns, widths)):
             v = r.get(k)
             s = "-" if v is None else format(v, f)
             cells.append(s.rjust(w) if i else s.ljust(w))

@@ -29,6 +29,16 @@ def synth_copy(synth_root, tmp_path) -> Path:
     return dst
 
 
+def pytest_collection_modifyitems(config, items):
+    """``gpu`` tests need CUDA: skipped (with the reason) where there is none."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (run scripts/gpu_check.sh on a machine with a GPU)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 def shared(sub: str) -> Path:
     p = SHARED_DATA / sub
     if not p.exists():

@@ -25,9 +25,11 @@ def compare_main(argv: list[str]) -> int:
     except (CompareError, FileNotFoundError, json.JSONDecodeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"{r['n_cases']} paired cases: mean Dice A {r['dice_a']:.4f}, B {r['dice_b']:.4f}; "
-          f"B - A mean {r['mean_diff']:+.4f}, median {r['median_diff']:+.4f}; B better in {r['b_better']}, "
-          f"A better in {r['a_better']}; Wilcoxon signed-rank p = {r['wilcoxon_p']:.4g}")
+    print(
+        f"{r['n_cases']} paired cases: mean Dice A {r['dice_a']:.4f}, B {r['dice_b']:.4f}; "
+        f"B - A mean {r['mean_diff']:+.4f}, median {r['median_diff']:+.4f}; B better in {r['b_better']}, "
+        f"A better in {r['a_better']}; Wilcoxon signed-rank p = {r['wilcoxon_p']:.4g}"
+    )
     if a.output:
         from seg.io import write_text
 
@@ -62,12 +64,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 1
     try:
-        s = evaluate_folders(a.pred, a.labels, labels, a.output or a.pred, not a.no_surface, a.tolerance_mm, a.bins, a.workers)
+        s = evaluate_folders(
+            a.pred, a.labels, labels, a.output or a.pred, not a.no_surface, a.tolerance_mm, a.bins, a.workers
+        )
     except EvalError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"{len(s['metric_per_case'])} cases; mean Dice per label: "
-          + ", ".join(f"{s['labels'][k]}={v['Dice']:.4f}" for k, v in s["mean"].items() if v.get("Dice") is not None))
+    print(
+        f"{len(s['metric_per_case'])} cases; mean Dice per label: "
+        + ", ".join(f"{s['labels'][k]}={v['Dice']:.4f}" for k, v in s["mean"].items() if v.get("Dice") is not None)
+    )
     print(f"summary: {Path(a.output or a.pred) / 'summary.json'}")
     return 0
 

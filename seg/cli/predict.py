@@ -15,16 +15,27 @@ log = logging.getLogger("seg.predict")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="seg-predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-i", "--input", required=True, help="a NIfTI file, a folder of them, or nnU-Net CASE_0000 channel files")
+    p = argparse.ArgumentParser(
+        prog="seg-predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "-i", "--input", required=True, help="a NIfTI file, a folder of them, or nnU-Net CASE_0000 channel files"
+    )
     p.add_argument("-o", "--output", required=True, help="output folder (masks as OUTPUT/<case>.nii.gz)")
     p.add_argument("-m", "--model", required=True, help="model bundle folder (model.yaml + fold_<k>/weights.pt)")
     p.add_argument("--folds", default="all", help="'all' or e.g. 0,1,2: the folds to ensemble (mean softmax)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average over all mirrorings")
     p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap (default: the bundle's)")
-    p.add_argument("--save-probabilities", action="store_true", help="also write <case>_prob.nii.gz (float32, per class)")
-    p.add_argument("--threshold", type=float, default=None, help="foreground threshold for two-class models (default: the bundle's)")
+    p.add_argument(
+        "--save-probabilities", action="store_true", help="also write <case>_prob.nii.gz (float32, per class)"
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="foreground threshold for two-class models (default: the bundle's)",
+    )
     p.add_argument("--png", action="store_true", help="an overlay montage per case (<case>.png)")
     p.add_argument("--workers", type=int, default=1, help="threads reading and checking the next inputs ahead")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -52,12 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     except (*user_errors(), ValueError, RuntimeError) as e:
         print(f"error: {e}".splitlines()[0], file=sys.stderr)
         return 2
-    log.info("%d cases, model %s (%s, folds %s) on %s%s", len(cases), a.model, bundle.meta["net"]["name"], folds,
-             device, ", TTA" if a.tta else "")
-    opts = BatchOptions(probabilities="nifti" if a.save_probabilities else "none", overlay=a.png, workers=a.workers,
-                        progress=not a.quiet)
+    net = bundle.meta["net"]["name"]
+    log.info("%d cases, model %s (%s, folds %s) on %s%s", len(cases), a.model, net, folds, device, " TTA" * a.tta)
+    probs = "nifti" if a.save_probabilities else "none"
+    opts = BatchOptions(probabilities=probs, overlay=a.png, workers=a.workers, progress=not a.quiet)
     res = predict_cases(cases, predictor, out, opts, bundle.labels)
-    print(f"{len(res.written)} of {len(cases)} cases written to {out}" + (f"; {len(res.failures)} failed:" if res.failures else ""))
+    failed = f"; {len(res.failures)} failed:" if res.failures else ""
+    print(f"{len(res.written)} of {len(cases)} cases written to {out}{failed}")
     for cid, problem in res.failures:
         print(f"FAILED {cid}: {problem}", file=sys.stderr)
     return 1 if res.failures else 0

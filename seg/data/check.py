@@ -66,7 +66,11 @@ def check_case(case: Case, spec: DatasetSpec) -> list[Problem]:
             if spec.channels_in_one_file and n_ch > 1:
                 out.append(Problem("error", path, f"is 3D but dataset.json declares {n_ch} channels in one file"))
         else:
-            out.append(Problem("error", path, f"is {data.ndim}D with shape {list(data.shape)}; expected 3D (or 4D with channels)"))
+            out.append(
+                Problem(
+                    "error", path, f"is {data.ndim}D with shape {list(data.shape)}; expected 3D (or 4D with channels)"
+                )
+            )
             continue
         if np.issubdtype(data.dtype, np.floating):
             bad = int(np.count_nonzero(~np.isfinite(data)))
@@ -76,7 +80,13 @@ def check_case(case: Case, spec: DatasetSpec) -> list[Problem]:
             ref_shape, ref_affine = spatial, img.affine
         else:
             if spatial != ref_shape:
-                out.append(Problem("error", path, f"channel shape {list(spatial)} differs from {list(ref_shape)} of {case.images[0]}"))
+                out.append(
+                    Problem(
+                        "error",
+                        path,
+                        f"channel shape {list(spatial)} differs from {list(ref_shape)} of {case.images[0]}",
+                    )
+                )
             elif not np.allclose(img.affine, ref_affine, atol=GRID_TOL):
                 out.append(Problem("error", path, f"channel affine differs from that of {case.images[0]}"))
     if case.label is None:
@@ -94,7 +104,11 @@ def check_case(case: Case, spec: DatasetSpec) -> list[Problem]:
         return out
     if ref_shape is not None:
         if tuple(ldata.shape) != tuple(ref_shape):
-            out.append(Problem("error", case.label, f"label shape {list(ldata.shape)} differs from image shape {list(ref_shape)}"))
+            out.append(
+                Problem(
+                    "error", case.label, f"label shape {list(ldata.shape)} differs from image shape {list(ref_shape)}"
+                )
+            )
         elif not np.allclose(lab.affine, ref_affine, atol=GRID_TOL):
             d = float(np.abs(lab.affine - ref_affine).max())
             out.append(Problem("error", case.label, f"label affine differs from the image's (max difference {d:.4g})"))
@@ -108,7 +122,13 @@ def check_case(case: Case, spec: DatasetSpec) -> list[Problem]:
     values = set(np.unique(ldata).astype(np.int64).tolist())
     undeclared = sorted(values - set(spec.labels))
     if undeclared:
-        out.append(Problem("error", case.label, f"label values {undeclared} are not declared in dataset.json (declared: {sorted(spec.labels)})"))
+        out.append(
+            Problem(
+                "error",
+                case.label,
+                f"label values {undeclared} are not declared in dataset.json (declared: {sorted(spec.labels)})",
+            )
+        )
     if values <= {0}:
         out.append(Problem("warning", case.label, "label is empty (background only)"))
     return out

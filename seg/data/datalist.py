@@ -102,7 +102,9 @@ def _parse_label_ids(meta_path: Path, labels: dict, name_to_id: bool) -> dict[in
     for k, v in labels.items():
         ident, name = (v, k) if name_to_id else (k, v)
         if isinstance(ident, (list, tuple)):
-            raise DatasetError(f"{meta_path}: region-based label {name!r}={ident} is not supported; give one id per label")
+            raise DatasetError(
+                f"{meta_path}: region-based label {name!r}={ident} is not supported; give one id per label"
+            )
         try:
             out[int(ident)] = str(name)
         except (TypeError, ValueError):

@@ -170,7 +170,9 @@ class SegDataModule(pl.LightningDataModule):
         world = trainer.world_size if trainer is not None else 1
         if world > 1:
             rank = trainer.global_rank
-            train = partition_dataset(train, num_partitions=world, shuffle=True, seed=self.split_seed, even_divisible=True)[rank]
+            train = partition_dataset(
+                train, num_partitions=world, shuffle=True, seed=self.split_seed, even_divisible=True
+            )[rank]
             val = partition_dataset(val, num_partitions=world, shuffle=False, even_divisible=False)[rank]
             log.info("rank %d/%d: %d train and %d val cases", rank, world, len(train), len(val))
         det = deterministic_transforms(spec, with_label=True, **self.preprocessing_kwargs())
@@ -180,7 +182,9 @@ class SegDataModule(pl.LightningDataModule):
 
     def _dataset(self, items: list[dict], transform: T.Compose, name: str):
         if self.cache == "cache":
-            return CacheDataset(items, transform, cache_rate=self.cache_rate, num_workers=max(1, self.num_workers), progress=False)
+            return CacheDataset(
+                items, transform, cache_rate=self.cache_rate, num_workers=max(1, self.num_workers), progress=False
+            )
         if self.cache == "persistent":
             cache_dir = Path(self.cache_dir or Path(self.root) / ".seg_cache") / name
             cache_dir.mkdir(parents=True, exist_ok=True)
@@ -189,10 +193,20 @@ class SegDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(
-            self.train_ds, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0, drop_last=len(self.train_ds) > self.batch_size,
+            self.train_ds,
+            batch_size=self.batch_size,
+            shuffle=True,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            drop_last=len(self.train_ds) > self.batch_size,
         )
 
     def val_dataloader(self) -> DataLoader:
         # whole volumes of different sizes: one per batch
-        return DataLoader(self.val_ds, batch_size=1, shuffle=False, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            self.val_ds,
+            batch_size=1,
+            shuffle=False,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )

@@ -14,7 +14,9 @@ from monai import transforms as T
 from monai.data import MetaTensor
 
 
-def invert_to_original(pred: torch.Tensor, image: MetaTensor, transform: T.Compose, nearest: bool = False) -> MetaTensor:
+def invert_to_original(
+    pred: torch.Tensor, image: MetaTensor, transform: T.Compose, nearest: bool = False
+) -> MetaTensor:
     """Map ``pred`` back to the grid ``image`` was loaded from.
 
     Args:

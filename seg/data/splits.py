@@ -84,7 +84,9 @@ def validate_splits(splits: list, case_ids: Sequence[str] | None = None, path: s
                 raise SplitError(f"{path}: fold {k} names cases not in the dataset: {unknown[:5]}")
 
 
-def load_or_create_splits(path: str | Path, case_ids: Sequence[str], num_folds: int = 5, seed: int = 0, **kwargs) -> list:
+def load_or_create_splits(
+    path: str | Path, case_ids: Sequence[str], num_folds: int = 5, seed: int = 0, **kwargs
+) -> list:
     """Reuse ``path`` if it exists (validated), else make splits and save them there."""
     path = Path(path)
     if path.exists():

@@ -119,11 +119,15 @@ def deterministic_transforms(
     if crop == "nonzero":
         xs.append(T.CropForegroundd(keys=keys, source_key="image", allow_smaller=True))
     elif crop == "head":
-        xs.append(T.CropForegroundd(keys=keys, source_key="image", select_fn=HeadMask(head_threshold), allow_smaller=True))
+        xs.append(
+            T.CropForegroundd(keys=keys, source_key="image", select_fn=HeadMask(head_threshold), allow_smaller=True)
+        )
     if mode == "resize":
         if not resize_shape:
             raise ValueError("data.mode=resize needs data.resize_shape")
-        xs.append(T.Resized(keys=keys, spatial_size=tuple(resize_shape), mode=["trilinear", "nearest-exact"][: len(keys)]))
+        xs.append(
+            T.Resized(keys=keys, spatial_size=tuple(resize_shape), mode=["trilinear", "nearest-exact"][: len(keys)])
+        )
     xs.append(T.EnsureTyped(keys="image", dtype="float32", track_meta=True))
     return xs
 
@@ -143,8 +147,15 @@ def random_transforms(
         xs += [
             T.SpatialPadd(keys=keys, spatial_size=ps),
             T.RandCropByPosNegLabeld(
-                keys=keys, label_key="label", spatial_size=ps, pos=pos_neg[0], neg=pos_neg[1],
-                num_samples=num_samples, image_key="image", image_threshold=0.0, allow_smaller=False,
+                keys=keys,
+                label_key="label",
+                spatial_size=ps,
+                pos=pos_neg[0],
+                neg=pos_neg[1],
+                num_samples=num_samples,
+                image_key="image",
+                image_threshold=0.0,
+                allow_smaller=False,
             ),
         ]
     a = dict(augment or {})
@@ -158,15 +169,27 @@ def random_transforms(
         shift = float(a.get("translate_vox", 0.0))
         xs.append(
             T.RandAffined(
-                keys=keys, prob=affine_p, rotate_range=(rot,) * 3, scale_range=(scale,) * 3,
+                keys=keys,
+                prob=affine_p,
+                rotate_range=(rot,) * 3,
+                scale_range=(scale,) * 3,
                 translate_range=(shift,) * 3 if shift else None,
-                mode=["bilinear", "nearest"], padding_mode="zeros",
+                mode=["bilinear", "nearest"],
+                padding_mode="zeros",
             )
         )
     if float(a.get("intensity_scale_prob", 0.0)) > 0:
-        xs.append(T.RandScaleIntensityd(keys="image", factors=float(a.get("intensity_scale", 0.1)), prob=float(a["intensity_scale_prob"])))
+        xs.append(
+            T.RandScaleIntensityd(
+                keys="image", factors=float(a.get("intensity_scale", 0.1)), prob=float(a["intensity_scale_prob"])
+            )
+        )
     if float(a.get("intensity_shift_prob", 0.0)) > 0:
-        xs.append(T.RandShiftIntensityd(keys="image", offsets=float(a.get("intensity_shift", 0.1)), prob=float(a["intensity_shift_prob"])))
+        xs.append(
+            T.RandShiftIntensityd(
+                keys="image", offsets=float(a.get("intensity_shift", 0.1)), prob=float(a["intensity_shift_prob"])
+            )
+        )
     if float(a.get("noise_prob", 0.0)) > 0:
         xs.append(T.RandGaussianNoised(keys="image", prob=float(a["noise_prob"]), std=float(a.get("noise_std", 0.05))))
     return xs

@@ -50,7 +50,16 @@ def compare_runs(run_a: str | Path, run_b: str | Path) -> dict:
         p = 1.0
     else:
         p = float(wilcoxon(b, a, zero_method="wilcox", alternative="two-sided").pvalue)
-    return {"run_a": str(pa), "run_b": str(pb), "n_cases": len(common), "dice_a": float(a.mean()), "dice_b": float(b.mean()),
-            "mean_diff": float(diff.mean()), "median_diff": float(np.median(diff)), "b_better": int((diff > 0).sum()),
-            "a_better": int((diff < 0).sum()), "wilcoxon_p": p,
-            "per_case": [{"case": c, "dice_a": float(x), "dice_b": float(y)} for c, x, y in zip(common, a, b)]}
+    return {
+        "run_a": str(pa),
+        "run_b": str(pb),
+        "n_cases": len(common),
+        "dice_a": float(a.mean()),
+        "dice_b": float(b.mean()),
+        "mean_diff": float(diff.mean()),
+        "median_diff": float(np.median(diff)),
+        "b_better": int((diff > 0).sum()),
+        "a_better": int((diff < 0).sum()),
+        "wilcoxon_p": p,
+        "per_case": [{"case": c, "dice_a": float(x), "dice_b": float(y)} for c, x, y in zip(common, a, b)],
+    }

@@ -32,8 +32,15 @@ def evaluate_cv(run_dir: Path, spec, folds: list[int], cv) -> dict:
     for k in folds:
         vdir = run_dir / f"fold_{k}" / "validation"
         for cid in json.loads((run_dir / f"fold_{k}" / "done.json").read_text())["val_cases"]:
-            c = evaluate_case(str(vdir / f"{cid}.nii.gz"), by_id[cid].label, labels, bool(cv.get("surface_metrics", True)),
-                              float(cv.get("tolerance_mm", 2.0)), det.overlap, det.min_object_voxels)
+            c = evaluate_case(
+                str(vdir / f"{cid}.nii.gz"),
+                by_id[cid].label,
+                labels,
+                bool(cv.get("surface_metrics", True)),
+                float(cv.get("tolerance_mm", 2.0)),
+                det.overlap,
+                det.min_object_voxels,
+            )
             c["fold"] = k
             c["case_id"] = cid
             per_case.append(c)
@@ -42,15 +49,24 @@ def evaluate_cv(run_dir: Path, spec, folds: list[int], cv) -> dict:
                 import nibabel as nib
 
                 ref = nib.load(by_id[cid].label)
-                prob_cases.append((cid, np.load(prob)["prob"].astype(np.float32), np.asanyarray(ref.dataobj) > 0,
-                                   ref.header.get_zooms()[:3]))
+                prob_cases.append(
+                    (
+                        cid,
+                        np.load(prob)["prob"].astype(np.float32),
+                        np.asanyarray(ref.dataobj) > 0,
+                        ref.header.get_zooms()[:3],
+                    )
+                )
     bins = list(cv.get("volume_bins", [3.0]))
     summary = aggregate(per_case, labels, bins)
     summary["labels"] = {str(k): v for k, v in labels.items()}
     summary["per_fold"] = {}
     for k in folds:
         sel = [c for c in per_case if c["fold"] == k]
-        summary["per_fold"][str(k)] = {"n": len(sel), **{kk: vv for kk, vv in aggregate(sel, labels, bins).items() if kk in ("mean", "foreground_mean")}}
+        summary["per_fold"][str(k)] = {
+            "n": len(sel),
+            **{kk: vv for kk, vv in aggregate(sel, labels, bins).items() if kk in ("mean", "foreground_mean")},
+        }
     fold_dice = [summary["per_fold"][str(k)]["foreground_mean"].get("Dice") for k in folds]
     summary["fold_dice_mean"], summary["fold_dice_std"] = mean_std(fold_dice)
     summary["threshold"] = None
@@ -84,26 +100,46 @@ def _fmt(x, pct: bool = True) -> str:
 
 
 def report_markdown(s: dict, figures: list[str]) -> str:
-    lines = ["# Cross-validation report", "",
-             f"{len(s['metric_per_case'])} out-of-fold cases in {len(s['per_fold'])} folds; "
-             f"fold-mean foreground Dice {_fmt(s.get('fold_dice_mean'))} +- {_fmt(s.get('fold_dice_std'))} (%).", ""]
+    lines = [
+        "# Cross-validation report",
+        "",
+        f"{len(s['metric_per_case'])} out-of-fold cases in {len(s['per_fold'])} folds; "
+        f"fold-mean foreground Dice {_fmt(s.get('fold_dice_mean'))} +- {_fmt(s.get('fold_dice_std'))} (%).",
+        "",
+    ]
     if s.get("threshold") is not None:
-        lines += [f"Operating point (max of (Dice-TP + patient recall)/2 over thresholds 0.1..1.0): **{s['threshold']:.1f}** "
-                  "(the tables below use the argmax masks).", ""]
-    lines += ["## Detection (the paper's form, %)", "",
-              "| label | bin | cases | Dice | Dice-TP | P-recall | P-precision | P-F1 | O-recall | O-precision | O-F1 |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"Operating point (max of (Dice-TP + patient recall)/2 over thresholds 0.1..1.0): **{s['threshold']:.1f}** "
+            "(the tables below use the argmax masks).",
+            "",
+        ]
+    lines += [
+        "## Detection (the paper's form, %)",
+        "",
+        "| label | bin | cases | Dice | Dice-TP | P-recall | P-precision | P-F1 | O-recall | O-precision | O-F1 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for lab, d in s["detection"].items():
         rows = [("all", d["overall"])] + list(d["by_volume"].items())
         for b, r in rows:
-            lines.append(f"| {s['labels'][lab]} | {b} | {r['n_positive']} | {_fmt(r['Dice'])} | {_fmt(r['Dice-TP'])} | "
-                         f"{_fmt(r['patient_recall'])} | {_fmt(r['patient_precision'])} | {_fmt(r['patient_f1'])} | "
-                         f"{_fmt(r['object_recall'])} | {_fmt(r['object_precision'])} | {_fmt(r['object_f1'])} |")
-    lines += ["", "## Per label (mean +- std over cases)", "", "| label | Dice % | HD95 mm | ASD mm | surface Dice % |", "|---|---|---|---|---|"]
+            lines.append(
+                f"| {s['labels'][lab]} | {b} | {r['n_positive']} | {_fmt(r['Dice'])} | {_fmt(r['Dice-TP'])} | "
+                f"{_fmt(r['patient_recall'])} | {_fmt(r['patient_precision'])} | {_fmt(r['patient_f1'])} | "
+                f"{_fmt(r['object_recall'])} | {_fmt(r['object_precision'])} | {_fmt(r['object_f1'])} |"
+            )
+    lines += [
+        "",
+        "## Per label (mean +- std over cases)",
+        "",
+        "| label | Dice % | HD95 mm | ASD mm | surface Dice % |",
+        "|---|---|---|---|---|",
+    ]
     for lab, m in s["mean"].items():
         sd = s["std"][lab]
-        lines.append(f"| {s['labels'][lab]} | {_fmt(m.get('Dice'))} +- {_fmt(sd.get('Dice'))} | {_fmt(m.get('HD95'), False)} +- "
-                     f"{_fmt(sd.get('HD95'), False)} | {_fmt(m.get('ASD'), False)} | {_fmt(m.get('SurfaceDice'))} |")
+        lines.append(
+            f"| {s['labels'][lab]} | {_fmt(m.get('Dice'))} +- {_fmt(sd.get('Dice'))} | {_fmt(m.get('HD95'), False)} +- "
+            f"{_fmt(sd.get('HD95'), False)} | {_fmt(m.get('ASD'), False)} | {_fmt(m.get('SurfaceDice'))} |"
+        )
     lines += ["", "## Per fold (foreground mean Dice %)", "", "| fold | cases | Dice |", "|---|---|---|"]
     for k, f in s["per_fold"].items():
         lines.append(f"| {k} | {f['n']} | {_fmt(f['foreground_mean'].get('Dice'))} |")
@@ -130,8 +166,11 @@ def write_figures(fig_dir: Path, s: dict, per_case: list[dict], by_id: dict, wor
     # Dice against label volume, the < 3 ml region marked
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for lab in labs:
-        pts = [(c["metrics"][lab]["ref_ml"], c["metrics"][lab]["Dice"]) for c in per_case
-               if c["metrics"][lab]["ref_ml"] > 0 and not math.isnan(c["metrics"][lab]["Dice"])]
+        pts = [
+            (c["metrics"][lab]["ref_ml"], c["metrics"][lab]["Dice"])
+            for c in per_case
+            if c["metrics"][lab]["ref_ml"] > 0 and not math.isnan(c["metrics"][lab]["Dice"])
+        ]
         if pts:
             ax.scatter(*zip(*pts), s=12, label=s["labels"][lab])
     ax.axvspan(0, 3, color="grey", alpha=0.15, label="< 3 ml")
@@ -146,7 +185,9 @@ def write_figures(fig_dir: Path, s: dict, per_case: list[dict], by_id: dict, wor
     # per-fold box plots
     folds = sorted({c["fold"] for c in per_case})
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    data = [[np.nanmean([c["metrics"][lab]["Dice"] for lab in labs]) for c in per_case if c["fold"] == k] for k in folds]
+    data = [
+        [np.nanmean([c["metrics"][lab]["Dice"] for lab in labs]) for c in per_case if c["fold"] == k] for k in folds
+    ]
     ax.boxplot([[v for v in d if not math.isnan(v)] or [0] for d in data], tick_labels=[str(k) for k in folds])
     ax.set_xlabel("fold")
     ax.set_ylabel("foreground Dice per case")
@@ -156,8 +197,11 @@ def write_figures(fig_dir: Path, s: dict, per_case: list[dict], by_id: dict, wor
     # overlays of the worst cases (lowest mean foreground Dice among cases with a label)
     from seg.eval.overlay import overlay_montage
 
-    scored = [(np.nanmean([c["metrics"][lab]["Dice"] for lab in labs]), c) for c in per_case
-              if any(c["metrics"][lab]["ref_ml"] > 0 for lab in labs)]
+    scored = [
+        (np.nanmean([c["metrics"][lab]["Dice"] for lab in labs]), c)
+        for c in per_case
+        if any(c["metrics"][lab]["ref_ml"] > 0 for lab in labs)
+    ]
     scored = [x for x in scored if not math.isnan(x[0])]
     for dice, c in sorted(scored, key=lambda x: x[0])[:worst]:
         nii = nib.load(by_id[c["case_id"]].images[0])
@@ -166,7 +210,12 @@ def write_figures(fig_dir: Path, s: dict, per_case: list[dict], by_id: dict, wor
         ref = np.asanyarray(nib.load(c["reference_file"]).dataobj)
         pred = np.asanyarray(nib.load(c["prediction_file"]).dataobj)
         name = f"figures/worst_{c['case_id']}.png"
-        overlay_montage(img, {"lime": ref, "red": pred}, fig_dir.parent / name,
-                        f"{c['case_id']} (fold {c['fold']}): Dice {dice:.3f}; green reference, red prediction", nii.affine)
+        overlay_montage(
+            img,
+            {"lime": ref, "red": pred},
+            fig_dir.parent / name,
+            f"{c['case_id']} (fold {c['fold']}): Dice {dice:.3f}; green reference, red prediction",
+            nii.affine,
+        )
         out.append(name)
     return out

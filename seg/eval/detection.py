@@ -78,7 +78,9 @@ def components(mask: np.ndarray, min_voxels: int) -> list[np.ndarray]:
     return [np.flatnonzero(lab.ravel() == i) for i in range(1, n + 1) if sizes[i] >= min_voxels]
 
 
-def match_objects(ref_objs: list[np.ndarray], pred_objs: list[np.ndarray], overlap: float = DEFAULT.overlap) -> list[tuple[int, int, float]]:
+def match_objects(
+    ref_objs: list[np.ndarray], pred_objs: list[np.ndarray], overlap: float = DEFAULT.overlap
+) -> list[tuple[int, int, float]]:
     """Hungarian matching on Dice between overlapping objects; pairs with Dice > ``overlap``."""
     if not ref_objs or not pred_objs:
         return []
@@ -92,8 +94,14 @@ def match_objects(ref_objs: list[np.ndarray], pred_objs: list[np.ndarray], overl
     return [(int(i), int(j), float(dice[i, j])) for i, j in zip(rows, cols) if dice[i, j] > overlap]
 
 
-def case_detection(case_id: str, pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
-                   overlap: float = DEFAULT.overlap, min_voxels: int = DEFAULT.min_object_voxels) -> CaseDetection:
+def case_detection(
+    case_id: str,
+    pred: np.ndarray,
+    ref: np.ndarray,
+    spacing: Sequence[float],
+    overlap: float = DEFAULT.overlap,
+    min_voxels: int = DEFAULT.min_object_voxels,
+) -> CaseDetection:
     """Patient- and object-wise detection facts of one case (binary masks)."""
     pred, ref = pred.astype(bool), ref.astype(bool)
     voxel_ml = float(np.prod(spacing)) / 1000.0
@@ -102,8 +110,19 @@ def case_detection(case_id: str, pred: np.ndarray, ref: np.ndarray, spacing: Seq
     dice = math.nan if n_p + n_r == 0 else 2 * inter / (n_p + n_r)
     ref_objs, pred_objs = components(ref, min_voxels), components(pred, min_voxels)
     matches = match_objects(ref_objs, pred_objs, overlap)
-    return CaseDetection(case_id, n_r * voxel_ml, dice, n_r > 0, n_p > 0, len(ref_objs), len(pred_objs), len(matches),
-                         [ref_objs[i].size * voxel_ml for i, _, _ in matches], [o.size * voxel_ml for o in ref_objs], overlap)
+    return CaseDetection(
+        case_id,
+        n_r * voxel_ml,
+        dice,
+        n_r > 0,
+        n_p > 0,
+        len(ref_objs),
+        len(pred_objs),
+        len(matches),
+        [ref_objs[i].size * voxel_ml for i, _, _ in matches],
+        [o.size * voxel_ml for o in ref_objs],
+        overlap,
+    )
 
 
 def _f1(p: float, r: float) -> float:
@@ -161,9 +180,12 @@ def summarize_by_volume(cases: Sequence[CaseDetection], edges: Sequence[float] =
     return out
 
 
-def threshold_scan(prob_cases: Sequence[tuple[str, np.ndarray, np.ndarray, Sequence[float]]],
-                   thresholds: Sequence[float] = tuple(np.round(np.arange(0.1, 1.01, 0.1), 2)),
-                   overlap: float = DEFAULT.overlap, min_voxels: int = DEFAULT.min_object_voxels) -> tuple[float, list[dict]]:
+def threshold_scan(
+    prob_cases: Sequence[tuple[str, np.ndarray, np.ndarray, Sequence[float]]],
+    thresholds: Sequence[float] = tuple(np.round(np.arange(0.1, 1.01, 0.1), 2)),
+    overlap: float = DEFAULT.overlap,
+    min_voxels: int = DEFAULT.min_object_voxels,
+) -> tuple[float, list[dict]]:
     """Patient-wise metrics at each probability threshold; returns the best threshold by
     (Dice-TP + patient recall) / 2 and the table. ``prob_cases``: (case id, foreground probability,
     reference mask, spacing). A voxel is positive when its probability >= the threshold."""

@@ -33,9 +33,15 @@ def _nifti_files(folder: Path) -> dict[str, Path]:
     return {case_id_from_path(p): p for p in sorted(folder.iterdir()) if p.name.endswith((".nii.gz", ".nii"))}
 
 
-def evaluate_case(pred_path: str, ref_path: str, labels: Mapping[int, str], surface: bool = True,
-                  tolerance_mm: float = 2.0, overlap: float = DEFAULT.overlap,
-                  min_voxels: int = DEFAULT.min_object_voxels) -> dict:
+def evaluate_case(
+    pred_path: str,
+    ref_path: str,
+    labels: Mapping[int, str],
+    surface: bool = True,
+    tolerance_mm: float = 2.0,
+    overlap: float = DEFAULT.overlap,
+    min_voxels: int = DEFAULT.min_object_voxels,
+) -> dict:
     """All metrics of one case; raises :class:`EvalError` naming the file on a grid mismatch."""
     try:
         pred, ref = read_nifti(pred_path), read_nifti(ref_path)
@@ -54,8 +60,12 @@ def evaluate_case(pred_path: str, ref_path: str, labels: Mapping[int, str], surf
         if i:
             d = case_detection(case_id_from_path(ref_path), p == i, r == i, spacing, overlap, min_voxels)
             detection[str(i)] = d
-    return {"prediction_file": str(pred_path), "reference_file": str(ref_path), "metrics": metrics,
-            "_detection": detection}
+    return {
+        "prediction_file": str(pred_path),
+        "reference_file": str(ref_path),
+        "metrics": metrics,
+        "_detection": detection,
+    }
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -93,9 +103,16 @@ def json_safe(x):
     return x
 
 
-def evaluate_folders(pred_dir: str | Path, label_dir: str | Path, labels: Mapping[int, str] | None = None,
-                     output: str | Path | None = None, surface: bool = True, tolerance_mm: float = 2.0,
-                     bins: Sequence[float] = (3.0,), workers: int | None = None) -> dict:
+def evaluate_folders(
+    pred_dir: str | Path,
+    label_dir: str | Path,
+    labels: Mapping[int, str] | None = None,
+    output: str | Path | None = None,
+    surface: bool = True,
+    tolerance_mm: float = 2.0,
+    bins: Sequence[float] = (3.0,),
+    workers: int | None = None,
+) -> dict:
     """Evaluate every prediction in ``pred_dir`` that has a reference of the same name in ``label_dir``."""
     pred_dir, label_dir = Path(pred_dir), Path(label_dir)
     for d in (pred_dir, label_dir):
@@ -115,7 +132,9 @@ def evaluate_folders(pred_dir: str | Path, label_dir: str | Path, labels: Mappin
         labels = {i: str(i) for i in sorted(ids | {0})}
     workers = workers or min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
-        per_case = list(pool.map(lambda c: evaluate_case(str(preds[c]), str(refs[c]), labels, surface, tolerance_mm), common))
+        per_case = list(
+            pool.map(lambda c: evaluate_case(str(preds[c]), str(refs[c]), labels, surface, tolerance_mm), common)
+        )
     summary = aggregate(per_case, labels, bins)
     summary["labels"] = {str(k): v for k, v in labels.items()}
     summary["metric_per_case"] = [{k: v for k, v in c.items() if k != "_detection"} for c in per_case]

@@ -32,8 +32,9 @@ def _distances(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], tole
     return {"HD95": hd95, "ASD": asd, "SurfaceDice": nsd}
 
 
-def binary_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], surface: bool = True,
-                   tolerance_mm: float = 2.0) -> dict:
+def binary_metrics(
+    pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], surface: bool = True, tolerance_mm: float = 2.0
+) -> dict:
     """Metrics of one binary mask against one reference mask (boolean arrays of one shape)."""
     pred, ref = pred.astype(bool), ref.astype(bool)
     if pred.shape != ref.shape:
@@ -42,8 +43,15 @@ def binary_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], 
     tp = int(np.count_nonzero(pred & ref))
     n_pred, n_ref = int(np.count_nonzero(pred)), int(np.count_nonzero(ref))
     fp, fn = n_pred - tp, n_ref - tp
-    out: dict = {"TP": tp, "FP": fp, "FN": fn, "n_pred": n_pred, "n_ref": n_ref,
-                 "ref_ml": n_ref * voxel_ml, "pred_ml": n_pred * voxel_ml}
+    out: dict = {
+        "TP": tp,
+        "FP": fp,
+        "FN": fn,
+        "n_pred": n_pred,
+        "n_ref": n_ref,
+        "ref_ml": n_ref * voxel_ml,
+        "pred_ml": n_pred * voxel_ml,
+    }
     if n_pred == 0 and n_ref == 0:
         out.update(Dice=math.nan, IoU=math.nan)
     else:
@@ -56,8 +64,14 @@ def binary_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], 
     return out
 
 
-def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], labels: Mapping[int, str],
-                 surface: bool = True, tolerance_mm: float = 2.0) -> dict[str, dict]:
+def case_metrics(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    spacing: Sequence[float],
+    labels: Mapping[int, str],
+    surface: bool = True,
+    tolerance_mm: float = 2.0,
+) -> dict[str, dict]:
     """Metrics per foreground label of integer label maps ``pred`` and ``ref`` (same grid).
 
     Args:
@@ -71,5 +85,6 @@ def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], la
         ``{label id as str: {"Dice": ..., "IoU": ..., "HD95": ..., ..., "ref_ml": ..., "pred_ml": ...}}``
         (string keys, as nnU-Net's summary.json).
     """
-    return {str(i): binary_metrics(pred == i, ref == i, spacing, surface, tolerance_mm)
-            for i in sorted(labels) if i != 0}
+    return {
+        str(i): binary_metrics(pred == i, ref == i, spacing, surface, tolerance_mm) for i in sorted(labels) if i != 0
+    }

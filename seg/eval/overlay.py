@@ -18,8 +18,13 @@ def _to_ras(a: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return nib.orientations.apply_orientation(a, ornt)
 
 
-def overlay_montage(image: np.ndarray, masks: Mapping[str, np.ndarray], path: str | Path, title: str = "",
-                    affine: np.ndarray | None = None) -> None:
+def overlay_montage(
+    image: np.ndarray,
+    masks: Mapping[str, np.ndarray],
+    path: str | Path,
+    title: str = "",
+    affine: np.ndarray | None = None,
+) -> None:
     """Write a 1x3 montage (slices through the masks' centroid) with one contour colour per mask
     (``{"red": pred, "lime": ref}``). ``image`` and masks are ``[X, Y, Z]`` arrays; with the image's
     ``affine`` they are reoriented to RAS first and the panels are sagittal, coronal and axial."""

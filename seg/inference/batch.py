@@ -129,7 +129,9 @@ def write_summary_csv(path: Path, rows: list[dict], failures: list[tuple[str, st
     write_text(path, buf.getvalue())
 
 
-def predict_one(case: InputCase, predictor: Predictor, out: Path, options: BatchOptions, labels: Mapping[int, str]) -> dict:
+def predict_one(
+    case: InputCase, predictor: Predictor, out: Path, options: BatchOptions, labels: Mapping[int, str]
+) -> dict:
     """Predict one (already validated) case and write its outputs; returns its summary row."""
     t0 = time.perf_counter()
     target = out / case.output_name
@@ -138,33 +140,55 @@ def predict_one(case: InputCase, predictor: Predictor, out: Path, options: Batch
     save_mask(pr.labels, pr.reference, target)
     if options.probabilities != ProbabilityFormat.NONE:
         write_probabilities(pr, out / stem(case.output_name), options.probabilities)
-    report = {"case": case.case_id, "inputs": case.files, "mask": str(target),
-              "labels": case_report(pr.labels, labels, pr.reference.header.get_zooms()[:3]),
-              "seconds": {**{k: round(v, 3) for k, v in pr.seconds.items()}, "write": round(time.perf_counter() - t_w, 3)}}
+    report = {
+        "case": case.case_id,
+        "inputs": case.files,
+        "mask": str(target),
+        "labels": case_report(pr.labels, labels, pr.reference.header.get_zooms()[:3]),
+        "seconds": {**{k: round(v, 3) for k, v in pr.seconds.items()}, "write": round(time.perf_counter() - t_w, 3)},
+    }
     if options.case_json:
         write_case_json(report, out / f"{stem(case.output_name)}.json")
     if options.overlay:
         write_overlay(pr, out / f"{stem(case.output_name)}.png", case.case_id)
     secs = report["seconds"]
-    log.info("%s: %s (%.1f s: %s)", case.case_id, target.name, time.perf_counter() - t0,
-             ", ".join(f"{k} {v:.2f}" for k, v in secs.items()))
-    return {"case": case.case_id, "mask": target.name,
-            **{f"{n}_ml": v["volume_ml"] for n, v in report["labels"].items()},
-            **{f"{n}_components": v["components"] for n, v in report["labels"].items()},
-            "seconds": round(time.perf_counter() - t0, 2)}
+    log.info(
+        "%s: %s (%.1f s: %s)",
+        case.case_id,
+        target.name,
+        time.perf_counter() - t0,
+        ", ".join(f"{k} {v:.2f}" for k, v in secs.items()),
+    )
+    return {
+        "case": case.case_id,
+        "mask": target.name,
+        **{f"{n}_ml": v["volume_ml"] for n, v in report["labels"].items()},
+        **{f"{n}_components": v["components"] for n, v in report["labels"].items()},
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
 
 
 def _progress(total: int):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                 console=Console(stderr=True))
+    p = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
     return p, p.add_task("predicting", total=total)
 
 
-def predict_cases(cases: Sequence[InputCase], predictor: Predictor, out: str | Path, options: BatchOptions | None = None,
-                  labels: Mapping[int, str] | None = None) -> BatchResult:
+def predict_cases(
+    cases: Sequence[InputCase],
+    predictor: Predictor,
+    out: str | Path,
+    options: BatchOptions | None = None,
+    labels: Mapping[int, str] | None = None,
+) -> BatchResult:
     """Predict ``cases`` into the folder ``out``; one bad case is reported and the others go on.
 
     Args:

@@ -49,8 +49,14 @@ class Bundle:
         except (TypeError, ValueError) as e:
             raise BundleError(f"{self.root / 'model.yaml'}: inferer: {e}") from None
 
-    def predictor(self, folds: Sequence[int] | None = None, device: str = "cpu", tta: bool = False,
-                  overlap: float | None = None, threshold: float | None = None):
+    def predictor(
+        self,
+        folds: Sequence[int] | None = None,
+        device: str = "cpu",
+        tta: bool = False,
+        overlap: float | None = None,
+        threshold: float | None = None,
+    ):
         """A :class:`~seg.inference.predictor.Predictor` over ``folds`` with the bundle's own settings;
         ``overlap`` and ``threshold`` (two-class models) override the bundle's when given."""
         from dataclasses import replace
@@ -59,8 +65,16 @@ class Bundle:
 
         inferer = self.inferer if overlap is None else replace(self.inferer, overlap=overlap)
         thr = threshold if threshold is not None else self.meta.get("threshold")
-        return Predictor(self.load_nets(folds), self.labels, self.meta["channel_names"], self.meta["preprocessing"],
-                         inferer, tta=tta, device=device, threshold=thr if len(self.labels) == 2 else None)
+        return Predictor(
+            self.load_nets(folds),
+            self.labels,
+            self.meta["channel_names"],
+            self.meta["preprocessing"],
+            inferer,
+            tta=tta,
+            device=device,
+            threshold=thr if len(self.labels) == 2 else None,
+        )
 
     def load_nets(self, folds: Sequence[int] | None = None, device: str = "cpu") -> list[torch.nn.Module]:
         """One network per fold, weights loaded with ``weights_only=True``."""
@@ -82,9 +96,17 @@ class Bundle:
         return nets
 
 
-def write_bundle_meta(root: str | Path, net: Mapping, labels: Mapping[int, str], channel_names: Sequence[str],
-                      preprocessing: Mapping, inferer: InfererSpec | Mapping, folds: Sequence[int],
-                      threshold: float | None = None, extra: Mapping | None = None) -> Path:
+def write_bundle_meta(
+    root: str | Path,
+    net: Mapping,
+    labels: Mapping[int, str],
+    channel_names: Sequence[str],
+    preprocessing: Mapping,
+    inferer: InfererSpec | Mapping,
+    folds: Sequence[int],
+    threshold: float | None = None,
+    extra: Mapping | None = None,
+) -> Path:
     """Write ``model.yaml`` (atomically)."""
     root = Path(root)
     meta = {
@@ -95,7 +117,7 @@ def write_bundle_meta(root: str | Path, net: Mapping, labels: Mapping[int, str],
         "channel_names": list(channel_names),
         "preprocessing": dict(preprocessing),
         "inverse": "undo the recorded spatial steps in reverse: resize, crop (paste into the box), resampling, "
-                   "orientation (seg.data.inverse.invert_to_original)",
+        "orientation (seg.data.inverse.invert_to_original)",
         "inferer": (inferer if isinstance(inferer, InfererSpec) else InfererSpec.from_mapping(inferer)).as_dict(),
         "threshold": threshold,
         "folds": sorted(int(f) for f in folds),
@@ -130,7 +152,7 @@ def read_checkpoint(ckpt_path: str | Path) -> tuple[dict, dict]:
     """The network's state dict and the module's hyper-parameters (``net`` = ``{name, kwargs}``,
     ``inferer``, ...) from a Lightning checkpoint, loaded weights-only."""
     ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    state = {k[len("net."):]: v for k, v in ck["state_dict"].items() if k.startswith("net.")}
+    state = {k[len("net.") :]: v for k, v in ck["state_dict"].items() if k.startswith("net.")}
     return state, dict(ck["hyper_parameters"])
 
 
@@ -143,5 +165,12 @@ def export_run_bundle(model_dir: str | Path, ckpt: str | Path, spec, preprocessi
     state, hp = read_checkpoint(ckpt)
     model_dir = Path(model_dir)
     save_weights(state, model_dir / f"fold_{fold}" / "weights.pt")
-    return write_bundle_meta(model_dir, hp["net"], spec.labels, spec.channel_names, preprocessing,
-                             InfererSpec.from_mapping(hp.get("inferer")), [fold])
+    return write_bundle_meta(
+        model_dir,
+        hp["net"],
+        spec.labels,
+        spec.channel_names,
+        preprocessing,
+        InfererSpec.from_mapping(hp.get("inferer")),
+        [fold],
+    )

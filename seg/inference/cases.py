@@ -57,14 +57,19 @@ def discover(input_path: str | Path, n_channels: int) -> list[InputCase]:
         extra = sorted(set(chans) - set(range(n_channels)))
         problem = None
         if missing:
-            problem = f"channel file(s) {', '.join(f'{cid}_{c:04d}' for c in missing)} missing (the model needs {n_channels})"
+            problem = (
+                f"channel file(s) {', '.join(f'{cid}_{c:04d}' for c in missing)} missing (the model needs {n_channels})"
+            )
         elif extra:
-            problem = f"unexpected channel file(s) {', '.join(f'{cid}_{c:04d}' for c in extra)} (the model takes {n_channels})"
+            names = ", ".join(f"{cid}_{c:04d}" for c in extra)
+            problem = f"unexpected channel file(s) {names} (the model takes {n_channels})"
         files_ = [str(chans[c]) for c in sorted(chans)]
         cases.append(InputCase(cid, files_, problem, cid + _ending(first)))
     for f in single:
         cid = case_id_from_path(f)
-        problem = None if n_channels == 1 else f"the model needs {n_channels} channel files ({cid}_0000 ...), got one file"
+        problem = (
+            None if n_channels == 1 else f"the model needs {n_channels} channel files ({cid}_0000 ...), got one file"
+        )
         cases.append(InputCase(cid, [str(f)], problem, f.name))
     return cases
 

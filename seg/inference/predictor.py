@@ -50,9 +50,17 @@ class Predictor:
         threshold: for two-class models, foreground where its probability >= threshold (None: argmax).
     """
 
-    def __init__(self, nets: Sequence[nn.Module], labels: Mapping[int, str], channel_names: Sequence[str],
-                 preprocessing: Mapping, inferer: InfererSpec | None = None, tta: bool = False,
-                 device: str | torch.device = "cpu", threshold: float | None = None) -> None:
+    def __init__(
+        self,
+        nets: Sequence[nn.Module],
+        labels: Mapping[int, str],
+        channel_names: Sequence[str],
+        preprocessing: Mapping,
+        inferer: InfererSpec | None = None,
+        tta: bool = False,
+        device: str | torch.device = "cpu",
+        threshold: float | None = None,
+    ) -> None:
         self.device = torch.device(device)
         self.nets = [prepare_for_inference(n, channels_last=True).to(self.device) for n in nets]
         self.label_ids = sorted(labels)
@@ -79,7 +87,11 @@ class Predictor:
         x = image.as_tensor() if hasattr(image, "as_tensor") else image
         x = x[None].to(self.device, torch.float32)
         spatial = list(range(2, x.ndim))
-        flips = [()] + [c for r in range(1, len(spatial) + 1) for c in itertools.combinations(spatial, r)] if self.tta else [()]
+        flips = (
+            [()] + [c for r in range(1, len(spatial) + 1) for c in itertools.combinations(spatial, r)]
+            if self.tta
+            else [()]
+        )
         acc = None
         for net in self.nets:
             for f in flips:
@@ -111,7 +123,9 @@ class Predictor:
         t["invert"] = time.perf_counter()
         ref = nib.load(paths[0])
         if tuple(prob_orig.shape[1:]) != tuple(ref.shape[:3]):
-            raise RuntimeError(f"{paths[0]}: inverted prediction has shape {list(prob_orig.shape[1:])}, input {list(ref.shape[:3])}")
+            raise RuntimeError(
+                f"{paths[0]}: inverted prediction has shape {list(prob_orig.shape[1:])}, input {list(ref.shape[:3])}"
+            )
         labels = self.labels_from(prob_orig)
         t["labels"] = time.perf_counter()
         names = ["preprocess", "infer", "invert", "labels"]

@@ -31,8 +31,14 @@ class DSLabelMode(str, Enum):
     AREA = "area"
 
 
-def build_loss(name: str = "dice_ce", include_background: bool = False, batch: bool = False, lambda_ce: float = 1.0,
-               lambda_dice: float = 1.0, soft_target: bool = False) -> nn.Module:
+def build_loss(
+    name: str = "dice_ce",
+    include_background: bool = False,
+    batch: bool = False,
+    lambda_ce: float = 1.0,
+    lambda_dice: float = 1.0,
+    soft_target: bool = False,
+) -> nn.Module:
     """A segmentation loss on logits ``[B, K, *S]`` and integer labels ``[B, 1, *S]``, or, with
     ``soft_target``, (soft) one-hot targets ``[B, K, *S]``.
 
@@ -42,13 +48,26 @@ def build_loss(name: str = "dice_ce", include_background: bool = False, batch: b
     check_option("loss.name", name, Loss)
     onehot = not soft_target
     if name == "dice_ce":
-        return DiceCELoss(to_onehot_y=onehot, softmax=True, include_background=include_background, batch=batch,
-                          lambda_ce=lambda_ce, lambda_dice=lambda_dice)
+        return DiceCELoss(
+            to_onehot_y=onehot,
+            softmax=True,
+            include_background=include_background,
+            batch=batch,
+            lambda_ce=lambda_ce,
+            lambda_dice=lambda_dice,
+        )
     if name == "dice":
         return DiceLoss(to_onehot_y=onehot, softmax=True, include_background=include_background, batch=batch)
     if name == "paper_dice":
-        return DiceLoss(to_onehot_y=onehot, softmax=True, include_background=False, squared_pred=True,
-                        smooth_nr=1.0, smooth_dr=1.0, batch=batch)
+        return DiceLoss(
+            to_onehot_y=onehot,
+            softmax=True,
+            include_background=False,
+            squared_pred=True,
+            smooth_nr=1.0,
+            smooth_dr=1.0,
+            batch=batch,
+        )
     return _CE(soft_target)
 
 
@@ -91,8 +110,9 @@ class SegLoss(nn.Module):
         ds_label_mode: "nearest" or "area".
     """
 
-    def __init__(self, loss: dict | None = None, ds_weights: str | Sequence[float] = "equal",
-                 ds_label_mode: str = "nearest") -> None:
+    def __init__(
+        self, loss: dict | None = None, ds_weights: str | Sequence[float] = "equal", ds_label_mode: str = "nearest"
+    ) -> None:
         super().__init__()
         cfg = dict(loss or {})
         self.loss = build_loss(**cfg)

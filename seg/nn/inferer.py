@@ -87,8 +87,13 @@ def sliding_window(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, 
     """
     if spec.roi_size is None:
         return fn(x)
-    kw = dict(roi_size=list(spec.roi_size), sw_batch_size=spec.sw_batch_size, predictor=fn, overlap=spec.overlap,
-              mode=spec.mode)
+    kw = dict(
+        roi_size=list(spec.roi_size),
+        sw_batch_size=spec.sw_batch_size,
+        predictor=fn,
+        overlap=spec.overlap,
+        mode=spec.mode,
+    )
     try:
         return sliding_window_inference(x, **kw)
     except torch.cuda.OutOfMemoryError:

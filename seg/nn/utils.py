@@ -47,8 +47,9 @@ class TwoChannelConv3d(nn.Module):
 
     def __init__(self, conv: nn.Conv3d) -> None:
         super().__init__()
-        self.conv = nn.Conv3d(2, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                              bias=conv.bias is not None).to(conv.weight.device, conv.weight.dtype)
+        self.conv = nn.Conv3d(
+            2, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, bias=conv.bias is not None
+        ).to(conv.weight.device, conv.weight.dtype)
         with torch.no_grad():
             self.conv.weight.zero_()
             self.conv.weight[:, :1].copy_(conv.weight)
@@ -62,8 +63,13 @@ class TwoChannelConv3d(nn.Module):
 def _widen_single_channel_convs(net: nn.Module) -> None:
     for parent in list(net.modules()):
         for name, child in list(parent.named_children()):
-            if (isinstance(child, nn.Conv3d) and child.in_channels == 1 and child.groups == 1
-                    and child.padding_mode == "zeros" and math.prod(child.kernel_size) > 1):
+            if (
+                isinstance(child, nn.Conv3d)
+                and child.in_channels == 1
+                and child.groups == 1
+                and child.padding_mode == "zeros"
+                and math.prod(child.kernel_size) > 1
+            ):
                 setattr(parent, name, TwoChannelConv3d(child))
 
 

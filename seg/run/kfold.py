@@ -32,7 +32,9 @@ def label_volumes(spec) -> dict[str, float]:
     out = {}
     for c in spec.cases:
         img = nib.load(c.label)
-        out[c.case_id] = float(np.count_nonzero(np.asanyarray(img.dataobj)) * np.prod(img.header.get_zooms()[:3]) / 1000)
+        out[c.case_id] = float(
+            np.count_nonzero(np.asanyarray(img.dataobj)) * np.prod(img.header.get_zooms()[:3]) / 1000
+        )
     return out
 
 
@@ -102,9 +104,14 @@ def run_fold(cfg, k: int, splits_path: Path, run_dir: Path) -> dict:
     dst = run_dir / "model" / f"fold_{k}"  # the CV's bundle (model.yaml written at the end)
     dst.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(result.model_bundle / f"fold_{k}" / "weights.pt", dst / "weights.pt")
-    record = {"fold": k, "val_cases": cases, "checkpoint": str(result.checkpoint),
-              "val/dice_best": result.metrics.get("val/dice_best"), "epochs": result.metrics.get("epochs"),
-              "seconds": round(time.time() - t0, 1)}
+    record = {
+        "fold": k,
+        "val_cases": cases,
+        "checkpoint": str(result.checkpoint),
+        "val/dice_best": result.metrics.get("val/dice_best"),
+        "epochs": result.metrics.get("epochs"),
+        "seconds": round(time.time() - t0, 1),
+    }
     write_text(done, json.dumps(record, indent=1))
     return record
 
@@ -132,8 +139,15 @@ def kfold(cfg) -> dict:
     # every fold's bundle describes the same net, pre-processing and inferer: take the first's
     fold_meta = load_bundle(run_dir / f"fold_{finished[0]}" / "model").meta
     write_bundle_meta(
-        run_dir / "model", fold_meta["net"], spec.labels, spec.channel_names, fold_meta["preprocessing"],
-        fold_meta["inferer"], finished, summary.get("threshold"), {"cv": {"run": str(run_dir), "splits": str(splits_path)}},
+        run_dir / "model",
+        fold_meta["net"],
+        spec.labels,
+        spec.channel_names,
+        fold_meta["preprocessing"],
+        fold_meta["inferer"],
+        finished,
+        summary.get("threshold"),
+        {"cv": {"run": str(run_dir), "splits": str(splits_path)}},
     )
     summary["folds_run"] = records
     return summary

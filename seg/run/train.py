@@ -77,7 +77,10 @@ def check_before_training(spec) -> None:
             log.warning("%s: %s", p.path, p.message)
     bad = errors(problems)
     if bad:
-        raise UserError("\n".join(str(p) for p in bad) + f"\n{len(bad)} dataset errors in {spec.root}: fix them or run seg-check-data")
+        raise UserError(
+            "\n".join(str(p) for p in bad)
+            + f"\n{len(bad)} dataset errors in {spec.root}: fix them or run seg-check-data"
+        )
 
 
 def prepare_data(cfg):

@@ -36,9 +36,20 @@ def test_experiment_composes(name, tmp_path):
 
 @pytest.mark.parametrize("name", ["meningioma_agunet", "meningioma_daunet"])
 def test_paper_experiment_runs(name, synth_root, tmp_path):
-    cfg = compose_train([f"experiment={name}", f"data.root={synth_root}", "model.net.filters=[4,8,8,8]",
-                         "data.resize_shape=[32,32,36]", "data.num_workers=0", "data.num_folds=4",
-                         "trainer.max_epochs=1", "trainer.accumulate_grad_batches=2",
-                         "~callbacks.rich_progress_bar", "trainer.enable_model_summary=false"], tmp_path)
+    cfg = compose_train(
+        [
+            f"experiment={name}",
+            f"data.root={synth_root}",
+            "model.net.filters=[4,8,8,8]",
+            "data.resize_shape=[32,32,36]",
+            "data.num_workers=0",
+            "data.num_folds=4",
+            "trainer.max_epochs=1",
+            "trainer.accumulate_grad_batches=2",
+            "~callbacks.rich_progress_bar",
+            "trainer.enable_model_summary=false",
+        ],
+        tmp_path,
+    )
     m = train(cfg).metrics
     assert m["epochs"] == 1 and 0.0 <= m["val/dice"] <= 1.0

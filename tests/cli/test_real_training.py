@@ -14,7 +14,7 @@ from tests.conftest import compose_train, shared
 def _subset_splits(tmp_path, n_train: int, n_val: int):
     spec = load_dataset(shared("hippocampus"))
     ids = [c.case_id for c in spec.cases]
-    splits = [{"train": ids[:n_train], "val": ids[n_train:n_train + n_val]}]
+    splits = [{"train": ids[:n_train], "val": ids[n_train : n_train + n_val]}]
     path = tmp_path / "subset_splits.json"
     path.write_text(json.dumps(splits))
     return path
@@ -22,17 +22,31 @@ def _subset_splits(tmp_path, n_train: int, n_val: int):
 
 def _run(tmp_path, experiment: str, epochs: int, n_train: int = 48, n_val: int = 8, extra=()):
     splits = _subset_splits(tmp_path, n_train, n_val)
-    cfg = compose_train([f"experiment={experiment}", f"data.root={shared('hippocampus')}", f"data.splits_file={splits}",
-                         f"trainer.max_epochs={epochs}", "trainer.check_val_every_n_epoch=1", "trainer.max_time=null",
-                         "data.num_workers=0", "model.optimizer.lr=3e-3", "model.loss.batch=true",
-                         "~callbacks.rich_progress_bar", "trainer.enable_model_summary=false", *extra], tmp_path / "run")
+    cfg = compose_train(
+        [
+            f"experiment={experiment}",
+            f"data.root={shared('hippocampus')}",
+            f"data.splits_file={splits}",
+            f"trainer.max_epochs={epochs}",
+            "trainer.check_val_every_n_epoch=1",
+            "trainer.max_time=null",
+            "data.num_workers=0",
+            "model.optimizer.lr=3e-3",
+            "model.loss.batch=true",
+            "~callbacks.rich_progress_bar",
+            "trainer.enable_model_summary=false",
+            *extra,
+        ],
+        tmp_path / "run",
+    )
     m = train(cfg).metrics
-    rows = [l.split(",") for l in (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()]
+    rows = [line.split(",") for line in (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()]
     col = rows[0].index("val/dice")
     curve = [float(r[col]) for r in rows[1:] if len(r) > col and r[col]]
     return m, curve
 
 
+@pytest.mark.slow  # trains on real data
 def test_hippocampus_unet_learns(tmp_path):
     """Default tier (~75 s): three epochs on 48 cases; Dice must rise well above its first value."""
     m, curve = _run(tmp_path, "hippocampus_unet", epochs=3)

@@ -29,8 +29,15 @@ def test_run_folder_contents_and_resume(synth_root, tmp_path):
     run1 = tmp_path / "run1"
     cfg = compose_train(["trainer.max_epochs=2", *_overrides(synth_root)], run1)
     m1 = train(cfg).metrics
-    for rel in ("config.yaml", "metrics.json", "checkpoints/last.ckpt", "checkpoints/best.ckpt", "splits.json",
-                "model/model.yaml", "model/fold_0/weights.pt"):
+    for rel in (
+        "config.yaml",
+        "metrics.json",
+        "checkpoints/last.ckpt",
+        "checkpoints/best.ckpt",
+        "splits.json",
+        "model/model.yaml",
+        "model/fold_0/weights.pt",
+    ):
         assert (run1 / rel).exists(), rel
     assert list((run1 / "tensorboard").glob("events.*"))
     assert (run1 / "csv" / "metrics.csv").exists()
@@ -42,8 +49,15 @@ def test_run_folder_contents_and_resume(synth_root, tmp_path):
     assert ck["epoch"] == 1 and ck["optimizer_states"] and ck["lr_schedulers"]
     # resume: continues from epoch 2 to 3 with the optimiser and scheduler state
     run2 = tmp_path / "run2"
-    cfg2 = compose_train(["trainer.max_epochs=3", f"ckpt_path={run1 / 'checkpoints' / 'last.ckpt'}",
-                          f"data.splits_file={run1 / 'splits.json'}", *_overrides(synth_root)], run2)
+    cfg2 = compose_train(
+        [
+            "trainer.max_epochs=3",
+            f"ckpt_path={run1 / 'checkpoints' / 'last.ckpt'}",
+            f"data.splits_file={run1 / 'splits.json'}",
+            *_overrides(synth_root),
+        ],
+        run2,
+    )
     m2 = train(cfg2).metrics
     assert m2["epochs"] == 3
     assert m2["global_step"] == m1["global_step"] * 3 // 2
@@ -54,8 +68,15 @@ def test_run_folder_contents_and_resume(synth_root, tmp_path):
 
 def _cli(args: list[str], **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "seg.cli.train", *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "seg.cli.train", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def test_killed_mid_epoch_run_resumes_and_finishes(synth_root, tmp_path):
@@ -73,8 +94,16 @@ def test_killed_mid_epoch_run_resumes_and_finishes(synth_root, tmp_path):
     ck = torch.load(last, weights_only=True)
     assert ck["epoch"] < 39
     run2 = tmp_path / "resumed"
-    q = _cli([f"data.root={synth_root}", *TINY, "trainer.max_epochs=" + str(ck["epoch"] + 3), f"ckpt_path={last}",
-              f"data.splits_file={run / 'splits.json'}", f"hydra.run.dir={run2}"])
+    q = _cli(
+        [
+            f"data.root={synth_root}",
+            *TINY,
+            "trainer.max_epochs=" + str(ck["epoch"] + 3),
+            f"ckpt_path={last}",
+            f"data.splits_file={run / 'splits.json'}",
+            f"hydra.run.dir={run2}",
+        ]
+    )
     out, err = q.communicate(timeout=300)
     assert q.returncode == 0, err[-2000:]
     assert json.loads((run2 / "metrics.json").read_text())["epochs"] == ck["epoch"] + 3
@@ -85,7 +114,7 @@ def test_bad_dataset_stops_with_one_line_per_error(synth_copy, tmp_path):
     p = _cli([f"data.root={synth_copy}", *TINY, f"hydra.run.dir={tmp_path / 'r'}"])
     out, err = p.communicate(timeout=120)
     assert p.returncode == 1
-    lines = [l for l in err.splitlines() if l.startswith("ERROR ")]
+    lines = [line for line in err.splitlines() if line.startswith("ERROR ")]
     assert len(lines) == 1 and "labelsTr/synth_001.nii.gz" in lines[0]
     assert "Traceback" not in err
 

@@ -17,6 +17,7 @@ def _save(arr, affine, path):
 def _damage(root):
     """Damage one case per problem kind; returns {case_id: expected message fragment}."""
     img_dir, lab_dir = root / "imagesTr", root / "labelsTr"
+
     def aff(cid):
         return nib.load(str(img_dir / f"{cid}.nii.gz")).affine
 
@@ -99,7 +100,9 @@ def test_check_multichannel_nnunet_channel_missing(tmp_path):
                 _save(np.random.rand(8, 9, 10).astype(np.float32), aff, tmp_path / "imagesTr" / f"{c}_{ch:04d}.nii.gz")
         _save(np.zeros((8, 9, 10), np.uint8), aff, tmp_path / "labelsTr" / f"{c}.nii.gz")
     (tmp_path / "dataset.json").write_text(
-        json.dumps({"channel_names": {"0": "T1", "1": "T2"}, "labels": {"background": 0, "x": 1}, "file_ending": ".nii.gz"})
+        json.dumps(
+            {"channel_names": {"0": "T1", "1": "T2"}, "labels": {"background": 0, "x": 1}, "file_ending": ".nii.gz"}
+        )
     )
     errs = errors(check_dataset(load_dataset(tmp_path)))
     assert [(p.path.endswith("b_0001.nii.gz"), p.message) for p in errs] == [(True, "file is missing")]

@@ -39,7 +39,9 @@ def test_unknown_layout_and_bad_json(tmp_path):
 def test_region_labels_are_refused(tmp_path):
     (tmp_path / "labelsTr").mkdir()
     (tmp_path / "dataset.json").write_text(
-        json.dumps({"channel_names": {"0": "T1"}, "labels": {"background": 0, "whole": [1, 2]}, "file_ending": ".nii.gz"})
+        json.dumps(
+            {"channel_names": {"0": "T1"}, "labels": {"background": 0, "whole": [1, 2]}, "file_ending": ".nii.gz"}
+        )
     )
     with pytest.raises(DatasetError, match="region-based"):
         load_dataset(tmp_path)

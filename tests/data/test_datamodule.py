@@ -39,8 +39,14 @@ def test_synthetic_is_deterministic_and_realistic():
 )
 def test_datamodule_batches(synth_root, tmp_path, mode, kwargs, expected):
     dm = SegDataModule(
-        str(synth_root), mode=mode, num_workers=0, batch_size=2, num_folds=4, cache="none",
-        splits_file=str(tmp_path / "splits.json"), augment={"flip_prob": 0.5, "affine_prob": 0.5, "noise_prob": 0.5},
+        str(synth_root),
+        mode=mode,
+        num_workers=0,
+        batch_size=2,
+        num_folds=4,
+        cache="none",
+        splits_file=str(tmp_path / "splits.json"),
+        augment={"flip_prob": 0.5, "affine_prob": 0.5, "noise_prob": 0.5},
         **kwargs,
     )
     dm.setup("fit")
@@ -58,8 +64,15 @@ def test_datamodule_batches(synth_root, tmp_path, mode, kwargs, expected):
 
 
 def test_persistent_cache(synth_root, tmp_path):
-    dm = SegDataModule(str(synth_root), patch_size=[16, 16, 16], num_workers=0, cache="persistent",
-                       cache_dir=str(tmp_path / "cache"), num_folds=4, splits_file=str(tmp_path / "s.json"))
+    dm = SegDataModule(
+        str(synth_root),
+        patch_size=[16, 16, 16],
+        num_workers=0,
+        cache="persistent",
+        cache_dir=str(tmp_path / "cache"),
+        num_folds=4,
+        splits_file=str(tmp_path / "s.json"),
+    )
     dm.setup("fit")
     next(iter(dm.train_dataloader()))
     assert any((tmp_path / "cache" / "train").iterdir())
@@ -77,10 +90,15 @@ def test_orientation_zscore_and_label_remap(tmp_path):
     lab[1, 2, 3], lab[5, 5, 5] = 2, 7
     nib.save(nib.Nifti1Image(img, aff), str(root / "imagesTr" / "a.nii.gz"))
     nib.save(nib.Nifti1Image(lab, aff), str(root / "labelsTr" / "a.nii.gz"))
-    (root / "dataset.json").write_text(json.dumps({
-        "modality": {"0": "CT"}, "labels": {"0": "bg", "2": "liver", "7": "spleen"},
-        "training": [{"image": "./imagesTr/a.nii.gz", "label": "./labelsTr/a.nii.gz"}],
-    }))
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "modality": {"0": "CT"},
+                "labels": {"0": "bg", "2": "liver", "7": "spleen"},
+                "training": [{"image": "./imagesTr/a.nii.gz", "label": "./labelsTr/a.nii.gz"}],
+            }
+        )
+    )
     spec = load_dataset(root)
     out = T.Compose(deterministic_transforms(spec, "patch"))(spec.cases[0].as_dict())
     assert np.allclose(np.sign(np.diag(out["image"].affine.numpy())[:3]), [1, 1, 1])

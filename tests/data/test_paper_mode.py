@@ -17,9 +17,17 @@ SPEC = DatasetSpec(root=".", layout="msd", channel_names=["T1"], labels={0: "bac
 
 
 def _paper(resize, with_label=False, spacing=(1.0, 1.0, 1.0)):
-    return T.Compose(deterministic_transforms(
-        SPEC, mode="resize", spacing=spacing, normalize={"mode": "minmax"}, crop_foreground="head",
-        resize_shape=resize, with_label=with_label))
+    return T.Compose(
+        deterministic_transforms(
+            SPEC,
+            mode="resize",
+            spacing=spacing,
+            normalize={"mode": "minmax"},
+            crop_foreground="head",
+            resize_shape=resize,
+            with_label=with_label,
+        )
+    )
 
 
 def test_head_mask_ignores_specks_and_fills_holes():
@@ -29,10 +37,12 @@ def test_head_mask_ignores_specks_and_fills_holes():
     a[0, 0, 0, 0] = 1.0  # a bright speck outside
     m = HeadMask(0.2)(torch.from_numpy(a))
     assert m.shape == a.shape and m[0, 15, 15, 15] and not m[0, 0, 0, 0]
-    assert m.sum() == 20 ** 3
+    assert m.sum() == 20**3
 
 
-@pytest.mark.parametrize("name", ["brainchop_t1_crop_1mm_256.nii.gz", "IXI012-HH-1211_T1_2mm.nii.gz", "IXI015-HH-1258_T1_2mm.nii.gz"])
+@pytest.mark.parametrize(
+    "name", ["brainchop_t1_crop_1mm_256.nii.gz", "IXI012-HH-1211_T1_2mm.nii.gz", "IXI015-HH-1258_T1_2mm.nii.gz"]
+)
 def test_forward_then_inverse_restores_grid_real_t1(name):
     path = shared("brain_t1") / name
     tr = _paper([64, 64, 72])
@@ -50,10 +60,28 @@ def test_forward_then_inverse_restores_grid_real_t1(name):
 def test_inverse_of_label_recovers_it(synth_root):
     spec = load_dataset(synth_root)
     case = spec.cases[1].as_dict()
-    tr = T.Compose(deterministic_transforms(spec, mode="resize", spacing=[3.0, 3.0, 3.0], normalize={"mode": "minmax"},
-                                            crop_foreground="head", resize_shape=[48, 48, 48], with_label=False))
-    lab_tr = T.Compose(deterministic_transforms(spec, mode="resize", spacing=[3.0, 3.0, 3.0], normalize={"mode": "minmax"},
-                                                crop_foreground="head", resize_shape=[48, 48, 48], with_label=True))
+    tr = T.Compose(
+        deterministic_transforms(
+            spec,
+            mode="resize",
+            spacing=[3.0, 3.0, 3.0],
+            normalize={"mode": "minmax"},
+            crop_foreground="head",
+            resize_shape=[48, 48, 48],
+            with_label=False,
+        )
+    )
+    lab_tr = T.Compose(
+        deterministic_transforms(
+            spec,
+            mode="resize",
+            spacing=[3.0, 3.0, 3.0],
+            normalize={"mode": "minmax"},
+            crop_foreground="head",
+            resize_shape=[48, 48, 48],
+            with_label=True,
+        )
+    )
     img = tr({"image": case["image"]})["image"]
     lab = lab_tr(case)["label"]  # the label through the same pipeline (same crop box: it follows the image)
     back = invert_to_original(lab.float(), img, tr)  # as inference does: probabilities, then threshold

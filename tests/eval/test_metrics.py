@@ -147,8 +147,10 @@ def test_compare_paired_wilcoxon(tmp_path, capsys):
     b = a + rng.normal(0.05, 0.02, 20)  # B better on most cases
     for name, vals in (("A", a), ("B", b)):
         (tmp_path / name).mkdir()
-        cases = [{"case_id": f"c{i}", "prediction_file": "p", "reference_file": "r", "metrics": {"1": {"Dice": float(v)}}}
-                 for i, v in enumerate(vals)]
+        cases = [
+            {"case_id": f"c{i}", "prediction_file": "p", "reference_file": "r", "metrics": {"1": {"Dice": float(v)}}}
+            for i, v in enumerate(vals)
+        ]
         (tmp_path / name / "cv_summary.json").write_text(json.dumps({"metric_per_case": cases}))
     out = tmp_path / "cmp.json"
     assert main(["compare", str(tmp_path / "A"), str(tmp_path / "B"), "-o", str(out)]) == 0

@@ -6,20 +6,39 @@ import torch
 from seg.inference.bundle import save_weights, write_bundle_meta
 from seg.nn import create_net
 
-PATCH = {"mode": "patch", "spacing": None, "orientation": "RAS", "normalize": {"mode": "zscore", "nonzero": True},
-         "crop_foreground": "none"}
+PATCH = {
+    "mode": "patch",
+    "spacing": None,
+    "orientation": "RAS",
+    "normalize": {"mode": "zscore", "nonzero": True},
+    "crop_foreground": "none",
+}
 
 
 def make_bundle(root, labels=None, channels=("T1",), folds=(0, 1), preprocessing=None, threshold=None):
     """A bundle of untrained tiny U-Nets (enough for grids, robustness and ensembling)."""
     labels = labels or {0: "background", 1: "lesion"}
-    net = {"name": "unet", "spatial_dims": 3, "in_channels": len(channels), "out_channels": len(labels), "filters": [4, 8, 8]}
+    net = {
+        "name": "unet",
+        "spatial_dims": 3,
+        "in_channels": len(channels),
+        "out_channels": len(labels),
+        "filters": [4, 8, 8],
+    }
     for k in folds:
         torch.manual_seed(k)
         kw = dict(net)
         save_weights(create_net(kw.pop("name"), **kw).state_dict(), root / f"fold_{k}" / "weights.pt")
-    write_bundle_meta(root, net, labels, list(channels), preprocessing or PATCH,
-                      {"roi_size": [32, 32, 32], "overlap": 0.25, "sw_batch_size": 2}, folds, threshold)
+    write_bundle_meta(
+        root,
+        net,
+        labels,
+        list(channels),
+        preprocessing or PATCH,
+        {"roi_size": [32, 32, 32], "overlap": 0.25, "sw_batch_size": 2},
+        folds,
+        threshold,
+    )
     return root
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from seg.run.kfold import kfold
 from tests.conftest import REPO, TINY, compose_train
@@ -29,6 +30,7 @@ def _docker_array(text: str, instr: str) -> list[str]:
     return json.loads(m.group(1))
 
 
+@pytest.mark.slow  # installs a fresh venv the Dockerfile's way: ~80 s
 def test_dockerfile_entrypoint_in_fresh_venv(synth_root, tmp_path):
     text = (REPO / "Dockerfile").read_text()
     entry, cmd = _docker_array(text, "ENTRYPOINT"), _docker_array(text, "CMD")
@@ -37,9 +39,21 @@ def test_dockerfile_entrypoint_in_fresh_venv(synth_root, tmp_path):
     assert re.search(r"pip install -c requirements/constraints.txt \.\s*$", text, re.M)
     # a bundle trained here on synthetic data
     run = tmp_path / "cv"
-    kfold(compose_train([f"data.root={synth_root}", *[o for o in TINY if not o.startswith("data.num_folds")], "cv.folds=2",
-                         "trainer.max_epochs=1", f"cv.run_dir={run}", "cv.surface_metrics=false", "cv.worst_cases=0"],
-                        run, config_name="kfold"))
+    kfold(
+        compose_train(
+            [
+                f"data.root={synth_root}",
+                *[o for o in TINY if not o.startswith("data.num_folds")],
+                "cv.folds=2",
+                "trainer.max_epochs=1",
+                f"cv.run_dir={run}",
+                "cv.surface_metrics=false",
+                "cv.worst_cases=0",
+            ],
+            run,
+            config_name="kfold",
+        )
+    )
     # the image's environment: a new venv, the Dockerfile's two pip steps, from a copy of the build context
     ctx = tmp_path / "ctx"
     top_level = {".git", ".venv", "outputs", "tests"}  # as .dockerignore: only the repo's own top-level folders
@@ -62,8 +76,14 @@ def test_dockerfile_entrypoint_in_fresh_venv(synth_root, tmp_path):
     os.chmod(inp, 0o555)  # read-only, as mounted :ro
     mapping = {"/input": str(inp), "/output": str(out), "/model": str(run / "model")}
     argv = [str(venv / "bin" / entry[0])] + [mapping.get(a, a) for a in cmd]
-    r = subprocess.run(argv, cwd=tmp_path, env={**env, "PATH": f"{venv / 'bin'}:{env['PATH']}"}, capture_output=True,
-                       text=True, timeout=600)
+    r = subprocess.run(
+        argv,
+        cwd=tmp_path,
+        env={**env, "PATH": f"{venv / 'bin'}:{env['PATH']}"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     os.chmod(inp, 0o755)
     assert r.returncode == 0, r.stderr[-3000:]
     for f in sorted(inp.iterdir()):
@@ -71,6 +91,11 @@ def test_dockerfile_entrypoint_in_fresh_venv(synth_root, tmp_path):
         assert mask.shape == src.shape and np.array_equal(mask.affine, src.affine)
     assert (out / "summary.csv").exists()
     # the installed package is the copy, not this checkout
-    loc = subprocess.run([str(venv / "bin" / "python"), "-c", "import seg; print(seg.__file__)"], capture_output=True,
-                         text=True, env=env, cwd=tmp_path).stdout
+    loc = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import seg; print(seg.__file__)"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    ).stdout
     assert str(venv) in loc

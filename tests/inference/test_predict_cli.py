@@ -97,7 +97,9 @@ def test_nnunet_channel_files_grouped_and_missing_channel_reported(synth_root, t
     assert "case1_0001 missing" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["brainchop_t1_crop_1mm_256.nii.gz", "IXI012-HH-1211_T1_2mm.nii.gz", "IXI015-HH-1258_T1_2mm.nii.gz"])
+@pytest.mark.parametrize(
+    "name", ["brainchop_t1_crop_1mm_256.nii.gz", "IXI012-HH-1211_T1_2mm.nii.gz", "IXI015-HH-1258_T1_2mm.nii.gz"]
+)
 def test_round_trip_real_t1_orientations(tiny_bundle, tmp_path, name):
     src_path = shared("brain_t1") / name
     out = tmp_path / "out"
@@ -116,7 +118,12 @@ def test_multilabel_non_consecutive_ids(tmp_path):
     img_path = shared("multilabel") / "ct_abdomen_3mm.nii.gz"
     ids = sorted(int(v) for v in np.unique(np.asanyarray(nib.load(str(lab_path)).dataobj)))
     assert ids != list(range(len(ids)))  # the quirk under test
-    pre = {"mode": "patch", "spacing": None, "orientation": "RAS", "normalize": {"mode": "window", "window": [-200, 300]}}
+    pre = {
+        "mode": "patch",
+        "spacing": None,
+        "orientation": "RAS",
+        "normalize": {"mode": "window", "window": [-200, 300]},
+    }
     bundle = make_bundle(tmp_path / "m", labels={i: f"l{i}" for i in ids}, folds=(0,), preprocessing=pre)
     out = tmp_path / "out"
     assert main(["-i", str(img_path), "-o", str(out), "-m", str(bundle), "-q"]) == 0
@@ -133,8 +140,13 @@ def test_killed_run_leaves_no_partial_mask(tiny_bundle, synth_root, tmp_path):
             shutil.copy(f, inp / f"r{i}_{f.name}")
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    p = subprocess.Popen([sys.executable, "-m", "seg.cli.predict", "-i", str(inp), "-o", str(out), "-m", str(tiny_bundle), "-q"],
-                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "seg.cli.predict", "-i", str(inp), "-o", str(out), "-m", str(tiny_bundle), "-q"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and p.poll() is None and not (out.exists() and len(list(out.glob("*.json"))) >= 2):
         time.sleep(0.05)

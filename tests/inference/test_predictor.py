@@ -13,8 +13,14 @@ from seg.nn.inferer import InfererSpec
 from tests.conftest import shared
 
 PATCH = {"mode": "patch", "spacing": None, "orientation": "RAS", "normalize": {"mode": "zscore", "nonzero": True}}
-PAPER = {"mode": "resize", "spacing": [2.0, 2.0, 2.0], "orientation": "RAS", "normalize": {"mode": "minmax"},
-         "crop_foreground": "head", "resize_shape": [32, 32, 36]}
+PAPER = {
+    "mode": "resize",
+    "spacing": [2.0, 2.0, 2.0],
+    "orientation": "RAS",
+    "normalize": {"mode": "minmax"},
+    "crop_foreground": "head",
+    "resize_shape": [32, 32, 36],
+}
 
 
 def _net(seed=0, out=2):

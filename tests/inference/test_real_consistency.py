@@ -6,6 +6,7 @@ import json
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from seg.cli.predict import main
 from seg.data.datalist import load_dataset
@@ -13,16 +14,33 @@ from seg.run.kfold import kfold
 from tests.conftest import compose_train, shared
 
 
+@pytest.mark.slow  # a cross-validation on the real hippocampus cases
 def test_predict_equals_validation_prediction_of_training_run(tmp_path):
     root = shared("hippocampus")
     ids = [c.case_id for c in load_dataset(root).cases][:12]
     run = tmp_path / "cv"
     run.mkdir()
-    (run / "splits.json").write_text(json.dumps([{"train": ids[:8], "val": ids[8:10]}, {"train": ids[2:10], "val": ids[:2]}]))
-    cfg = compose_train(["experiment=hippocampus_unet", f"data.root={root}", "model.net.filters=[4,8,16]", "cv.folds=2",
-                         "trainer.max_epochs=2", "trainer.max_time=null", "data.num_workers=0", f"cv.run_dir={run}",
-                         "cv.surface_metrics=false", "cv.worst_cases=0", "~callbacks.rich_progress_bar",
-                         "trainer.enable_model_summary=false"], run, config_name="kfold")
+    (run / "splits.json").write_text(
+        json.dumps([{"train": ids[:8], "val": ids[8:10]}, {"train": ids[2:10], "val": ids[:2]}])
+    )
+    cfg = compose_train(
+        [
+            "experiment=hippocampus_unet",
+            f"data.root={root}",
+            "model.net.filters=[4,8,16]",
+            "cv.folds=2",
+            "trainer.max_epochs=2",
+            "trainer.max_time=null",
+            "data.num_workers=0",
+            f"cv.run_dir={run}",
+            "cv.surface_metrics=false",
+            "cv.worst_cases=0",
+            "~callbacks.rich_progress_bar",
+            "trainer.enable_model_summary=false",
+        ],
+        run,
+        config_name="kfold",
+    )
     kfold(cfg)
     out = tmp_path / "pred"
     case_files = [str(root / "imagesTr" / f"{c}.nii.gz") for c in ids[8:10]]

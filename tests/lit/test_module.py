@@ -10,8 +10,12 @@ from seg.lit.module import SegModule
 
 def _module(**kw):
     net = {"name": "unet", "spatial_dims": 3, "in_channels": 1, "out_channels": 3, "filters": [4, 8, 16], **kw}
-    return SegModule(net=net, label_names=["a", "b"], optimizer=partial(torch.optim.Adam, lr=1e-2),
-                     inferer={"roi_size": [16, 16, 16], "sw_batch_size": 2})
+    return SegModule(
+        net=net,
+        label_names=["a", "b"],
+        optimizer=partial(torch.optim.Adam, lr=1e-2),
+        inferer={"roi_size": [16, 16, 16], "sw_batch_size": 2},
+    )
 
 
 def _batch(b=2, shape=(20, 18, 17)):
@@ -79,8 +83,9 @@ def test_area_label_mode_soft_targets():
     assert g_area < g_near  # area: 1/8 of that voxel is class 1, the push is weaker (toward the soft target)
     # a full-resolution head gets the exact one-hot target in both modes
     logits = torch.randn(1, 2, 8, 8, 8)
-    torch.testing.assert_close(SegLoss({"name": "ce"}, "equal", "area")([logits], y),
-                               SegLoss({"name": "ce"}, "equal", "nearest")([logits], y))
+    torch.testing.assert_close(
+        SegLoss({"name": "ce"}, "equal", "area")([logits], y), SegLoss({"name": "ce"}, "equal", "nearest")([logits], y)
+    )
 
 
 def test_sliding_window_prediction_covers_whole_volume():

@@ -28,23 +28,32 @@ def test_kernel_shrinks_on_short_axes():
 
 
 def test_net_has_blocks_at_levels_and_runs():
-    net = create_net("unet_local_attn", spatial_dims=3, in_channels=1, out_channels=2, filters=[8, 16, 16],
-                     local_attention_kernel=3)
+    net = create_net(
+        "unet_local_attn", spatial_dims=3, in_channels=1, out_channels=2, filters=[8, 16, 16], local_attention_kernel=3
+    )
     assert set(net.local_attn) == {"1", "2"}
     x = torch.randn(1, 1, 19, 22, 13)
     out = net(x)
     assert out.shape == (1, 2, 19, 22, 13)
     out.mean().backward()
-    gated = create_net("unet_local_attn", spatial_dims=3, in_channels=1, out_channels=2, filters=[8, 16, 16],
-                       attention_gate="concat", local_attention_levels=[2])
+    gated = create_net(
+        "unet_local_attn",
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=2,
+        filters=[8, 16, 16],
+        attention_gate="concat",
+        local_attention_levels=[2],
+    )
     assert set(gated.local_attn) == {"2"} and gated(x).shape == (1, 2, 19, 22, 13)
 
 
 def test_short_training_learns_on_synthetic_blobs():
     """A few steps on bright blobs: the local-attention net's loss falls well below its start."""
     torch.manual_seed(0)
-    net = create_net("unet_local_attn", spatial_dims=3, in_channels=1, out_channels=2, filters=[8, 16],
-                     local_attention_kernel=3)
+    net = create_net(
+        "unet_local_attn", spatial_dims=3, in_channels=1, out_channels=2, filters=[8, 16], local_attention_kernel=3
+    )
     opt = torch.optim.Adam(net.parameters(), 3e-3)
     y = torch.zeros(2, 16, 16, 16, dtype=torch.long)
     y[0, 3:8, 4:9, 5:10] = 1

@@ -9,8 +9,11 @@ from seg.nn.nets.transdae import EfficientAttention, PatchExpand, TransposedChan
 SMALL = {"dims": (16, 32, 32), "heads": (1, 2, 2), "depths": (1, 1, 1)}
 
 
-@pytest.mark.parametrize("spatial_dims, shape", [(2, (37, 50)), (3, (19, 22, 13)), (3, (16, 16, 16))],
-                         ids=["2d-odd", "3d-odd", "3d-multiple"])
+@pytest.mark.parametrize(
+    "spatial_dims, shape",
+    [(2, (37, 50)), (3, (19, 22, 13)), (3, (16, 16, 16))],
+    ids=["2d-odd", "3d-odd", "3d-multiple"],
+)
 def test_any_size_shapes_and_gradients(spatial_dims, shape):
     torch.manual_seed(0)
     net = create_net("transdae", spatial_dims=spatial_dims, in_channels=2, out_channels=3, **SMALL)

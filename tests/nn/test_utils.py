@@ -38,7 +38,9 @@ def test_single_channel_conv_is_widened_and_exact():
     widened = [m for m in fast.modules() if isinstance(m, TwoChannelConv3d)]
     # the first encoder conv and the multi-scale input convs all read the 1-channel image
     assert len(widened) == 1 + len(net.ms_convs)
-    assert not any(isinstance(m, torch.nn.Conv3d) and m.in_channels == 1 and m.kernel_size[0] > 1 for m in fast.modules())
+    assert not any(
+        isinstance(m, torch.nn.Conv3d) and m.in_channels == 1 and m.kernel_size[0] > 1 for m in fast.modules()
+    )
     x = torch.randn(1, 1, 9, 12, 10)
     with torch.no_grad():
         torch.testing.assert_close(fast(x), net(x), rtol=1e-4, atol=1e-4)

@@ -10,8 +10,11 @@ from seg.nn import create_net
 from seg.nn.blocks.window_attention_upsample import WindowAttentionUpsample
 
 
-@pytest.mark.parametrize("d, low, high", [(3, (5, 6, 3), (10, 12, 6)), (2, (7, 9), (14, 18)), (3, (4, 5, 6), (8, 10, 6))],
-                         ids=["3d-odd", "2d-odd", "3d-unpooled-axis"])
+@pytest.mark.parametrize(
+    "d, low, high",
+    [(3, (5, 6, 3), (10, 12, 6)), (2, (7, 9), (14, 18)), (3, (4, 5, 6), (8, 10, 6))],
+    ids=["3d-odd", "2d-odd", "3d-unpooled-axis"],
+)
 @pytest.mark.parametrize("window", [4, None], ids=["windowed", "global"])
 def test_shapes_and_gradients(d, low, high, window):
     torch.manual_seed(0)
@@ -58,8 +61,9 @@ def test_zeroed_attention_is_plain_interpolation():
 @pytest.mark.parametrize("name", ["unet", "agunet", "daunet"])
 @pytest.mark.parametrize("spatial_dims, shape", [(3, (19, 22, 13)), (2, (37, 50))], ids=["3d", "2d"])
 def test_every_unet_family_takes_wau(name, spatial_dims, shape):
-    net = create_net(name, spatial_dims=spatial_dims, in_channels=1, out_channels=2, filters=[8, 8, 16], upsample="wau",
-                     wau_window=4)
+    net = create_net(
+        name, spatial_dims=spatial_dims, in_channels=1, out_channels=2, filters=[8, 8, 16], upsample="wau", wau_window=4
+    )
     assert sum(isinstance(m, WindowAttentionUpsample) for m in net.modules()) == 2
     out = net(torch.randn(1, 1, *shape))
     out = out[0] if isinstance(out, list) else out

@@ -61,8 +61,9 @@ def test_torch_backend_line_borders(width):
 def test_torch_backend_float64_exact_and_fp16_runs():
     torch.manual_seed(1)
     q, k, v = [torch.randn(1, 6, 7, 5, 2, 4, dtype=torch.float64) for _ in range(3)]
-    torch.testing.assert_close(local_attn3d(q, k, v, 3, backend="torch"), local_attn3d(q, k, v, 3, backend="reference"),
-                               atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(
+        local_attn3d(q, k, v, 3, backend="torch"), local_attn3d(q, k, v, 3, backend="reference"), atol=1e-12, rtol=1e-12
+    )
     h = [t.to(torch.bfloat16) for t in (q, k, v)]
     out = local_attn3d(*h, 3, backend="torch")
     assert out.dtype == torch.bfloat16
@@ -159,7 +160,9 @@ def test_torch_compile_uses_the_custom_op():
     g = torch.randn_like(eager)
     for a, b in zip(torch.autograd.grad(eager, (q, k, v), g), torch.autograd.grad(compiled, (q, k, v), g)):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
-    torch.library.opcheck(torch.ops.seg.local_attn3d.default, (q.detach(), k.detach(), v.detach(), [3, 3, 3], [1, 1, 1], 0.3))
+    torch.library.opcheck(
+        torch.ops.seg.local_attn3d.default, (q.detach(), k.detach(), v.detach(), [3, 3, 3], [1, 1, 1], 0.3)
+    )
 
 
 def test_custom_op_backward_reuses_the_saved_log_sum_exp(monkeypatch):

@@ -37,11 +37,13 @@ for shape, ks, dil in cases:
 q, k, v = [torch.randn(1, 5, 6, 7, 2, 16).half() for _ in range(3)]
 out = local_attn3d(q, k, v, 3, backend="triton")
 assert out.dtype == torch.float16
-torch.testing.assert_close(out.float(), local_attn3d(q.float(), k.float(), v.float(), 3, backend="reference"), atol=2e-2, rtol=2e-2)
+ref = local_attn3d(q.float(), k.float(), v.float(), 3, backend="reference")
+torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
 q, k, v = [torch.randn(1, 4, 6, 5, 2, 32, dtype=torch.bfloat16) for _ in range(3)]
 out = local_attn3d(q, k, v, 3, backend="triton")
 assert out.dtype == torch.bfloat16
-torch.testing.assert_close(out.float(), local_attn3d(q.float(), k.float(), v.float(), 3, backend="reference"), atol=5e-2, rtol=5e-2)
+ref = local_attn3d(q.float(), k.float(), v.float(), 3, backend="reference")
+torch.testing.assert_close(out.float(), ref, atol=5e-2, rtol=5e-2)
 print("ok", len(cases))
 """
 

@@ -27,16 +27,27 @@ class AttentionGate(nn.Module):
     Shapes: ``g [B, Cg, *S]``, ``x [B, Cx, *S]`` -> ``[B, Cx, *S]``; ``last_psi`` keeps ``[B, 1, *S]``.
     """
 
-    def __init__(self, spatial_dims: int, g_channels: int, x_channels: int, inter_channels: int,
-                 mode: str = "concat", norm: str = "batch") -> None:
+    def __init__(
+        self,
+        spatial_dims: int,
+        g_channels: int,
+        x_channels: int,
+        inter_channels: int,
+        mode: str = "concat",
+        norm: str = "batch",
+    ) -> None:
         super().__init__()
         self.mode = check_option("gate_mode", mode, Gate)
         if self.mode == Gate.NONE:
             raise ValueError("gate_mode='none' means no gate: do not build an AttentionGate")
-        self.w_g = nn.Sequential(conv_layer(spatial_dims, g_channels, inter_channels, 1, bias=False),
-                                 norm_layer(norm, spatial_dims, inter_channels))
-        self.w_x = nn.Sequential(conv_layer(spatial_dims, x_channels, inter_channels, 1, bias=False),
-                                 norm_layer(norm, spatial_dims, inter_channels))
+        self.w_g = nn.Sequential(
+            conv_layer(spatial_dims, g_channels, inter_channels, 1, bias=False),
+            norm_layer(norm, spatial_dims, inter_channels),
+        )
+        self.w_x = nn.Sequential(
+            conv_layer(spatial_dims, x_channels, inter_channels, 1, bias=False),
+            norm_layer(norm, spatial_dims, inter_channels),
+        )
         psi_in = 2 * inter_channels if mode == "concat" else inter_channels
         self.psi = nn.Sequential(conv_layer(spatial_dims, psi_in, 1, 1, bias=True), norm_layer(norm, spatial_dims, 1))
         self.last_psi: torch.Tensor | None = None
@@ -52,7 +63,7 @@ class AttentionGate(nn.Module):
             conv = self.psi[0]
             conv_fn = F.conv3d if g1.ndim == 5 else F.conv2d
             w = conv.weight
-            h = conv_fn(torch.relu_(g1), w[:, : g1.shape[1]]) + conv_fn(torch.relu_(x1), w[:, g1.shape[1]:], conv.bias)
+            h = conv_fn(torch.relu_(g1), w[:, : g1.shape[1]]) + conv_fn(torch.relu_(x1), w[:, g1.shape[1] :], conv.bias)
         del g1, x1
         return torch.sigmoid(self.psi[1:](h))
 

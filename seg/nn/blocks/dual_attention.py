@@ -61,8 +61,15 @@ class DualAttention(nn.Module):
     Shapes: ``[B, C, *S] -> [B, C, *S]``.
     """
 
-    def __init__(self, spatial_dims: int, channels: int, norm: str = "batch", dropout: float = 0.5,
-                 position: bool = True, channel: bool = True) -> None:
+    def __init__(
+        self,
+        spatial_dims: int,
+        channels: int,
+        norm: str = "batch",
+        dropout: float = 0.5,
+        position: bool = True,
+        channel: bool = True,
+    ) -> None:
         super().__init__()
         if not (position or channel):
             raise ValueError("DualAttention needs the position or the channel branch (or both)")
@@ -70,7 +77,8 @@ class DualAttention(nn.Module):
         def head() -> nn.Sequential:
             return nn.Sequential(
                 conv_layer(spatial_dims, channels, channels, 3, padding=1, bias=False),
-                norm_layer(norm, spatial_dims, channels), nn.ReLU(inplace=True),
+                norm_layer(norm, spatial_dims, channels),
+                nn.ReLU(inplace=True),
                 dropout_layer(spatial_dims, dropout),
                 conv_layer(spatial_dims, channels, channels, 3, padding=1),
             )
@@ -79,9 +87,11 @@ class DualAttention(nn.Module):
         self.cam = ChannelAttention() if channel else None
         self.pam_head = head() if position else None
         self.cam_head = head() if channel else None
-        self.out = nn.Sequential(dropout_layer(spatial_dims, dropout),
-                                 conv_layer(spatial_dims, channels, channels, 1, bias=False),
-                                 norm_layer(norm, spatial_dims, channels))
+        self.out = nn.Sequential(
+            dropout_layer(spatial_dims, dropout),
+            conv_layer(spatial_dims, channels, channels, 1, bias=False),
+            norm_layer(norm, spatial_dims, channels),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = 0

@@ -36,8 +36,16 @@ class WindowAttentionUpsample(nn.Module):
     Shapes: ``low [B, C_low, *s]``, ``skip [B, C_skip, *S]`` with ``S = s * stride`` -> ``[B, C_out, *S]``.
     """
 
-    def __init__(self, spatial_dims: int, low_channels: int, skip_channels: int, out_channels: int, heads: int = 4,
-                 window: int | Sequence[int] | None = 8, mlp_ratio: float = 2.0) -> None:
+    def __init__(
+        self,
+        spatial_dims: int,
+        low_channels: int,
+        skip_channels: int,
+        out_channels: int,
+        heads: int = 4,
+        window: int | Sequence[int] | None = 8,
+        mlp_ratio: float = 2.0,
+    ) -> None:
         super().__init__()
         if out_channels % heads:
             raise ValueError(f"WAU: out_channels={out_channels} is not divisible by heads={heads}")
@@ -89,7 +97,9 @@ class WindowAttentionUpsample(nn.Module):
         w_low = [max(1, min(w // f, s)) for s, w, f in zip(low.shape[2:], self.window, factors)]
         w_high = [wl * f for wl, f in zip(w_low, factors)]
         if any(S != s * f for S, s, f in zip(size, low.shape[2:], factors)):
-            raise ValueError(f"WAU: skip grid {list(size)} is not the low-resolution grid {list(low.shape[2:])} x {factors}")
+            raise ValueError(
+                f"WAU: skip grid {list(size)} is not the low-resolution grid {list(low.shape[2:])} x {factors}"
+            )
         qp = pad_to_multiple(q, w_high)  # same number of windows on both maps, since S = s * f
         lp = pad_to_multiple(low, w_low)
         qt = _windows(qp, w_high)  # [B * nW, w_high^d, C]

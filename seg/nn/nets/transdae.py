@@ -203,14 +203,26 @@ class TransDAE(nn.Module):
     Shapes: ``[B, in_channels, *S] -> [B, out_channels, *S]`` for any ``S``.
     """
 
-    def __init__(self, spatial_dims: int = 2, in_channels: int = 1, out_channels: int = 2,
-                 dims: Sequence[int] = (128, 320, 512), depths: Sequence[int] = (2, 2, 2), heads: Sequence[int] = (2, 5, 8),
-                 reductions: Sequence[int] = (4, 2, 1), patch_kernels: Sequence[int] = (7, 3, 3),
-                 patch_strides: Sequence[int] = (4, 2, 2), decoder_depth: int = 1, mlp_ratio: int = 4) -> None:
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        out_channels: int = 2,
+        dims: Sequence[int] = (128, 320, 512),
+        depths: Sequence[int] = (2, 2, 2),
+        heads: Sequence[int] = (2, 5, 8),
+        reductions: Sequence[int] = (4, 2, 1),
+        patch_kernels: Sequence[int] = (7, 3, 3),
+        patch_strides: Sequence[int] = (4, 2, 2),
+        decoder_depth: int = 1,
+        mlp_ratio: int = 4,
+    ) -> None:
         super().__init__()
         n = len(dims)
         if not (len(depths) == len(heads) == len(reductions) == len(patch_kernels) == len(patch_strides) == n):
-            raise ValueError("TransDAE: dims, depths, heads, reductions, patch_kernels, patch_strides need one value per stage")
+            raise ValueError(
+                "TransDAE: dims, depths, heads, reductions, patch_kernels, patch_strides need one value per stage"
+            )
         for d, h in zip(dims, heads):
             if d % h:
                 raise ValueError(f"TransDAE: dim {d} not divisible by heads {h}")
@@ -222,8 +234,12 @@ class TransDAE(nn.Module):
         ch = in_channels
         for i in range(n):
             self.embeds.append(PatchEmbed(spatial_dims, ch, dims[i], patch_kernels[i], patch_strides[i]))
-            self.stages.append(nn.ModuleList(DualAttentionBlock(spatial_dims, dims[i], heads[i], reductions[i], mlp_ratio)
-                                             for _ in range(depths[i])))
+            self.stages.append(
+                nn.ModuleList(
+                    DualAttentionBlock(spatial_dims, dims[i], heads[i], reductions[i], mlp_ratio)
+                    for _ in range(depths[i])
+                )
+            )
             self.norms.append(nn.LayerNorm(dims[i]))
             ch = dims[i]
         self.expands = nn.ModuleList()
@@ -232,8 +248,12 @@ class TransDAE(nn.Module):
         for i in reversed(range(n - 1)):  # from the deepest stage up to stage 0
             self.expands.append(PatchExpand(spatial_dims, dims[i + 1], dims[i], patch_strides[i + 1]))
             self.fusions.append(InterScaleInteraction(spatial_dims, dims[i], heads[i]))
-            self.dec_stages.append(nn.ModuleList(DualAttentionBlock(spatial_dims, dims[i], heads[i], reductions[i], mlp_ratio)
-                                                 for _ in range(decoder_depth)))
+            self.dec_stages.append(
+                nn.ModuleList(
+                    DualAttentionBlock(spatial_dims, dims[i], heads[i], reductions[i], mlp_ratio)
+                    for _ in range(decoder_depth)
+                )
+            )
         self.final = PatchExpand(spatial_dims, dims[0], dims[0], patch_strides[0])
         self.head = conv_layer(spatial_dims, dims[0], out_channels, 1)
 

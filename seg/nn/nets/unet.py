@@ -43,9 +43,20 @@ class DecoderLevel(nn.Module):
     (= g) -> gate(g, skip) -> concat[g, gated] -> block. A guide feature (DAGUNet) joins the concat.
     """
 
-    def __init__(self, spatial_dims: int, in_channels: int, skip_channels: int, out_channels: int, norm: str,
-                 dropout: float, upsample: str = "transpose", gate: str = "none", guide_channels: int = 0,
-                 wau_heads: int = 4, wau_window: int | None = 8) -> None:
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        skip_channels: int,
+        out_channels: int,
+        norm: str,
+        dropout: float,
+        upsample: str = "transpose",
+        gate: str = "none",
+        guide_channels: int = 0,
+        wau_heads: int = 4,
+        wau_window: int | None = 8,
+    ) -> None:
         super().__init__()
         check_option("upsample", upsample, Upsample)
         gate = check_option("attention_gate", gate, Gate)
@@ -74,8 +85,10 @@ class DecoderLevel(nn.Module):
         """Eval only: fold the BatchNorm after the transposed conv (gated levels) into its weights."""
         from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-        if self.upsample == "transpose" and isinstance(self.up_act, nn.Sequential) and isinstance(
-            self.up_act[0], (nn.BatchNorm2d, nn.BatchNorm3d)
+        if (
+            self.upsample == "transpose"
+            and isinstance(self.up_act, nn.Sequential)
+            and isinstance(self.up_act[0], (nn.BatchNorm2d, nn.BatchNorm3d))
         ):
             self.up.conv = fuse_conv_bn_eval(self.up.conv, self.up_act[0], transpose=True)
             self.up_act[0] = nn.Identity()
@@ -89,8 +102,9 @@ class DecoderLevel(nn.Module):
         mode = "trilinear" if x.ndim == 5 else "bilinear"
         return self.up(F.interpolate(x, size=size, mode=mode, align_corners=False))
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor, stride: Sequence[int],
-                guide: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, skip: torch.Tensor, stride: Sequence[int], guide: torch.Tensor | None = None
+    ) -> torch.Tensor:
         g = self.up_act(self.upsample_to(x, stride, skip))
         if self.gate is not None:
             skip = self.gate(g, skip)
@@ -198,7 +212,9 @@ class UNet(nn.Module):
         for i, f in enumerate(filters):
             extra = 0
             if multiscale_input and i > 0:
-                self.ms_convs.append(nn.Sequential(conv_layer(spatial_dims, in_channels, f, 3, padding=1), nn.ReLU(inplace=True)))
+                self.ms_convs.append(
+                    nn.Sequential(conv_layer(spatial_dims, in_channels, f, 3, padding=1), nn.ReLU(inplace=True))
+                )
                 extra = f
             self.encoder.append(ConvBlock(spatial_dims, ch + extra, f, norm, dropout))
             ch = f
@@ -210,13 +226,20 @@ class UNet(nn.Module):
             heads = max(1, min(local_attention_heads, filters[lv] // 8))
             while filters[lv] % heads:
                 heads -= 1
-            self.local_attn[str(lv)] = LocalAttention3d(filters[lv], heads, local_attention_kernel, spatial_dims=spatial_dims)
+            self.local_attn[str(lv)] = LocalAttention3d(
+                filters[lv], heads, local_attention_kernel, spatial_dims=spatial_dims
+            )
         if bottleneck_attention == "none":
             self.bottleneck = nn.Identity()
         else:
-            self.bottleneck = DualAttention(spatial_dims, filters[-1], norm, attention_dropout,
-                                            position=bottleneck_attention in ("dual", "position"),
-                                            channel=bottleneck_attention in ("dual", "channel"))
+            self.bottleneck = DualAttention(
+                spatial_dims,
+                filters[-1],
+                norm,
+                attention_dropout,
+                position=bottleneck_attention in ("dual", "position"),
+                channel=bottleneck_attention in ("dual", "channel"),
+            )
         self.guides = nn.ModuleList()
         self.decoder = nn.ModuleList()
         for level in reversed(range(n - 1)):
@@ -224,8 +247,21 @@ class UNet(nn.Module):
             if guided and level < n - 2:  # the level right under the bottleneck already gets it as input
                 guide_ch = max(4, filters[level] // 2)
                 self.guides.append(GuideUp(spatial_dims, filters[-1], guide_ch, 2 ** (n - 1 - level)))
-            self.decoder.append(DecoderLevel(spatial_dims, filters[level + 1], filters[level], filters[level], norm,
-                                             dropout, upsample, attention_gate, guide_ch, wau_heads, wau_window))
+            self.decoder.append(
+                DecoderLevel(
+                    spatial_dims,
+                    filters[level + 1],
+                    filters[level],
+                    filters[level],
+                    norm,
+                    dropout,
+                    upsample,
+                    attention_gate,
+                    guide_ch,
+                    wau_heads,
+                    wau_window,
+                )
+            )
         self.guided = guided
         n_heads = n - 1 if deep_supervision else 1
         self.heads = nn.ModuleList(conv_layer(spatial_dims, filters[i], out_channels, 1) for i in range(n_heads))
@@ -293,22 +329,37 @@ def unet(**kwargs) -> UNet:
 
 
 @register_net("agunet")
-def agunet(attention_gate: str = "concat", multiscale_input: bool = True, deep_supervision: bool = True, **kwargs) -> UNet:
+def agunet(
+    attention_gate: str = "concat", multiscale_input: bool = True, deep_supervision: bool = True, **kwargs
+) -> UNet:
     """AGUNet: attention gates on every skip, multi-scale input, deep supervision (each can be switched off)."""
-    return UNet(attention_gate=attention_gate, multiscale_input=multiscale_input, deep_supervision=deep_supervision, **kwargs)
+    return UNet(
+        attention_gate=attention_gate, multiscale_input=multiscale_input, deep_supervision=deep_supervision, **kwargs
+    )
 
 
 @register_net("daunet")
-def daunet(bottleneck_attention: str = "dual", multiscale_input: bool = True, deep_supervision: bool = True,
-           guided: bool = False, **kwargs) -> UNet:
+def daunet(
+    bottleneck_attention: str = "dual",
+    multiscale_input: bool = True,
+    deep_supervision: bool = True,
+    guided: bool = False,
+    **kwargs,
+) -> UNet:
     """DAUNet: position + channel attention at the bottleneck; ``guided=True`` gives DAGUNet."""
-    return UNet(bottleneck_attention=bottleneck_attention, multiscale_input=multiscale_input,
-                deep_supervision=deep_supervision, guided=guided, **kwargs)
+    return UNet(
+        bottleneck_attention=bottleneck_attention,
+        multiscale_input=multiscale_input,
+        deep_supervision=deep_supervision,
+        guided=guided,
+        **kwargs,
+    )
 
 
 @register_net("unet_local_attn")
-def unet_local_attn(local_attention_levels: Sequence[int] | None = None, filters: Sequence[int] = PAPER_FILTERS,
-                    **kwargs) -> UNet:
+def unet_local_attn(
+    local_attention_levels: Sequence[int] | None = None, filters: Sequence[int] = PAPER_FILTERS, **kwargs
+) -> UNet:
     """The "3D attention" U-Net: the paper's backbone with 3D local attention blocks at every level below
     full resolution by default (combine with ``attention_gate="concat"`` for gated skips)."""
     levels = list(range(1, len(filters))) if local_attention_levels is None else list(local_attention_levels)

@@ -11,8 +11,9 @@ from seg.ops.local_attn3d.torch_impl import local_attn3d_torch_backward, local_a
 
 
 @torch.library.custom_op("seg::local_attn3d", mutates_args=())
-def local_attn3d_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: list[int], dilation: list[int],
-                        scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def local_attn3d_fwd_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: list[int], dilation: list[int], scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     out, lse = local_attn3d_torch_forward(q, k, v, tuple(kernel_size), tuple(dilation), scale)
     return out, lse
 
@@ -23,9 +24,17 @@ def _(q, k, v, kernel_size, dilation, scale):
 
 
 @torch.library.custom_op("seg::local_attn3d_backward", mutates_args=())
-def local_attn3d_backward_op(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-                             lse: torch.Tensor, kernel_size: list[int], dilation: list[int],
-                             scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def local_attn3d_backward_op(
+    grad: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    kernel_size: list[int],
+    dilation: list[int],
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     dq, dk, dv = local_attn3d_torch_backward(grad, q, k, v, out, lse, tuple(kernel_size), tuple(dilation), scale)
     return dq, dk, dv
 
@@ -51,7 +60,8 @@ def _backward(ctx, grad, _grad_lse):
 local_attn3d_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def local_attn3d_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: list[int], dilation: list[int],
-                    scale: float) -> torch.Tensor:
+def local_attn3d_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: list[int], dilation: list[int], scale: float
+) -> torch.Tensor:
     """The output of ``seg::local_attn3d`` (its log-sum-exp is for autograd)."""
     return local_attn3d_fwd_op(q, k, v, kernel_size, dilation, scale)[0]

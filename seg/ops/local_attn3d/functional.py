@@ -32,8 +32,15 @@ def _triple(x: int | Sequence[int], name: str) -> tuple[int, int, int]:
     return t
 
 
-def local_attn3d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int | Sequence[int],
-                 dilation: int | Sequence[int] = 1, scale: float | None = None, backend: str | None = None) -> torch.Tensor:
+def local_attn3d(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kernel_size: int | Sequence[int],
+    dilation: int | Sequence[int] = 1,
+    scale: float | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
     """3D neighbourhood attention.
 
     Every query attends to exactly ``kernel_size`` keys per axis: the window centred on it, shifted inward
@@ -65,7 +72,9 @@ def local_attn3d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size:
         if d < 1:
             raise ValueError(f"local_attn3d: dilation must be >= 1, got {d} on axis {ax}")
         if kk * d > n:
-            raise ValueError(f"local_attn3d: kernel {kk} x dilation {d} = {kk * d} is larger than axis {ax} ({n} voxels)")
+            raise ValueError(
+                f"local_attn3d: kernel {kk} x dilation {d} = {kk * d} is larger than axis {ax} ({n} voxels)"
+            )
     if scale is None:
         scale = q.shape[-1] ** -0.5
     if not math.isfinite(float(scale)):
@@ -80,8 +89,10 @@ def local_attn3d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size:
     if not _triton_available():
         raise RuntimeError("local_attn3d: backend='triton' needs the triton package (Linux x86_64)")
     if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        raise RuntimeError("local_attn3d: backend='triton' runs on CUDA tensors (or on the CPU under TRITON_INTERPRET=1, "
-                           "for tests); use backend='torch' on the CPU")
+        raise RuntimeError(
+            "local_attn3d: backend='triton' runs on CUDA tensors (or on the CPU under TRITON_INTERPRET=1, "
+            "for tests); use backend='torch' on the CPU"
+        )
     from seg.ops.local_attn3d.autograd import TritonNeighbourhoodAttention
 
     return TritonNeighbourhoodAttention.apply(q, k, v, ks, dil, float(scale))

@@ -25,8 +25,14 @@ def neighbourhood_index(length: int, kernel: int, dilation: int, device=None) ->
     return window_start(length, kernel, dilation, device)[:, None] + dilation * torch.arange(kernel, device=device)
 
 
-def local_attn3d_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: tuple[int, int, int],
-                           dilation: tuple[int, int, int], scale: float) -> torch.Tensor:
+def local_attn3d_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kernel_size: tuple[int, int, int],
+    dilation: tuple[int, int, int],
+    scale: float,
+) -> torch.Tensor:
     """``[B, D, H, W, heads, E]`` -> same; memory O(N * kernel volume * E): small inputs only."""
     B, D, H, W, h, e = q.shape
     idx = [neighbourhood_index(n, kk, dd, q.device) for n, kk, dd in zip((D, H, W), kernel_size, dilation)]

@@ -99,7 +99,7 @@ def _line_axis(length: int, kernel: int, block: int) -> _Line:
     natural = (pos >= 0) & (pos < length)
     mask = torch.zeros(n, b, span, dtype=torch.bool)
     for j in range(n):
-        keys, nat = key[j * b:j * b + span], natural[j * b:j * b + span]
+        keys, nat = key[j * b : j * b + span], natural[j * b : j * b + span]
         once = nat.clone()  # every key at most once per block: its own position if present, else its first copy
         seen = set(keys[nat].tolist())
         for p in range(span):
@@ -130,13 +130,18 @@ class _Plan:
         self._masks: dict[tuple[int, int, torch.dtype], torch.Tensor] = {}
 
     def mask(self, i: int, j: int, dtype: torch.dtype) -> torch.Tensor:
-        """Additive mask ``[W blocks, 1, b^3, halo]`` of line (D block i, H block j); queries (d, h, w), keys (w, d, h)."""
+        """Additive mask ``[W blocks, 1, b^3, halo]`` of line (D block i, H block j).
+
+        Queries are ordered (d, h, w), keys (w, d, h)."""
         key = (int(self.ad.case[i]), int(self.ah.case[j]), dtype)
         m = self._masks.get(key)
         if m is None:
             md, mh, mw = self.ad.masks[key[0]], self.ah.masks[key[1]], self.aw.mask
-            inside = (md[None, :, None, None, None, :, None] & mh[None, None, :, None, None, None, :]
-                      & mw[:, None, None, :, :, None, None])
+            inside = (
+                md[None, :, None, None, None, :, None]
+                & mh[None, None, :, None, None, None, :]
+                & mw[:, None, None, :, :, None, None]
+            )
             inside = inside.reshape(self.aw.n, 1, self.b3, self.halo)
             m = self._masks[key] = torch.zeros(inside.shape, dtype=dtype).masked_fill_(~inside, MASKED)
         return m
@@ -156,7 +161,7 @@ class _Plan:
         ad, ah, aw = self.ad, self.ah, self.aw
         t = t.reshape(B, ad.n, ah.n, aw.n, h, ad.block, ah.block, aw.block, e).permute(0, 1, 5, 2, 6, 3, 7, 4, 8)
         t = t.reshape(B, *self.padded, h, e)
-        return t[:, :ad.length, :ah.length, :aw.length].contiguous()
+        return t[:, : ad.length, : ah.length, : aw.length].contiguous()
 
     def halo_view(self, line: torch.Tensor, heads: int) -> torch.Tensor:
         """Gathered line ``[positions * n1, h * e]`` -> every block's halo ``[nw, h, halo, e]`` (overlapping view)."""
@@ -212,8 +217,9 @@ def _backward(do, q, k, v, out, lse, plan: _Plan, scale: float):
     he = k.shape[4] * k.shape[5]
     dk, dv = (torch.zeros_like(t).view(t.shape[0], -1, he) for t in (k, v))
     for line, rows, kh, vh, mask in _lines(plan, k, v, q.shape[4]):
-        dq[line], gk, gv = _FLASH_BWD(dob[line], qb[line], kh, vh, out[line], lse[line], 0.0, False,
-                                      attn_mask=mask, scale=scale)
+        dq[line], gk, gv = _FLASH_BWD(
+            dob[line], qb[line], kh, vh, out[line], lse[line], 0.0, False, attn_mask=mask, scale=scale
+        )
         for g, dst in ((gk, dk), (gv, dv)):
             buf = g.new_zeros(len(rows), he)
             plan.add_halos(g, buf)

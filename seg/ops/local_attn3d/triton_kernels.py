@@ -2,8 +2,9 @@
 
 A program owns a 3D tile of queries (TD x TH x TW) of one (batch, head). Its keys lie in the union of
 its queries' windows (per axis: from the smallest window start to the largest start + (k - 1) * d);
-the program walks that halo in flat chunks of BLOCK_K keys with an online softmax (running max and sum), masking keys outside each
-query's own NATTEN window (window start per axis computed in the kernel, dilation by residue class),
+the program walks that halo in flat chunks of BLOCK_K keys with an online softmax (running max and sum),
+masking keys outside each query's own NATTEN window (window start per axis computed in the kernel,
+dilation by residue class),
 and saves the log-sum-exp. The backward recomputes the scores from it (FlashAttention-2): the dQ kernel
 walks the same key halo; the dK/dV kernel owns a key tile and walks the queries within (k - 1) * d of it (a
 conservative halo: the inverse window has no closed form with clamped borders).
@@ -59,8 +60,17 @@ def _query_tile(pid_t, D, H, W, TD: tl.constexpr, TH: tl.constexpr, TW: tl.const
 
 
 @triton.jit
-def _window_halo(st_d, st_h, st_w, KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-                 DD: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr):
+def _window_halo(
+    st_d,
+    st_h,
+    st_w,
+    KD: tl.constexpr,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    DD: tl.constexpr,
+    DH: tl.constexpr,
+    DW: tl.constexpr,
+):
     """The exact union of the tile's windows per axis: lower corner, extents and flat size."""
     lo_d = tl.min(st_d, 0)
     lo_h = tl.min(st_h, 0)
@@ -82,13 +92,37 @@ def _load_tile(ptrs, mask, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _local_attn3d_fwd(Q, Kt, V, O, LSE,
-              s_b, s_d, s_h, s_w, s_n, s_e,
-              D, H, W, NH, E, scale,
-              KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-              DD: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
-              TD: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
-              BLOCK_K: tl.constexpr, BLOCK_E: tl.constexpr, UPCAST: tl.constexpr):
+def _local_attn3d_fwd(
+    Q,
+    Kt,
+    V,
+    O,
+    LSE,
+    s_b,
+    s_d,
+    s_h,
+    s_w,
+    s_n,
+    s_e,
+    D,
+    H,
+    W,
+    NH,
+    E,
+    scale,
+    KD: tl.constexpr,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    DD: tl.constexpr,
+    DH: tl.constexpr,
+    DW: tl.constexpr,
+    TD: tl.constexpr,
+    TH: tl.constexpr,
+    TW: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     pid_t = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // NH
@@ -119,10 +153,13 @@ def _local_attn3d_fwd(Q, Kt, V, O, LSE,
         k = _load_tile(Kt + k_off[:, None] + e[None, :] * s_e, kmask, UPCAST)
         v = _load_tile(V + k_off[:, None] + e[None, :] * s_e, kmask, UPCAST)
         s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale
-        valid = (q_ok[:, None] & k_ok[None, :]
-                 & _in_window(kd[None, :], st_d[:, None], KD, DD)
-                 & _in_window(kh[None, :], st_h[:, None], KH, DH)
-                 & _in_window(kw[None, :], st_w[:, None], KW, DW))
+        valid = (
+            q_ok[:, None]
+            & k_ok[None, :]
+            & _in_window(kd[None, :], st_d[:, None], KD, DD)
+            & _in_window(kh[None, :], st_h[:, None], KH, DH)
+            & _in_window(kw[None, :], st_w[:, None], KW, DW)
+        )
         s = tl.where(valid, s, -1.0e30)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.where(valid, tl.exp(s - m_new[:, None]), 0.0)
@@ -138,13 +175,39 @@ def _local_attn3d_fwd(Q, Kt, V, O, LSE,
 
 
 @triton.jit
-def _local_attn3d_bwd_dq(Q, Kt, V, DO, LSE, DELTA, DQ,
-                 s_b, s_d, s_h, s_w, s_n, s_e,
-                 D, H, W, NH, E, scale,
-                 KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-                 DD: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
-                 TD: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
-                 BLOCK_K: tl.constexpr, BLOCK_E: tl.constexpr, UPCAST: tl.constexpr):
+def _local_attn3d_bwd_dq(
+    Q,
+    Kt,
+    V,
+    DO,
+    LSE,
+    DELTA,
+    DQ,
+    s_b,
+    s_d,
+    s_h,
+    s_w,
+    s_n,
+    s_e,
+    D,
+    H,
+    W,
+    NH,
+    E,
+    scale,
+    KD: tl.constexpr,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    DD: tl.constexpr,
+    DH: tl.constexpr,
+    DW: tl.constexpr,
+    TD: tl.constexpr,
+    TH: tl.constexpr,
+    TW: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     pid_t = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // NH
@@ -176,10 +239,13 @@ def _local_attn3d_bwd_dq(Q, Kt, V, DO, LSE, DELTA, DQ,
         kmask = k_ok[:, None] & e_ok[None, :]
         k = _load_tile(Kt + k_off[:, None] + e[None, :] * s_e, kmask, UPCAST)
         v = _load_tile(V + k_off[:, None] + e[None, :] * s_e, kmask, UPCAST)
-        valid = (q_ok[:, None] & k_ok[None, :]
-                 & _in_window(kd[None, :], st_d[:, None], KD, DD)
-                 & _in_window(kh[None, :], st_h[:, None], KH, DH)
-                 & _in_window(kw[None, :], st_w[:, None], KW, DW))
+        valid = (
+            q_ok[:, None]
+            & k_ok[None, :]
+            & _in_window(kd[None, :], st_d[:, None], KD, DD)
+            & _in_window(kh[None, :], st_h[:, None], KH, DH)
+            & _in_window(kw[None, :], st_w[:, None], KW, DW)
+        )
         s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale
         p = tl.where(valid, tl.exp(s - lse[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v)).to(tl.float32)
@@ -189,13 +255,40 @@ def _local_attn3d_bwd_dq(Q, Kt, V, DO, LSE, DELTA, DQ,
 
 
 @triton.jit
-def _local_attn3d_bwd_dkdv(Q, Kt, V, DO, LSE, DELTA, DK, DV,
-                   s_b, s_d, s_h, s_w, s_n, s_e,
-                   D, H, W, NH, E, scale,
-                   KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-                   DD: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
-                   TD: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
-                   BLOCK_Q: tl.constexpr, BLOCK_E: tl.constexpr, UPCAST: tl.constexpr):
+def _local_attn3d_bwd_dkdv(
+    Q,
+    Kt,
+    V,
+    DO,
+    LSE,
+    DELTA,
+    DK,
+    DV,
+    s_b,
+    s_d,
+    s_h,
+    s_w,
+    s_n,
+    s_e,
+    D,
+    H,
+    W,
+    NH,
+    E,
+    scale,
+    KD: tl.constexpr,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    DD: tl.constexpr,
+    DH: tl.constexpr,
+    DW: tl.constexpr,
+    TD: tl.constexpr,
+    TH: tl.constexpr,
+    TW: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     pid_t = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // NH
@@ -240,10 +333,13 @@ def _local_attn3d_bwd_dkdv(Q, Kt, V, DO, LSE, DELTA, DK, DV,
         st_d = _start(qd, D, KD, DD)
         st_h = _start(qh, H, KH, DH)
         st_w = _start(qw, W, KW, DW)
-        valid = (q_ok[:, None] & k_ok[None, :]
-                 & _in_window(kd[None, :], st_d[:, None], KD, DD)
-                 & _in_window(kh[None, :], st_h[:, None], KH, DH)
-                 & _in_window(kw[None, :], st_w[:, None], KW, DW))  # [BLOCK_Q, BLOCK_KT]
+        valid = (
+            q_ok[:, None]
+            & k_ok[None, :]
+            & _in_window(kd[None, :], st_d[:, None], KD, DD)
+            & _in_window(kh[None, :], st_h[:, None], KH, DH)
+            & _in_window(kw[None, :], st_w[:, None], KW, DW)
+        )  # [BLOCK_Q, BLOCK_KT]
         s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale
         p = tl.where(valid, tl.exp(s - lse[:, None]), 0.0)
         dv += tl.dot(tl.trans(p).to(do.dtype), do).to(tl.float32)
@@ -267,17 +363,34 @@ def _grid(shape, tile):
 
 def _common(q, kernel, dilation, scale):
     B, D, H, W, NH, E = q.shape
-    return dict(D=D, H=H, W=W, NH=NH, E=E, scale=scale, KD=kernel[0], KH=kernel[1], KW=kernel[2],
-                DD=dilation[0], DH=dilation[1], DW=dilation[2], TD=TILE[0], TH=TILE[1], TW=TILE[2],
-                BLOCK_E=max(16, triton.next_power_of_2(E)),
-                UPCAST=q.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1")
+    return dict(
+        D=D,
+        H=H,
+        W=W,
+        NH=NH,
+        E=E,
+        scale=scale,
+        KD=kernel[0],
+        KH=kernel[1],
+        KW=kernel[2],
+        DD=dilation[0],
+        DH=dilation[1],
+        DW=dilation[2],
+        TD=TILE[0],
+        TH=TILE[1],
+        TW=TILE[2],
+        BLOCK_E=max(16, triton.next_power_of_2(E)),
+        UPCAST=q.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1",
+    )
 
 
 def local_attn3d_forward(q, k, v, kernel, dilation, scale):
     B, D, H, W, NH, E = q.shape
     o = torch.empty_like(q)
     lse = torch.empty(B * NH, D * H * W, device=q.device, dtype=torch.float32)
-    _local_attn3d_fwd[_grid(q.shape, TILE)](q, k, v, o, lse, *q.stride(), **_common(q, kernel, dilation, scale), BLOCK_K=BLOCK)
+    _local_attn3d_fwd[_grid(q.shape, TILE)](
+        q, k, v, o, lse, *q.stride(), **_common(q, kernel, dilation, scale), BLOCK_K=BLOCK
+    )
     return o, lse
 
 

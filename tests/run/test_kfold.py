@@ -15,9 +15,19 @@ from tests.conftest import TINY, compose_train
 
 
 def _cfg(root, run, extra=()):
-    return compose_train([f"data.root={root}", *[o for o in TINY if not o.startswith("data.num_folds")],
-                          "cv.folds=2", "trainer.max_epochs=2", f"cv.run_dir={run}", "cv.worst_cases=1", *extra],
-                         run, config_name="kfold")
+    return compose_train(
+        [
+            f"data.root={root}",
+            *[o for o in TINY if not o.startswith("data.num_folds")],
+            "cv.folds=2",
+            "trainer.max_epochs=2",
+            f"cv.run_dir={run}",
+            "cv.worst_cases=1",
+            *extra,
+        ],
+        run,
+        config_name="kfold",
+    )
 
 
 def test_two_fold_cv_end_to_end_and_resume(synth_root, tmp_path):
@@ -81,9 +91,17 @@ def test_slurm_launcher_config_gives_submitit_parameters(tmp_path, monkeypatch):
     from seg.cli.common import CONF_DIR
 
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
-        hc = compose("kfold", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu",
-                                         "hydra.launcher.tasks_per_node=4", "hydra.launcher.gpus_per_node=4",
-                                         f"paths.output_dir={tmp_path}"], return_hydra_config=True)
+        hc = compose(
+            "kfold",
+            overrides=[
+                "hydra/launcher=slurm",
+                "hydra.launcher.partition=gpu",
+                "hydra.launcher.tasks_per_node=4",
+                "hydra.launcher.gpus_per_node=4",
+                f"paths.output_dir={tmp_path}",
+            ],
+            return_hydra_config=True,
+        )
     params = OmegaConf.to_container(hc.hydra.launcher, resolve=False)
     assert params["_target_"].endswith("SlurmLauncher")
     # as the plugin's launcher does: generic keys stay, the rest get the "slurm_" prefix
@@ -92,12 +110,21 @@ def test_slurm_launcher_config_gives_submitit_parameters(tmp_path, monkeypatch):
     import submitit.slurm.slurm as sl
 
     monkeypatch.setattr(sl.shutil, "which", lambda name: f"/usr/bin/{name}")  # no cluster here: pretend srun exists
-    ex = submitit.AutoExecutor(folder=str(tmp_path / "sub"), cluster="slurm", slurm_max_num_timeout=params["max_num_timeout"])
-    ex.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items() if k not in skip and v is not None})
+    ex = submitit.AutoExecutor(
+        folder=str(tmp_path / "sub"), cluster="slurm", slurm_max_num_timeout=params["max_num_timeout"]
+    )
+    ex.update_parameters(
+        **{k if k in base else f"slurm_{k}": v for k, v in params.items() if k not in skip and v is not None}
+    )
     p = ex._executor.parameters
     assert p["ntasks_per_node"] == 4 and p["gpus_per_node"] == 4 and p["partition"] == "gpu"
     assert p["time"] == 1440 and p["cpus_per_task"] == 8 and p["mem"] == "32GB"
     assert ex._executor.parameters["array_parallelism"] == 5
     sbatch = ex._executor._make_submission_file_text("python -m seg.cli.kfold", "123")
-    for line in ("#SBATCH --ntasks-per-node=4", "#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=4", "#SBATCH --time=1440"):
+    for line in (
+        "#SBATCH --ntasks-per-node=4",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --gpus-per-node=4",
+        "#SBATCH --time=1440",
+    ):
         assert line in sbatch
