@@ -1,10 +1,15 @@
-"""Training throughput of seg-train's loop (Hydra config -> Lightning Trainer) against a plain
-PyTorch + MONAI loop on the same network, data, transforms and batch, in one process.
+"""Training throughput, two tables, each against a baseline run in the same process.
 
-    python scripts/bench_train.py [--steps 30] [--data synthetic|hippocampus]
+    python scripts/bench_train.py [--steps 30] [--data synthetic|hippocampus] [--table loop|precision|both]
+                                  [--device cpu|cuda]
 
-Prints cases/s for both, their ratio (the Lightning/Hydra overhead) and the share of step time spent
-waiting for data. Validation is off in both loops (it is not part of the loop's overhead).
+``loop``: seg-train's loop (Hydra config -> Lightning Trainer) against a plain PyTorch + MONAI loop on the
+same network, data, transforms and batch: samples/s, their ratio (the Lightning/Hydra overhead) and the
+share of step time spent waiting for data.
+``precision``: seg-train's loop in fp32 (baseline) and under bf16 autocast (``trainer.precision=bf16-mixed``)
+for unet, agunet, daunet and unet_local_attn with the hippocampus experiments' settings (their data when
+``--data hippocampus``): s/step, the bf16/fp32 ratio and the data share.
+Validation is off in every loop (it is not part of a step's cost).
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ def plain_loop(dm, net_kwargs, loss_cfg, lr, steps, warmup):
     return time.perf_counter() - t_start, data_t
 
 
-def seg_loop(root, overrides, steps, warmup, out):
+def seg_loop(root, overrides, steps, warmup, out, device="cpu"):
     import pytorch_lightning as pl
     from hydra import compose, initialize_config_dir
 
@@ -88,10 +93,43 @@ def seg_loop(root, overrides, steps, warmup, out):
                 *overrides,
                 f"+trainer.max_steps={steps + warmup}",
                 "+trainer.limit_val_batches=0",
+                f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
             ],
         )
     train(cfg, extra_callbacks=[timer])
     return timer.t_end - timer.t_start, timer.data_t
+
+
+EXPERIMENTS = {
+    "unet": "hippocampus_unet",
+    "agunet": "hippocampus_agunet",
+    "daunet": "hippocampus_daunet",
+    "unet_local_attn": "hippocampus_local_attn",
+}
+
+
+def precision_table(a, root, overrides, tmp) -> None:
+    """fp32 (baseline) vs bf16-mixed s/step of each net through seg-train's loop, best of ``a.repeats``."""
+    base = [o for o in overrides if not o.startswith("experiment=")]
+    if a.data == "synthetic":  # the hippocampus nets' widths on the synthetic volumes, at their 40x56x40 patch
+        base += ["data=synthetic", "data.patch_size=[40,56,40]", "data.num_samples=1"]
+    print(
+        f"\nprecision: seg-train loop, {a.steps} steps after {a.warmup} warm-up, best of {a.repeats}, "
+        f"device {a.device}, data {a.data}, torch threads {torch.get_num_threads()}"
+    )
+    print(f"{'net':16s} {'precision':10s} {'s/step':>8s} {'x fp32':>7s} {'data share':>11s}")
+    for net in a.nets:
+        runs = {}
+        for prec in ("32-true", "bf16-mixed"):
+            ov = [f"experiment={EXPERIMENTS[net]}", *base, f"trainer.precision={prec}"]
+            if a.data == "synthetic":
+                ov = [o for o in ov if o != "data.num_workers=1"] + ["data.num_workers=1"]
+            res = [seg_loop(root, ov, a.steps, a.warmup, tmp / f"{net}_{prec}_{r}", a.device) for r in range(a.repeats)]
+            runs[prec] = min(res)
+        t32 = runs["32-true"][0] / a.steps
+        for prec, (t, d) in runs.items():
+            name = "fp32 (base)" if prec == "32-true" else "bf16"
+            print(f"{net:16s} {name:10s} {t / a.steps:8.3f} {t / a.steps / t32:7.2f} {d / t:10.1%}")
 
 
 def main() -> None:
@@ -100,7 +138,12 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--data", choices=["synthetic", "hippocampus"], default="synthetic")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--table", choices=["loop", "precision", "both"], default="both")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--nets", nargs="+", default=["unet", "agunet", "daunet", "unet_local_attn"])
     a = ap.parse_args()
+    if a.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: --device cuda but no CUDA device is available")
     torch.set_num_threads(2)
     from omegaconf import OmegaConf
 
@@ -137,6 +180,10 @@ def main() -> None:
     net_kwargs.pop("_target_")
     net_kwargs.update(in_channels=dm.spec.in_channels, out_channels=dm.spec.out_channels)
     loss_cfg = OmegaConf.to_container(cfg.model.loss, resolve=True)
+    if a.table in ("precision", "both"):
+        precision_table(a, root, overrides, tmp)
+    if a.table == "precision":
+        return
     per_step = dm.batch_size * dm.num_samples
     rows = {"plain PyTorch+MONAI loop": [], "seg-train loop (Lightning+Hydra)": []}
     for r in range(a.repeats):

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job: install, generate synthetic data, train a small 3D U-Net, predict unseen cases with the
-# trained model bundle, evaluate them. Offline; about 6-9 minutes on a 2-core CPU (plus the first install).
+# The main job: install, generate synthetic data, plan it for a 6-minute budget on this machine (seg-plan),
+# train the plan, predict unseen cases with the trained model bundle, evaluate them. Offline; about
+# 8 minutes on a 2-core CPU (plus the first install). DEMO_BUDGET sets the training budget (default 6m).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
@@ -10,31 +11,42 @@ RUN="outputs/demo/$(date +%Y-%m-%d_%H-%M-%S)"
 DATA="data/synthetic"
 UNSEEN="data/synthetic_unseen"
 
-echo "[demo] 1/4 synthetic dataset in $DATA"
+BUDGET="${DEMO_BUDGET:-6m}"
+PLAN="$RUN/plan.yaml"
+echo "[demo] 1/5 synthetic dataset in $DATA"
 if [ ! -f "$DATA/dataset.json" ]; then
   seg-synth -o "$DATA" -n 24 --seed 0 --shape 64 64 64
 fi
 seg-check-data "$DATA"
 
-echo "[demo] 2/4 training: seg-train experiment=synthetic_unet (run folder $RUN)"
-seg-train experiment=synthetic_unet data.root="$DATA" hydra.run.dir="$RUN" "$@"
+echo "[demo] 2/5 planning: seg-plan $DATA --budget $BUDGET (fingerprint, timing probe on this CPU)"
+seg-plan "$DATA" --budget "$BUDGET" -o "$PLAN" -q
 
-echo "[demo] 3/4 predicting 4 unseen cases with the run's model bundle: seg-predict"
+echo "[demo] 3/5 training the plan: seg-train plan=$PLAN (run folder $RUN)"
+seg-train plan="$PLAN" data.num_workers=1 hydra.run.dir="$RUN" "$@"
+
+echo "[demo] 4/5 predicting 4 unseen cases with the run's model bundle: seg-predict"
 if [ ! -f "$UNSEEN/dataset.json" ]; then
   seg-synth -o "$UNSEEN" -n 4 --seed 1000 --shape 64 64 64
 fi
 seg-predict -i "$UNSEEN/imagesTr" -o "$RUN/predictions" -m "$RUN/model" --png -q
 
-echo "[demo] 4/4 evaluating them: seg-eval"
+echo "[demo] 5/5 evaluating them: seg-eval"
 seg-eval -p "$RUN/predictions" -l "$UNSEEN/labelsTr" -d "$UNSEEN/dataset.json" -o "$RUN/predictions" --no-surface
 
-python - "$RUN" <<'PY'
+python - "$RUN" "$PLAN" <<'PY'
 import json, sys
-run = sys.argv[1]
+import yaml
+run, plan_path = sys.argv[1], sys.argv[2]
+plan = yaml.safe_load(open(plan_path))
 m = json.load(open(f"{run}/metrics.json"))
 s = json.load(open(f"{run}/predictions/summary.json"))
 d = s["mean"]["1"]["Dice"]
 print()
+d_, t_ = plan["data"], plan["trainer"]
+print(f"[demo] plan            : {plan_path}: patch {d_['patch_size']}, spacing {d_['spacing']} mm, "
+      f"filters {plan['model']['net']['filters']}, batch {d_['batch_size']}x{d_['num_samples']}, {t_['precision']}, "
+      f"budget {t_['max_time']} ({plan['planned']['steps_in_budget']} steps planned)")
 print(f"[demo] run folder      : {run}")
 print(f"[demo] resolved config : {run}/config.yaml")
 print(f"[demo] checkpoints     : {run}/checkpoints/ (best.ckpt on val/dice, last.ckpt for resuming)")

@@ -5,14 +5,19 @@ Bottom layer (beside ``seg.io``): imports nothing of seg, nor Lightning or Hydra
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from enum import Enum
+from pathlib import Path
 from typing import Any, TypeVar
 
 from monai.utils import look_up_option
 
 E = TypeVar("E", bound=Enum)
+
+# conf/ sits beside the package in the source tree (editable installs); SEG_CONF_DIR points elsewhere.
+CONF_DIR = os.environ.get("SEG_CONF_DIR", str(Path(__file__).resolve().parents[1] / "conf"))
 
 
 class UserError(Exception):

@@ -29,6 +29,7 @@ class Normalize(str, Enum):
     ZSCORE = "zscore"
     MINMAX = "minmax"
     WINDOW = "window"
+    CT = "ct"  # clip to [clip lo, hi], then z-score with the dataset's fixed mean and std (seg-plan's CT rule)
     NONE = "none"
 
 
@@ -86,6 +87,15 @@ def normalize_transform(normalize: Mapping) -> list:
     if mode == "window":
         lo, hi = normalize.get("window", (-1000.0, 1000.0))
         return [T.ScaleIntensityRanged(keys="image", a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)]
+    if mode == "ct":
+        # clip + z-score with fixed statistics is one linear map with clipping
+        lo, hi = normalize["clip"]
+        mean, std = float(normalize["mean"]), float(normalize["std"])
+        return [
+            T.ScaleIntensityRanged(
+                keys="image", a_min=lo, a_max=hi, b_min=(lo - mean) / std, b_max=(hi - mean) / std, clip=True
+            )
+        ]
     return []
 
 
@@ -161,7 +171,8 @@ def random_transforms(
     a = dict(augment or {})
     flip = float(a.get("flip_prob", 0.0))
     if flip > 0:
-        xs += [T.RandFlipd(keys=keys, prob=flip, spatial_axis=ax) for ax in range(3)]
+        axes = a.get("flip_axes")
+        xs += [T.RandFlipd(keys=keys, prob=flip, spatial_axis=ax) for ax in (range(3) if axes is None else axes)]
     affine_p = float(a.get("affine_prob", 0.0))
     if affine_p > 0:
         rot = math.radians(float(a.get("rotate_deg", 15.0)))

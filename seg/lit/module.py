@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -14,6 +15,7 @@ from monai.networks.utils import one_hot
 
 from seg.config import to_plain
 from seg.lit.losses import SegLoss
+from seg.lit.schedules import ProgressLR
 from seg.nn import create_net
 from seg.nn.inferer import InfererSpec, first_output, sliding_window
 
@@ -153,10 +155,28 @@ class SegModule(pl.LightningModule):
             opt = self.optimizer_factory(params=self.parameters())
         if self.scheduler_factory is None:
             return opt
-        return {
-            "optimizer": opt,
-            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=opt), "interval": "epoch"},
-        }
+        sched = self.scheduler_factory(optimizer=opt)
+        if isinstance(sched, ProgressLR):  # keyed on the fraction of training done: stepped after every step
+            sched.progress = self.training_progress
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+    def training_progress(self) -> float:
+        """Fraction of training done: of ``trainer.max_time`` (Lightning's Timer, which a resumed run continues)
+        or of the estimated optimiser steps, whichever limit is nearer, so the schedule ends with the run."""
+        from pytorch_lightning.callbacks import Timer
+
+        trainer = self.trainer
+        f = 0.0
+        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        remaining = timer.time_remaining("train") if timer is not None else None
+        if remaining is not None:
+            elapsed = timer.time_elapsed("train")
+            f = elapsed / max(elapsed + remaining, 1e-9)
+        total = trainer.estimated_stepping_batches
+        if total and math.isfinite(total):
+            f = max(f, trainer.global_step / total)
+        return f
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["seg_dice_best"] = float(self.dice_best)

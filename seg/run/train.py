@@ -94,6 +94,17 @@ def prepare_data(cfg):
     return dm
 
 
+def warn_without_plan(cfg) -> None:
+    """Own data trained on the generic defaults (no experiment, no plan): say once that seg-plan fits them."""
+    if cfg.get("planned") is None and cfg.get("task_name") in ("train", "kfold") and not cfg.data.get("synthetic"):
+        log.warning(
+            "%s is trained with the generic defaults (no plan, no experiment): run `seg-plan %s` and "
+            "`seg-train plan=PLAN.yaml` for a patch, width and schedule fitted to this data and budget",
+            cfg.data.root,
+            cfg.data.root,
+        )
+
+
 def train(cfg, extra_callbacks: list | None = None) -> TrainResult:
     """Train as ``cfg`` says; writes ``config.yaml``, checkpoints, ``metrics.json`` and ``model/`` to the run folder.
 
@@ -113,6 +124,7 @@ def train(cfg, extra_callbacks: list | None = None) -> TrainResult:
         pl.seed_everything(cfg.seed, workers=True)
     dm = prepare_data(cfg)
     spec = dm.spec
+    warn_without_plan(cfg)
     model = build_module(cfg, dm)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     callbacks += list(extra_callbacks or [])

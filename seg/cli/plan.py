@@ -1,0 +1,67 @@
+"""``seg-plan DATASET [--net unet] [--budget 20m] [--device cpu|cuda] [--memory-gb N] [-o PLAN.yaml]``.
+
+Fingerprints the dataset, measures the cost of candidate widths and patches on this device (or estimates
+them for one that is not present), and writes an experiment config that ``seg-train plan=PLAN.yaml`` and
+``seg-kfold plan=PLAN.yaml`` take as is (command-line overrides win). The runner is
+:func:`seg.plan.planner.make_plan`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="seg-plan", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("dataset", help="dataset folder (MSD or nnU-Net raw, with dataset.json)")
+    p.add_argument("--net", default="unet", help="registered network to plan (default unet)")
+    p.add_argument("--budget", default="20m", help="training time: 20m, 1h, 1h30m, DD:HH:MM:SS (default 20m)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument(
+        "--memory-gb",
+        type=float,
+        default=None,
+        help="memory the training may use (default: 80%% of the GPU, half the free RAM)",
+    )
+    p.add_argument("--min-steps", type=int, default=None, help="optimiser steps the budget must buy (default 2000)")
+    p.add_argument(
+        "-o", "--output", default=None, help="plan file (default outputs/plans/<dataset>_<net>_<budget>.yaml)"
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    from seg.cli.common import user_errors
+    from seg.io import write_text
+    from seg.plan.planner import MIN_STEPS, make_plan, plan_table, plan_yaml
+
+    name = Path(a.dataset).resolve().name
+    out = Path(a.output or f"outputs/plans/{name}_{a.net}_{a.budget.replace(':', '-')}.yaml")
+    try:
+        plan = make_plan(
+            a.dataset,
+            a.net,
+            a.budget,
+            a.device,
+            a.memory_gb,
+            out.with_suffix(".fingerprint.json"),
+            a.min_steps or MIN_STEPS,
+            progress=not a.quiet,
+        )
+    except (*user_errors(), ValueError) as e:
+        print(f"error: {e}".splitlines()[0], file=sys.stderr)
+        return 2
+    command = "seg-plan " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
+    write_text(out, plan_yaml(plan, command))
+    print(plan_table(plan))
+    print(f"\nplan: {out}\ntrain it: seg-train plan={out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

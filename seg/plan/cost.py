@@ -1,0 +1,150 @@
+"""The planner's cost model: seconds per training step of a candidate (net width, patch, batch, precision).
+
+On the present device it is measured: a short probe times forward + backward + optimiser step of the real
+network on random data of the candidate's shape (one warm-up step, then the best of ``reps``). For a
+device that is not present it is an estimate: the step's FLOPs (counted by ``torch.utils.flop_counter``
+on the meta device, so nothing runs) divided by the documented rate of :data:`COST_TABLE`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from seg.config import CONF_DIR, UserError
+from seg.lit.losses import SegLoss
+from seg.nn import create_net
+
+log = logging.getLogger(__name__)
+
+# Effective training throughput (useful FLOP/s of 3D U-Net forward+backward, not peak) for planning a
+# device that is not present. Estimates: a datacenter GPU of the A100 class sustains ~30-40 % of its
+# dense peak on 3D convolutions (fp32 via TF32 ~50 TFLOP/s, bf16 ~100 TFLOP/s, with cuDNN);
+# the CPU row is this project's 2-core AVX512-BF16 VM measured by scripts/bench_train.py.
+COST_TABLE = {
+    "cuda": {"fp32": 20e12, "bf16": 35e12},
+    "cpu": {"fp32": 60e9, "bf16": 90e9},
+}
+UNET_FAMILY = ("unet", "agunet", "daunet", "unet_local_attn")
+FILTER_CAP = 320  # nnU-Net's cap on the widest level
+CONF_NETS = Path(CONF_DIR) / "model" / "net"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    base: int  # filters of the first level (the width knob)
+    patch: tuple[int, ...]
+    batch: int
+    precision: str  # "fp32" | "bf16"
+
+
+def cpu_has_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls and convolutions run natively (oneDNN), faster than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def bf16_supported(device: str) -> bool:
+    if device == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return cpu_has_bf16()
+
+
+def net_defaults(net: str) -> dict:
+    """The net's kwargs from ``conf/model/net/<net>.yaml`` (what seg-train would build), without ``_target_``."""
+    path = CONF_NETS / f"{net}.yaml"
+    if not path.is_file():
+        raise UserError(f"seg-plan: {path}: no config for net {net!r}")
+    cfg = yaml.safe_load(path.read_text()) or {}
+    cfg.pop("_target_", None)
+    cfg.pop("name", None)
+    return cfg
+
+
+def width_kwargs(net: str, base: int, levels: int) -> dict:
+    """The kwargs that set a net's width from ``base`` (filters of the first level, doubling per level)."""
+    widths = [min(base * 2**i, FILTER_CAP) for i in range(levels)]
+    if net in UNET_FAMILY:
+        return {"filters": widths}
+    if net in ("monai_unet", "monai_attention_unet"):
+        return {"channels": widths}
+    if net == "swinunetr":
+        return {"feature_size": max(12, 12 * round(3 * base / 12))}  # divisible by 12; base 8 -> 24 (MONAI's)
+    planned = ", ".join((*UNET_FAMILY, "monai_unet", "monai_attention_unet", "swinunetr"))
+    raise UserError(f"seg-plan: no width rule for net {net!r} (planned nets: {planned})")
+
+
+def build(net: str, base: int, levels: int, in_ch: int, out_ch: int) -> torch.nn.Module:
+    kw = {**net_defaults(net), **width_kwargs(net, base, levels), "in_channels": in_ch, "out_channels": out_ch}
+    return create_net(net, **kw)
+
+
+def measure_step(
+    net: str, cand: Candidate, levels: int, in_ch: int, out_ch: int, device: str = "cpu", reps: int = 2
+) -> float:
+    """Seconds of one training step (fwd + bwd + AdamW), measured: the best of ``reps`` after a warm-up."""
+    torch.manual_seed(0)
+    model = build(net, cand.base, levels, in_ch, out_ch).to(device).train()
+    if device == "cpu":
+        model = model.to(memory_format=torch.channels_last_3d)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loss_fn = SegLoss({"name": "dice_ce"})
+    x = torch.randn(cand.batch, in_ch, *cand.patch, device=device)
+    if device == "cpu":
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    y = torch.randint(0, out_ch, (cand.batch, 1, *cand.patch), device=device)
+    best = float("inf")
+    for i in range(reps + 1):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=cand.precision == "bf16"):
+            loss = loss_fn(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i:
+            best = min(best, time.perf_counter() - t0)
+        elif time.perf_counter() - t0 > 30:  # far too slow to be chosen: one sample is enough
+            return time.perf_counter() - t0
+    return best
+
+
+def step_flops(net: str, cand: Candidate, levels: int, in_ch: int, out_ch: int) -> float:
+    """FLOPs of one training step (forward + backward), counted on the meta device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = build(net, cand.base, levels, in_ch, out_ch).train()
+        x = torch.randn(cand.batch, in_ch, *cand.patch)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        out = model(x)
+        out = out if isinstance(out, torch.Tensor) else sum(o.sum() for o in out)
+        out.sum().backward()
+    return float(counter.get_total_flops())
+
+
+def estimate_step(net: str, cand: Candidate, levels: int, in_ch: int, out_ch: int, device: str) -> float:
+    """Seconds of one training step on a device that is not present (an estimate from :data:`COST_TABLE`)."""
+    return step_flops(net, cand, levels, in_ch, out_ch) / COST_TABLE[device][cand.precision]
+
+
+def activation_gb(base: int, levels: int, patch: Sequence[int], batch: int, precision: str, in_ch: int = 1) -> float:
+    """A rough training memory estimate of a U-Net: ~12 stored tensors of each level's features (two convs,
+    their norms and activations, the skip and the decoder's), plus their gradients."""
+    voxels = float(torch.tensor(patch).prod())
+    per_level = sum(min(base * 2**i, FILTER_CAP) * voxels / 8**i for i in range(levels))
+    bytes_per = 2 if precision == "bf16" else 4
+    return 2 * 12 * per_level * batch * bytes_per / 1e9

@@ -1,0 +1,159 @@
+"""A dataset's fingerprint: what the planner needs to know of every case, computed once and cached.
+
+Per case: shape, spacing, orientation, each channel's intensity statistics inside the foreground (the
+label > 0; nnU-Net's choice, since the background differs between scanners), each label's voxel count,
+volume and connected components. Dataset level: the modality of each channel from ``dataset.json``.
+Computed in worker processes with a progress bar; cached as JSON next to the plan (never inside the
+dataset folder, which may be read-only) and reused while the dataset's files are unchanged (names,
+sizes and modification times).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from seg.data.datalist import Case, DatasetSpec
+from seg.io import write_text
+
+log = logging.getLogger(__name__)
+VERSION = 2
+SAMPLES_PER_CASE = 10_000  # foreground intensities kept per case for the dataset percentiles (nnU-Net's number)
+
+
+def dataset_key(spec: DatasetSpec) -> str:
+    """Changes when any image or label file is added, removed, resized or rewritten."""
+    h = hashlib.sha256(f"v{VERSION}:{spec.root}".encode())
+    for c in spec.cases:
+        for f in [*c.images, c.label or ""]:
+            st = os.stat(f) if f and os.path.exists(f) else None
+            h.update(f"{f}:{st.st_size if st else -1}:{st.st_mtime_ns if st else -1}".encode())
+    return h.hexdigest()[:16]
+
+
+def case_fingerprint(case: Case, label_ids: list[int], seed: int = 0) -> dict:
+    """Statistics of one case (see the module docstring)."""
+    from scipy import ndimage
+
+    ref = nib.load(case.images[0])
+    spacing = [float(z) for z in ref.header.get_zooms()[:3]]
+    shape = [int(s) for s in ref.shape[:3]]
+    lab = np.rint(np.asanyarray(nib.load(case.label).dataobj)).astype(np.int64) if case.label else None
+    fg = lab > 0 if lab is not None else None
+    channels = []
+    arrays = [np.asanyarray(nib.load(f).dataobj) for f in case.images]
+    if len(arrays) == 1 and arrays[0].ndim == 4:  # MSD multi-modal: channels last in one file
+        arrays = [arrays[0][..., i] for i in range(arrays[0].shape[3])]
+    rng = np.random.default_rng(seed)
+    for a in arrays:
+        a = np.asarray(a, dtype=np.float32)
+        inside = a[fg] if fg is not None and fg.any() else a.ravel()
+        sample = inside if inside.size <= SAMPLES_PER_CASE else rng.choice(inside, SAMPLES_PER_CASE, replace=False)
+        channels.append(
+            {
+                "mean": float(inside.mean()),
+                "std": float(inside.std()),
+                "min": float(inside.min()),
+                "max": float(inside.max()),
+                "p00_5": float(np.percentile(inside, 0.5)),
+                "p99_5": float(np.percentile(inside, 99.5)),
+                "zero_fraction": float((a == 0).mean()),
+                "sample": [round(float(x), 4) for x in sample],
+            }
+        )
+    labels = {}
+    voxel_ml = float(np.prod(spacing)) / 1000
+    for i in label_ids:
+        if i == 0 or lab is None:
+            continue
+        m = lab == i
+        n = int(ndimage.label(m, structure=np.ones((3, 3, 3), bool))[1]) if m.any() else 0
+        centroid = None
+        if m.any():  # world mm: NIfTI's RAS+ frame, whose axes are the array axes after training's RAS reorientation
+            vox = np.argwhere(m).mean(0)
+            centroid = [round(float(x), 2) for x in nib.affines.apply_affine(ref.affine, vox)]
+        labels[str(i)] = {
+            "voxels": int(m.sum()),
+            "volume_ml": float(m.sum()) * voxel_ml,
+            "components": n,
+            "centroid_ras": centroid,
+        }
+    return {
+        "case_id": case.case_id,
+        "shape": shape,
+        "spacing": spacing,
+        "orientation": "".join(nib.aff2axcodes(ref.affine)),
+        "foreground_fraction": float(fg.mean()) if fg is not None else None,
+        "channels": channels,
+        "labels": labels,
+    }
+
+
+def _one(args):
+    case, label_ids, seed = args
+    return case_fingerprint(case, label_ids, seed)
+
+
+def compute_fingerprint(
+    spec: DatasetSpec, cache: str | Path | None = None, workers: int | None = None, progress: bool = True
+) -> dict:
+    """The fingerprint of ``spec``; read from ``cache`` when it matches the dataset, else computed and saved there."""
+    key = dataset_key(spec)
+    if cache is not None and Path(cache).is_file():
+        try:
+            cached = json.loads(Path(cache).read_text())
+            if cached.get("key") == key:
+                log.info("fingerprint: reusing %s", cache)
+                return cached
+        except json.JSONDecodeError:
+            pass
+    workers = workers or min(len(spec.cases), os.cpu_count() or 1)
+    jobs = [(c, spec.label_ids, i) for i, c in enumerate(spec.cases)]
+    cases: list[dict] = []
+    bar = None
+    if progress:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        bar = Progress(
+            TextColumn("fingerprint"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+        )
+        task = bar.add_task("fingerprint", total=len(jobs))
+        bar.start()
+    try:
+        if workers > 1:
+            with ProcessPoolExecutor(workers) as pool:
+                for r in pool.map(_one, jobs, chunksize=4):
+                    cases.append(r)
+                    if bar:
+                        bar.advance(task)
+        else:
+            for j in jobs:
+                cases.append(_one(j))
+                if bar:
+                    bar.advance(task)
+    finally:
+        if bar:
+            bar.stop()
+    fp = {
+        "key": key,
+        "version": VERSION,
+        "root": spec.root,
+        "channel_names": spec.channel_names,
+        "labels": {str(k): v for k, v in spec.labels.items()},
+        "cases": cases,
+    }
+    if cache is not None:
+        write_text(cache, json.dumps(fp))
+    return fp

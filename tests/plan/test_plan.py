@@ -1,0 +1,134 @@
+"""seg-plan end to end on small generated data: the plan's choices, its YAML composing through plan= and
+training one batch, the estimate for an absent device, and the command's one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from hydra import compose, initialize_config_dir
+
+from seg.cli.common import plan_overrides
+from seg.config import CONF_DIR
+from seg.plan import cost
+from seg.plan.planner import make_plan, plan_yaml
+from seg.run.train import train
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def planned(synth_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("plan")
+    # 32^3 synthetic cases; a tiny budget so that the width/patch search has to trade
+    plan = make_plan(synth_root, "unet", "2m", "cpu", cache=out / "p.fingerprint.json", min_steps=300, progress=False)
+    path = out / "p.yaml"
+    path.write_text(plan_yaml(plan, "seg-plan test"))
+    return plan, path
+
+
+def test_plan_choices_follow_the_data_and_the_probes(planned, synth_root):
+    plan, _ = planned
+    assert plan.spacing == pytest.approx([6.25, 6.25, 6.25])  # 200 mm field of view in 32 voxels
+    assert plan.median_shape == [32, 32, 32] and plan.patch == [32, 32, 32] and plan.whole_volume
+    assert plan.normalize == {"mode": "zscore", "nonzero": False}
+    assert plan.flip_axes == [0, 1, 2]  # one label, anywhere: every axis mirrored
+    # the chosen width is the widest whose measured step buys min_steps; the next one up did not
+    train_s = plan.budget_s * 0.85
+    chosen = [p for p in plan.probes if p["base"] == plan.base and p["precision"] == plan.precision]
+    assert chosen and train_s / chosen[0]["step_s"] >= 300
+    wider = [p for p in plan.probes if p["base"] > plan.base and p["precision"] == plan.precision]
+    assert all(train_s / p["step_s"] < 300 for p in wider) or plan.base == 32
+    if cost.cpu_has_bf16():
+        t = {p["precision"]: p["step_s"] for p in plan.probes if p["base"] == 8}
+        assert plan.precision == ("bf16" if t["bf16"] <= 0.85 * t["fp32"] else "fp32")
+
+
+def test_plan_yaml_composes_through_plan_and_overrides_win(planned, synth_root, tmp_path):
+    plan, path = planned
+    args = plan_overrides([f"plan={path}", "data.batch_size=3", f"paths.output_dir={tmp_path}"])
+    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+        cfg = compose("train", overrides=args)
+    assert list(cfg.data.patch_size) == plan.patch and list(cfg.model.net.filters) == plan.filters
+    assert cfg.data.batch_size == 3  # the command line wins over the plan
+    assert cfg.trainer.max_time == "00:00:02:00" and cfg.trainer.val_check_interval == "00:00:01:00"
+    assert cfg.planned.steps_in_budget == plan.steps and cfg.callbacks.early_stopping is None
+    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+        cfg = compose(
+            "train",
+            overrides=[
+                *args,
+                "debug=fast_dev_run",
+                "~callbacks.rich_progress_bar",
+                "trainer.enable_model_summary=false",
+                "data.num_workers=0",
+            ],
+        )
+    r = train(cfg)
+    assert r.metrics["global_step"] == 1  # one batch trained with the planned config
+
+
+def test_plan_for_an_absent_gpu_is_an_estimate(synth_root, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present here: the plan would be measured")
+    plan = make_plan(synth_root, "unet", "1h", "cuda", cache=tmp_path / "fp.json", progress=False)
+    assert not plan.measured
+    text = plan_yaml(plan, "x")
+    assert "ESTIMATE" in text and "(estimate)" in plan.reasons["precision"]
+    # an hour of a datacenter GPU buys the widest net on these tiny volumes
+    assert plan.base == 32 and plan.precision == "bf16"
+    meta = yaml.safe_load(text)
+    assert meta["planned"]["measured"] is False
+
+
+def test_seg_plan_command_writes_plan_and_fingerprint_cache(synth_root, tmp_path):
+    out = tmp_path / "plans" / "x.yaml"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "seg.cli.plan",
+            str(synth_root),
+            "--budget",
+            "1m",
+            "--min-steps",
+            "50",
+            "-o",
+            str(out),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert out.is_file() and (tmp_path / "plans" / "x.fingerprint.json").is_file()
+    assert "patch" in r.stdout and f"seg-train plan={out}" in r.stdout
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [(["--budget", "soon"], "--budget"), (["--net", "unett"], "unett"), (["--net", "transdae"], "no width rule")],
+)
+def test_seg_plan_bad_arguments_are_one_line(synth_root, tmp_path, args, needle):
+    r = subprocess.run(
+        [sys.executable, "-m", "seg.cli.plan", str(synth_root), *args, "-o", str(tmp_path / "p.yaml"), "-q"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert r.returncode == 2 and needle in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_plan_file_that_does_not_exist_is_one_line(tmp_path):
+    from seg.config import UserError
+
+    with pytest.raises(UserError, match="plan file does not exist"):
+        plan_overrides([f"plan={tmp_path / 'nope.yaml'}"])
+    with pytest.raises(UserError, match="no experiment="):
+        plan_overrides([f"plan={tmp_path}", "experiment=hippocampus_unet"])

@@ -1,0 +1,90 @@
+"""Planning rules on hand-made fingerprints: spacing, pooling and patch, normalisation, mirroring, budgets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from seg.config import UserError
+from seg.plan import rules
+from seg.plan.planner import as_max_time, parse_budget
+
+
+def test_target_spacing_is_the_median_per_axis():
+    assert rules.target_spacing([[1, 1, 1], [1, 1, 2], [0.5, 1, 1.5]]) == [1.0, 1.0, 1.5]
+
+
+def test_anisotropic_coarse_axis_takes_its_10th_percentile():
+    sp = [[0.8, 0.8, z] for z in (5.0, 5.0, 5.0, 5.0, 2.5, 5.0, 6.0, 5.0, 5.0, 1.5)]
+    t = rules.target_spacing(sp)
+    assert t[:2] == [0.8, 0.8]
+    assert t[2] == pytest.approx(np.percentile([s[2] for s in sp], 10))  # not the median 5.0
+
+
+def test_hippocampus_median_case_gives_nnunets_patch():
+    # MSD hippocampus: median 35x50x36 at 1 mm; nnU-Net v2 plans 40x56x40
+    assert rules.pools_per_axis([35, 50, 36]) == [3, 3, 3]
+    assert rules.round_patch([35, 50, 36]) == [40, 56, 40]
+    assert rules.round_patch([64, 64, 64]) == [64, 64, 64]
+    assert rules.pools_per_axis([200, 7, 64]) == [5, 0, 4]
+
+
+def test_shrink_patch_reduces_the_largest_axis_and_stays_poolable():
+    p = rules.shrink_patch([64, 64, 128])
+    assert p[2] < 128 and p[:2] == [64, 64]
+    assert all(s % 2**k == 0 for s, k in zip(p, rules.pools_per_axis(p)))
+
+
+def _chan(sample, zero=0.0):
+    return [{"sample": list(sample), "zero_fraction": zero, "mean": float(np.mean(sample))}]
+
+
+def test_ct_is_clipped_to_foreground_percentiles_and_z_scored():
+    rng = np.random.default_rng(0)
+    cases = [_chan(rng.normal(40, 20, 1000).tolist() + [3000.0, -1000.0]) for _ in range(5)]
+    n = rules.normalization(["CT"], cases)
+    pooled = np.concatenate([c[0]["sample"] for c in cases])
+    lo, hi = np.percentile(pooled, [0.5, 99.5])
+    assert n["mode"] == "ct" and n["clip"] == [round(lo, 2), round(hi, 2)]
+    assert n["mean"] == pytest.approx(np.clip(pooled, lo, hi).mean(), abs=1e-3)
+    assert n["std"] == pytest.approx(np.clip(pooled, lo, hi).std(), abs=1e-3)
+
+
+def test_mr_is_z_scored_over_nonzero_voxels_only_when_the_background_is_masked():
+    assert rules.normalization(["T1"], [_chan([1, 2, 3], zero=0.0)] * 3) == {"mode": "zscore", "nonzero": False}
+    assert rules.normalization(["FLAIR"], [_chan([1, 2, 3], zero=0.6)] * 3) == {"mode": "zscore", "nonzero": True}
+
+
+def _case(c1, c2=None):
+    labels = {"1": {"centroid_ras": c1}}
+    if c2 is not None:
+        labels["2"] = {"centroid_ras": c2}
+    return {"labels": labels}
+
+
+def test_mirroring_keeps_axes_along_which_two_labels_keep_their_order():
+    rng = np.random.default_rng(0)
+    # label 1 always anterior (axis 1) of label 2; along axes 0 and 2 their order is random
+    cases = []
+    for _ in range(20):
+        a = rng.normal(size=3)
+        b = a + np.array([rng.normal(), -5.0, rng.normal()])
+        cases.append(_case(a.tolist(), b.tolist()))
+    axes, why = rules.mirror_axes(cases)
+    assert axes == [0, 2] and "axis 1" in why
+    # one label anywhere: every axis may be mirrored
+    assert rules.mirror_axes([_case(rng.normal(size=3).tolist()) for _ in range(20)])[0] == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    "text, seconds", [("20m", 1200), ("1h", 3600), ("1h30m", 5400), ("90s", 90), ("45", 2700), ("00:01:00:00", 3600)]
+)
+def test_budget_parsing(text, seconds):
+    assert parse_budget(text) == seconds
+    assert parse_budget(as_max_time(seconds)) == seconds
+
+
+@pytest.mark.parametrize("bad", ["twenty", "20x", "0m", ""])
+def test_bad_budget_is_one_line(bad):
+    with pytest.raises(UserError, match="--budget"):
+        parse_budget(bad)
