@@ -49,6 +49,20 @@ def read_nifti(path: str | Path) -> NiftiVolume:
     return NiftiVolume(data=data, affine=np.asarray(img.affine, dtype=np.float64), header=img.header, path=path)
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it (``os.umask`` sets it, racing other threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, write_fn) -> None:
     """Call ``write_fn(tmp_path)`` for a temporary file beside ``path``, then rename it into place."""
     path = Path(path)
@@ -58,6 +72,7 @@ def atomic_write_bytes(path: str | Path, write_fn) -> None:
     os.close(fd)
     try:
         write_fn(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp made it 0600; a file seg writes is as the umask says
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "-o", "--output", default=None, help="plan file (default outputs/plans/<dataset>_<net>_<budget>.yaml)"
     )
+    p.add_argument(
+        "--fingerprint", default=None, help="fingerprint cache (default: beside the plan, <plan>.fingerprint.json)"
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
@@ -49,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             a.budget,
             a.device,
             a.memory_gb,
-            out.with_suffix(".fingerprint.json"),
+            Path(a.fingerprint) if a.fingerprint else out.with_suffix(".fingerprint.json"),
             a.min_steps or MIN_STEPS,
             progress=not a.quiet,
         )
@@ -57,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}".splitlines()[0], file=sys.stderr)
         return 2
     command = "seg-plan " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
-    write_text(out, plan_yaml(plan, command))
+    # a dataset given relative to the project folder stays relative to it (plans committed in conf/)
+    rel = None if Path(a.dataset).is_absolute() else "${paths.root_dir}/" + Path(a.dataset).as_posix()
+    write_text(out, plan_yaml(plan, command, rel, out.stem))
     print(plan_table(plan))
     print(f"\nplan: {out}\ntrain it: seg-train plan={out}")
     return 0

@@ -79,7 +79,10 @@ def width_kwargs(net: str, base: int, levels: int) -> dict:
         return {"channels": widths}
     if net == "swinunetr":
         return {"feature_size": max(12, 12 * round(3 * base / 12))}  # divisible by 12; base 8 -> 24 (MONAI's)
-    planned = ", ".join((*UNET_FAMILY, "monai_unet", "monai_attention_unet", "swinunetr"))
+    if net == "transdae":  # stage widths 4b, 8b, 16b (b = 8: the light3d preset's 32, 64, 128), 32 per head at b >= 8
+        h = max(1, base // 8)
+        return {"dims": [4 * base, 8 * base, 16 * base], "heads": [h, 2 * h, 4 * h]}
+    planned = ", ".join((*UNET_FAMILY, "monai_unet", "monai_attention_unet", "swinunetr", "transdae"))
     raise UserError(f"seg-plan: no width rule for net {net!r} (planned nets: {planned})")
 
 

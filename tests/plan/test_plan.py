@@ -111,7 +111,7 @@ def test_seg_plan_command_writes_plan_and_fingerprint_cache(synth_root, tmp_path
 
 @pytest.mark.parametrize(
     "args, needle",
-    [(["--budget", "soon"], "--budget"), (["--net", "unett"], "unett"), (["--net", "transdae"], "no width rule")],
+    [(["--budget", "soon"], "--budget"), (["--net", "unett"], "unett"), (["--budget", "0m"], "positive")],
 )
 def test_seg_plan_bad_arguments_are_one_line(synth_root, tmp_path, args, needle):
     r = subprocess.run(
@@ -132,3 +132,23 @@ def test_plan_file_that_does_not_exist_is_one_line(tmp_path):
         plan_overrides([f"plan={tmp_path / 'nope.yaml'}"])
     with pytest.raises(UserError, match="no experiment="):
         plan_overrides([f"plan={tmp_path}", "experiment=hippocampus_unet"])
+
+
+def test_every_registered_net_has_a_width_rule_that_builds():
+    from seg.nn import list_nets
+
+    for net in list_nets():
+        small = sum(p.numel() for p in cost.build(net, 4, 3, 1, 2).parameters())
+        large = sum(p.numel() for p in cost.build(net, 16, 3, 1, 2).parameters())
+        assert 0 < small < large, net  # a wider base gives a wider net
+
+
+def test_seg_plan_missing_dataset_is_one_line(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "seg.cli.plan", str(tmp_path / "nope"), "-q"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert r.returncode == 2 and "nope" in r.stderr and len(r.stderr.strip().splitlines()) == 1

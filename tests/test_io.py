@@ -1,0 +1,34 @@
+"""seg.io's writes: atomic, and readable as the umask says (not mkstemp's 0600)."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from seg.io import current_umask, write_text
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_follow_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        assert current_umask() == umask
+        write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "a.txt").st_mode) == mode
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]  # no temporary file left beside it
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    from seg.io import atomic_write_bytes
+
+    def boom(tmp):
+        open(tmp, "w").write("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write_bytes(tmp_path / "b.bin", boom)
+    assert list(tmp_path.iterdir()) == []
