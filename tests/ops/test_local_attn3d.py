@@ -181,3 +181,16 @@ def test_custom_op_backward_reuses_the_saved_log_sum_exp(monkeypatch):
     ref = local_attn3d(q, k, v, (3, 5, 3), scale=0.4, backend="reference")
     for a, b in zip(torch.autograd.grad(ref, (q, k, v), torch.ones_like(ref)), grads):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("gain", [60.0, 100.0])
+def test_torch_backend_masks_exactly_with_large_logits(gain):
+    """Scores around 1e4 and beyond: an additive finite mask would let out-of-window keys in."""
+    torch.manual_seed(0)
+    shape = (1, 7, 8, 9, 2, 16)
+    q, k, v = [torch.randn(*shape, dtype=torch.float64) for _ in range(3)]
+    q, k = q * gain, k * gain
+    ref = local_attn3d(q, k, v, 3, backend="reference")
+    out = local_attn3d(q.float(), k.float(), v.float(), 3, backend="torch").double()
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, ref, atol=2e-4, rtol=1e-4)
