@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import wilcoxon
 
+from seg.data.datalist import case_id_from_path
+
 
 class CompareError(ValueError):
     pass
@@ -27,7 +29,8 @@ def _summary(run: str | Path) -> tuple[Path, dict]:
 def _per_case_dice(s: dict) -> dict[str, float]:
     out = {}
     for c in s["metric_per_case"]:
-        cid = c.get("case_id") or Path(c["reference_file"]).name
+        # a CV summary keys cases by id, seg-eval's by file: the id from the reference's name pairs both kinds
+        cid = c.get("case_id") or case_id_from_path(c["reference_file"])
         vals = [m.get("Dice") for m in c["metrics"].values()]
         vals = [v for v in vals if v is not None and not math.isnan(v)]
         if vals:

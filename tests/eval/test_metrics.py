@@ -159,3 +159,36 @@ def test_compare_paired_wilcoxon(tmp_path, capsys):
     assert r["wilcoxon_p"] == pytest.approx(wilcoxon(b, a).pvalue) and r["wilcoxon_p"] < 0.01
     assert "Wilcoxon" in capsys.readouterr().out
     assert main(["compare", str(tmp_path / "A"), str(tmp_path / "nope")]) == 1
+
+
+def test_compare_pairs_a_kfold_run_with_a_seg_eval_folder_by_case_id(tmp_path):
+    import json
+
+    from seg.eval.compare import compare_runs
+
+    ids = [f"hippocampus_{i:03d}" for i in range(6)]
+    cv = [
+        {
+            "case_id": c,
+            "fold": 0,
+            "prediction_file": f"/cv/fold_0/validation/{c}.nii.gz",
+            "reference_file": f"/data/labelsTr/{c}.nii.gz",
+            "metrics": {"1": {"Dice": 0.5 + i / 20}},
+        }
+        for i, c in enumerate(ids)
+    ]
+    ev = [
+        {
+            "prediction_file": f"/pred/{c}.nii.gz",
+            "reference_file": f"/data/labelsTr/{c}.nii.gz",
+            "metrics": {"1": {"Dice": 0.6 + i / 20}},
+        }
+        for i, c in enumerate(ids)
+    ]
+    (tmp_path / "cv").mkdir()
+    (tmp_path / "ev").mkdir()
+    (tmp_path / "cv" / "cv_summary.json").write_text(json.dumps({"metric_per_case": cv}))
+    (tmp_path / "ev" / "summary.json").write_text(json.dumps({"metric_per_case": ev}))
+    r = compare_runs(tmp_path / "cv", tmp_path / "ev")
+    assert r["n_cases"] == 6 and r["mean_diff"] == pytest.approx(0.1)
+    assert [p["case"] for p in r["per_case"]] == ids
