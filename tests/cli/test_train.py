@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -63,7 +64,8 @@ def test_run_folder_contents_and_resume(synth_root, tmp_path):
     assert m2["global_step"] == m1["global_step"] * 3 // 2
     lr1 = ck["lr_schedulers"][0]["last_epoch"]
     ck2 = torch.load(run2 / "checkpoints" / "last.ckpt", weights_only=True)
-    assert ck2["lr_schedulers"][0]["last_epoch"] == lr1 + 1
+    # the schedule steps after every optimiser step and continued from the checkpoint's count
+    assert lr1 == m1["global_step"] and ck2["lr_schedulers"][0]["last_epoch"] == m2["global_step"]
 
 
 def _cli(args: list[str], **kw) -> subprocess.Popen:
@@ -107,6 +109,15 @@ def test_killed_mid_epoch_run_resumes_and_finishes(synth_root, tmp_path):
     out, err = q.communicate(timeout=300)
     assert q.returncode == 0, err[-2000:]
     assert json.loads((run2 / "metrics.json").read_text())["epochs"] == ck["epoch"] + 3
+    # the schedule continued from the checkpoint (no restart at the base rate) and reached its end value
+    base_lr = ck["optimizer_states"][0]["param_groups"][0]["initial_lr"]
+    rows = list(csv.DictReader(open(run2 / "csv" / "metrics.csv")))
+    lr_col = next(k for k in rows[0] if k.startswith("lr-"))
+    first_lr = next(float(r[lr_col]) for r in rows if r.get(lr_col))
+    assert first_lr < 0.9 * base_lr
+    ck2 = torch.load(run2 / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ck2["global_step"] > ck["global_step"]
+    assert ck2["optimizer_states"][0]["param_groups"][0]["lr"] == 0.0
 
 
 def test_bad_dataset_stops_with_one_line_per_error(synth_copy, tmp_path):
