@@ -43,9 +43,9 @@ def read_nifti(path: str | Path) -> NiftiVolume:
         img = nib.load(path)
         data = np.asanyarray(img.dataobj)
     except (EOFError, zlib.error, OSError) as e:
-        raise NiftiError(f"unreadable or truncated ({type(e).__name__}: {e})") from None
+        raise NiftiError(" ".join(f"unreadable or truncated ({type(e).__name__}: {e})".split())) from None
     except Exception as e:  # nibabel raises several types for a bad header
-        raise NiftiError(f"not a readable NIfTI file ({type(e).__name__}: {e})") from None
+        raise NiftiError(" ".join(f"not a readable NIfTI file ({type(e).__name__}: {e})".split())) from None
     return NiftiVolume(data=data, affine=np.asarray(img.affine, dtype=np.float64), header=img.header, path=path)
 
 

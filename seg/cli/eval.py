@@ -7,34 +7,8 @@ or folders/files with a summary.json) with a Wilcoxon signed-rank test.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
-
-
-def compare_main(argv: list[str]) -> int:
-    from seg.eval.compare import CompareError, compare_runs
-
-    p = argparse.ArgumentParser(prog="seg-eval compare", description="paired comparison of two evaluated runs")
-    p.add_argument("run_a")
-    p.add_argument("run_b")
-    p.add_argument("-o", "--output", default=None, help="write the comparison as JSON here")
-    a = p.parse_args(argv)
-    try:
-        r = compare_runs(a.run_a, a.run_b)
-    except (CompareError, FileNotFoundError, json.JSONDecodeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(
-        f"{r['n_cases']} paired cases: mean Dice A {r['dice_a']:.4f}, B {r['dice_b']:.4f}; "
-        f"B - A mean {r['mean_diff']:+.4f}, median {r['median_diff']:+.4f}; B better in {r['b_better']}, "
-        f"A better in {r['a_better']}; Wilcoxon signed-rank p = {r['wilcoxon_p']:.4g}"
-    )
-    if a.output:
-        from seg.io import write_text
-
-        write_text(a.output, json.dumps(r, indent=1))
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +16,8 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "compare":
+        from seg.cli.compare import main as compare_main
+
         return compare_main(argv[1:])
 
     p = argparse.ArgumentParser(prog="seg-eval", description=__doc__)
@@ -53,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tolerance-mm", type=float, default=2.0, help="surface Dice tolerance")
     p.add_argument("--bins", type=float, nargs="+", default=[3.0], help="volume bin edges in ml")
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--allow-missing", action="store_true", help="exit 0 although references have no prediction")
     a = p.parse_args(argv)
     labels = None
     if a.dataset_json:
@@ -75,7 +52,13 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{s['labels'][k]}={v['Dice']:.4f}" for k, v in s["mean"].items() if v.get("Dice") is not None)
     )
     print(f"summary: {Path(a.output or a.pred) / 'summary.json'}")
-    return 0
+    for b in s["bad_cases"]:
+        print(f"BAD {b['case']}: {b['problem']}", file=sys.stderr)
+    if s["missing_cases"]:
+        print(f"MISSING {len(s['missing_cases'])} predictions: {', '.join(s['missing_cases'][:20])}", file=sys.stderr)
+    for cid, ids in s["undeclared_labels"].items():
+        print(f"UNDECLARED {cid}: label ids {ids} are not in the dataset's labels (not scored)", file=sys.stderr)
+    return 1 if s["bad_cases"] or (s["missing_cases"] and not a.allow_missing) else 0
 
 
 if __name__ == "__main__":

@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--png", action="store_true", help="an overlay montage per case (<case>.png)")
     p.add_argument("--workers", type=int, default=1, help="threads reading and checking the next inputs ahead")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--overwrite", action="store_true", help="replace masks that exist in OUTPUT")
+    g.add_argument("--continue", dest="resume", action="store_true", help="skip cases whose mask is in OUTPUT")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -49,17 +52,19 @@ def main(argv: list[str] | None = None) -> int:
     from seg.inference.batch import BatchOptions, predict_cases
     from seg.inference.bundle import load_bundle
     from seg.inference.cases import discover
-    from seg.inference.options import check_paths, parse_folds, resolve_device
+    from seg.inference.options import check_output_folder, check_paths, existing_outputs, parse_folds, resolve_device
 
     try:
         inp, out = check_paths(a.input, a.output)
+        check_output_folder(out)
         bundle = load_bundle(a.model)
         folds = parse_folds(a.folds, bundle.folds)
         device = resolve_device(a.device)
-        predictor = bundle.predictor(folds, device, a.tta, a.overlap, a.threshold)
         cases = discover(inp, len(bundle.meta["channel_names"]))
         if not cases:
             raise FileNotFoundError(f"{inp}: no NIfTI files (.nii, .nii.gz) found")
+        cases = existing_outputs(cases, out, a.overwrite, a.resume)
+        predictor = bundle.predictor(folds, device, a.tta, a.overlap, a.threshold)
     except (*user_errors(), ValueError, RuntimeError) as e:
         print(f"error: {e}".splitlines()[0], file=sys.stderr)
         return 2

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from seg.data.synthetic import write_dataset
+
+MIN_SHAPE, MAX_SHAPE = 16, 512  # the head model needs room for scalp, skull and lesions
+
+
+def _fail(msg: str) -> int:
+    print(f"error: {msg}", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,10 +23,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shape", type=int, nargs=3, default=[64, 64, 64], metavar=("X", "Y", "Z"))
     p.add_argument("--layout", choices=["msd", "nnunet"], default="msd")
+    p.add_argument("--overwrite", action="store_true", help="write into a folder that holds a dataset already")
     a = p.parse_args(argv)
     if a.num_cases < 1:
-        p.error("-n must be at least 1")
-    out = write_dataset(a.output, a.num_cases, a.seed, tuple(a.shape), a.layout)
+        return _fail(f"-n {a.num_cases}: at least 1 case")
+    if min(a.shape) < MIN_SHAPE or max(a.shape) > MAX_SHAPE:
+        return _fail(f"--shape {' '.join(map(str, a.shape))}: each axis {MIN_SHAPE} to {MAX_SHAPE} voxels")
+    out = Path(a.output)
+    if out.exists() and not out.is_dir():
+        return _fail(f"{out}: exists and is not a folder")
+    if (out / "dataset.json").exists() and not a.overwrite:
+        return _fail(f"{out}: holds a dataset already (dataset.json); --overwrite to replace it, or another -o")
+    out = write_dataset(out, a.num_cases, a.seed, tuple(a.shape), a.layout)
     print(f"wrote {a.num_cases} synthetic cases to {out}")
     return 0
 

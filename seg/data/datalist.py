@@ -97,6 +97,21 @@ def load_dataset(root: str | Path) -> DatasetSpec:
     )
 
 
+def _channel_names(meta_path: Path, channels, key: str) -> list[str]:
+    """``{"0": "T1", "1": "FLAIR"}`` -> names in channel order; keys must be the integers 0..n-1."""
+    if not isinstance(channels, dict) or not channels:
+        raise DatasetError(f'{meta_path}: {key!r} must map channel numbers to names, e.g. {{"0": "T1"}}')
+    try:
+        ids = sorted(int(k) for k in channels)
+    except (TypeError, ValueError):
+        bad = next(k for k in channels if not str(k).strip().lstrip("-").isdigit())
+        raise DatasetError(f"{meta_path}: {key!r} key {bad!r} is not a channel number (0, 1, ...)") from None
+    if ids != list(range(len(ids))):
+        raise DatasetError(f"{meta_path}: {key!r} keys must be 0..{len(ids) - 1}, got {ids}")
+    by_id = {int(k): v for k, v in channels.items()}
+    return [str(by_id[i]) for i in ids]
+
+
 def _parse_label_ids(meta_path: Path, labels: dict, name_to_id: bool) -> dict[int, str]:
     out: dict[int, str] = {}
     for k, v in labels.items():
@@ -118,8 +133,14 @@ def _load_msd(root: Path, meta_path: Path, meta: dict) -> DatasetSpec:
     from monai.data import load_decathlon_datalist
 
     modality = meta.get("modality") or meta.get("channel_names") or {"0": "image"}
-    channel_names = [str(modality[k]) for k in sorted(modality, key=int)]
+    channel_names = _channel_names(meta_path, modality, "modality")
     labels = _parse_label_ids(meta_path, meta.get("labels") or {}, name_to_id=False)
+    training = meta.get("training")
+    if not isinstance(training, list) or not training:
+        raise DatasetError(f"{meta_path}: 'training' must be a non-empty list of {{'image': ..., 'label': ...}}")
+    for k, item in enumerate(training):
+        if not isinstance(item, dict) or "image" not in item or "label" not in item:
+            raise DatasetError(f"{meta_path}: training entry {k} needs 'image' and 'label' (got {item!r:.80})")
     try:
         items = load_decathlon_datalist(meta_path, is_segmentation=True, data_list_key="training", base_dir=root)
     except (KeyError, ValueError, TypeError) as e:
@@ -139,8 +160,7 @@ def _load_msd(root: Path, meta_path: Path, meta: dict) -> DatasetSpec:
 
 
 def _load_nnunet(root: Path, meta_path: Path, meta: dict) -> DatasetSpec:
-    ch = meta["channel_names"]
-    channel_names = [str(ch[k]) for k in sorted(ch, key=int)]
+    channel_names = _channel_names(meta_path, meta["channel_names"], "channel_names")
     labels = _parse_label_ids(meta_path, meta.get("labels") or {}, name_to_id=True)
     ending = meta.get("file_ending", ".nii.gz")
     images_dir, labels_dir = root / "imagesTr", root / "labelsTr"

@@ -16,7 +16,7 @@ from monai import transforms as T
 from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset, partition_dataset
 
 from seg.config import check_option
-from seg.data.datalist import DatasetSpec, load_dataset
+from seg.data.datalist import DatasetError, DatasetSpec, load_dataset
 from seg.data.splits import load_or_create_splits
 from seg.data.transforms import deterministic_transforms, random_transforms
 
@@ -56,7 +56,9 @@ class SegDataModule(pl.LightningDataModule):
         num_folds: K of the k-fold split.
         split_seed: seed of the split.
         splits_file: where the splits are read from (if present) or saved.
-        synthetic: ``{n, seed, shape}`` to generate the synthetic dataset into ``root`` if it is missing.
+        synthetic: ``{n, seed, shape, folder}``: generate the synthetic dataset into ``root`` if it is missing
+            and ``root`` is ``folder`` (the project's own synthetic folder): a mistyped ``data.root`` is an
+            error, not a place to fill with synthetic cases.
     """
 
     def __init__(
@@ -117,6 +119,12 @@ class SegDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         """Generate the synthetic dataset if this data config asks for it and it is not there yet."""
         if self.synthetic and not (Path(self.root) / "dataset.json").exists():
+            folder = self.synthetic.get("folder")
+            if folder is not None and Path(folder).resolve() != Path(self.root).resolve():
+                raise DatasetError(
+                    f"{Path(self.root).resolve()}: no dataset.json there (data.root points at a folder without a "
+                    f"dataset; synthetic cases are generated only into {Path(folder).resolve()})"
+                )
             from seg.data.synthetic import write_dataset
 
             s = self.synthetic

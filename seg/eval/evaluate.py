@@ -54,18 +54,22 @@ def evaluate_case(
         raise EvalError(f"{pred_path}: affine differs from the reference's ({ref_path})")
     spacing = [float(x) for x in ref.header.get_zooms()[:3]]
     p, r = np.rint(p).astype(np.int64), np.rint(r).astype(np.int64)
+    undeclared = sorted(set(np.unique(p).tolist()) - set(labels))
     metrics = case_metrics(p, r, spacing, labels, surface, tolerance_mm)
     detection = {}
     for i in sorted(labels):
         if i:
             d = case_detection(case_id_from_path(ref_path), p == i, r == i, spacing, overlap, min_voxels)
             detection[str(i)] = d
-    return {
+    out = {
         "prediction_file": str(pred_path),
         "reference_file": str(ref_path),
         "metrics": metrics,
         "_detection": detection,
     }
+    if undeclared:  # label ids the dataset does not declare: not scored under any label, so reported
+        out["undeclared_labels"] = [int(i) for i in undeclared]
+    return out
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -125,17 +129,33 @@ def evaluate_folders(
     missing = sorted(set(refs) - set(preds))
     if missing:
         log.warning("%d references have no prediction (not evaluated): %s", len(missing), ", ".join(missing[:10]))
+    unmatched = sorted(set(preds) - set(refs))
     if labels is None:
         ids = set()
         for c in common:
             ids |= set(np.unique(np.rint(np.asanyarray(read_nifti(refs[c]).data))).astype(int).tolist())
         labels = {i: str(i) for i in sorted(ids | {0})}
     workers = workers or min(4, os.cpu_count() or 1)
+
+    def one(c):  # a bad case (wrong grid, unreadable) is reported; the others are still evaluated
+        try:
+            return evaluate_case(str(preds[c]), str(refs[c]), labels, surface, tolerance_mm)
+        except EvalError as e:
+            return {"_bad": str(e)}
+
     with ThreadPoolExecutor(workers) as pool:
-        per_case = list(
-            pool.map(lambda c: evaluate_case(str(preds[c]), str(refs[c]), labels, surface, tolerance_mm), common)
-        )
+        results = list(pool.map(one, common))
+    bad = [{"case": c, "problem": r["_bad"]} for c, r in zip(common, results) if "_bad" in r]
+    per_case = [r for r in results if "_bad" not in r]
+    if not per_case:
+        raise EvalError(f"{pred_dir}: no prediction could be evaluated ({bad[0]['problem']})")
     summary = aggregate(per_case, labels, bins)
+    summary["bad_cases"] = bad
+    summary["missing_cases"] = missing
+    summary["unmatched_predictions"] = unmatched
+    summary["undeclared_labels"] = {
+        case_id_from_path(c["prediction_file"]): c["undeclared_labels"] for c in per_case if c.get("undeclared_labels")
+    }
     summary["labels"] = {str(k): v for k, v in labels.items()}
     summary["metric_per_case"] = [{k: v for k, v in c.items() if k != "_detection"} for c in per_case]
     summary = json_safe(summary)

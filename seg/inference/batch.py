@@ -65,6 +65,7 @@ class BatchOptions:
 class BatchResult:
     written: list[dict] = field(default_factory=list)  # one summary row per written case
     failures: list[tuple[str, str]] = field(default_factory=list)  # (case id, one-line problem)
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (case id, one-line warning): predicted anyway
     output: Path | None = None
 
 
@@ -211,7 +212,10 @@ def predict_cases(
         with ThreadPoolExecutor(max(1, options.workers)) as pool:
             checks = [pool.submit(validate, c) for c in cases]  # read-ahead: inputs checked while predicting
             for c, check in zip(cases, checks):
-                problem = check.result()
+                problem, warnings = check.result()
+                for w in warnings:
+                    log.warning("%s", w)
+                    result.warnings.append((c.case_id, w))
                 if problem is None and str((out / c.output_name).resolve()) in inputs:
                     problem = f"output {out / c.output_name} would overwrite an input"
                 if problem is None:

@@ -25,7 +25,43 @@ FORMAT = "seg-model/1"
 
 
 class BundleError(ValueError):
-    pass
+    """A model bundle or checkpoint cannot be used; the message is one line naming the file."""
+
+
+REQUIRED = ("net", "labels", "channel_names", "preprocessing", "folds")
+
+
+def one_line(e: BaseException) -> str:
+    return " ".join(f"{type(e).__name__}: {e}".split())[:300]
+
+
+def load_weights(path: Path, device: str = "cpu") -> dict:
+    """A plain state dict, weights-only; missing, empty or unreadable files are one-line BundleErrors."""
+    if not path.is_file():
+        raise BundleError(f"{path}: weights missing")
+    if path.stat().st_size == 0:
+        raise BundleError(f"{path}: weights file is empty (0 bytes)")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # torch raises many types for a corrupt or foreign file
+        raise BundleError(f"{path}: not a readable weights file ({one_line(e)})") from None
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BundleError(f"{path}: not a state dict of tensors")
+    return dict(state)
+
+
+def check_state_fits(net: torch.nn.Module, state: Mapping, path: Path, name: str) -> None:
+    """Weights of another architecture (or width) -> one line with the counts, not PyTorch's key dump."""
+    own = net.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or shapes:
+        first = (shapes or missing or unexpected)[0]
+        raise BundleError(
+            f"{path}: weights do not fit the {name!r} net of model.yaml ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected, {len(shapes)} of another shape, e.g. {first}): another architecture?"
+        )
 
 
 @dataclass
@@ -77,7 +113,7 @@ class Bundle:
         )
 
     def load_nets(self, folds: Sequence[int] | None = None, device: str = "cpu") -> list[torch.nn.Module]:
-        """One network per fold, weights loaded with ``weights_only=True``."""
+        """One network per fold, weights loaded with ``weights_only=True``; every problem one line naming the file."""
         folds = self.folds if folds is None else list(folds)
         unknown = sorted(set(folds) - set(self.folds))
         if unknown:
@@ -87,10 +123,12 @@ class Bundle:
         nets = []
         for k in folds:
             path = self.root / f"fold_{k}" / "weights.pt"
-            if not path.is_file():
-                raise BundleError(f"{path}: weights missing")
-            state = torch.load(path, map_location=device, weights_only=True)
-            net = create_net(name, **net_cfg)
+            state = load_weights(path, device)
+            try:
+                net = create_net(name, **net_cfg)
+            except (KeyError, TypeError, ValueError) as e:
+                raise BundleError(f"{self.root / 'model.yaml'}: net {name!r} cannot be built ({one_line(e)})") from None
+            check_state_fits(net, state, path, name)
             net.load_state_dict(state)
             nets.append(net.eval())
         return nets
@@ -142,18 +180,31 @@ def load_bundle(root: str | Path) -> Bundle:
     try:
         meta = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise BundleError(f"{path}: not valid YAML ({e})") from None
+        raise BundleError(f"{path}: not valid YAML ({one_line(e)})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise BundleError(f"{path}: unknown bundle format {meta.get('format') if isinstance(meta, dict) else None!r}")
+    missing = [k for k in REQUIRED if k not in meta]
+    if missing:
+        raise BundleError(f"{path}: {', '.join(missing)} missing (a seg model bundle records {', '.join(REQUIRED)})")
+    if not isinstance(meta["net"], dict) or "name" not in meta["net"]:
+        raise BundleError(f"{path}: net needs a registered network's name and kwargs")
     return Bundle(root, meta)
 
 
 def read_checkpoint(ckpt_path: str | Path) -> tuple[dict, dict]:
     """The network's state dict and the module's hyper-parameters (``net`` = ``{name, kwargs}``,
     ``inferer``, ...) from a Lightning checkpoint, loaded weights-only."""
-    ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    path = Path(ckpt_path)
+    if not path.is_file() or path.stat().st_size == 0:
+        raise BundleError(f"{path}: checkpoint missing or empty")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        hp = dict(ck["hyper_parameters"])
+        hp["net"]["name"]
+    except Exception as e:  # truncated, foreign or not a seg checkpoint
+        raise BundleError(f"{path}: not a readable seg checkpoint ({one_line(e)})") from None
     state = {k[len("net.") :]: v for k, v in ck["state_dict"].items() if k.startswith("net.")}
-    return state, dict(ck["hyper_parameters"])
+    return state, hp
 
 
 def export_run_bundle(model_dir: str | Path, ckpt: str | Path, spec, preprocessing: Mapping, fold: int) -> Path:

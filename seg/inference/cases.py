@@ -23,8 +23,14 @@ class InputCase:
     extra: dict = field(default_factory=dict)
 
 
+NOT_NIFTI = (".mha", ".mhd", ".nrrd", ".nhdr", ".dcm", ".mgz", ".mnc", ".img", ".hdr", ".tif", ".tiff")
+SPACING_MM = (0.1, 20.0)  # outside this a voxel size is implausible for a clinical volume
+MIN_AXIS = 4  # fewer voxels along an axis than this: not a 3D volume worth segmenting
+
+
 def _is_nifti(p: Path) -> bool:
-    return p.is_file() and p.name.endswith(NIFTI_ENDINGS)
+    # hidden names are never inputs: seg's own temporaries are ".<name>.<random>.part.nii.gz"
+    return p.is_file() and p.name.endswith(NIFTI_ENDINGS) and not p.name.startswith(".")
 
 
 def _ending(p: Path) -> str:
@@ -33,13 +39,23 @@ def _ending(p: Path) -> str:
 
 def discover(input_path: str | Path, n_channels: int) -> list[InputCase]:
     """Group the input into cases. Files named ``CASE_0000`` ... ``CASE_{n-1:04d}`` form one multi-channel
-    case (nnU-Net's habit); any other NIfTI file is a single-channel case. A case with a channel missing
-    is returned with its ``problem`` set."""
+    case (nnU-Net's habit); any other NIfTI file is a single-channel case. A case that cannot be predicted
+    (a channel missing, two files with one case id, an image in another format) is returned with its
+    ``problem`` set, so the batch reports it beside the others."""
+    from seg.config import UserError
+
     input_path = Path(input_path)
+    others: list[Path] = []
     if _is_nifti(input_path):
         files = [input_path]
+    elif input_path.is_file():
+        raise UserError(f"{input_path}: not a NIfTI file (.nii, .nii.gz); convert it first (e.g. with SimpleITK)")
     elif input_path.is_dir():
-        files = sorted(p for p in input_path.iterdir() if _is_nifti(p))
+        entries = sorted(input_path.iterdir())
+        files = [p for p in entries if _is_nifti(p)]
+        others = [
+            p for p in entries if p.is_file() and p.name.lower().endswith(NOT_NIFTI) and not p.name.startswith(".")
+        ]
     else:
         raise FileNotFoundError(f"{input_path}: no such NIfTI file or folder")
     grouped: dict[str, dict[int, Path]] = {}
@@ -57,9 +73,8 @@ def discover(input_path: str | Path, n_channels: int) -> list[InputCase]:
         extra = sorted(set(chans) - set(range(n_channels)))
         problem = None
         if missing:
-            problem = (
-                f"channel file(s) {', '.join(f'{cid}_{c:04d}' for c in missing)} missing (the model needs {n_channels})"
-            )
+            names = ", ".join(f"{cid}_{c:04d}" for c in missing)
+            problem = f"channel file(s) {names} missing (the model needs {n_channels})"
         elif extra:
             names = ", ".join(f"{cid}_{c:04d}" for c in extra)
             problem = f"unexpected channel file(s) {names} (the model takes {n_channels})"
@@ -71,28 +86,66 @@ def discover(input_path: str | Path, n_channels: int) -> list[InputCase]:
             None if n_channels == 1 else f"the model needs {n_channels} channel files ({cid}_0000 ...), got one file"
         )
         cases.append(InputCase(cid, [str(f)], problem, f.name))
+    by_id: dict[str, list[InputCase]] = {}
+    for c in cases:
+        by_id.setdefault(c.case_id, []).append(c)
+    for cid, same in by_id.items():
+        if len(same) > 1:
+            names = ", ".join(Path(c.files[0]).name for c in same)
+            for c in same:
+                c.problem = f"case id {cid!r} is given by {len(same)} inputs ({names}): rename or remove one"
+    for p in others:
+        cases.append(
+            InputCase(case_id_from_path(p), [str(p)], f"{p.name}: not NIfTI (.nii, .nii.gz); convert it first", p.name)
+        )
     return cases
 
 
-def validate(case: InputCase) -> str | None:
-    """One-line problem of a case's files (unreadable, wrong rank, NaN/inf, channel grids differ), or None."""
+def check_volume(name: str, v) -> tuple[str | None, list[str]]:
+    """(problem, warnings) of one loaded volume: what makes it unusable, and what makes it implausible."""
+    d = v.data
+    if d.ndim == 4 and d.shape[3] == 1:
+        d = d[..., 0]
+    if d.ndim != 3:
+        return f"{name}: is {v.data.ndim}D with shape {list(v.data.shape)}; expected a 3D volume", []
+    if not (np.issubdtype(d.dtype, np.integer) or np.issubdtype(d.dtype, np.floating) or d.dtype == bool):
+        return f"{name}: data type {d.dtype} is not supported (integers or floats)", []
+    if np.issubdtype(d.dtype, np.floating) and not np.isfinite(d).all():
+        return f"{name}: has {int((~np.isfinite(d)).sum())} NaN/inf voxels", []
+    if abs(float(np.linalg.det(v.affine[:3, :3]))) < 1e-9:
+        return f"{name}: its affine is singular (no grid to put the mask on)", []
+    warnings = []
+    lo, hi = float(d.min()), float(d.max())
+    if lo == hi:
+        warnings.append(f"{name}: every voxel is {lo:g} (empty or constant): its mask will be background")
+    if min(d.shape) < MIN_AXIS:
+        warnings.append(f"{name}: shape {list(d.shape)} has an axis of fewer than {MIN_AXIS} voxels")
+    zooms = [float(z) for z in v.header.get_zooms()[:3]]
+    if any(not SPACING_MM[0] <= z <= SPACING_MM[1] for z in zooms):
+        warnings.append(f"{name}: spacing {zooms} mm is outside {SPACING_MM[0]}-{SPACING_MM[1]} mm: check its header")
+    return None, warnings
+
+
+def validate(case: InputCase) -> tuple[str | None, list[str]]:
+    """``(problem, warnings)`` of a case's files: unreadable, wrong rank, unsupported type, NaN/inf, singular
+    affine or channel grids that differ are problems; empty/constant volumes, thin axes and implausible
+    spacings are warnings (predicted, with one line each)."""
     if case.problem:
-        return case.problem
+        return case.problem, []
     shape = affine = None
+    warnings: list[str] = []
     for f in case.files:
         try:
             v = read_nifti(f)
         except NiftiError as e:
-            return f"{Path(f).name}: {e}"
-        d = v.data
-        if d.ndim == 4 and d.shape[3] == 1:
-            d = d[..., 0]
-        if d.ndim != 3:
-            return f"{Path(f).name}: is {v.data.ndim}D with shape {list(v.data.shape)}; expected a 3D volume"
-        if np.issubdtype(d.dtype, np.floating) and not np.isfinite(d).all():
-            return f"{Path(f).name}: has {int((~np.isfinite(d)).sum())} NaN/inf voxels"
+            return f"{Path(f).name}: {e}", warnings
+        problem, w = check_volume(Path(f).name, v)
+        warnings += w
+        if problem:
+            return problem, warnings
+        d = v.data[..., 0] if v.data.ndim == 4 else v.data
         if shape is None:
             shape, affine = d.shape, v.affine
         elif d.shape != shape or not np.allclose(v.affine, affine, atol=GRID_TOL):
-            return f"{Path(f).name}: grid differs from {Path(case.files[0]).name}"
-    return None
+            return f"{Path(f).name}: grid differs from {Path(case.files[0]).name}", warnings
+    return None, warnings

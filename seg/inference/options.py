@@ -38,3 +38,36 @@ def resolve_device(name: str) -> str:
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda but no CUDA device is available")
     return name
+
+
+def check_output_folder(out: Path) -> None:
+    """The output folder exists or can be made, is a folder, and takes a file (checked by writing one)."""
+    import tempfile
+
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: output exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{out}: output folder cannot be created ({e.strerror or e})") from None
+    try:
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".seg_write_test."):
+            pass
+    except OSError as e:
+        raise UserError(f"{out}: output folder is not writable ({e.strerror or e})") from None
+
+
+def existing_outputs(cases, out: Path, overwrite: bool, resume: bool) -> list:
+    """The cases to predict. Masks of these cases (or a summary.csv) already in ``out`` stop the command before
+    any inference, unless ``overwrite`` (replace them) or ``resume`` (skip the cases whose mask exists)."""
+    done = [c for c in cases if (out / c.output_name).exists()]
+    if resume:
+        return [c for c in cases if c not in done]
+    if (done or (out / "summary.csv").exists()) and not overwrite:
+        what = f"{len(done)} of the {len(cases)} masks" if done else "a summary.csv"
+        example = f" (e.g. {done[0].output_name})" if done else ""
+        raise UserError(
+            f"{out}: {what} exist already{example}: --overwrite replaces them, --continue skips "
+            "the cases whose mask is there"
+        )
+    return list(cases)

@@ -100,6 +100,13 @@ def run_fold(cfg, k: int, splits_path: Path, run_dir: Path) -> dict:
         return json.loads(done.read_text())
     t0 = time.time()
     result = train(fold_config(cfg, k, splits_path, fold_dir))
+    if result.model_bundle is None:
+        from seg.config import UserError
+
+        raise UserError(
+            f"{fold_dir}: fold {k} ended before its first epoch finished: no checkpoint to predict with "
+            "(raise trainer.max_time or trainer.max_epochs)"
+        )
     cases = predict_validation(fold_dir, result, bool(cfg.cv.get("save_probabilities", True)))
     dst = run_dir / "model" / f"fold_{k}"  # the CV's bundle (model.yaml written at the end)
     dst.mkdir(parents=True, exist_ok=True)
@@ -122,8 +129,10 @@ def kfold(cfg) -> dict:
 
     from seg.eval.cv_report import evaluate_cv
     from seg.inference.bundle import load_bundle, write_bundle_meta
+    from seg.run.checks import validate_config
     from seg.run.train import prepare_data
 
+    validate_config(cfg)
     run_dir = Path(cfg.cv.get("run_dir") or cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     spec = prepare_data(cfg).spec

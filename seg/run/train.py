@@ -96,7 +96,9 @@ def prepare_data(cfg):
 
 def warn_without_plan(cfg) -> None:
     """Own data trained on the generic defaults (no experiment, no plan): say once that seg-plan fits them."""
-    if cfg.get("planned") is None and cfg.get("task_name") in ("train", "kfold") and not cfg.data.get("synthetic"):
+    syn = cfg.data.get("synthetic") or {}
+    own = not syn or (syn.get("folder") and Path(syn["folder"]).resolve() != Path(cfg.data.root).resolve())
+    if cfg.get("planned") is None and cfg.get("task_name") in ("train", "kfold") and own:
         log.warning(
             "%s is trained with the generic defaults (no plan, no experiment): run `seg-plan %s` and "
             "`seg-train plan=PLAN.yaml` for a patch, width and schedule fitted to this data and budget",
@@ -114,6 +116,9 @@ def train(cfg, extra_callbacks: list | None = None) -> TrainResult:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from seg.run.checks import validate_config
+
+    validate_config(cfg)
     t0 = time.time()
     # expected on cases without foreground (negative patches only); not worth a line per batch
     warnings.filterwarnings("ignore", message="Num foregrounds 0")
@@ -133,8 +138,15 @@ def train(cfg, extra_callbacks: list | None = None) -> TrainResult:
     if trainer.is_global_zero:
         write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     ckpt = cfg.get("ckpt_path")
-    if ckpt and not Path(ckpt).is_file():
-        raise UserError(f"{ckpt}: checkpoint to resume from does not exist")
+    if ckpt:
+        from seg.inference.bundle import BundleError, read_checkpoint
+
+        if not Path(ckpt).is_file():
+            raise UserError(f"{ckpt}: checkpoint to resume from does not exist")
+        try:
+            read_checkpoint(ckpt)  # a truncated or foreign file is one line here, not a traceback in Lightning
+        except BundleError as e:
+            raise UserError(str(e)) from None
     trainer.fit(model, datamodule=dm, ckpt_path=ckpt)
 
     ckpt_cb = trainer.checkpoint_callback  # the first ModelCheckpoint: best on val/dice

@@ -152,3 +152,27 @@ def test_seg_plan_missing_dataset_is_one_line(tmp_path):
         timeout=120,
     )
     assert r.returncode == 2 and "nope" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_own_data_without_a_plan_warns_once_and_a_plan_does_not(planned, synth_root, tmp_path, caplog):
+    from tests.conftest import TINY, compose_train
+
+    base = ["debug=fast_dev_run", *TINY, f"data.root={synth_root}"]
+    for extra, warned in ((["data=default"], True), ([], True)):  # both data groups, own folder
+        caplog.clear()
+        train(compose_train([*base, *extra], tmp_path / f"r{len(extra)}"))
+        assert sum("seg-plan" in r.message for r in caplog.records) == int(warned)
+    _, path = planned
+    caplog.clear()
+    args = plan_overrides(
+        [
+            f"plan={path}",
+            f"paths.output_dir={tmp_path / 'p'}",
+            "debug=fast_dev_run",
+            "~callbacks.rich_progress_bar",
+            "data.num_workers=0",
+        ]
+    )
+    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+        train(compose("train", overrides=args))
+    assert not any("seg-plan" in r.message for r in caplog.records)
