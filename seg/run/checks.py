@@ -48,6 +48,14 @@ def _fits(value: Any, hint: Any) -> bool:
 
 
 def _name(hint: Any) -> str:
+    """``Optional[int]`` -> ``int or None``; ``Literal['a', 'b']`` -> ``one of ['a', 'b']``."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(dict.fromkeys(_name(a) for a in typing.get_args(hint)))
+    if origin is typing.Literal:
+        return f"one of {list(typing.get_args(hint))}"
+    if hint is type(None):
+        return "None"
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
