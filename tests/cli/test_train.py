@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from seg.run.train import train
@@ -114,7 +115,8 @@ def test_killed_mid_epoch_run_resumes_and_finishes(synth_root, tmp_path):
     rows = list(csv.DictReader(open(run2 / "csv" / "metrics.csv")))
     lr_col = next(k for k in rows[0] if k.startswith("lr-"))
     first_lr = next(float(r[lr_col]) for r in rows if r.get(lr_col))
-    assert first_lr < 0.9 * base_lr
+    ck_lr = ck["optimizer_states"][0]["param_groups"][0]["lr"]
+    assert ck_lr < base_lr and first_lr == pytest.approx(ck_lr)  # resumed at the checkpoint's LR, not the base
     ck2 = torch.load(run2 / "checkpoints" / "last.ckpt", weights_only=True)
     assert ck2["global_step"] > ck["global_step"]
     assert ck2["optimizer_states"][0]["param_groups"][0]["lr"] == 0.0
