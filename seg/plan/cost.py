@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 # Effective training throughput (useful FLOP/s of 3D U-Net forward+backward, not peak) for planning a
 # device that is not present. Estimates: a datacenter GPU of the A100 class sustains ~30-40 % of its
 # dense peak on 3D convolutions (fp32 via TF32 ~50 TFLOP/s, bf16 ~100 TFLOP/s, with cuDNN);
-# the CPU row is this project's 2-core AVX512-BF16 VM measured by scripts/bench_train.py.
+# the CPU row is an estimate for a 2-core AVX512-BF16 VM like this project's (not measured as FLOP/s; on the
+# present CPU the planner measures instead of using this table).
 COST_TABLE = {
     "cuda": {"fp32": 20e12, "bf16": 35e12},
     "cpu": {"fp32": 60e9, "bf16": 90e9},

@@ -26,6 +26,7 @@ import numpy as np
 
 from seg.config import UserError
 from seg.data.datalist import load_dataset
+from seg.nn import list_nets
 from seg.plan import cost, rules
 from seg.plan.fingerprint import compute_fingerprint
 
@@ -108,7 +109,7 @@ def make_plan(
 
     spec = load_dataset(root)
     budget_s = budget if isinstance(budget, int) else parse_budget(budget)
-    if net not in __import__("seg.nn", fromlist=["list_nets"]).list_nets():
+    if net not in list_nets():
         raise UserError(f"seg-plan: --net {net!r} is not a registered network")
     cost.width_kwargs(net, 8, 3)  # refuses nets without a width rule now, before any work
     measured = device == "cpu" or (device == "cuda" and torch.cuda.is_available())
