@@ -1,6 +1,10 @@
 """3D neighbourhood attention on the CPU: seg's torch path against PyTorch flex_attention (compiled, with a
 block mask; its mask build reported apart), dense SDPA with a boolean mask (where it fits) and the naive
-reference, in one process. Ratios are to flex_attention's forward.
+reference, in one process. Ratios are to flex_attention's forward. Memory twice: the peak a call adds in
+this process once its shape's plan is cleared (``fwd peak MB``), and the peak the first call adds in a
+new process (``fresh-process MB``: every one-time cost counted, the plan, its masks, first-use buffers and
+imports; dense SDPA's boolean mask included), as a ratio to dense SDPA's (``x dense``); the fwd+bwd
+column is the first training call in a new process (autograd goes through the custom op).
 
     python scripts/bench_local_attn3d.py [--sizes 16 24 32 40] [--kernels 7 5 9] [--no-flex]
 
@@ -65,6 +69,37 @@ def dense_natten_mask(n: int, kernel: int, device: str = "cpu") -> torch.Tensor:
     ).reshape(n**3, n**3)
 
 
+def fresh_first_call(impl: str, n: int, kernel: int) -> None:
+    """In this (new) process: make the inputs, then print the peak RSS the first call adds, in MB: every
+    one-time cost of the method counted (seg's cached plan and masks, the kernels' first-use buffers,
+    whatever the call imports), as flex_attention's block mask is counted."""
+    from seg.ops import local_attn3d
+
+    q, k, v = [torch.randn(1, n, n, n, HEADS, HEAD_DIM) for _ in range(3)]
+    if impl == "seg torch":
+        with torch.no_grad():
+            m = peak_memory_mb(lambda: local_attn3d(q, k, v, kernel, backend="torch"))
+    elif impl == "seg torch fwd+bwd":
+        q.requires_grad_(True)
+        m = peak_memory_mb(lambda: local_attn3d(q, k, v, kernel, backend="torch").sum().backward())
+    else:
+        mask = dense_natten_mask(n, kernel)
+        qs, ks_, vs = [x.reshape(1, n**3, HEADS, HEAD_DIM).transpose(1, 2) for x in (q, k, v)]
+        with torch.no_grad():
+            m = peak_memory_mb(lambda: torch.nn.functional.scaled_dot_product_attention(qs, ks_, vs, attn_mask=mask))
+        m += mask.numel() * mask.element_size() / 2**20  # the mask is the method's cost too
+    print(f"{m:.1f}")
+
+
+def fresh_mb(impl: str, n: int, kernel: int) -> float | None:
+    import subprocess
+
+    r = subprocess.run(
+        [sys.executable, __file__, "--fresh", impl, str(n), str(kernel)], capture_output=True, text=True, check=False
+    )
+    return float(r.stdout.split()[-1]) if r.returncode == 0 and r.stdout.split() else None
+
+
 def bench_size(n: int, kernel: int, roof: float, flex_on: bool, max_dense_gb: float, max_flex_gb: float) -> list[dict]:
     from seg.ops import local_attn3d
 
@@ -95,6 +130,8 @@ def bench_size(n: int, kernel: int, roof: float, flex_on: bool, max_dense_gb: fl
         local_attn3d(qg, kg, vg, kernel, backend="torch").sum().backward()
 
     row("seg torch", t, timeit(fb, reps=2), m, f"roof here {near_roof:.0f} GFLOP/s", rate_roof=near_roof)
+    rows[-1]["fresh"] = fresh_mb("seg torch", n, kernel)
+    rows[-1]["fresh_fb"] = fresh_mb("seg torch fwd+bwd", n, kernel)
     # flex attention, compiled, with a block mask
     # create_block_mask evaluates mask_mod on the N x N grid: eagerly that is ~36 B per pair (6.7 GB at 24^3,
     # out of memory at 32^3); compiled (_compile=True) it works block by block (~0.3 GB at 24^3, but ~17 s)
@@ -139,6 +176,8 @@ def bench_size(n: int, kernel: int, roof: float, flex_on: bool, max_dense_gb: fl
             t = timeit(lambda: f(qs, ks_, vs, attn_mask=mask), reps=1)
             m = peak_memory_mb(lambda: f(qs, ks_, vs, attn_mask=mask))
         row("dense SDPA + bool mask", t, None, m)
+        del mask
+        rows[-1]["fresh"] = fresh_mb("dense", n, kernel)
     else:
         row("dense SDPA + bool mask", None, None, None, f"skipped: ~{dense_gb:.0f} GB")
     if n <= 24:
@@ -147,7 +186,9 @@ def bench_size(n: int, kernel: int, roof: float, flex_on: bool, max_dense_gb: fl
             m = peak_memory_mb(lambda: local_attn3d(q, k, v, kernel, backend="reference"))
         row("naive reference", t, None, m)
     base = next((r["fwd"] for r in rows if r["impl"].startswith("flex") and r["fwd"]), None)
+    dense = next((r.get("fresh") for r in rows if r["impl"].startswith("dense")), None)
     for r in rows:
+        r["fresh_x"] = r["fresh"] / dense if dense and r.get("fresh") else None
         r["x"] = r["fwd"] / base if base and r["fwd"] else None
         r["fb_x"] = r["fb"] / r["fwd"] if r["fb"] and r["fwd"] else None
     return rows
@@ -189,7 +230,11 @@ def main() -> None:
         help="above this estimated eager mask-build memory, build flex's block mask compiled",
     )
     ap.add_argument("--gpu-only", action="store_true", help="only the CUDA section (scripts/gpu_check.sh)")
+    ap.add_argument("--fresh", nargs=3, metavar=("IMPL", "N", "K"), help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.fresh:
+        fresh_first_call(a.fresh[0], int(a.fresh[1]), int(a.fresh[2]))
+        return
     if a.gpu_only:
         if not torch.cuda.is_available():
             raise SystemExit("error: --gpu-only but no CUDA device is available")
@@ -217,6 +262,9 @@ def main() -> None:
             ("fb_x", "fb/fwd", ".2f"),
             ("rate", "useful/roof", ".1%"),
             ("mem", "fwd peak MB", ".0f"),
+            ("fresh", "fresh-process MB", ".0f"),
+            ("fresh_x", "x dense", ".3f"),
+            ("fresh_fb", "fresh fwd+bwd MB", ".0f"),
             ("note", "note", "s"),
         ],
     )

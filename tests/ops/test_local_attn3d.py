@@ -194,3 +194,40 @@ def test_torch_backend_masks_exactly_with_large_logits(gain):
     out = local_attn3d(q.float(), k.float(), v.float(), 3, backend="torch").double()
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, ref, atol=2e-4, rtol=1e-4)
+
+
+def test_inference_skips_the_custom_op_and_training_uses_it(monkeypatch):
+    import sys
+
+    fn = sys.modules["seg.ops.local_attn3d.functional"]  # the package name is shadowed by the function
+
+    q, k, v = [torch.randn(1, 6, 5, 7, 2, 8, dtype=torch.float64) for _ in range(3)]
+    ref = local_attn3d(q, k, v, 3, backend="reference")
+    calls = []
+    real = fn.local_attn3d_op
+    monkeypatch.setattr(fn, "local_attn3d_op", lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad():
+        torch.testing.assert_close(local_attn3d(q, k, v, 3, backend="torch"), ref)
+    torch.testing.assert_close(local_attn3d(q, k, v, 3, backend="torch"), ref)  # grad on, nothing requires it
+    assert calls == []
+    qg = q.clone().requires_grad_(True)
+    local_attn3d(qg, k, v, 3, backend="torch").sum().backward()
+    assert calls == [1] and qg.grad is not None and torch.isfinite(qg.grad).all()
+
+
+def test_inference_first_call_imports_no_tracing_machinery():
+    # the custom op's first call imports sympy and more (~180 MB of RSS once per process, 3.5x the op's
+    # own first-call memory at 24^3): an inference-only process must not pay it
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from seg.ops import local_attn3d\n"
+        "q = torch.randn(1, 8, 8, 8, 2, 8)\n"
+        "with torch.no_grad():\n"
+        "    local_attn3d(q, q, q, 3, backend='torch')\n"
+        "print('sympy' in sys.modules)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "False"

@@ -17,6 +17,7 @@ import torch
 from seg.config import check_option
 from seg.ops.local_attn3d.custom_op import local_attn3d_op
 from seg.ops.local_attn3d.reference import local_attn3d_reference
+from seg.ops.local_attn3d.torch_impl import local_attn3d_torch_forward
 
 
 class Backend(str, Enum):
@@ -85,6 +86,10 @@ def local_attn3d(
     if backend == "reference":
         return local_attn3d_reference(q, k, v, ks, dil, float(scale))
     if backend == "torch":
+        if not _needs_graph(q, k, v):
+            # inference in eager mode: the implementation itself, no custom-op dispatch (whose first call
+            # imports torch's tracing machinery, sympy among it: ~180 MB of RSS once per process)
+            return local_attn3d_torch_forward(q, k, v, ks, dil, float(scale))[0]
         return local_attn3d_op(q, k, v, list(ks), list(dil), float(scale))
     if not _triton_available():
         raise RuntimeError("local_attn3d: backend='triton' needs the triton package (Linux x86_64)")
@@ -96,6 +101,11 @@ def local_attn3d(
     from seg.ops.local_attn3d.autograd import TritonNeighbourhoodAttention
 
     return TritonNeighbourhoodAttention.apply(q, k, v, ks, dil, float(scale))
+
+
+def _needs_graph(*ts: torch.Tensor) -> bool:
+    """Whether the call must go through the custom op: autograd records it, or torch.compile traces it."""
+    return torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(t.requires_grad for t in ts))
 
 
 def _triton_available() -> bool:
