@@ -5,10 +5,19 @@
 #   CUDA:           docker build -t seg:cuda --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu126 .
 #                   (or another base: --build-arg BASE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04 with python3)
 #   model baked in: docker build -t seg:mymodel --build-arg MODEL_DIR=outputs/kfold/runs/<run>/model .
+#   no registry (offline machines): a base from Debian's packages, torch from a local wheel folder:
+#                   bash scripts/docker_base.sh    # -> seg-base:bookworm
+#                   podman build -t seg --build-arg BASE=seg-base:bookworm --build-arg TORCH_INDEX= \
+#                     --build-arg WHEELS=/wheels -v /opt/wheels:/wheels:ro .
+#                   (behind a TLS-intercepting proxy add --build-arg CA_BUNDLE=/ca.crt -v /etc/ssl/certs/ca-certificates.crt:/ca.crt:ro)
 ARG BASE=python:3.11-slim
 
 FROM ${BASE} AS build
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# a folder of wheels (mounted into the build) that pip may take torch and others from; empty: none
+ARG WHEELS=
+# a CA bundle (mounted into the build) for pip behind a TLS-intercepting proxy; empty: the base's own
+ARG CA_BUNDLE=
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python3 -m venv /opt/venv
 WORKDIR /src
@@ -16,7 +25,10 @@ COPY requirements/constraints.txt requirements/constraints.txt
 COPY pyproject.toml README.md ./
 COPY seg ./seg
 # torch first, pinned, from the chosen index (CPU or CUDA build); then seg with the pinned versions
-RUN /opt/venv/bin/pip install --extra-index-url "${TORCH_INDEX}" -c requirements/constraints.txt torch \
+# (WHEELS and CA_BUNDLE as pip's environment, so that pip's build subprocesses see them too)
+RUN if [ -n "$WHEELS" ]; then export PIP_FIND_LINKS="$WHEELS"; fi \
+ && if [ -n "$CA_BUNDLE" ]; then export PIP_CERT="$CA_BUNDLE"; fi \
+ && /opt/venv/bin/pip install ${TORCH_INDEX:+--extra-index-url $TORCH_INDEX} -c requirements/constraints.txt torch \
  && /opt/venv/bin/pip install -c requirements/constraints.txt .
 
 FROM ${BASE} AS runtime

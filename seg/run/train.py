@@ -107,6 +107,18 @@ def warn_without_plan(cfg) -> None:
         )
 
 
+class _NoAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip: For seamless" not in record.getMessage()
+
+
+def _quiet_lightning() -> None:
+    """Drop Lightning's advertising tips (litlogger, litmodels) from the log; its other lines stay."""
+    lg = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    if not any(isinstance(f, _NoAdverts) for f in lg.filters):
+        lg.addFilter(_NoAdverts())
+
+
 def train(cfg, extra_callbacks: list | None = None) -> TrainResult:
     """Train as ``cfg`` says; writes ``config.yaml``, checkpoints, ``metrics.json`` and ``model/`` to the run folder.
 
@@ -123,6 +135,7 @@ def train(cfg, extra_callbacks: list | None = None) -> TrainResult:
     # expected on cases without foreground (negative patches only); not worth a line per batch
     warnings.filterwarnings("ignore", message="Num foregrounds 0")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    _quiet_lightning()
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.get("seed") is not None:

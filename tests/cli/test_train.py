@@ -3,6 +3,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -120,6 +121,14 @@ def test_killed_mid_epoch_run_resumes_and_finishes(synth_root, tmp_path):
     ck2 = torch.load(run2 / "checkpoints" / "last.ckpt", weights_only=True)
     assert ck2["global_step"] > ck["global_step"]
     assert ck2["optimizer_states"][0]["param_groups"][0]["lr"] == 0.0
+    # one line per epoch in train.log and on the (non-terminal) console, numbered from after the checkpoint
+    top = ck["epoch"] + 3
+    line = re.compile(rf"epoch (\d+)/{top} train/loss \d+\.\d{{4}} .*\d+\.\d s, elapsed \d+:\d\d:\d\d")
+    logged = [int(m.group(1)) for m in map(line.search, (run2 / "train.log").read_text().splitlines()) if m]
+    assert logged == [ck["epoch"] + 2, ck["epoch"] + 3]
+    assert [int(m.group(1)) for m in map(line.search, (out + err).splitlines()) if m] == logged
+    assert re.search(rf"epoch {top}/{top} .*val/dice \d\.\d{{4}}", (run2 / "train.log").read_text())
+    assert "Tip:" not in out + err and "Total FLOPs" not in out + err
 
 
 def test_bad_dataset_stops_with_one_line_per_error(synth_copy, tmp_path):

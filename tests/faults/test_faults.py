@@ -402,6 +402,14 @@ ROWS = [
 
 
 @pytest.mark.parametrize("name, setup, command, args, code, needle, after", ROWS, ids=[r[0] for r in ROWS])
+def _record(name: str, rc: int, line: str, tmp: Path) -> None:
+    """With SEG_FAULTS_REPORT=FILE, append what the row printed (for the README's and notes' case list)."""
+    report = os.environ.get("SEG_FAULTS_REPORT")
+    if report:
+        with open(report, "a") as f:
+            f.write(f"| {name} | {rc} | `{line.replace(str(tmp), '<tmp>').strip()[:220]}` |\n")
+
+
 def test_fault(env, capsys, caplog, name, setup, command, args, code, needle, after):
     named = setup(env)
     capsys.readouterr()
@@ -417,6 +425,7 @@ def test_fault(env, capsys, caplog, name, setup, command, args, code, needle, af
         if code != 0:  # the failure's line names the file (or folder) at fault
             assert any(named.name in line for line in lines), (named, lines)
     assert after(env), text
+    _record(name, rc, lines[0] if needle is not None else "(no message expected)", env.tmp)
 
 
 # -- seg-train / seg-kfold: the runner raises a user error the Hydra wrapper prints as lines, exit 1 ----
@@ -474,6 +483,7 @@ def test_training_fault(synth_copy, tmp_path, name, setup, needle):
         train(cfg)
     lines = [line for line in str(exc.value).splitlines() if needle in line]
     assert lines and any(str(named.name) in line for line in lines), str(exc.value)
+    _record(name, 1, lines[0], tmp_path)
     assert not (tmp_path / "run" / "checkpoints").exists()  # stopped before any training
     if name == "data-root-typo-not-filled":
         assert not (tmp_path / "typo").exists()  # nothing generated into a mistyped folder
