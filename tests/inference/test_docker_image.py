@@ -71,7 +71,19 @@ def test_image_built_offline_with_a_baked_bundle_runs_as_another_user(synth_root
             )
         )
         model = run / "model"
-        build = [exe, "build", *flags, "-t", tag, "--network", "host", "--build-arg", f"BASE={BASE}", "--build-arg", "TORCH_INDEX="]
+        build = [
+            exe,
+            "build",
+            *flags,
+            "-t",
+            tag,
+            "--network",
+            "host",
+            "--build-arg",
+            f"BASE={BASE}",
+            "--build-arg",
+            "TORCH_INDEX=",
+        ]
         if WHEELS.is_dir():
             build += ["--build-arg", "WHEELS=/wheels", "-v", f"{WHEELS}:/wheels:ro"]
         if CA.is_file():
