@@ -5,7 +5,9 @@ MONAI's implementations (distance transforms on the voxel grid with the case's s
 prediction volumes in ml. Surface metrics are the slow part: ``surface=False`` skips them.
 
 Definitions: HD95 is the larger of the two directed 95th-percentile surface distances (MONAI,
-DeepMind's surface-distance); ASD is the mean over the surface distances of both directions.
+medpy); ASD is the mean over the surface distances of both directions; SurfaceDice is DeepMind's
+normalised surface Dice at the tolerance (surface elements weighted by area, MONAI's ``use_subvoxels``;
+equal to DeepMind's surface-distance to 1e-6, ``tests/eval/test_surface_dice_reference.py``).
 Conventions (as nnU-Net): with an empty reference and an empty prediction, Dice/IoU are undefined
 (NaN, left out of means); with exactly one of them empty, Dice/IoU are 0 and the distances undefined.
 """
@@ -13,6 +15,7 @@ Conventions (as nnU-Net): with an empty reference and an empty prediction, Dice/
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -26,10 +29,16 @@ def _distances(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], tole
     p = torch.from_numpy(pred[None, None].astype(np.float32))
     r = torch.from_numpy(ref[None, None].astype(np.float32))
     sp = [float(s) for s in spacing]
-    hd95 = float(compute_hausdorff_distance(p, r, include_background=True, percentile=95, spacing=sp)[0, 0])
-    asd = float(compute_average_surface_distance(p, r, include_background=True, symmetric=True, spacing=sp)[0, 0])
-    nsd = float(compute_surface_dice(p, r, class_thresholds=[tolerance_mm], include_background=True, spacing=sp)[0, 0])
-    return {"HD95": hd95, "ASD": asd, "SurfaceDice": nsd}
+    with warnings.catch_warnings():  # MONAI 1.6 passes its own deprecated argument inside these calls
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy", category=FutureWarning)
+        hd95 = float(compute_hausdorff_distance(p, r, include_background=True, percentile=95, spacing=sp)[0, 0])
+        asd = compute_average_surface_distance(p, r, include_background=True, symmetric=True, spacing=sp)
+        # DeepMind's definition (Nikolov et al.): surface elements weighted by their area (use_subvoxels);
+        # MONAI's default counts border voxels, up to 0.27 off on real hippocampus labels
+        nsd = compute_surface_dice(
+            p, r, class_thresholds=[tolerance_mm], include_background=True, spacing=sp, use_subvoxels=True
+        )
+    return {"HD95": hd95, "ASD": float(asd[0, 0]), "SurfaceDice": float(nsd[0, 0])}
 
 
 def binary_metrics(

@@ -123,6 +123,21 @@ def test_image_built_offline_with_a_baked_bundle_runs_as_another_user(synth_root
             if os.geteuid() == 0:  # a rootful engine: the mask belongs to the uid the image ran as
                 assert (out / f.name).stat().st_uid == 1000
         assert (out / "summary.csv").is_file()
+        # a read-only output mount: one line naming /output, non-zero, before any inference, nothing written
+        ro = tmp_path / "ro_output"
+        ro.mkdir()
+        os.chmod(ro, 0o777)
+        r3 = subprocess.run(
+            [exe, "run", "--rm", *flags, "--user", "1000:1000", "--network", "none"]
+            + ["-v", f"{inp}:/input:ro", "-v", f"{ro}:/output:ro", tag],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        lines = r3.stderr.strip().splitlines()
+        assert r3.returncode == 1 and "Traceback" not in r3.stderr, r3.stderr[-2000:]
+        assert lines and "/output" in lines[-1] and "not writable" in lines[-1], lines[-3:]
+        assert list(ro.iterdir()) == []
     finally:
         subprocess.run([exe, "rmi", "-f", tag], capture_output=True)
         shutil.rmtree(run, ignore_errors=True)
