@@ -47,10 +47,16 @@ def main(argv: list[str] | None = None) -> int:
     except EvalError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(
-        f"{len(s['metric_per_case'])} cases; mean Dice per label: "
-        + ", ".join(f"{s['labels'][k]}={v['Dice']:.4f}" for k, v in s["mean"].items() if v.get("Dice") is not None)
-    )
+    print(f"{len(s['metric_per_case'])} cases; per label: mean Dice, HD95 mm, ASD mm (missed / spurious cases)")
+    for k, v in s["mean"].items():
+
+        def f(x, pat):
+            return pat.format(x) if x is not None else "-"
+
+        print(
+            f"  {s['labels'][k]}: Dice {f(v.get('Dice'), '{:.4f}')}, HD95 {f(v.get('HD95'), '{:.2f}')}, "
+            f"ASD {f(v.get('ASD'), '{:.2f}')} ({v['n_missed']} missed / {v['n_spurious']} spurious)"
+        )
     print(f"summary: {Path(a.output or a.pred) / 'summary.json'}")
     for b in s["bad_cases"]:
         print(f"BAD {b['case']}: {b['problem']}", file=sys.stderr)

@@ -129,16 +129,18 @@ def report_markdown(s: dict, figures: list[str]) -> str:
             )
     lines += [
         "",
-        "## Per label (mean +- std over cases)",
+        "## Per label (mean +- std over cases; a missed or spurious structure counts HD95 = ASD = the image's"
+        " diagonal in mm)",
         "",
-        "| label | Dice % | HD95 mm | ASD mm | surface Dice % |",
-        "|---|---|---|---|---|",
+        "| label | Dice % | HD95 mm | ASD mm | surface Dice % | missed | spurious |",
+        "|---|---|---|---|---|---|---|",
     ]
     for lab, m in s["mean"].items():
         sd = s["std"][lab]
         lines.append(
             f"| {s['labels'][lab]} | {_fmt(m.get('Dice'))} +- {_fmt(sd.get('Dice'))} | {_fmt(m.get('HD95'), False)} +- "
-            f"{_fmt(sd.get('HD95'), False)} | {_fmt(m.get('ASD'), False)} | {_fmt(m.get('SurfaceDice'))} |"
+            f"{_fmt(sd.get('HD95'), False)} | {_fmt(m.get('ASD'), False)} | {_fmt(m.get('SurfaceDice'))} | "
+            f"{m.get('n_missed', '-')} | {m.get('n_spurious', '-')} |"
         )
     lines += ["", "## Per fold (foreground mean Dice %)", "", "| fold | cases | Dice |", "|---|---|---|"]
     for k, f in s["per_fold"].items():

@@ -88,7 +88,12 @@ def aggregate(per_case: list[dict], labels: Mapping[int, str], bins: Sequence[fl
         mean[k], std[k] = {}, {}
         for m in metric_names:
             mean[k][m], std[k][m] = mean_std([c["metrics"][k].get(m) for c in per_case])
+        ms = [c["metrics"][k] for c in per_case if k in c["metrics"]]
+        # cases whose reference has the structure and the prediction none, and the other way round
+        mean[k]["n_missed"] = sum(1 for m in ms if m.get("n_ref", 0) > 0 and m.get("n_pred", 0) == 0)
+        mean[k]["n_spurious"] = sum(1 for m in ms if m.get("n_pred", 0) > 0 and m.get("n_ref", 0) == 0)
     fg = {m: mean_std([mean[k][m] for k in keys])[0] for m in metric_names}
+    fg.update({n: sum(mean[k][n] for k in keys) for n in ("n_missed", "n_spurious")})
     detection = {}
     for k in keys:
         dets = [c["_detection"][k] for c in per_case]

@@ -9,7 +9,9 @@ medpy); ASD is the mean over the surface distances of both directions; SurfaceDi
 normalised surface Dice at the tolerance (surface elements weighted by area, MONAI's ``use_subvoxels``;
 equal to DeepMind's surface-distance to 1e-6, ``tests/eval/test_surface_dice_reference.py``).
 Conventions (as nnU-Net): with an empty reference and an empty prediction, Dice/IoU are undefined
-(NaN, left out of means); with exactly one of them empty, Dice/IoU are 0 and the distances undefined.
+(NaN, left out of means); with exactly one of them empty (a missed or a spurious structure), Dice/IoU and
+surface Dice are 0 and HD95/ASD the image's diagonal in mm (BraTS's worst-case convention), so means are
+not flattered by the structures a model misses entirely; summaries count these cases (n_missed, n_spurious).
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ def _distances(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], tole
     return {"HD95": hd95, "ASD": float(asd[0, 0]), "SurfaceDice": float(nsd[0, 0])}
 
 
+def worst_distance_mm(shape: Sequence[int], spacing: Sequence[float]) -> float:
+    """The image's diagonal in mm: HD95 and ASD of a structure missed, or predicted where there is none."""
+    return float(math.sqrt(sum((n * float(z)) ** 2 for n, z in zip(shape, spacing))))
+
+
 def binary_metrics(
     pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], surface: bool = True, tolerance_mm: float = 2.0
 ) -> dict:
@@ -69,7 +76,11 @@ def binary_metrics(
         if n_pred and n_ref:
             out.update(_distances(pred, ref, spacing, tolerance_mm))
         else:
-            out.update(HD95=math.nan, ASD=math.nan, SurfaceDice=math.nan if not (n_pred or n_ref) else 0.0)
+            # one of the two empty (a missed or a spurious structure): the worst distance the image allows,
+            # its diagonal in mm (BraTS's convention: its 373.13 mm is the diagonal of 240x240x155 at 1 mm);
+            # both empty: undefined (NaN), left out of means
+            worst = worst_distance_mm(pred.shape, spacing) if (n_pred or n_ref) else math.nan
+            out.update(HD95=worst, ASD=worst, SurfaceDice=math.nan if not (n_pred or n_ref) else 0.0)
     return out
 
 

@@ -37,10 +37,38 @@ def test_empty_conventions():
     c = cube((8, 8, 8), (2, 2, 2), (4, 4, 4))
     both = binary_metrics(z, z, (1, 1, 1))
     assert math.isnan(both["Dice"]) and math.isnan(both["HD95"])
-    missed = binary_metrics(z, c, (1, 1, 1))
-    assert missed["Dice"] == 0 and math.isnan(missed["HD95"]) and missed["SurfaceDice"] == 0
+    missed = binary_metrics(z, c, (1, 1, 2))
+    diagonal = math.sqrt(8**2 + 8**2 + 16**2)  # the image's diagonal in mm: the worst-case distance
+    assert missed["Dice"] == 0 and missed["SurfaceDice"] == 0
+    assert missed["HD95"] == pytest.approx(diagonal) and missed["ASD"] == pytest.approx(diagonal)
     false_alarm = binary_metrics(c, z, (1, 1, 1))
     assert false_alarm["Dice"] == 0 and false_alarm["pred_ml"] == pytest.approx(0.008)
+    assert false_alarm["HD95"] == pytest.approx(math.sqrt(3 * 64))
+
+
+def test_means_count_missed_structures_at_the_worst_distance():
+    from seg.eval.evaluate import aggregate
+
+    c = cube((8, 8, 8), (2, 2, 2), (4, 4, 4))
+    shifted = cube((8, 8, 8), (3, 2, 2), (4, 4, 4))
+    z = np.zeros((8, 8, 8), bool)
+    # exact, half of it, missed twice, spurious once, both empty
+    cases = [(c, c), (shifted, c), (z, c), (z, shifted), (c, z), (z, z)]
+    per_case = [{"metrics": {"1": binary_metrics(p, r, (1, 1, 1))}, "_detection": {"1": {}}} for p, r in cases]
+    from unittest import mock
+
+    with (
+        mock.patch("seg.eval.evaluate.summarize", return_value={}),
+        mock.patch("seg.eval.evaluate.summarize_by_volume", return_value={}),
+    ):
+        s = aggregate(per_case, {0: "background", 1: "lesion"})
+    m = s["mean"]["1"]
+    diag = math.sqrt(3 * 64)
+    assert m["n_missed"] == 2 and m["n_spurious"] == 1
+    assert s["foreground_mean"]["n_missed"] == 2
+    # five defined cases (both-empty is undefined): 0, 1, and the diagonal three times
+    assert m["HD95"] == pytest.approx((0 + 1 + 3 * diag) / 5)
+    assert m["Dice"] == pytest.approx((1 + 2 * 4 / 12 + 0 + 0 + 0) / 5)  # the half cube: 2 x 4 / (4 + 8)
 
 
 def test_case_metrics_per_label_keys():
@@ -117,17 +145,25 @@ def test_seg_eval_cli_on_folders(tmp_path, capsys):
     (tmp_path / "pred").mkdir()
     (tmp_path / "ref").mkdir()
     shape = (30, 30, 20)
-    for i, shift in enumerate([0, 2]):
+    for i, shift in enumerate([0, 2, None]):  # exact, shifted by 2 voxels, missed
         ref = cube(shape, (5, 5, 5), (15, 15, 15)).astype(np.uint8)
-        pred = cube(shape, (5 + shift, 5, 5), (15 + shift, 15, 15)).astype(np.uint8)
+        pred = np.zeros_like(ref) if shift is None else cube(shape, (5 + shift, 5, 5), (15 + shift, 15, 15))
         nib.save(nib.Nifti1Image(ref, aff), str(tmp_path / "ref" / f"c{i}.nii.gz"))
-        nib.save(nib.Nifti1Image(pred, aff), str(tmp_path / "pred" / f"c{i}.nii.gz"))
+        nib.save(nib.Nifti1Image(pred.astype(np.uint8), aff), str(tmp_path / "pred" / f"c{i}.nii.gz"))
+    capsys.readouterr()
     assert main(["-p", str(tmp_path / "pred"), "-l", str(tmp_path / "ref"), "-o", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
     s = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert [c["metrics"]["1"]["Dice"] for c in s["metric_per_case"]] == pytest.approx([1.0, 0.8])
-    assert s["mean"]["1"]["Dice"] == pytest.approx(0.9)
+    assert [c["metrics"]["1"]["Dice"] for c in s["metric_per_case"]] == pytest.approx([1.0, 0.8, 0.0])
+    assert s["mean"]["1"]["Dice"] == pytest.approx(0.6)
+    assert s["mean"]["1"]["n_missed"] == 1 and s["mean"]["1"]["n_spurious"] == 0
+    diag = float(np.sqrt(30**2 + 30**2 + 40**2))
+    assert s["metric_per_case"][2]["metrics"]["1"]["HD95"] == pytest.approx(diag)
+    assert "(1 missed / 0 spurious)" in printed
     assert s["metric_per_case"][0]["prediction_file"].endswith("pred/c0.nii.gz")
-    assert s["detection"]["1"]["overall"]["patient_recall"] == 1.0
+    assert s["detection"]["1"]["overall"]["patient_recall"] == pytest.approx(2 / 3)
+    (tmp_path / "pred" / "c2.nii.gz").unlink()
+    (tmp_path / "ref" / "c2.nii.gz").unlink()
     # a prediction on another grid is named in a one-line error
     nib.save(nib.Nifti1Image(np.zeros((30, 30, 21), np.uint8), aff), str(tmp_path / "pred" / "c1.nii.gz"))
     assert main(["-p", str(tmp_path / "pred"), "-l", str(tmp_path / "ref"), "--no-surface"]) == 1

@@ -65,6 +65,9 @@ def test_image_built_offline_with_a_baked_bundle_runs_as_another_user(synth_root
                     f"cv.run_dir={run}",
                     "cv.surface_metrics=false",
                     "cv.worst_cases=0",
+                    # 64^3 windows at 0.25 overlap: 125 per fold on the 256^3 T1, not ~9000 of the 24^3 patch
+                    "model.inferer.roi_size=[64,64,64]",
+                    "model.inferer.overlap=0.25",
                 ],
                 run,
                 config_name="kfold",
