@@ -17,7 +17,7 @@ from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset, par
 
 from seg.config import check_option
 from seg.data.datalist import DatasetError, DatasetSpec, load_dataset
-from seg.data.splits import load_or_create_splits
+from seg.data.splits import dataset_splits
 from seg.data.transforms import deterministic_transforms, random_transforms
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,9 @@ class SegDataModule(pl.LightningDataModule):
         cache_dir: folder for the persistent cache.
         fold: which fold of the splits is validation.
         num_folds: K of the k-fold split.
-        split_seed: seed of the split.
+        split_seed: seed of the split (the one seed key: seg-kfold uses it too).
+        stratify, n_strata, group_regex: the split balances label-volume strata and keeps a subject's
+            cases in one fold (see :func:`seg.data.splits.dataset_splits`, shared with seg-kfold).
         splits_file: where the splits are read from (if present) or saved.
         synthetic: ``{n, seed, shape, folder}``: generate the synthetic dataset into ``root`` if it is missing
             and ``root`` is ``folder`` (the project's own synthetic folder): a mistyped ``data.root`` is an
@@ -83,6 +85,9 @@ class SegDataModule(pl.LightningDataModule):
         fold: int = 0,
         num_folds: int = 5,
         split_seed: int = 0,
+        stratify: bool = True,
+        n_strata: int = 3,
+        group_regex: str | None = None,
         splits_file: str | None = None,
         synthetic: Mapping | None = None,
     ) -> None:
@@ -108,6 +113,7 @@ class SegDataModule(pl.LightningDataModule):
         self.fold = fold
         self.num_folds = num_folds
         self.split_seed = split_seed
+        self.stratify, self.n_strata, self.group_regex = stratify, n_strata, group_regex
         self.splits_file = splits_file
         self.synthetic = dict(synthetic) if synthetic else None
         self._spec: DatasetSpec | None = None
@@ -158,9 +164,10 @@ class SegDataModule(pl.LightningDataModule):
         return p
 
     def split(self) -> tuple[list[str], list[str]]:
-        case_ids = [c.case_id for c in self.spec.cases]
         path = self.splits_file or str(Path(self.root) / "splits.json")
-        splits = load_or_create_splits(path, case_ids, self.num_folds, self.split_seed)
+        splits = dataset_splits(
+            path, self.spec.cases, self.num_folds, self.split_seed, self.stratify, self.n_strata, self.group_regex
+        )
         if not 0 <= self.fold < len(splits):
             raise ValueError(f"data.fold={self.fold} but {path} has {len(splits)} folds")
         return splits[self.fold]["train"], splits[self.fold]["val"]

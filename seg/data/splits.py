@@ -7,6 +7,7 @@ hand. A case in both the train and val list of a fold is an error.
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -100,3 +101,54 @@ def load_or_create_splits(
     validate_splits(splits, case_ids, str(path))
     write_text(path, json.dumps(splits, indent=1))
     return splits
+
+
+def label_volumes(cases) -> dict[str, float]:
+    """Foreground volume (ml) of each case's label (``cases``: items with ``case_id`` and ``label``)."""
+    import nibabel as nib
+
+    out = {}
+    for c in cases:
+        img = nib.load(c.label)
+        voxel_ml = float(np.prod(img.header.get_zooms()[:3])) / 1000
+        out[c.case_id] = float(np.count_nonzero(np.asanyarray(img.dataobj)) * voxel_ml)
+    return out
+
+
+def subject_groups(case_ids: Sequence[str], group_regex: str | None) -> dict[str, str] | None:
+    """Case id -> subject id by ``group_regex`` (its first group, else its whole match, else the case id)."""
+    if not group_regex:
+        return None
+    pat, groups = re.compile(group_regex), {}
+    for cid in case_ids:
+        m = pat.search(cid)
+        groups[cid] = m.group(1) if m and m.groups() else (m.group(0) if m else cid)
+    return groups
+
+
+def volume_strata(cases, n_strata: int) -> dict[str, int]:
+    """Case id -> label-volume stratum (``n_strata`` quantile bins)."""
+    vols = label_volumes(cases)
+    n = max(1, int(n_strata))
+    qs = np.quantile(list(vols.values()), np.linspace(0, 1, n + 1)[1:-1]) if n > 1 else []
+    return {cid: int(np.searchsorted(qs, v, side="right")) for cid, v in vols.items()}
+
+
+def dataset_splits(
+    path: str | Path,
+    cases,
+    num_folds: int,
+    seed: int,
+    stratify: bool = True,
+    n_strata: int = 3,
+    group_regex: str | None = None,
+) -> list:
+    """The one splitter of seg-train (``data.fold``) and seg-kfold (fold k): ``path`` if it exists, else
+    seeded splits (``data.split_seed``), grouped by subject and stratified by label volume, saved there.
+    The same dataset, fold count, seed and options give the same splits in both."""
+    ids = [c.case_id for c in cases]
+    if Path(path).exists():
+        return load_or_create_splits(path, ids, num_folds, seed)
+    strata = volume_strata(cases, n_strata) if stratify else None
+    groups = subject_groups(ids, group_regex)
+    return load_or_create_splits(path, ids, num_folds, seed, groups=groups, strata=strata)

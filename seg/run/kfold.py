@@ -13,50 +13,30 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import re
 import shutil
 import time
 from pathlib import Path
-
-import numpy as np
 
 from seg.io import write_text
 
 log = logging.getLogger("seg.kfold")
 
 
-def label_volumes(spec) -> dict[str, float]:
-    """Foreground volume (ml) of each case's label, for stratified splits."""
-    import nibabel as nib
+def make_cv_splits(spec, cfg, path: Path) -> list:
+    """Load ``path`` if present (hand edits are kept), else the splits seg-train's ``data.fold`` makes too."""
+    from seg.data.splits import dataset_splits
 
-    out = {}
-    for c in spec.cases:
-        img = nib.load(c.label)
-        out[c.case_id] = float(
-            np.count_nonzero(np.asanyarray(img.dataobj)) * np.prod(img.header.get_zooms()[:3]) / 1000
-        )
-    return out
-
-
-def make_cv_splits(spec, cv, path: Path) -> list:
-    """Load ``path`` if present (hand edits are kept), else make grouped/stratified splits and save them."""
-    from seg.data.splits import load_or_create_splits
-
-    ids = [c.case_id for c in spec.cases]
-    groups = None
-    if cv.get("group_regex"):
-        pat = re.compile(cv.group_regex)
-        groups = {}
-        for cid in ids:
-            m = pat.search(cid)
-            groups[cid] = m.group(1) if m and m.groups() else (m.group(0) if m else cid)
-    strata = None
-    if cv.get("stratify") and not path.exists():
-        vols = label_volumes(spec)
-        n = max(1, int(cv.get("n_strata", 3)))
-        qs = np.quantile(list(vols.values()), np.linspace(0, 1, n + 1)[1:-1]) if n > 1 else []
-        strata = {cid: int(np.searchsorted(qs, v, side="right")) for cid, v in vols.items()}
-    return load_or_create_splits(path, ids, int(cv.folds), int(cv.seed), groups=groups, strata=strata)
+    d = cfg.data
+    group_regex = cfg.cv.get("group_regex") or d.get("group_regex")
+    return dataset_splits(
+        path,
+        spec.cases,
+        int(cfg.cv.folds),
+        int(d.split_seed),
+        d.get("stratify", True),
+        d.get("n_strata", 3),
+        group_regex,
+    )
 
 
 def fold_config(cfg, k: int, splits_path: Path, fold_dir: Path):
@@ -67,6 +47,7 @@ def fold_config(cfg, k: int, splits_path: Path, fold_dir: Path):
     with open_dict(fc):
         fc.data.fold = k
         fc.data.num_folds = int(cfg.cv.folds)
+        fc.data.group_regex = cfg.cv.get("group_regex") or cfg.data.get("group_regex")
         fc.data.splits_file = str(splits_path)
         fc.paths.output_dir = str(fold_dir)
         fc.check_data = False  # checked once for the whole CV
@@ -137,7 +118,7 @@ def kfold(cfg) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     spec = prepare_data(cfg).spec
     splits_path = Path(cfg.cv.splits_file) if cfg.cv.get("splits_file") else run_dir / "splits.json"
-    splits = make_cv_splits(spec, cfg.cv, splits_path)
+    splits = make_cv_splits(spec, cfg, splits_path)
     if len(splits) != int(cfg.cv.folds):
         log.warning("%s has %d folds; cv.folds=%d is ignored", splits_path, len(splits), cfg.cv.folds)
     fold_ids = list(cfg.cv.fold_ids) if cfg.cv.get("fold_ids") is not None else list(range(len(splits)))

@@ -128,3 +128,31 @@ def test_slurm_launcher_config_gives_submitit_parameters(tmp_path, monkeypatch):
         "#SBATCH --time=1440",
     ):
         assert line in sbatch
+
+
+@pytest.mark.parametrize("which", ["synthetic", "hippocampus"])
+def test_seg_train_fold_k_is_seg_kfold_fold_k(synth_root, tmp_path, which):
+    # one splitter, one seed key: the same dataset and data.split_seed give the same cases in fold k
+    # of seg-train (data.fold=k) and of seg-kfold, and the same splits.json
+    from seg.run.kfold import make_cv_splits
+    from seg.run.train import prepare_data
+    from tests.conftest import shared
+
+    root = synth_root if which == "synthetic" else shared("hippocampus")
+    folds = 2 if which == "synthetic" else 5
+    common = [f"data.root={root}", "data.split_seed=3", f"data.num_folds={folds}", "check_data=false"]
+    kcfg = compose_train([*common, f"cv.folds={folds}"], tmp_path / "k", config_name="kfold")
+    spec = prepare_data(kcfg).spec
+    splits = make_cv_splits(spec, kcfg, tmp_path / "kfold_splits.json")
+    for k in range(folds):
+        cfg = compose_train([*common, f"data.fold={k}", f"data.splits_file={tmp_path / f'train{k}.json'}"], tmp_path)
+        train, val = prepare_data(cfg).split()
+        assert (train, val) == (splits[k]["train"], splits[k]["val"])
+        assert (tmp_path / f"train{k}.json").read_bytes() == (tmp_path / "kfold_splits.json").read_bytes()
+    # and the split is the stratified one: each fold's share of the largest-volume stratum differs by <= 1
+    from seg.data.splits import volume_strata
+
+    strata = volume_strata(spec.cases, 3)
+    top = max(strata.values())
+    counts = [sum(strata[c] == top for c in f["val"]) for f in splits]
+    assert max(counts) - min(counts) <= 1
