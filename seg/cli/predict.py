@@ -32,9 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--threshold",
-        type=float,
+        type=_threshold,
         default=None,
-        help="foreground threshold for two-class models (default: the bundle's)",
+        help="foreground probability threshold for two-class models, or 'argmax' (default: the bundle's "
+        "operating point from its k-fold threshold scan, argmax when it has none)",
     )
     p.add_argument("--png", action="store_true", help="an overlay montage per case (<case>.png)")
     p.add_argument("--workers", type=int, default=1, help="threads reading and checking the next inputs ahead")
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     except (*user_errors(), ValueError, RuntimeError) as e:
         print(f"error: {e}".splitlines()[0], file=sys.stderr)
         return 2
+    print(f"operating point: {operating_point(bundle, predictor, a.threshold)}")
     net = bundle.meta["net"]["name"]
     log.info("%d cases, model %s (%s, folds %s) on %s%s", len(cases), a.model, net, folds, device, " TTA" * a.tta)
     probs = "nifti" if a.save_probabilities else "none"
@@ -78,6 +80,28 @@ def main(argv: list[str] | None = None) -> int:
     for cid, problem in res.failures:
         print(f"FAILED {cid}: {problem}", file=sys.stderr)
     return 1 if res.failures else 0
+
+
+def _threshold(text: str) -> float | str:
+    if text == "argmax":
+        return text
+    try:
+        t = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a probability in (0, 1] or 'argmax'") from None
+    if not 0 < t <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a probability in (0, 1] or 'argmax'")
+    return t
+
+
+def operating_point(bundle, predictor, asked) -> str:
+    """The mask rule seg-predict applies, and where it comes from."""
+    if len(bundle.labels) != 2:
+        return f"argmax over {len(bundle.labels)} classes"
+    if predictor.threshold is None:
+        return "argmax" + (" (--threshold argmax)" if asked == "argmax" else " (the bundle has no threshold)")
+    src = "--threshold" if asked is not None else "the bundle's, from its k-fold threshold scan (report.md)"
+    return f"foreground probability >= {predictor.threshold:g} ({src})"
 
 
 if __name__ == "__main__":

@@ -107,12 +107,31 @@ def report_markdown(s: dict, figures: list[str]) -> str:
         f"fold-mean foreground Dice {_fmt(s.get('fold_dice_mean'))} +- {_fmt(s.get('fold_dice_std'))} (%).",
         "",
     ]
-    if s.get("threshold") is not None:
+    scan = s.get("threshold_scan") or []
+    if scan:
+        thr = s.get("threshold")
         lines += [
-            f"Operating point (max of (Dice-TP + patient recall)/2 over thresholds 0.1..1.0): **{s['threshold']:.1f}** "
-            "(the tables below use the argmax masks).",
+            "## Operating point (foreground probability threshold, out-of-fold cases)",
             "",
+            "Scored by (Dice-TP + patient recall)/2 at thresholds 0.1..1.0; ties with 0.5 (= argmax) go to argmax. "
+            + (
+                f"Chosen: **{thr:.1f}**, written into the bundle: `seg-predict` applies it by default "
+                "(`--threshold argmax` to not). Only this table uses thresholded masks."
+                if thr is not None
+                else "Chosen: **argmax** (no threshold beat 0.5): the bundle has no threshold."
+            ),
+            "",
+            "| threshold | score | Dice-TP % | P-recall % | P-precision % | |",
+            "|---|---|---|---|---|---|",
         ]
+        for r in scan:
+            mark = "chosen" if thr is not None and abs(r["threshold"] - thr) < 1e-9 else ""
+            lines.append(
+                f"| {r['threshold']:.1f} | {r['score']:.3f} | {_fmt(r['Dice-TP'])} | {_fmt(r['patient_recall'])} | "
+                f"{_fmt(r['patient_precision'])} | {mark} |"
+            )
+        lines.append("")
+    lines += ["Every table below uses argmax masks (the out-of-fold predictions as written).", ""]
     lines += [
         "## Detection (the paper's form, %)",
         "",

@@ -185,10 +185,13 @@ def threshold_scan(
     thresholds: Sequence[float] = tuple(np.round(np.arange(0.1, 1.01, 0.1), 2)),
     overlap: float = DEFAULT.overlap,
     min_voxels: int = DEFAULT.min_object_voxels,
-) -> tuple[float, list[dict]]:
+) -> tuple[float | None, list[dict]]:
     """Patient-wise metrics at each probability threshold; returns the best threshold by
     (Dice-TP + patient recall) / 2 and the table. ``prob_cases``: (case id, foreground probability,
-    reference mask, spacing). A voxel is positive when its probability >= the threshold."""
+    reference mask, spacing). A voxel is positive when its probability >= the threshold.
+
+    Ties go to argmax: the best is ``None`` (argmax masks, what a two-class softmax gives at 0.5) unless a
+    threshold scores strictly better than 0.5 does, or, without 0.5 in ``thresholds``, than every other."""
     table = []
     for t in thresholds:
         cases = [case_detection(cid, p >= t, r, sp, overlap, min_voxels) for cid, p, r, sp in prob_cases]
@@ -197,5 +200,9 @@ def threshold_scan(
         rec = 0.0 if math.isnan(s["patient_recall"]) else s["patient_recall"]
         s.update(threshold=float(t), score=(dtp + rec) / 2)
         table.append(s)
-    best = max(table, key=lambda s: s["score"])
-    return best["threshold"], table
+    top = max(s["score"] for s in table)
+    at_half = [s["score"] for s in table if abs(s["threshold"] - 0.5) < 1e-9]
+    winners = [s for s in table if s["score"] == top]
+    if (at_half and at_half[0] >= top) or (not at_half and len(winners) > 1):
+        return None, table
+    return winners[0]["threshold"], table

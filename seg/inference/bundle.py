@@ -35,6 +35,15 @@ def one_line(e: BaseException) -> str:
     return " ".join(f"{type(e).__name__}: {e}".split())[:300]
 
 
+def _load_error(e: BaseException) -> str:
+    """What ``torch.load`` failed on, in a few words (its weights-only message is a page of advice)."""
+    import pickle
+
+    if isinstance(e, pickle.UnpicklingError):
+        return "UnpicklingError: not a torch.save file of tensors"
+    return one_line(e)
+
+
 def load_weights(path: Path, device: str = "cpu") -> dict:
     """A plain state dict, weights-only; missing, empty or unreadable files are one-line BundleErrors."""
     if not path.is_file():
@@ -44,7 +53,7 @@ def load_weights(path: Path, device: str = "cpu") -> dict:
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # torch raises many types for a corrupt or foreign file
-        raise BundleError(f"{path}: not a readable weights file ({one_line(e)})") from None
+        raise BundleError(f"{path}: not a readable weights file ({_load_error(e)})") from None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise BundleError(f"{path}: not a state dict of tensors")
     return dict(state)
@@ -91,16 +100,16 @@ class Bundle:
         device: str = "cpu",
         tta: bool = False,
         overlap: float | None = None,
-        threshold: float | None = None,
+        threshold: float | str | None = None,
     ):
         """A :class:`~seg.inference.predictor.Predictor` over ``folds`` with the bundle's own settings;
-        ``overlap`` and ``threshold`` (two-class models) override the bundle's when given."""
+        ``overlap`` and ``threshold`` (two-class models; ``"argmax"``: none) override the bundle's when given."""
         from dataclasses import replace
 
         from seg.inference.predictor import Predictor
 
         inferer = self.inferer if overlap is None else replace(self.inferer, overlap=overlap)
-        thr = threshold if threshold is not None else self.meta.get("threshold")
+        thr = None if threshold == "argmax" else threshold if threshold is not None else self.meta.get("threshold")
         return Predictor(
             self.load_nets(folds),
             self.labels,
@@ -202,7 +211,7 @@ def read_checkpoint(ckpt_path: str | Path) -> tuple[dict, dict]:
         hp = dict(ck["hyper_parameters"])
         hp["net"]["name"]
     except Exception as e:  # truncated, foreign or not a seg checkpoint
-        raise BundleError(f"{path}: not a readable seg checkpoint ({one_line(e)})") from None
+        raise BundleError(f"{path}: not a readable seg checkpoint ({_load_error(e)})") from None
     state = {k[len("net.") :]: v for k, v in ck["state_dict"].items() if k.startswith("net.")}
     return state, hp
 

@@ -134,6 +134,21 @@ def test_threshold_scan_picks_best_operating_point():
     assert table[2]["Dice-TP"] == pytest.approx(1.0) and table[3]["patient_recall"] == 0
 
 
+def test_threshold_scan_ties_go_to_argmax():
+    shape = (24, 24, 24)
+    ref = sphere(shape, (12, 12, 12), 6)
+    # every score 0 (an all-background model): argmax, not the lowest threshold
+    best, table = threshold_scan([("a", np.zeros(shape), ref, (1, 1, 1))])
+    assert best is None and {r["score"] for r in table} == {0.0}
+    # probabilities 0.9 inside the reference: 0.1 .. 0.9 all give the reference exactly, 0.5 among them
+    best, _ = threshold_scan([("a", np.where(ref, 0.9, 0.0), ref, (1, 1, 1))])
+    assert best is None
+    # without 0.5 among the thresholds, a tie of several is argmax too; a single best is taken
+    tie, _ = threshold_scan([("a", np.where(ref, 0.9, 0.0), ref, (1, 1, 1))], thresholds=(0.2, 0.3, 0.95))
+    one, _ = threshold_scan([("a", np.where(ref, 0.25, 0.0), ref, (1, 1, 1))], thresholds=(0.2, 0.3, 0.95))
+    assert tie is None and one == pytest.approx(0.2)
+
+
 def test_seg_eval_cli_on_folders(tmp_path, capsys):
     import json
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -401,15 +402,16 @@ ROWS = [
 ]
 
 
-@pytest.mark.parametrize("name, setup, command, args, code, needle, after", ROWS, ids=[r[0] for r in ROWS])
 def _record(name: str, rc: int, line: str, tmp: Path) -> None:
     """With SEG_FAULTS_REPORT=FILE, append what the row printed (for the README's and notes' case list)."""
     report = os.environ.get("SEG_FAULTS_REPORT")
     if report:
         with open(report, "a") as f:
-            f.write(f"| {name} | {rc} | `{line.replace(str(tmp), '<tmp>').strip()[:220]}` |\n")
+            line = re.sub(r"^(WARNING|ERROR) +\S+:\S+:\d+ ", r"\1 ", line.replace(str(tmp), "<tmp>").strip())
+            f.write(f"| {name} | {rc} | `{line[:220]}` |\n")
 
 
+@pytest.mark.parametrize("name, setup, command, args, code, needle, after", ROWS, ids=[r[0] for r in ROWS])
 def test_fault(env, capsys, caplog, name, setup, command, args, code, needle, after):
     named = setup(env)
     capsys.readouterr()
@@ -425,7 +427,8 @@ def test_fault(env, capsys, caplog, name, setup, command, args, code, needle, af
         if code != 0:  # the failure's line names the file (or folder) at fault
             assert any(named.name in line for line in lines), (named, lines)
     assert after(env), text
-    _record(name, rc, lines[0] if needle is not None else "(no message expected)", env.tmp)
+    shown = next((x for x in lines if named.name in x), lines[0]) if needle is not None else "(no message expected)"
+    _record(name, rc, shown, env.tmp)
 
 
 # -- seg-train / seg-kfold: the runner raises a user error the Hydra wrapper prints as lines, exit 1 ----

@@ -157,3 +157,36 @@ def test_killed_run_leaves_no_partial_mask(tiny_bundle, synth_root, tmp_path):
     assert len(masks) < 48
     for m in masks:  # every mask with a final name is complete
         assert np.asanyarray(nib.load(str(m)).dataobj).shape == (32, 32, 32)
+
+
+def test_operating_point_printed_and_applied(synth_root, tmp_path, capsys):
+    # argmax first, with the probabilities; then a bundle of the same weights with a k-fold threshold at
+    # their median: applied by default (mask == prob >= t voxel by voxel) and said so; --threshold argmax
+    # and a given value override it
+    inp = tmp_path / "in"
+    inp.mkdir()
+    shutil.copy(synth_root / "imagesTr" / "synth_000.nii.gz", inp / "a.nii.gz")
+    plain = make_bundle(tmp_path / "m0", folds=(0,))
+    assert main(["-i", str(inp), "-o", str(tmp_path / "p"), "-m", str(plain), "-q", "--save-probabilities"]) == 0
+    prob = np.asarray(nib.load(str(tmp_path / "p" / "a_prob.nii.gz")).dataobj)[..., 1]
+    t = float(np.round(np.median(prob), 3))
+    bundle = make_bundle(tmp_path / "m", folds=(0,), threshold=t)
+    masks = {}
+    for name, extra in (("bundle", []), ("argmax", ["--threshold", "argmax"]), ("given", ["--threshold", "0.999"])):
+        capsys.readouterr()
+        assert main(["-i", str(inp), "-o", str(tmp_path / name), "-m", str(bundle), "-q", *extra]) == 0
+        out = capsys.readouterr().out
+        masks[name] = np.asarray(nib.load(str(tmp_path / name / "a.nii.gz")).dataobj)
+        line = next(x for x in out.splitlines() if x.startswith("operating point:"))
+        expected = {
+            "bundle": f"foreground probability >= {t:g} (the bundle's, from its k-fold threshold scan",
+            "argmax": "argmax (--threshold argmax)",
+            "given": "foreground probability >= 0.999 (--threshold)",
+        }[name]
+        assert expected in line, line
+    assert np.array_equal(masks["bundle"], (prob >= t).astype(np.uint8))
+    assert np.array_equal(masks["argmax"], np.asarray(nib.load(str(tmp_path / "p" / "a.nii.gz")).dataobj))
+    assert 0 < masks["bundle"].sum() < masks["bundle"].size and masks["given"].sum() <= masks["bundle"].sum()
+    with pytest.raises(SystemExit) as e:  # argparse's usage error: one line, exit 2
+        main(["-i", str(inp), "-o", str(tmp_path / "x"), "-m", str(bundle), "--threshold", "1.5"])
+    assert e.value.code == 2 and "give a probability in (0, 1] or 'argmax'" in capsys.readouterr().err

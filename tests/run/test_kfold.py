@@ -49,10 +49,17 @@ def test_two_fold_cv_end_to_end_and_resume(synth_root, tmp_path):
     e = cs["metric_per_case"][0]
     assert {"prediction_file", "reference_file", "metrics", "fold"} <= set(e) and "Dice" in e["metrics"]["1"]
     assert set(cs["per_fold"]) == {"0", "1"} and "overall" in cs["detection"]["1"]
-    assert cs["threshold"] is not None and len(cs["threshold_scan"]) == 10
+    scan = {round(r["threshold"], 1): r["score"] for r in cs["threshold_scan"]}
+    assert len(scan) == 10
+    if cs["threshold"] is None:  # ties go to argmax (0.5)
+        assert scan[0.5] == max(scan.values())
+    else:
+        assert scan[round(cs["threshold"], 1)] == max(scan.values()) > scan[0.5]
     assert (run / "results.csv").read_text().count("\n") == 1 + 8
     report = (run / "report.md").read_text()
     assert "Dice-TP" in report and "< 3 ml" in report
+    chosen = "argmax" if cs["threshold"] is None else f"{cs['threshold']:.1f}"
+    assert f"Chosen: **{chosen}**" in report and "Every table below uses argmax masks" in report
     for f in ("dice_vs_volume.png", "dice_per_fold.png"):
         assert (run / "figures" / f).stat().st_size > 1000
     assert list((run / "figures").glob("worst_*.png"))
