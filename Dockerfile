@@ -4,7 +4,7 @@
 #   CPU (default):  docker build -t seg .
 #   CUDA:           docker build -t seg:cuda --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu126 .
 #                   (or another base: --build-arg BASE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04 with python3)
-#   model baked in: docker build -t seg:mymodel --build-arg MODEL_DIR=outputs/kfold/runs/<run>/model .
+#   model baked in: docker build -t seg:mymodel --build-arg MODEL_DIR=outputs/<experiment>/kfold/<run>/model .
 #   no registry (offline machines): a base from Debian's packages, torch from a local wheel folder:
 #                   bash scripts/docker_base.sh    # -> seg-base:bookworm
 #                   podman build -t seg --build-arg BASE=seg-base:bookworm --build-arg TORCH_INDEX= \

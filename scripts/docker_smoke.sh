@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the image and run it on synthetic data, for machines with a Docker engine (none runs on the
 # project's CI machines; there tests/inference/test_docker_entrypoint.py runs the entrypoint instead).
-# Usage: bash scripts/docker_smoke.sh MODEL_DIR    (a seg model bundle, e.g. outputs/kfold/runs/<run>/model)
+# Usage: bash scripts/docker_smoke.sh MODEL_DIR    (a seg model bundle, e.g. outputs/<experiment>/kfold/<run>/model)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL="${1:?usage: docker_smoke.sh MODEL_DIR}"

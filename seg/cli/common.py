@@ -49,6 +49,17 @@ def plan_overrides(args: list[str]) -> list[str]:
     return [f"hydra.searchpath=[file://{search}]", f"experiment={name}", *rest]
 
 
+def _register_resolvers() -> None:
+    """``${seg_name:VALUE,DEFAULT}``: VALUE (an experiment's name, a plan's stem) or DEFAULT when unset."""
+    from omegaconf import OmegaConf
+
+    def name(value, default):
+        return default if value in (None, "", "None", "null") else Path(str(value)).stem
+
+    if not OmegaConf.has_resolver("seg_name"):
+        OmegaConf.register_new_resolver("seg_name", name)
+
+
 def hydra_main(config_name: str):
     """``@hydra.main`` over ``CONF_DIR`` that turns user errors into a clean message and exit 1, and takes
     ``plan=PLAN.yaml`` (see :func:`plan_overrides`)."""
@@ -64,6 +75,7 @@ def hydra_main(config_name: str):
                 logging.getLogger("seg").debug("user error", exc_info=True)
                 fail(str(e))
 
+        _register_resolvers()
         if not Path(CONF_DIR).is_dir():
             raise SystemExit(f"error: config folder {CONF_DIR} not found (set SEG_CONF_DIR)")
         run = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)(wrapped)

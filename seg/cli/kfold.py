@@ -12,11 +12,12 @@ from seg.cli.common import hydra_main
 
 @hydra_main("kfold")
 def main(cfg) -> None:
-    from seg.run.kfold import kfold
+    from pathlib import Path
+
+    from seg.run.kfold import closing_line, kfold
 
     s = kfold(cfg)
-    print(f"CV run: {cfg.cv.get('run_dir') or cfg.paths.output_dir}")
-    print(f"fold-mean foreground Dice: {s.get('fold_dice_mean')}  (report.md, cv_summary.json, model/)")
+    print(closing_line(s, Path(cfg.cv.get("run_dir") or cfg.paths.output_dir)))
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ class BatchOptions:
     overlay: bool = False
     workers: int = 1
     progress: bool = False
+    progress_log: bool = False  # a log line per case done (logs without a terminal: k-fold's out-of-fold pass)
 
     def __post_init__(self) -> None:
         self.probabilities = check_option("probabilities", self.probabilities, ProbabilityFormat)
@@ -230,6 +231,9 @@ def predict_cases(
                     log.error("%s: %s", c.files[0], problem)
                 if progress is not None:
                     progress.advance(task)
+                if options.progress_log:
+                    done = len(result.written) + len(result.failures)
+                    log.info("%d/%d %s %s", done, len(cases), c.case_id, "failed" if problem else "written")
     finally:
         if progress is not None:
             progress.stop()

@@ -64,7 +64,9 @@ def predict_validation(fold_dir: Path, result, save_probabilities: bool) -> list
     dm = result.datamodule
     by_id = dm.spec.by_id()
     cases = [InputCase(cid, list(by_id[cid].images), None, f"{cid}.nii.gz") for cid in dm.val_cases]
-    opts = BatchOptions(probabilities="npz" if save_probabilities else "none", case_json=False, summary_csv=False)
+    probs = "npz" if save_probabilities else "none"
+    opts = BatchOptions(probabilities=probs, case_json=False, summary_csv=False, progress_log=True)
+    log.info("%s: out-of-fold prediction of %d validation cases", fold_dir.name, len(cases))
     res = predict_cases(cases, bundle.predictor(), fold_dir / "validation", opts, bundle.labels)
     if res.failures:
         raise RuntimeError(f"fold {fold_dir.name}: out-of-fold prediction failed for {res.failures}")
@@ -104,6 +106,39 @@ def run_fold(cfg, k: int, splits_path: Path, run_dir: Path) -> dict:
     return record
 
 
+def _draw_folds_progress(run_dir: Path, folds: list[int]) -> None:
+    """``progress.png`` of the CV: every fold's curves in one figure (each fold has its own too)."""
+    from seg.lit.progress import draw_progress
+
+    hist = {}
+    for k in folds:
+        f = run_dir / f"fold_{k}" / "progress.json"
+        if f.is_file():
+            hist[f"fold {k}"] = json.loads(f.read_text())
+    if hist:
+        draw_progress(hist, run_dir / "progress.png", title=f"{run_dir.name}: {len(hist)} folds")
+
+
+def closing_line(summary: dict, run_dir: Path) -> str:
+    """The k-fold run's last line: fold-mean Dice per label with its spread over folds, and where it all is."""
+    import math
+
+    import numpy as np
+
+    labels = summary.get("labels", {})
+    parts = []
+    for lab in [k for k in labels if k != "0"]:
+        v = [f["mean"][lab]["Dice"] for f in summary.get("per_fold", {}).values() if lab in f.get("mean", {})]
+        v = [x for x in v if x is not None and not math.isnan(x)]
+        if v:
+            parts.append(f"{labels[lab]} {np.mean(v):.4f} +- {np.std(v):.4f}")
+    n = len(summary.get("per_fold", {}))
+    return (
+        f"fold-mean Dice over {n} folds (+- sd over folds): {', '.join(parts) or '-'}; "
+        f"report {run_dir / 'report.md'}, bundle {run_dir / 'model'}"
+    )
+
+
 def kfold(cfg) -> dict:
     """Run (or resume) the cross-validation that ``cfg`` describes; returns the CV summary."""
     from omegaconf import OmegaConf
@@ -123,9 +158,23 @@ def kfold(cfg) -> dict:
         log.warning("%s has %d folds; cv.folds=%d is ignored", splits_path, len(splits), cfg.cv.folds)
     fold_ids = list(cfg.cv.fold_ids) if cfg.cv.get("fold_ids") is not None else list(range(len(splits)))
     write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    records = [run_fold(cfg, int(k), splits_path, run_dir) for k in fold_ids]
+    records = []
+    for i, k in enumerate(fold_ids):
+        log.info(
+            "=== fold %d/%d (fold id %d): %d training, %d validation cases -> %s",
+            i + 1,
+            len(fold_ids),
+            k,
+            len(splits[k]["train"]),
+            len(splits[k]["val"]),
+            run_dir / f"fold_{k}",
+        )
+        records.append(run_fold(cfg, int(k), splits_path, run_dir))
     finished = sorted(int(p.parent.name.split("_")[1]) for p in run_dir.glob("fold_*/done.json"))
+    n_oof = sum(len(splits[k]["val"]) for k in finished)
+    log.info("evaluating %d out-of-fold cases of folds %s, then report.md and figures", n_oof, finished)
     summary = evaluate_cv(run_dir, spec, finished, cfg.cv)
+    _draw_folds_progress(run_dir, finished)
     # every fold's bundle describes the same net, pre-processing and inferer: take the first's
     fold_meta = load_bundle(run_dir / f"fold_{finished[0]}" / "model").meta
     write_bundle_meta(

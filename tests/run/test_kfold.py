@@ -163,3 +163,49 @@ def test_seg_train_fold_k_is_seg_kfold_fold_k(synth_root, tmp_path, which):
     top = max(strata.values())
     counts = [sum(strata[c] == top for c in f["val"]) for f in splits]
     assert max(counts) - min(counts) <= 1
+
+
+def test_kfold_cli_names_runs_after_the_experiment_and_reports_progress(synth_root, tmp_path):
+    # outputs/<experiment>/kfold/<date>/, a banner per fold, a log line per out-of-fold case, progress.png
+    # per fold and combined, and a closing line with the fold-mean Dice per label and the paths
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    args = [
+        "experiment=synthetic_unet",
+        f"data.root={synth_root}",
+        *[o for o in TINY if not o.startswith("data.num_folds")],
+        "cv.folds=2",
+        "trainer.max_epochs=1",
+        "cv.surface_metrics=false",
+        "cv.worst_cases=0",
+        f"paths.log_dir={tmp_path / 'outputs'}",
+        "~callbacks.rich_progress_bar",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(
+        [sys.executable, "-m", "seg.cli.kfold", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = list((tmp_path / "outputs" / "synthetic_unet" / "kfold").iterdir())
+    assert len(runs) == 1
+    run = runs[0]
+    for f in ("splits.json", "cv_summary.json", "report.md", "model/model.yaml", "progress.png"):
+        assert (run / f).is_file(), f
+    for k in (0, 1):
+        assert (run / f"fold_{k}" / "progress.png").stat().st_size > 5000
+        assert len(json.loads((run / f"fold_{k}" / "progress.json").read_text())) == 1
+    text = r.stdout + r.stderr + (run / "kfold.log").read_text()
+    splits = json.loads((run / "splits.json").read_text())
+    for i, k in enumerate((0, 1)):
+        assert f"=== fold {i + 1}/2 (fold id {k}): {len(splits[k]['train'])} training, {len(splits[k]['val'])}" in text
+    assert len(re.findall(r"\d+/\d+ synth_\d+ written", text)) == 8  # each out-of-fold case, once
+    last = r.stdout.strip().splitlines()[-1]
+    cs = json.loads((run / "cv_summary.json").read_text())
+    per_fold = [cs["per_fold"][str(k)]["mean"]["1"]["Dice"] for k in (0, 1)]
+    assert last.startswith("fold-mean Dice over 2 folds") and f"meningioma {np.mean(per_fold):.4f}" in last
+    assert str(run / "report.md") in last and str(run / "model") in last
