@@ -171,7 +171,7 @@ def report_markdown(s: dict, figures: list[str]) -> str:
 
 def _save_fig(fig, path: Path) -> None:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")  # ~600 px wide: readable at report size
     atomic_write_bytes(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
 
 
@@ -196,9 +196,11 @@ def write_figures(fig_dir: Path, s: dict, per_case: list[dict], by_id: dict, wor
             ax.scatter(*zip(*pts), s=12, label=s["labels"][lab])
     ax.axvspan(0, 3, color="grey", alpha=0.15, label="< 3 ml")
     ax.set_xscale("symlog", linthresh=1)
-    ax.set_xlabel("label volume (ml)")
-    ax.set_ylabel("Dice")
+    ax.set_xlabel("reference volume (ml, symlog)")
+    ax.set_ylabel("Dice (0-1)")
     ax.set_ylim(-0.02, 1.02)
+    ax.set_title("out-of-fold Dice against label volume", fontsize=10)
+    ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     _save_fig(fig, fig_dir / "dice_vs_volume.png")
     plt.close(fig)
@@ -211,7 +213,10 @@ def write_figures(fig_dir: Path, s: dict, per_case: list[dict], by_id: dict, wor
     ]
     ax.boxplot([[v for v in d if not math.isnan(v)] or [0] for d in data], tick_labels=[str(k) for k in folds])
     ax.set_xlabel("fold")
-    ax.set_ylabel("foreground Dice per case")
+    ax.set_ylabel("foreground Dice per case (0-1)")
+    ax.set_ylim(0, 1)  # fixed: folds and runs compare at a glance
+    ax.set_title(f"out-of-fold Dice per fold ({len(per_case)} cases)", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
     _save_fig(fig, fig_dir / "dice_per_fold.png")
     plt.close(fig)
     out.append("figures/dice_per_fold.png")
@@ -233,10 +238,12 @@ def write_figures(fig_dir: Path, s: dict, per_case: list[dict], by_id: dict, wor
         name = f"figures/worst_{c['case_id']}.png"
         overlay_montage(
             img,
-            {"lime": ref, "red": pred},
+            pred,
             fig_dir.parent / name,
-            f"{c['case_id']} (fold {c['fold']}): Dice {dice:.3f}; green reference, red prediction",
+            f"{c['case_id']} (fold {c['fold']}): foreground Dice {dice:.3f}",
             nii.affine,
+            reference=ref,
+            label_names={int(k): v for k, v in s["labels"].items()},
         )
         out.append(name)
     return out

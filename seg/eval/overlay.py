@@ -18,44 +18,86 @@ def _to_ras(a: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return nib.orientations.apply_orientation(a, ornt)
 
 
+def largest_component_centre(mask: np.ndarray) -> list[int] | None:
+    """Voxel centre (rounded centroid) of the largest 26-connected component of ``mask``; None when empty."""
+    from scipy import ndimage
+
+    lab, n = ndimage.label(mask > 0, structure=np.ones((3, 3, 3)))
+    if n == 0:
+        return None
+    sizes = np.bincount(lab.ravel())[1:]
+    comp = np.argwhere(lab == 1 + int(np.argmax(sizes)))
+    return [int(round(x)) for x in comp.mean(0)]
+
+
+def overlay_rows(
+    pred: np.ndarray, ref: np.ndarray | None, label_names: Mapping[int, str] | None = None, max_rows: int = 4
+) -> list[tuple[str, list[int], int | None]]:
+    """The montage's rows: (title, voxel to cut through, label id) per label present in either map."""
+    ids = sorted((set(np.unique(pred).tolist()) | (set(np.unique(ref).tolist()) if ref is not None else set())) - {0})
+    label_names = dict(label_names or {})
+    rows = []
+    for i in ids[:max_rows]:
+        centre = largest_component_centre(pred == i) or largest_component_centre(ref == i)
+        lname = label_names.get(i, f"label {i}")
+        state = "largest predicted component" if (pred == i).any() else "no foreground predicted (reference shown)"
+        rows.append((f"{lname}: {state}", centre, i))
+    if not rows:
+        what = "no foreground predicted" + ("; reference empty" if ref is not None else "")
+        rows.append((what, [s // 2 for s in pred.shape], None))
+    return rows
+
+
 def overlay_montage(
     image: np.ndarray,
-    masks: Mapping[str, np.ndarray],
+    prediction: np.ndarray | None,
     path: str | Path,
     title: str = "",
     affine: np.ndarray | None = None,
+    reference: np.ndarray | None = None,
+    label_names: Mapping[int, str] | None = None,
+    max_rows: int = 4,
 ) -> None:
-    """Write a 1x3 montage (slices through the masks' centroid) with one contour colour per mask
-    (``{"red": pred, "lime": ref}``). ``image`` and masks are ``[X, Y, Z]`` arrays; with the image's
-    ``affine`` they are reoriented to RAS first and the panels are sagittal, coronal and axial."""
+    """Write a montage of three orthogonal slices per label (up to ``max_rows`` rows): each row cuts
+    through the largest component of that label (in the prediction, else in the reference), with the
+    prediction's contour in red and the reference's in green. A label the prediction lacks is titled "no
+    foreground predicted"; with no foreground at all, one row through the volume's centre says so.
+    ``image``, ``prediction`` and ``reference`` are ``[X, Y, Z]`` label maps; with the image's ``affine``
+    they are reoriented to RAS first and the panels are sagittal, coronal and axial."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = ["axis 0", "axis 1", "axis 2"]
+    pred = np.zeros(image.shape, np.int64) if prediction is None else np.asarray(prediction).astype(np.int64)
+    ref = None if reference is None else np.asarray(reference).astype(np.int64)
     if affine is not None:
-        image = _to_ras(image, affine)
-        masks = {c: _to_ras(m, affine) for c, m in masks.items()}
+        image, pred = _to_ras(image, affine), _to_ras(pred, affine)
+        ref = None if ref is None else _to_ras(ref, affine)
         names = ["sagittal", "coronal", "axial"]
-
-    union = np.zeros(image.shape, bool)
-    for m in masks.values():
-        union |= m > 0
-    centre = [int(round(x)) for x in np.argwhere(union).mean(0)] if union.any() else [s // 2 for s in image.shape]
-    fig, axes = plt.subplots(1, 3, figsize=(9, 3.2))
-    for ax, axis in zip(axes, range(3)):
-        sl = [slice(None)] * 3
-        sl[axis] = centre[axis]
-        ax.imshow(np.rot90(image[tuple(sl)]), cmap="gray")
-        for colour, m in masks.items():
-            s = m[tuple(sl)] > 0
-            if s.any():
-                ax.contour(np.rot90(s), [0.5], colors=colour, linewidths=0.8)
-        ax.set_title(f"{names[axis]}, slice {centre[axis]}", fontsize=8)
-        ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=9)
+    rows = overlay_rows(pred, ref, label_names, max_rows)
+    fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3.1 * len(rows)), squeeze=False)
+    for (row_title, centre, i), row in zip(rows, axes):
+        for ax, axis in zip(row, range(3)):
+            sl = [slice(None)] * 3
+            sl[axis] = centre[axis]
+            ax.imshow(np.rot90(image[tuple(sl)]), cmap="gray")
+            layers = [("red", pred)] + ([("lime", ref)] if ref is not None else [])
+            for colour, m in layers:
+                sm = (m[tuple(sl)] == i) if i is not None else np.zeros(1, bool)
+                if sm.any():
+                    ax.contour(np.rot90(sm), [0.5], colors=colour, linewidths=0.9)
+            ax.set_title(
+                f"{row_title}\n{names[axis]}, slice {centre[axis]}"
+                if axis == 0
+                else f"{names[axis]}, slice {centre[axis]}",
+                fontsize=8,
+                loc="left" if axis == 0 else "center",
+            )
+            ax.axis("off")
+    legend = "red: prediction" + ("; green: reference" if ref is not None else "")
+    fig.suptitle(f"{title}  ({legend})" if title else legend, fontsize=9)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)

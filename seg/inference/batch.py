@@ -111,12 +111,12 @@ def write_case_json(report: dict, path: Path) -> None:
     write_text(path, json.dumps(report, indent=1))
 
 
-def write_overlay(pr: Prediction, path: Path, title: str) -> None:
+def write_overlay(pr: Prediction, path: Path, title: str, labels: dict | None = None) -> None:
     from seg.eval.overlay import overlay_montage
 
     img = np.asanyarray(pr.reference.dataobj).astype(np.float32)
     img = img[..., 0] if img.ndim == 4 else img
-    overlay_montage(img, {"red": pr.labels}, path, f"{title}: prediction in red", pr.reference.affine)
+    overlay_montage(img, pr.labels, path, title, pr.reference.affine, label_names=labels)
 
 
 def write_summary_csv(path: Path, rows: list[dict], failures: list[tuple[str, str]]) -> None:
@@ -152,7 +152,7 @@ def predict_one(
     if options.case_json:
         write_case_json(report, out / f"{stem(case.output_name)}.json")
     if options.overlay:
-        write_overlay(pr, out / f"{stem(case.output_name)}.png", case.case_id)
+        write_overlay(pr, out / f"{stem(case.output_name)}.png", case.case_id, labels)
     secs = report["seconds"]
     log.info(
         "%s: %s (%.1f s: %s)",
