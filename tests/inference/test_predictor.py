@@ -69,3 +69,34 @@ def test_threshold_for_binary_models():
     assert p.labels_from(prob).tolist() == [[[0, 0, 1]]]
     p.threshold = None
     assert p.labels_from(prob).tolist() == [[[0, 1, 1]]]
+
+
+class _IntensitySign(torch.nn.Module):
+    """A fixed network: logits (-x, +x) of the normalised intensity x, so the mask is 'x > 0' voxel by voxel."""
+
+    def forward(self, x):
+        return torch.cat([-x, x], 1) * 10
+
+
+@pytest.mark.parametrize(
+    "sub, name",
+    [
+        ("brain_t1", "brainchop_t1_crop_1mm_256.nii.gz"),  # LIA, uint8
+        ("multilabel", "t2.nii.gz"),  # PSR
+        ("brain_t1", "IXI012-HH-1211_T1_2mm.nii.gz"),  # float64
+    ],
+)
+def test_mask_content_on_the_input_grid(sub, name):
+    # not only the header: the mask's voxels are where the input's own voxels say (z-scored over non-zero
+    # voxels: foreground where the raw intensity exceeds the non-zero mean), in the input's orientation
+    path = shared(sub) / name
+    raw = np.asanyarray(nib.load(str(path)).dataobj).astype(np.float64)
+    raw = raw[..., 0] if raw.ndim == 4 else raw
+    p = Predictor([_IntensitySign()], {0: "bg", 1: "fg"}, ["T1"], PATCH, InfererSpec(roi_size=(64, 64, 64)))
+    mask = p.predict(str(path)).labels
+    mean = raw[raw != 0].mean()
+    expected = (raw > mean).astype(np.uint8)
+    clear = np.abs(raw - mean) > 1e-3 * max(1.0, abs(mean))  # voxels at the mean itself are ties
+    assert mask.shape == raw.shape
+    assert np.array_equal(mask[clear], expected[clear])
+    assert 0.05 < expected.mean() < 0.95  # both classes present: a flipped or shifted mask would differ
