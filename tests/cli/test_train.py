@@ -160,6 +160,25 @@ def test_ddp_two_cpu_processes(synth_root, tmp_path):
 
 
 def test_bf16_mixed_precision_step(synth_root, tmp_path):
-    cfg = compose_train(["debug=fast_dev_run", "trainer.precision=bf16-mixed", *_overrides(synth_root)], tmp_path)
-    m = train(cfg).metrics
-    assert m["global_step"] == 1 and m["train/loss"] == m["train/loss"]  # finite (not NaN)
+    # the net really runs in bf16 under bf16-mixed, and its first loss is fp32's within bf16's precision
+    import pytorch_lightning as pl
+
+    class OutputDtype(pl.Callback):
+        def __init__(self):
+            self.dtypes = set()
+
+        def on_train_start(self, trainer, pl_module):
+            pl_module.net.register_forward_hook(lambda mod, inp, out: self.dtypes.add(first(out).dtype))
+
+    def first(out):
+        return out[0] if isinstance(out, (list, tuple)) else out
+
+    losses = {}
+    for precision in ("32-true", "bf16-mixed"):
+        seen = OutputDtype()
+        over = ["debug=fast_dev_run", f"trainer.precision={precision}", "seed=5", *_overrides(synth_root)]
+        m = train(compose_train(over, tmp_path / precision), extra_callbacks=[seen]).metrics
+        assert m["global_step"] == 1
+        losses[precision] = m["train/loss"]
+        assert seen.dtypes == ({torch.bfloat16} if precision == "bf16-mixed" else {torch.float32})
+    assert losses["bf16-mixed"] == pytest.approx(losses["32-true"], rel=0.02)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from functools import partial
 
+import pytest
 import torch
 
 from seg.lit.losses import SegLoss, deep_supervision_weights
@@ -59,11 +60,27 @@ def test_ds_weights():
     assert deep_supervision_weights([3, 1], 2) == [0.75, 0.25]
 
 
-def test_loss_variants_finite():
+def test_loss_variants_equal_their_formulas():
+    # each loss against its definition written out here (softmax probabilities p, one-hot labels g)
+    torch.manual_seed(0)
     logits, y = torch.randn(2, 3, 8, 8, 8, requires_grad=True), torch.randint(0, 3, (2, 1, 8, 8, 8)).float()
-    for name in ("dice_ce", "dice", "paper_dice", "ce"):
-        loss = SegLoss({"name": name})(logits, y)
-        assert torch.isfinite(loss) and loss > 0
+    p = torch.softmax(logits, 1)
+    g = torch.nn.functional.one_hot(y[:, 0].long(), 3).permute(0, 4, 1, 2, 3).float()
+    dims = (2, 3, 4)  # per case and class, then the mean (MONAI's default reduction)
+    fg = slice(1, None)  # include_background=False
+    inter, sums = (p * g).sum(dims), p.sum(dims) + g.sum(dims)
+    dice = (1 - (2 * inter + 1e-5) / (sums + 1e-5))[:, fg].mean()
+    ce = torch.nn.functional.cross_entropy(logits, y[:, 0].long())
+    paper = (1 - (2 * inter + 1) / ((p * p).sum(dims) + (g * g).sum(dims) + 1))[:, fg].mean()
+    batch_inter, batch_sums = (p * g).sum((0, *dims)), (p.sum((0, *dims)) + g.sum((0, *dims)))
+    batch_dice = (1 - (2 * batch_inter + 1e-5) / (batch_sums + 1e-5))[fg].mean()
+    expected = {"dice": dice, "ce": ce, "dice_ce": dice + ce, "paper_dice": paper}
+    for name, value in expected.items():
+        got = SegLoss({"name": name})(logits, y)
+        assert got.item() == pytest.approx(value.item(), rel=1e-5), name
+    assert SegLoss({"name": "dice", "batch": True})(logits, y).item() == pytest.approx(batch_dice.item(), rel=1e-5)
+    half = SegLoss({"name": "dice_ce", "lambda_ce": 0.5})(logits, y)
+    assert half.item() == pytest.approx((dice + 0.5 * ce).item(), rel=1e-5)
 
 
 def test_area_label_mode_soft_targets():
