@@ -33,6 +33,19 @@ def test_groups_stay_together_and_strata_balance():
     assert max(per_fold) - min(per_fold) <= 2
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_strata_balance_exactly_without_groups(seed):
+    # each stratum's cases spread over the folds as evenly as they can (counts differ by at most 1), and
+    # the fold sizes too: a round-robin per stratum that continues across strata
+    strata = {c: i % 3 for i, c in enumerate(IDS)}
+    splits = make_splits(IDS, 4, seed=seed, strata=strata)
+    for s in range(3):
+        counts = [sum(strata[c] == s for c in f["val"]) for f in splits]
+        assert max(counts) - min(counts) <= 1, (s, counts)
+    sizes = [len(f["val"]) for f in splits]
+    assert max(sizes) - min(sizes) <= 1
+
+
 def test_overlap_is_an_error_and_file_is_reused(tmp_path):
     bad = [{"train": ["a", "b"], "val": ["b"]}]
     with pytest.raises(SplitError, match="both train and val"):
