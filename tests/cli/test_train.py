@@ -61,9 +61,29 @@ def test_run_folder_contents_and_resume(synth_root, tmp_path):
         ],
         run2,
     )
-    m2 = train(cfg2).metrics
+    import pytorch_lightning as pl
+
+    class FirstStepState(pl.Callback):  # what only a resumed run holds before its first step
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if not hasattr(self, "state"):
+                opt = trainer.optimizers[0]
+                self.state = {k: {n: v.clone() for n, v in st.items()} for k, st in enumerate(opt.state.values())}
+                self.weights = {n: p.detach().clone() for n, p in pl_module.state_dict().items()}
+                self.epoch = trainer.current_epoch
+
+    first = FirstStepState()
+    m2 = train(cfg2, extra_callbacks=[first]).metrics
     assert m2["epochs"] == 3
     assert m2["global_step"] == m1["global_step"] * 3 // 2
+    # before its first step the resumed run holds the checkpoint's epoch, weights and Adam moments
+    assert first.epoch == 2
+    saved_state = ck["optimizer_states"][0]["state"]
+    assert len(first.state) == len(saved_state) > 0
+    for k, st in saved_state.items():
+        for n, v in st.items():
+            assert torch.equal(first.state[int(k)][n].cpu(), v), (k, n)
+    for n, v in ck["state_dict"].items():
+        assert torch.equal(first.weights[n].cpu(), v), n
     lr1 = ck["lr_schedulers"][0]["last_epoch"]
     ck2 = torch.load(run2 / "checkpoints" / "last.ckpt", weights_only=True)
     # the schedule steps after every optimiser step and continued from the checkpoint's count
