@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -190,3 +191,35 @@ def test_operating_point_printed_and_applied(synth_root, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:  # argparse's usage error: one line, exit 2
         main(["-i", str(inp), "-o", str(tmp_path / "x"), "-m", str(bundle), "--threshold", "1.5"])
     assert e.value.code == 2 and "give a probability in (0, 1] or 'argmax'" in capsys.readouterr().err
+
+
+def test_writer_failing_half_way_leaves_no_final_name(tiny_bundle, synth_root, tmp_path, monkeypatch, capsys):
+    # atomicity by construction, not by luck: the mask writer dies after half the bytes; the case fails,
+    # no file has the mask's final name, no temporary is left, the other cases are written
+    import seg.io
+
+    real_save = nib.save
+    calls = {"n": 0}
+
+    def half_then_fail(img, path):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second case's mask
+            real_save(img, path)
+            data = Path(path).read_bytes()
+            Path(path).write_bytes(data[: len(data) // 2])
+            raise OSError(28, "No space left on device")
+        return real_save(img, path)
+
+    monkeypatch.setattr(seg.io.nib, "save", half_then_fail)
+    inp = tmp_path / "in"
+    inp.mkdir()
+    names = sorted(f.name for f in (synth_root / "imagesTr").iterdir())[:3]
+    for n in names:
+        shutil.copy(synth_root / "imagesTr" / n, inp / n)
+    out = tmp_path / "out"
+    assert main(["-i", str(inp), "-o", str(out), "-m", str(tiny_bundle), "-q", "--folds", "0"]) == 1
+    err = capsys.readouterr().err
+    assert f"FAILED {names[1].replace('.nii.gz', '')}" in err and "No space left" in err
+    assert not (out / names[1]).exists()
+    assert (out / names[0]).exists() and (out / names[2]).exists()
+    assert not [p for p in out.iterdir() if ".part" in p.name]
