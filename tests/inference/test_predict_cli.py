@@ -16,6 +16,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from seg.cli.predict import main
 from tests.conftest import REPO, shared
@@ -223,3 +224,46 @@ def test_writer_failing_half_way_leaves_no_final_name(tiny_bundle, synth_root, t
     assert not (out / names[1]).exists()
     assert (out / names[0]).exists() and (out / names[2]).exists()
     assert not [p for p in out.iterdir() if ".part" in p.name]
+
+
+def test_predict_options_overlap_workers_device_probabilities(tiny_bundle, synth_root, tmp_path, monkeypatch, capsys):
+    import seg.inference.bundle as bundle_mod
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for f in sorted((synth_root / "imagesTr").iterdir())[:3]:
+        shutil.copy(f, inp / f.name)
+    seen = []
+    real = bundle_mod.Bundle.predictor
+
+    def spy(self, *a, **kw):
+        pr = real(self, *a, **kw)
+        seen.append(pr)
+        return pr
+
+    monkeypatch.setattr(bundle_mod.Bundle, "predictor", spy)
+    base = ["-i", str(inp), "-m", str(tiny_bundle), "-q", "--folds", "0"]
+    assert main([*base, "-o", str(tmp_path / "w1"), "--workers", "1", "--device", "cpu"]) == 0
+    assert main([*base, "-o", str(tmp_path / "w3"), "--workers", "3", "--overlap", "0.75", "--save-probabilities"]) == 0
+    # --overlap reaches the inferer (the bundle's 0.25 otherwise); --device cpu is used
+    assert seen[0].inferer.overlap == 0.25 and seen[1].inferer.overlap == 0.75
+    assert seen[0].device == torch.device("cpu")
+    for f in sorted(inp.iterdir()):
+        a = np.asarray(nib.load(str(tmp_path / "w1" / f.name)).dataobj)
+        assert (tmp_path / "w3" / f.name).is_file() and a.shape == (32, 32, 32)
+        # --save-probabilities: one channel per class, summing to 1, whose argmax is the mask
+        prob = np.asarray(nib.load(str(tmp_path / "w3" / f.name.replace(".nii.gz", "_prob.nii.gz"))).dataobj)
+        mask = np.asarray(nib.load(str(tmp_path / "w3" / f.name)).dataobj)
+        assert prob.shape == (32, 32, 32, 2) and prob.dtype == np.float32
+        np.testing.assert_allclose(prob.sum(-1), 1.0, atol=1e-5)
+        assert np.array_equal(prob.argmax(-1), mask)
+    # --workers only reads ahead: the same overlap with 1 and 3 workers gives byte-identical masks
+    assert main([*base, "-o", str(tmp_path / "w1b"), "--workers", "1", "--overlap", "0.75"]) == 0
+    for f in sorted(inp.iterdir()):
+        assert (tmp_path / "w1b" / f.name).read_bytes() == (tmp_path / "w3" / f.name).read_bytes()
+    # --device cuda without a GPU: one line, exit 2, before any case
+    capsys.readouterr()
+    if not torch.cuda.is_available():
+        assert main([*base, "-o", str(tmp_path / "cuda"), "--device", "cuda"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "cuda" in err[0].lower() and not (tmp_path / "cuda" / "summary.csv").exists()

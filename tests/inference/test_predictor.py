@@ -100,3 +100,33 @@ def test_mask_content_on_the_input_grid(sub, name):
     assert mask.shape == raw.shape
     assert np.array_equal(mask[clear], expected[clear])
     assert 0.05 < expected.mean() < 0.95  # both classes present: a flipped or shifted mask would differ
+
+
+def test_gpu_out_of_memory_falls_back_to_stitching_on_the_cpu(monkeypatch, caplog):
+    # no GPU here: a stand-in volume on "cuda" and a MONAI inferer that runs out of memory once
+    import logging
+    from types import SimpleNamespace
+
+    import seg.nn.inferer as inf
+
+    calls = []
+
+    def fake_swi(x, **kw):
+        calls.append(kw)
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return SimpleNamespace(to=lambda device: ("moved to", device))
+
+    monkeypatch.setattr(inf, "sliding_window_inference", fake_swi)
+    x = SimpleNamespace(device=torch.device("cuda", 0), shape=(1, 1, 64, 64, 64))
+    with caplog.at_level(logging.WARNING):
+        spec = InfererSpec(roi_size=(32, 32, 32))
+        out = inf.sliding_window(lambda t: t, x, spec)
+    assert len(calls) == 2 and "device" not in calls[0]
+    assert calls[1]["device"] == "cpu" and calls[1]["sw_device"] == x.device  # windows on the GPU, sum on the CPU
+    assert out == ("moved to", x.device)
+    assert "stitching the sliding windows on the CPU" in caplog.text
+    # on the CPU an out-of-memory is not retried
+    calls.clear()
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        inf.sliding_window(lambda t: t, SimpleNamespace(device=torch.device("cpu"), shape=x.shape), spec)
