@@ -106,3 +106,64 @@ def test_check_multichannel_nnunet_channel_missing(tmp_path):
     )
     errs = errors(check_dataset(load_dataset(tmp_path)))
     assert [(p.path.endswith("b_0001.nii.gz"), p.message) for p in errs] == [(True, "file is missing")]
+
+
+def _nnunet(tmp_path, cases=("a", "b", "c", "d", "e", "f")):
+    aff = np.diag([1.5, 1.5, 2.0, 1.0])
+    (tmp_path / "imagesTr").mkdir()
+    (tmp_path / "labelsTr").mkdir()
+    rng = np.random.default_rng(0)
+    for c in cases:
+        for ch in range(2):
+            _save(rng.random((8, 9, 10)).astype(np.float32), aff, tmp_path / "imagesTr" / f"{c}_{ch:04d}.nii.gz")
+        lab = np.zeros((8, 9, 10), np.uint8)
+        lab[2:5, 2:5, 2:5] = 1
+        _save(lab, aff, tmp_path / "labelsTr" / f"{c}.nii.gz")
+    (tmp_path / "dataset.json").write_text(
+        json.dumps(
+            {"channel_names": {"0": "T1", "1": "T2"}, "labels": {"background": 0, "x": 1}, "file_ending": ".nii.gz"}
+        )
+    )
+    return aff
+
+
+def test_check_inf_voxels_channel_mismatches_nan_labels_empty_files(tmp_path, capsys):
+    aff = _nnunet(tmp_path)
+    img, lab = tmp_path / "imagesTr", tmp_path / "labelsTr"
+    a = np.random.rand(8, 9, 10).astype(np.float32)
+    a[1, 1, 1], a[2, 2, 2] = np.inf, -np.inf
+    _save(a, aff, img / "a_0000.nii.gz")  # inf voxels
+    _save(np.random.rand(8, 9, 11).astype(np.float32), aff, img / "b_0001.nii.gz")  # channel shape differs
+    shifted = aff.copy()
+    shifted[0, 3] += 3
+    _save(np.random.rand(8, 9, 10).astype(np.float32), shifted, img / "c_0001.nii.gz")  # channel affine differs
+    nan_lab = np.zeros((8, 9, 10), np.float32)
+    nan_lab[0, 0, 0] = np.nan
+    _save(nan_lab, aff, lab / "d.nii.gz")  # NaN label
+    (img / "e_0000.nii.gz").write_bytes(b"")  # empty image file
+    (lab / "f.nii.gz").write_bytes(b"")  # empty label file
+    expected = [
+        ("a_0000.nii.gz", "has 2 NaN/inf voxels"),
+        ("b_0001.nii.gz", "channel shape [8, 9, 11] differs from [8, 9, 10]"),
+        ("c_0001.nii.gz", "channel affine differs"),
+        ("d.nii.gz", "label has NaN/inf voxels"),
+        ("e_0000.nii.gz", "empty"),
+        ("f.nii.gz", "empty"),
+    ]
+    errs = errors(check_dataset(load_dataset(tmp_path)))
+    for name, fragment in expected:
+        assert any(p.path.endswith(name) and fragment in p.message for p in errs), (name, [str(p) for p in errs])
+    assert len(errs) == len(expected)
+    assert check_main([str(tmp_path)]) == 1
+    out = capsys.readouterr()
+    lines = [x for x in (out.out + out.err).splitlines() if "error" in x.lower()]
+    assert len([x for x in lines if any(n in x for n, _ in expected)]) == len(expected)
+
+
+def test_check_duplicate_case_ids(synth_copy):
+    meta = json.loads((synth_copy / "dataset.json").read_text())
+    meta["training"].append(dict(meta["training"][0]))
+    meta["numTraining"] = len(meta["training"])
+    (synth_copy / "dataset.json").write_text(json.dumps(meta))
+    errs = errors(check_dataset(load_dataset(synth_copy)))
+    assert [p.message for p in errs] == ["case id 'synth_000' appears 2 times"]
