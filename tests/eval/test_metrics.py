@@ -243,3 +243,24 @@ def test_compare_pairs_a_kfold_run_with_a_seg_eval_folder_by_case_id(tmp_path):
     r = compare_runs(tmp_path / "cv", tmp_path / "ev")
     assert r["n_cases"] == 6 and r["mean_diff"] == pytest.approx(0.1)
     assert [p["case"] for p in r["per_case"]] == ids
+
+
+def test_seg_eval_bins_cut_the_detection_table(tmp_path):
+    # --bins 0.5 2: cases fall into '< 0.5 ml', '0.5-2 ml' and '>= 2 ml' by their reference volume (1 mm^3 voxels)
+    import json
+
+    import nibabel as nib
+
+    from seg.cli.eval import main
+
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "ref").mkdir()
+    shape = (30, 30, 30)
+    for i, side in enumerate([6, 10, 14, 15]):  # 216, 1000, 2744, 3375 voxels = 0.216 .. 3.375 ml
+        ref = cube(shape, (1, 1, 1), (1 + side, 1 + side, 1 + side)).astype(np.uint8)
+        nib.save(nib.Nifti1Image(ref, np.eye(4)), str(tmp_path / "ref" / f"c{i}.nii.gz"))
+        nib.save(nib.Nifti1Image(ref, np.eye(4)), str(tmp_path / "pred" / f"c{i}.nii.gz"))
+    args = ["-p", str(tmp_path / "pred"), "-l", str(tmp_path / "ref"), "--no-surface", "--bins", "0.5", "2"]
+    assert main([*args, "-o", str(tmp_path / "out")]) == 0
+    by_volume = json.loads((tmp_path / "out" / "summary.json").read_text())["detection"]["1"]["by_volume"]
+    assert {k: v["n_cases"] for k, v in by_volume.items()} == {"< 0.5 ml": 1, "0.5-2 ml": 1, ">= 2 ml": 2}
