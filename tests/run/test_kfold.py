@@ -209,3 +209,79 @@ def test_kfold_cli_names_runs_after_the_experiment_and_reports_progress(synth_ro
     per_fold = [cs["per_fold"][str(k)]["mean"]["1"]["Dice"] for k in (0, 1)]
     assert last.startswith("fold-mean Dice over 2 folds") and f"meningioma {np.mean(per_fold):.4f}" in last
     assert str(run / "report.md") in last and str(run / "model") in last
+
+
+def _kfold_cli(args, timeout=900):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "seg.cli.kfold", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize("launcher", ["joblib", pytest.param("submitit_local", marks=pytest.mark.slow)])
+def test_sweep_over_fold_ids_with_a_real_launcher_then_evaluate(synth_root, tmp_path, launcher):
+    # the README's parallel recipe, run for real: one job per fold id through Hydra's launcher plugin
+    # (joblib; submitit's local executor, the SLURM plugin's own code path), then one plain run evaluates
+    run = tmp_path / "cv"
+    base = [
+        f"data.root={synth_root}",
+        *[o for o in TINY if not o.startswith("data.num_folds")],
+        "cv.folds=2",
+        "trainer.max_epochs=1",
+        f"cv.run_dir={run}",
+        "cv.surface_metrics=false",
+        "cv.worst_cases=0",
+        "~callbacks.rich_progress_bar",
+        f"paths.log_dir={tmp_path / 'outputs'}",
+    ]
+    extra = (
+        ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+        if launcher == "joblib"
+        else ["hydra/launcher=submitit_local", f"hydra.launcher.submitit_folder={tmp_path / 'sub'}"]
+    )
+    r = _kfold_cli(["-m", *base, "cv.fold_ids=[0],[1]", *extra])
+    assert r.returncode == 0, r.stderr[-3000:]
+    done = {k: run / f"fold_{k}" / "done.json" for k in (0, 1)}
+    assert all(d.is_file() for d in done.values())
+    if launcher == "submitit_local":
+        assert list((tmp_path / "sub").rglob("*_result.pkl"))  # the jobs went through submitit
+    stamps = {k: d.stat().st_mtime_ns for k, d in done.items()}
+    r2 = _kfold_cli(base)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert {k: d.stat().st_mtime_ns for k, d in done.items()} == stamps  # evaluated, not retrained
+    cs = json.loads((run / "cv_summary.json").read_text())
+    assert set(cs["per_fold"]) == {"0", "1"} and len(cs["metric_per_case"]) == 8
+    assert load_bundle(run / "model").folds == [0, 1]
+
+
+def test_fold_ids_runs_only_those_folds(synth_root, tmp_path):
+    run = tmp_path / "cv"
+    kfold(_cfg(synth_root, run, ["cv.fold_ids=[1]", "trainer.max_epochs=1", "cv.surface_metrics=false"]))
+    assert (run / "fold_1" / "done.json").is_file() and not (run / "fold_0").exists()
+    assert load_bundle(run / "model").folds == [1]
+
+
+def test_group_regex_keeps_a_subjects_cases_in_one_fold(tmp_path):
+    from types import SimpleNamespace
+
+    from seg.run.kfold import make_cv_splits
+
+    ids = [f"sub-{s:02d}_ses-{t}" for s in range(6) for t in (1, 2, 3)]
+    spec = SimpleNamespace(cases=[SimpleNamespace(case_id=c, label=None) for c in ids])
+    cfg = compose_train(["cv.folds=3", "data.stratify=false", r"cv.group_regex='^(sub-\d+)_'"], tmp_path, "kfold")
+    splits = make_cv_splits(spec, cfg, tmp_path / "splits.json")
+    for f in splits:
+        val_subjects = {c.split("_")[0] for c in f["val"]}
+        assert not val_subjects & {c.split("_")[0] for c in f["train"]}
+        assert len(f["val"]) == 6  # two whole subjects per fold
