@@ -82,7 +82,18 @@ def run_fold(cfg, k: int, splits_path: Path, run_dir: Path) -> dict:
         log.info("fold %d already finished (%s): skipped", k, done)
         return json.loads(done.read_text())
     t0 = time.time()
-    result = train(fold_config(cfg, k, splits_path, fold_dir))
+    fc = fold_config(cfg, k, splits_path, fold_dir)
+    last = fold_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():  # a fold interrupted after an epoch (a kill, a lost node): continue it
+        from seg.inference.bundle import BundleError, read_checkpoint
+
+        try:
+            read_checkpoint(last)
+            fc.ckpt_path = str(last)
+            log.info("fold %d: resuming from %s", k, last)
+        except BundleError as e:
+            log.warning("fold %d: %s; training the fold from the start", k, e)
+    result = train(fc)
     if result.model_bundle is None:
         from seg.config import UserError
 

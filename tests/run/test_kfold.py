@@ -285,3 +285,50 @@ def test_group_regex_keeps_a_subjects_cases_in_one_fold(tmp_path):
         val_subjects = {c.split("_")[0] for c in f["val"]}
         assert not val_subjects & {c.split("_")[0] for c in f["train"]}
         assert len(f["val"]) == 6  # two whole subjects per fold
+
+
+@pytest.mark.slow  # a k-fold CLI run killed in its second fold, then the same command again
+def test_cv_killed_mid_fold_resumes(synth_root, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    run = tmp_path / "cv"
+    args = [
+        f"data.root={synth_root}",
+        *[o for o in TINY if not o.startswith("data.num_folds")],
+        "cv.folds=2",
+        "trainer.max_epochs=30",
+        f"cv.run_dir={run}",
+        "cv.surface_metrics=false",
+        "cv.worst_cases=0",
+        "~callbacks.rich_progress_bar",
+        f"paths.log_dir={tmp_path / 'outputs'}",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen(
+        [sys.executable, "-m", "seg.cli.kfold", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 600
+    last1 = run / "fold_1" / "checkpoints" / "last.ckpt"
+    while time.time() < deadline and p.poll() is None and not last1.exists():
+        time.sleep(0.2)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    assert (run / "fold_0" / "done.json").is_file() and last1.exists() and not (run / "fold_1" / "done.json").exists()
+    stamp = (run / "fold_0" / "done.json").stat().st_mtime_ns
+    r = _kfold_cli(args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (run / "fold_0" / "done.json").stat().st_mtime_ns == stamp  # the finished fold is not retrained
+    assert json.loads((run / "fold_1" / "done.json").read_text())["epochs"] == 30
+    assert "fold 1: resuming from" in r.stdout + r.stderr
+    assert set(json.loads((run / "cv_summary.json").read_text())["per_fold"]) == {"0", "1"}
