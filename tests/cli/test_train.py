@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -202,3 +203,16 @@ def test_bf16_mixed_precision_step(synth_root, tmp_path):
         losses[precision] = m["train/loss"]
         assert seen.dtypes == ({torch.bfloat16} if precision == "bf16-mixed" else {torch.float32})
     assert losses["bf16-mixed"] == pytest.approx(losses["32-true"], rel=0.02)
+
+
+@pytest.mark.slow  # torch.compile's first compilation takes a minute on the CPU
+def test_model_compile_true_trains_through_the_compiled_net(synth_root, tmp_path):
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    cfg = compose_train(["debug=fast_dev_run", "model.compile=true", *_overrides(synth_root)], tmp_path)
+    res = train(cfg)
+    assert counters["stats"]["unique_graphs"] >= 1  # dynamo captured (and inductor compiled) the forward
+    compiled = res.module._compiled
+    assert isinstance(compiled, torch._dynamo.eval_frame.OptimizedModule) and compiled._orig_mod is res.module.net
+    assert res.metrics["global_step"] == 1 and np.isfinite(res.metrics["train/loss"])
