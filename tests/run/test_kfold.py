@@ -60,8 +60,14 @@ def test_two_fold_cv_end_to_end_and_resume(synth_root, tmp_path):
     assert "Dice-TP" in report and "< 3 ml" in report
     chosen = "argmax" if cs["threshold"] is None else f"{cs['threshold']:.1f}"
     assert f"Chosen: **{chosen}**" in report and "Every table below uses argmax masks" in report
+    from PIL import Image
+
     for f in ("dice_vs_volume.png", "dice_per_fold.png"):
-        assert (run / "figures" / f).stat().st_size > 1000
+        im = Image.open(run / "figures" / f)
+        assert im.format == "PNG" and im.size[0] >= 500 and im.size[1] >= 350, im.size  # readable at report size
+        px = np.asarray(im.convert("L"))
+        assert px.std() > 10  # drawn on, not blank
+        assert f"figures/{f}" in report
     assert list((run / "figures").glob("worst_*.png"))
     # the bundle: model.yaml + plain state dicts
     b = load_bundle(run / "model")
