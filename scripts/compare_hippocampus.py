@@ -4,7 +4,8 @@ against the spread between seeds (nnU-Net's own replicate runs differ by up to 3
 
     python scripts/compare_hippocampus.py --minutes 20 --seeds 0 1 2 hippocampus_unet plan=outputs/plans/x.yaml
 
-Fold 0 of the same seeded 5-fold split for every run (the training seed changes, the split does not).
+Fold 0 of the same 5-fold split for every run (``data/splits/hippocampus_compare.json``; the training seed
+changes, the split does not).
 Reported per run: the final validation Dice (foreground mean, and per label) and the best seen, epochs
 and optimiser steps; then mean +- sd (population sd over the seeds) per experiment. Runs go to
 outputs/compare_hippocampus/<date>/<experiment>/seed<k>/ (metrics.json, config.yaml, ...).
@@ -21,6 +22,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# the split every comparison in the README used: 5 folds, data.split_seed 0, as seg-train made it before its
+# split became seg-kfold's stratified one; kept so that fold 0 means the same 40 validation cases
+SPLITS = REPO / "data" / "splits" / "hippocampus_compare.json"
 
 
 def run(exp: str, seed: int, minutes: int, out: Path, extra: list[str]) -> dict:
@@ -32,6 +36,7 @@ def run(exp: str, seed: int, minutes: int, out: Path, extra: list[str]) -> dict:
         f"seed={seed}",
         f"trainer.max_time=00:{h:02d}:{m:02d}:00",
         f"hydra.run.dir={out}",
+        f"data.splits_file={SPLITS}",
         "~callbacks.rich_progress_bar",
         *extra,
     ]
