@@ -67,3 +67,16 @@ TINY = [
     "trainer.enable_model_summary=false",
     "trainer.log_every_n_steps=1",
 ]
+
+
+def tiny_cv(root, run, folds: int = 2, epochs: int = 1) -> list[str]:
+    """Overrides of a tiny k-fold run on ``root`` into ``run`` (no surface metrics, no worst-case overlays)."""
+    return [
+        f"data.root={root}",
+        *[o for o in TINY if not o.startswith("data.num_folds")],
+        f"cv.folds={folds}",
+        f"trainer.max_epochs={epochs}",
+        f"cv.run_dir={run}",
+        "cv.surface_metrics=false",
+        "cv.worst_cases=0",
+    ]

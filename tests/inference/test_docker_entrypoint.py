@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from seg.run.kfold import kfold
-from tests.conftest import REPO, TINY, compose_train
+from tests.conftest import REPO, compose_train, tiny_cv
 
 
 def _docker_array(text: str, instr: str) -> list[str]:
@@ -42,13 +42,7 @@ def test_dockerfile_entrypoint_in_fresh_venv(synth_root, tmp_path):
     kfold(
         compose_train(
             [
-                f"data.root={synth_root}",
-                *[o for o in TINY if not o.startswith("data.num_folds")],
-                "cv.folds=2",
-                "trainer.max_epochs=1",
-                f"cv.run_dir={run}",
-                "cv.surface_metrics=false",
-                "cv.worst_cases=0",
+                *tiny_cv(synth_root, run),
             ],
             run,
             config_name="kfold",

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from seg.run.kfold import kfold
-from tests.conftest import REPO, TINY, compose_train, shared
+from tests.conftest import REPO, compose_train, shared, tiny_cv
 
 BASE = "seg-base:bookworm"
 WHEELS = Path("/opt/wheels")
@@ -58,13 +58,7 @@ def test_image_built_offline_with_a_baked_bundle_runs_as_another_user(synth_root
         kfold(
             compose_train(
                 [
-                    f"data.root={synth_root}",
-                    *[o for o in TINY if not o.startswith("data.num_folds")],
-                    "cv.folds=2",
-                    "trainer.max_epochs=1",
-                    f"cv.run_dir={run}",
-                    "cv.surface_metrics=false",
-                    "cv.worst_cases=0",
+                    *tiny_cv(synth_root, run),
                     # 64^3 windows at 0.25 overlap: 125 per fold on the 256^3 T1, not ~9000 of the 24^3 patch
                     "model.inferer.roi_size=[64,64,64]",
                     "model.inferer.overlap=0.25",

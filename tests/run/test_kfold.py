@@ -11,7 +11,7 @@ import torch
 
 from seg.inference.bundle import load_bundle
 from seg.run.kfold import kfold
-from tests.conftest import TINY, compose_train
+from tests.conftest import TINY, compose_train, tiny_cv
 
 
 def _cfg(root, run, extra=()):
@@ -241,13 +241,7 @@ def test_sweep_over_fold_ids_with_a_real_launcher_then_evaluate(synth_root, tmp_
     # (joblib; submitit's local executor, the SLURM plugin's own code path), then one plain run evaluates
     run = tmp_path / "cv"
     base = [
-        f"data.root={synth_root}",
-        *[o for o in TINY if not o.startswith("data.num_folds")],
-        "cv.folds=2",
-        "trainer.max_epochs=1",
-        f"cv.run_dir={run}",
-        "cv.surface_metrics=false",
-        "cv.worst_cases=0",
+        *tiny_cv(synth_root, run),
         f"paths.log_dir={tmp_path / 'outputs'}",
     ]
     extra = (
