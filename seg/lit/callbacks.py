@@ -47,6 +47,28 @@ class _NotOnTerminals(logging.Filter):
         return not getattr(record, "seg_epoch", False)
 
 
+def share_terminal_console() -> None:
+    """On a terminal, log lines go through rich's console, the one Lightning's progress bar draws on, so
+    they print above the bar instead of through it; epoch lines stay off the terminal (the bar shows them).
+    Handlers that write to files or pipes are left as they are."""
+    from rich import get_console
+    from rich.logging import RichHandler
+
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        stream = getattr(h, "stream", None)
+        tty = not isinstance(h, logging.FileHandler) and bool(getattr(stream, "isatty", lambda: False)())
+        if not tty:
+            continue
+        if not isinstance(h, RichHandler):
+            rh = RichHandler(console=get_console(), level=h.level, show_path=False, markup=False)
+            root.removeHandler(h)
+            root.addHandler(rh)
+            h = rh
+        if not any(isinstance(f, _NotOnTerminals) for f in h.filters):
+            h.addFilter(_NotOnTerminals())
+
+
 class EpochLog(Callback):
     """One line per training epoch to the log: ``train.log`` in the run folder (Hydra's file handler) and
     the console when it is not a terminal (nohup, SLURM, ``docker logs``); on a terminal the progress bar
@@ -66,11 +88,7 @@ class EpochLog(Callback):
         self._validated = False
 
     def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
-        for h in logging.getLogger().handlers:
-            stream = getattr(h, "stream", None)
-            tty = not isinstance(h, logging.FileHandler) and bool(getattr(stream, "isatty", lambda: False)())
-            if tty and not any(isinstance(f, _NotOnTerminals) for f in h.filters):
-                h.addFilter(_NotOnTerminals())
+        share_terminal_console()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module) -> None:
         self._start = time.monotonic()

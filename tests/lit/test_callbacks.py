@@ -1,0 +1,44 @@
+"""Log lines on a terminal share the progress bar's rich console; epoch lines stay off the terminal."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+from seg.lit.callbacks import share_terminal_console
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_terminal_handler_becomes_rich_and_pipes_stay(tmp_path):
+    from rich import get_console
+    from rich.logging import RichHandler
+
+    root = logging.getLogger()
+    saved = list(root.handlers)
+    tty, pipe = logging.StreamHandler(_Tty()), logging.StreamHandler(io.StringIO())
+    file = logging.FileHandler(tmp_path / "train.log")
+    for h in saved:
+        root.removeHandler(h)
+    try:
+        for h in (tty, pipe, file):
+            root.addHandler(h)
+        share_terminal_console()
+        share_terminal_console()  # idempotent
+        rich = [h for h in root.handlers if isinstance(h, RichHandler)]
+        assert len(rich) == 1 and rich[0].console is get_console() and tty not in root.handlers
+        assert pipe in root.handlers and file in root.handlers
+        epoch = logging.LogRecord("seg.epoch", logging.INFO, __file__, 1, "epoch 1/2", None, None)
+        epoch.seg_epoch = True
+        other = logging.LogRecord("seg", logging.INFO, __file__, 1, "a warning", None, None)
+        assert not rich[0].filter(epoch) and rich[0].filter(other)  # epoch lines: file and pipes only
+        assert pipe.filter(epoch) and file.filter(epoch)
+    finally:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        for h in saved:
+            root.addHandler(h)
+        file.close()
