@@ -10,7 +10,7 @@ import time
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback, Timer
 
-from seg.lit.module import metric_key
+from seg.lit.module import val_dice_per_label
 
 log = logging.getLogger("seg.epoch")
 
@@ -114,8 +114,7 @@ class EpochLog(Callback):
             parts.append(f"train/loss {float(loss):.4f}")
         if self._validated and "val/dice" in m:
             names = getattr(pl_module, "label_names", [])
-            keys = [(n, f"val/dice_{metric_key(n)}") for n in names]
-            per = [f"{n} {float(m[k]):.4f}" for n, k in keys if k in m]
+            per = [f"{n} {v:.4f}" for n, v in val_dice_per_label(m, names).items()]
             parts.append(f"val/dice {float(m['val/dice']):.4f}" + (f" ({' '.join(per)})" if len(per) > 1 else ""))
         timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
         now = time.monotonic()

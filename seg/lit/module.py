@@ -26,6 +26,12 @@ def metric_key(name: str) -> str:
     return re.sub(r"[^0-9a-zA-Z]+", "_", name).strip("_").lower()
 
 
+def val_dice_per_label(metrics, label_names) -> dict[str, float]:
+    """Label name -> its logged validation Dice, for the labels Lightning's ``callback_metrics`` holds."""
+    keys = [(n, f"val/dice_{metric_key(n)}") for n in label_names]
+    return {n: float(metrics[k]) for n, k in keys if k in metrics}
+
+
 class SegModule(pl.LightningModule):
     """Trains a segmentation network.
 

@@ -103,11 +103,9 @@ class ProgressPlot(Callback):
         m = trainer.callback_metrics
         loss = m.get("train/loss_epoch", m.get("train/loss"))
         names = list(getattr(pl_module, "label_names", []))
-        from seg.lit.module import metric_key
+        from seg.lit.module import val_dice_per_label
 
-        dice = {}
-        if self._validated:
-            dice = {n: float(m[f"val/dice_{metric_key(n)}"]) for n in names if f"val/dice_{metric_key(n)}" in m}
+        dice = val_dice_per_label(m, names) if self._validated else {}
         opt = trainer.optimizers[0] if trainer.optimizers else None
         self.history.append(
             {
