@@ -37,6 +37,9 @@ COPY --from=build /opt/venv /opt/venv
 COPY ${MODEL_DIR} /model
 RUN useradd --create-home --uid 1000 seg && mkdir -p /input /output && chown seg /output
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 MPLCONFIGDIR=/tmp/matplotlib
+# seg-predict's defaults for -i/-o/-m: arguments given to `docker run IMAGE ...` replace CMD, so
+# `docker run IMAGE --engine onnxruntime` still reads /input, writes /output and loads /model
+ENV SEG_INPUT=/input SEG_OUTPUT=/output SEG_MODEL=/model
 USER seg
 WORKDIR /home/seg
 ENTRYPOINT ["seg-predict"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 log = logging.getLogger("seg.predict")
@@ -18,11 +19,41 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="seg-predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    env = os.environ.get
     p.add_argument(
-        "-i", "--input", required=True, help="a NIfTI file, a folder of them, or nnU-Net CASE_0000 channel files"
+        "-i",
+        "--input",
+        default=env("SEG_INPUT"),
+        required=not env("SEG_INPUT"),
+        help="a NIfTI file, a folder of them, or nnU-Net CASE_0000 channel files (default: $SEG_INPUT)",
     )
-    p.add_argument("-o", "--output", required=True, help="output folder (masks as OUTPUT/<case>.nii.gz)")
-    p.add_argument("-m", "--model", required=True, help="model bundle folder (model.yaml + fold_<k>/weights.pt)")
+    p.add_argument(
+        "-o",
+        "--output",
+        default=env("SEG_OUTPUT"),
+        required=not env("SEG_OUTPUT"),
+        help="output folder (masks as OUTPUT/<case>.nii.gz; default: $SEG_OUTPUT)",
+    )
+    p.add_argument(
+        "-m",
+        "--model",
+        default=env("SEG_MODEL"),
+        required=not env("SEG_MODEL"),
+        help="model bundle folder (model.yaml + fold_<k>/weights.pt; default: $SEG_MODEL)",
+    )
+    p.add_argument(
+        "--engine",
+        choices=["torch", "onnxruntime"],
+        default="torch",
+        help="torch (default), or onnxruntime: each fold's model.onnx from seg-export, on the CPU",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="bf16: torch autocast (CPUs with AVX512-BF16/AMX, CUDA); checked first on the first case: the fp32 "
+        "and bf16 masks must agree (Dice >= 0.999) or nothing is predicted (exit 2)",
+    )
     p.add_argument("--folds", default="all", help="'all' or e.g. 0,1,2: the folds to ensemble (mean softmax)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average over all mirrorings")
@@ -50,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     from seg.cli.common import user_errors
+    from seg.config import UserError
     from seg.inference.batch import BatchOptions, predict_cases
     from seg.inference.bundle import load_bundle
     from seg.inference.cases import discover
@@ -65,13 +97,31 @@ def main(argv: list[str] | None = None) -> int:
         if not cases:
             raise FileNotFoundError(f"{inp}: no NIfTI files (.nii, .nii.gz) found")
         cases = existing_outputs(cases, out, a.overwrite, a.resume)
-        predictor = bundle.predictor(folds, device, a.tta, a.overlap, a.threshold)
+        if a.engine == "onnxruntime" and device != "cpu":
+            raise UserError("--engine onnxruntime runs on the CPU here: add --device cpu")
+        if a.engine == "onnxruntime" and a.precision == "bf16":
+            raise UserError(
+                "--precision bf16 is for --engine torch: ONNX Runtime's CPU provider has no bf16 convolutions"
+            )
+        predictor = bundle.predictor(folds, device, a.tta, a.overlap, a.threshold, a.engine, a.precision)
+        if a.precision == "bf16":
+            check_bf16(bundle, predictor, folds, device, a, cases)
     except (*user_errors(), ValueError, RuntimeError) as e:
         print(f"error: {e}".splitlines()[0], file=sys.stderr)
         return 2
     print(f"operating point: {operating_point(bundle, predictor, a.threshold)}")
     net = bundle.meta["net"]["name"]
-    log.info("%d cases, model %s (%s, folds %s) on %s%s", len(cases), a.model, net, folds, device, " TTA" * a.tta)
+    log.info(
+        "%d cases, model %s (%s, folds %s) on %s, %s %s%s",
+        len(cases),
+        a.model,
+        net,
+        folds,
+        device,
+        a.engine,
+        a.precision,
+        " TTA" * a.tta,
+    )
     probs = "nifti" if a.save_probabilities else "none"
     opts = BatchOptions(probabilities=probs, overlay=a.png, workers=a.workers, progress=not a.quiet)
     res = predict_cases(cases, predictor, out, opts, bundle.labels)
@@ -80,6 +130,25 @@ def main(argv: list[str] | None = None) -> int:
     for cid, problem in res.failures:
         print(f"FAILED {cid}: {problem}", file=sys.stderr)
     return 1 if res.failures else 0
+
+
+def check_bf16(bundle, predictor, folds, device, a, cases) -> None:
+    """bf16 only if its masks agree with fp32's on the first readable case (Dice >= 0.999); else a UserError."""
+    from seg.config import UserError
+    from seg.inference.agreement import MIN_AGREEMENT, bf16_agreement
+    from seg.inference.cases import validate
+
+    case = next((c for c in cases if validate(c)[0] is None), None)
+    if case is None:
+        return  # nothing readable: the batch reports every case
+    fp32 = bundle.predictor(folds, device, a.tta, a.overlap, a.threshold, a.engine, "fp32")
+    agree = bf16_agreement(fp32, predictor, case.files)
+    if agree < MIN_AGREEMENT:
+        raise UserError(
+            f"{a.model}: --precision bf16 refused for this net: Dice between its fp32 and bf16 masks is "
+            f"{agree:.4f} < {MIN_AGREEMENT} on {case.case_id}"
+        )
+    print(f"bf16 agreement: Dice {agree:.4f} between fp32 and bf16 masks on {case.case_id} (>= {MIN_AGREEMENT})")
 
 
 def _threshold(text: str) -> float | str:

@@ -17,15 +17,12 @@ from pathlib import Path
 import torch
 import yaml
 
+from seg.inference.errors import BundleError
 from seg.io import atomic_write_bytes, write_text
 from seg.nn import create_net
 from seg.nn.inferer import InfererSpec
 
 FORMAT = "seg-model/1"
-
-
-class BundleError(ValueError):
-    """A model bundle or checkpoint cannot be used; the message is one line naming the file."""
 
 
 REQUIRED = ("net", "labels", "channel_names", "preprocessing", "folds")
@@ -101,17 +98,22 @@ class Bundle:
         tta: bool = False,
         overlap: float | None = None,
         threshold: float | str | None = None,
+        engine: str = "torch",
+        precision: str = "fp32",
     ):
         """A :class:`~seg.inference.predictor.Predictor` over ``folds`` with the bundle's own settings;
-        ``overlap`` and ``threshold`` (two-class models; ``"argmax"``: none) override the bundle's when given."""
+        ``overlap`` and ``threshold`` (two-class models; ``"argmax"``: none) override the bundle's when given.
+        ``engine="onnxruntime"`` runs each fold's ``model.onnx`` (written by ``seg-export``) in one ONNX
+        Runtime session per fold, on the CPU."""
         from dataclasses import replace
 
         from seg.inference.predictor import Predictor
 
         inferer = self.inferer if overlap is None else replace(self.inferer, overlap=overlap)
         thr = None if threshold == "argmax" else threshold if threshold is not None else self.meta.get("threshold")
+        nets = self.load_onnx(folds) if engine == "onnxruntime" else self.load_nets(folds)
         return Predictor(
-            self.load_nets(folds),
+            nets,
             self.labels,
             self.meta["channel_names"],
             self.meta["preprocessing"],
@@ -119,14 +121,33 @@ class Bundle:
             tta=tta,
             device=device,
             threshold=thr if len(self.labels) == 2 else None,
+            precision=precision,
         )
 
-    def load_nets(self, folds: Sequence[int] | None = None, device: str = "cpu") -> list[torch.nn.Module]:
-        """One network per fold, weights loaded with ``weights_only=True``; every problem one line naming the file."""
+    def _check_folds(self, folds: Sequence[int] | None) -> list[int]:
         folds = self.folds if folds is None else list(folds)
         unknown = sorted(set(folds) - set(self.folds))
         if unknown:
             raise BundleError(f"{self.root / 'model.yaml'}: folds {unknown} not in the bundle (has {self.folds})")
+        return folds
+
+    def load_onnx(self, folds: Sequence[int] | None = None) -> list:
+        """One ONNX Runtime session per fold (``fold_<k>/model.onnx``, made by ``seg-export``)."""
+        from seg.inference.onnx_engine import OrtNet
+
+        nets = []
+        for k in self._check_folds(folds):
+            path = self.root / f"fold_{k}" / "model.onnx"
+            if not path.is_file():
+                raise BundleError(
+                    f"{path}: missing: --engine onnxruntime needs an exported bundle (seg-export {self.root})"
+                )
+            nets.append(OrtNet(path))
+        return nets
+
+    def load_nets(self, folds: Sequence[int] | None = None, device: str = "cpu") -> list[torch.nn.Module]:
+        """One network per fold, weights loaded with ``weights_only=True``; every problem one line naming the file."""
+        folds = self._check_folds(folds)
         net_cfg = dict(self.meta["net"])
         name = net_cfg.pop("name")
         nets = []

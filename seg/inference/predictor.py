@@ -26,6 +26,8 @@ from seg.nn.utils import prepare_for_inference
 
 log = logging.getLogger(__name__)
 
+PRECISIONS = ("fp32", "bf16")
+
 
 @dataclass
 class Prediction:
@@ -48,6 +50,9 @@ class Predictor:
         tta: average over all axis mirrorings (8 in 3D).
         device: torch device.
         threshold: for two-class models, foreground where its probability >= threshold (None: argmax).
+        precision: ``fp32``, or ``bf16`` (the torch nets run under bf16 autocast; softmax and the ensemble
+            stay in fp32). Nets that are not torch modules (ONNX Runtime sessions, :class:`OrtNet`) run as
+            they were exported.
     """
 
     def __init__(
@@ -60,9 +65,16 @@ class Predictor:
         tta: bool = False,
         device: str | torch.device = "cpu",
         threshold: float | None = None,
+        precision: str = "fp32",
     ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.device = torch.device(device)
-        self.nets = [prepare_for_inference(n, channels_last=True).to(self.device) for n in nets]
+        self.precision = precision
+        self.nets = [
+            prepare_for_inference(n, channels_last=True).to(self.device) if isinstance(n, nn.Module) else n
+            for n in nets
+        ]
         self.label_ids = sorted(labels)
         self.spec = DatasetSpec(root=".", layout="msd", channel_names=list(channel_names), labels=dict(labels))
         pre = dict(preprocessing)
@@ -73,9 +85,16 @@ class Predictor:
         self.tta = tta
         self.threshold = threshold
 
-    def _forward(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, net, x: torch.Tensor) -> torch.Tensor:
+        torch_net = isinstance(net, nn.Module)
+        bf16 = torch_net and self.precision == "bf16"
+
         def run(t: torch.Tensor) -> torch.Tensor:
-            return first_output(net(t.contiguous(memory_format=torch.channels_last_3d) if t.ndim == 5 else t))
+            if not torch_net:
+                return net(t)
+            t = t.contiguous(memory_format=torch.channels_last_3d) if t.ndim == 5 else t
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+                return first_output(net(t)).float()
 
         if self.mode == "resize":
             return run(x)

@@ -1,0 +1,32 @@
+"""Whether reduced precision gives the same masks: the bf16 check ``seg-predict --precision bf16`` runs first.
+
+Agreement is the Dice between the fp32 mask and the bf16 mask of the same case, averaged over the
+foreground labels; a label empty in both masks counts 1.0 (they agree). bf16 is used only when the
+agreement on the check case is at least ``MIN_AGREEMENT``; otherwise the command stops before any case is
+predicted (exit code 2, one line with the figure).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+MIN_AGREEMENT = 0.999
+
+
+def mask_agreement(a: np.ndarray, b: np.ndarray, label_ids: Sequence[int]) -> float:
+    """Mean Dice over the foreground ``label_ids`` (all but the first, the background) of two label maps."""
+    scores = []
+    for lab in list(label_ids)[1:]:
+        pa, pb = a == lab, b == lab
+        total = int(pa.sum()) + int(pb.sum())
+        scores.append(1.0 if total == 0 else 2.0 * int((pa & pb).sum()) / total)
+    return float(np.mean(scores)) if scores else 1.0
+
+
+def bf16_agreement(fp32, bf16, files: Sequence[str]) -> float:
+    """Agreement of two predictors (fp32, bf16) on one case's files."""
+    a = fp32.predict(list(files)).labels
+    b = bf16.predict(list(files)).labels
+    return mask_agreement(a, b, fp32.label_ids)

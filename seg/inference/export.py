@@ -1,0 +1,238 @@
+"""Export a bundle's networks to ONNX or TorchScript, each checked against PyTorch before it is kept.
+
+What is exported is the network's logits on the pre-processed grid (``x: float32 [N, C, D, H, W]`` ->
+``logits: float32 [N, K, D, H, W]``, batch and spatial axes dynamic); pre-processing, the sliding window,
+the fold ensemble, TTA, the softmax and the exact inverse stay in seg (they are the same for every
+engine). BatchNorm is folded into the convolutions first (eval mode). Each exported fold is checked at
+two input sizes on random input: its softmax must equal PyTorch's within ``PARITY_TOL``, or the export is
+refused with one line and nothing is written. ``model.yaml`` records the file, opset, layout, dynamic axes
+and the exporting versions; the ONNX file's own metadata carries the label names, channel names and the
+bundle's format, so it describes itself outside seg.
+
+Hand-written because torch.onnx (the dynamo exporter) exports and onnxruntime runs, but neither knows a
+bundle: which folds, which metadata, which parity check and which refusals.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import yaml
+
+from seg.inference.bundle import FORMAT, Bundle, BundleError
+from seg.inference.onnx_engine import OrtNet
+from seg.io import atomic_write_bytes, write_text
+from seg.nn.inferer import first_output
+from seg.nn.utils import fuse_conv_bn
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "torchscript")
+FILES = {"onnx": "model.onnx", "torchscript": "model.ts"}
+OPSET = 18
+PARITY_TOL = 1e-4  # max |softmax difference| allowed between the exported model and PyTorch (fp32)
+# two check sizes (multiples of 16: every registered net's pooling takes them); the second is anisotropic
+CHECK_SHAPES = ((32, 32, 32), (48, 32, 64))
+
+# Networks refused without trying, with the reason (measured with torch 2.13, onnxruntime 1.31):
+REFUSED = {
+    "unet_local_attn": "its 3D local attention (seg::local_attn3d, a torch custom op whose torch path loops over "
+    "blocks in Python) has no ONNX decomposition or custom-op kernel; the conversion fails",
+    "transdae": "its window partition exports with the first input's sizes baked in: ONNX Runtime fails at a "
+    "second input size (Transpose shape mismatch), so no dynamic spatial axes",
+    "swinunetr": "MONAI's SwinUNETR export takes ~4 minutes and its softmax differs from PyTorch's by up to "
+    "3e-4 (> 1e-4) at random weights",
+}
+
+
+class ExportError(BundleError):
+    """A network cannot be exported (one line: which and why)."""
+
+
+class Logits(nn.Module):
+    """The network's first output (deep-supervision heads dropped), as inference uses it."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return first_output(self.net(x))
+
+
+def versions() -> dict:
+    import onnx
+    import onnxruntime
+
+    return {"torch": str(torch.__version__), "onnx": str(onnx.__version__), "onnxruntime": str(onnxruntime.__version__)}
+
+
+def _softmax(t: torch.Tensor | np.ndarray) -> torch.Tensor:
+    return torch.softmax(torch.as_tensor(t).float(), 1)
+
+
+def _export_onnx(module: nn.Module, x: torch.Tensor, path: Path) -> None:
+    dim = torch.export.Dim
+    dyn = {"x": {0: dim.DYNAMIC, 2: dim.DYNAMIC, 3: dim.DYNAMIC, 4: dim.DYNAMIC}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prog = torch.onnx.export(
+            module,
+            (x,),
+            dynamo=True,
+            input_names=["x"],
+            output_names=["logits"],
+            dynamic_shapes=dyn,
+            opset_version=OPSET,
+            external_data=False,
+            verbose=False,
+        )
+    prog.save(str(path), external_data=False)
+
+
+def _export_torchscript(module: nn.Module, x: torch.Tensor, path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(module, (x,), check_trace=False)
+        torch.jit.save(traced, str(path))
+
+
+def _run_exported(fmt: str, path: Path, x: torch.Tensor) -> torch.Tensor:
+    if fmt == "onnx":
+        return OrtNet(path, threads=torch.get_num_threads())(x)
+    with torch.inference_mode():
+        return torch.jit.load(str(path))(x)
+
+
+def parity(fmt: str, module: nn.Module, path: Path, in_channels: int, seed: int = 0) -> float:
+    """Max |softmax(exported) - softmax(PyTorch)| over ``CHECK_SHAPES`` (random input, batch 1)."""
+    g = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    for shape in CHECK_SHAPES:
+        x = torch.randn(1, in_channels, *shape, generator=g)
+        with torch.inference_mode():
+            ref = _softmax(module(x))
+        try:
+            out = _softmax(_run_exported(fmt, path, x))
+        except Exception as e:  # the runtime's own errors: a shape baked in, an unsupported op
+            msg = " ".join(str(e).split())[:160]
+            raise ExportError(f"the exported model fails at input size {list(shape)} ({msg})") from None
+        if out.shape != ref.shape:
+            got, want = list(out.shape), list(ref.shape)
+            raise ExportError(f"the exported model returns {got} at {list(shape)}, PyTorch {want}")
+        worst = max(worst, float((out - ref).abs().max()))
+    return worst
+
+
+def export_fold(
+    net: nn.Module, name: str, in_channels: int, fmt: str, path: Path, metadata: dict | None = None
+) -> float:
+    """Export one fold's network to ``path`` (atomically) after checking it; returns the parity figure."""
+    if name in REFUSED:
+        raise ExportError(f"net {name!r} cannot be exported: {REFUSED[name]}")
+    module = Logits(fuse_conv_bn(net)).eval()
+    x = torch.randn(1, in_channels, *CHECK_SHAPES[0])
+    with tempfile.TemporaryDirectory(prefix=".seg_export.", dir=path.parent) as tmp:
+        tmp_path = Path(tmp) / path.name
+        try:
+            (_export_onnx if fmt == "onnx" else _export_torchscript)(module, x, tmp_path)
+        except Exception as e:  # torch.onnx / torch.jit raise many types; one line says which
+            first = " ".join(str(e).split())[:200]
+            raise ExportError(f"net {name!r} cannot be exported to {fmt} ({type(e).__name__}: {first})") from None
+        diff = parity(fmt, module, tmp_path, in_channels)
+        if diff > PARITY_TOL:
+            raise ExportError(
+                f"net {name!r}: the {fmt} export's softmax differs from PyTorch's by {diff:.2g} (> {PARITY_TOL:g}); "
+                "refused"
+            )
+        if fmt == "onnx":
+            _write_onnx_metadata(tmp_path, {**(metadata or {}), "seg_net": name})
+        data = tmp_path.read_bytes()
+    atomic_write_bytes(path, lambda t: Path(t).write_bytes(data))
+    return diff
+
+
+def _write_onnx_metadata(path: Path, meta: dict) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for k, v in meta.items():
+        p = model.metadata_props.add()
+        p.key, p.value = k, v
+    model.producer_name = "seg"
+    onnx.save(model, str(path))
+
+
+def onnx_metadata(bundle: Bundle) -> dict:
+    """The key/value strings an exported ONNX file carries about the bundle."""
+    return {
+        "seg_format": FORMAT,
+        "seg_labels": json.dumps({str(k): v for k, v in bundle.labels.items()}),
+        "seg_channel_names": json.dumps(list(bundle.meta["channel_names"])),
+        "seg_preprocessing": json.dumps(bundle.meta["preprocessing"]),
+        "seg_inferer": json.dumps(bundle.meta.get("inferer")),
+        "seg_input": "x: float32 [N, C, D, H, W] pre-processed as model.yaml's preprocessing says",
+        "seg_output": "logits: float32 [N, K, D, H, W]; softmax over K, classes in label-id order",
+    }
+
+
+def export_bundle(
+    bundle: Bundle, fmt: str = "onnx", folds: Sequence[int] | None = None, out: str | Path | None = None
+) -> dict:
+    """Export ``folds`` of ``bundle`` into ``out`` (default: the bundle itself) and record it in ``model.yaml``.
+
+    With ``out`` given, the bundle is copied there (model.yaml + weights) and the exports land in the copy:
+    the source is never written. Returns the ``export`` record written to ``model.yaml``.
+    """
+    import shutil
+
+    if fmt not in FORMATS:
+        raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    folds = bundle.folds if folds is None else list(folds)
+    name = bundle.meta["net"]["name"]
+    if name in REFUSED:  # before loading weights: the answer does not depend on them
+        raise ExportError(f"net {name!r} cannot be exported: {REFUSED[name]}")
+    nets = bundle.load_nets(folds)
+    root = bundle.root
+    if out is not None:
+        root = Path(out)
+        if root.resolve() != bundle.root.resolve():
+            for k in folds:
+                (root / f"fold_{k}").mkdir(parents=True, exist_ok=True)
+                shutil.copy2(bundle.root / f"fold_{k}" / "weights.pt", root / f"fold_{k}" / "weights.pt")
+    in_channels = len(bundle.meta["channel_names"])
+    metadata = onnx_metadata(bundle)
+    figures = {}
+    for k, net in zip(folds, nets):
+        path = root / f"fold_{k}" / FILES[fmt]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figures[k] = export_fold(net, name, in_channels, fmt, path, metadata)
+        log.info("fold %d: %s written (softmax max |diff| vs PyTorch %.2g)", k, path, figures[k])
+    meta = dict(bundle.meta)
+    if out is not None:
+        meta["folds"] = sorted(folds)
+    exports = dict(meta.get("export") or {})
+    exports[fmt] = {
+        "file": f"fold_<k>/{FILES[fmt]}",
+        "folds": sorted(folds),
+        **({"opset": OPSET} if fmt == "onnx" else {}),
+        "input": "x: float32 [N, C, D, H, W] (channels first, pre-processed)",
+        "output": "logits: float32 [N, K, D, H, W] (softmax over K gives seg's probabilities)",
+        "dynamic_axes": ["N", "D", "H", "W"],
+        "bn_folded": True,
+        "parity_max_abs_softmax_diff": {int(k): float(f"{v:.3g}") for k, v in figures.items()},
+        "parity_inputs": [list(s) for s in CHECK_SHAPES],
+        "versions": versions(),
+    }
+    meta["export"] = exports
+    write_text(root / "model.yaml", yaml.safe_dump(meta, sort_keys=False))
+    return exports[fmt]
