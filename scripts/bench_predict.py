@@ -91,11 +91,12 @@ def monai_pipeline(files, models, roi, overlap, out_dir):
     return times
 
 
-def seg_pipeline(files, models, roi, overlap, out_dir):
+def seg_pipeline(files, models, roi, overlap, out_dir, precision="fp32"):
     from seg.inference.predictor import Predictor, save_mask
     from seg.nn.inferer import InfererSpec
 
-    pred = Predictor(models, {0: "background", 1: "fg"}, ["T1"], PRE, InfererSpec(roi_size=roi, overlap=overlap))
+    spec = InfererSpec(roi_size=roi, overlap=overlap)
+    pred = Predictor(models, {0: "background", 1: "fg"}, ["T1"], PRE, spec, precision=precision)
     times = {"preprocess": 0.0, "infer": 0.0, "invert+write": 0.0}
     for f in files:
         p = pred.predict(f)
@@ -105,6 +106,36 @@ def seg_pipeline(files, models, roi, overlap, out_dir):
         times["infer"] += p.seconds["infer"]
         times["invert+write"] += p.seconds["invert"] + p.seconds["labels"] + time.perf_counter() - t
     return times
+
+
+PIPELINES = (("MONAI pipeline (baseline)", monai_pipeline), ("seg predictor", seg_pipeline))
+EXPORT_SECONDS: list[float] = []
+
+
+def engine_pipelines(models):
+    """torch fp32 (baseline), torch bf16, ONNX Runtime fp32: the nets exported once here (seg-export's own
+    code, its parity check included; the seconds are reported), one session per fold made in each run."""
+    import functools
+
+    from seg.inference.export import export_fold
+    from seg.inference.onnx_engine import OrtNet
+
+    folder = Path(tempfile.mkdtemp(prefix="bench_onnx."))
+    paths = []
+    for k, m in enumerate(models):
+        t = time.perf_counter()
+        export_fold(m, "unet", 1, "onnx", folder / f"fold_{k}.onnx")
+        EXPORT_SECONDS.append(time.perf_counter() - t)
+        paths.append(folder / f"fold_{k}.onnx")
+
+    def ort(files, _models, roi, overlap, out_dir):
+        return seg_pipeline(files, [OrtNet(p) for p in paths], roi, overlap, out_dir)  # sessions counted
+
+    return (
+        ("seg torch fp32 (baseline)", seg_pipeline),
+        ("seg torch bf16", functools.partial(seg_pipeline, precision="bf16")),
+        ("seg onnxruntime fp32", ort),
+    )
 
 
 def warmup_volume(folder: str) -> str:
@@ -122,6 +153,11 @@ def main() -> None:
     ap.add_argument("--folds", type=int, nargs="+", default=[1, 5])
     ap.add_argument("--overlap", type=float, default=0.5)
     ap.add_argument("--t1-filters", type=int, nargs=5, default=[8, 16, 32, 64, 128])
+    ap.add_argument(
+        "--engines",
+        action="store_true",
+        help="seg's engines instead: torch fp32 (baseline), torch bf16, ONNX Runtime fp32 (sessions, exports counted)",
+    )
     a = ap.parse_args()
     workloads = []
     t1 = SHARED / "brain_t1" / "brainchop_t1_crop_1mm_256.nii.gz"
@@ -143,7 +179,8 @@ def main() -> None:
     for name, files, filters, roi in workloads:
         for n in a.folds:
             models = nets(filters, n)
-            for impl, fn in (("MONAI pipeline (baseline)", monai_pipeline), ("seg predictor", seg_pipeline)):
+            pipelines = engine_pipelines(models) if a.engines else PIPELINES
+            for impl, fn in pipelines:
                 with tempfile.TemporaryDirectory() as d:
                     fn([warmup_volume(d)], models, roi, a.overlap, d)  # warm-up (imports, allocator, oneDNN)
                     res = {}
@@ -167,8 +204,9 @@ def main() -> None:
                         "total": total,
                     }
                 )
-            base = rows[-2]["s_case"]
-            rows[-2]["x"], rows[-1]["x"] = 1.0, rows[-1]["s_case"] / base
+            base = rows[-len(pipelines)]["s_case"]
+            for r in rows[-len(pipelines) :]:
+                r["x"] = r["s_case"] / base
     print(f"\n{threads_note()}; overlap {a.overlap}; untrained paper U-Nets (speed only)")
     print_table(
         rows,
@@ -184,6 +222,8 @@ def main() -> None:
             ("mem", "peak GB", ".2f"),
         ],
     )
+    if EXPORT_SECONDS:
+        print(f"ONNX export (once per fold, parity check included): {sum(EXPORT_SECONDS) / len(EXPORT_SECONDS):.1f} s")
     print(
         "shares are of the end-to-end time; invert+write = resampling back to the input grid, argmax, writing the mask"
     )

@@ -9,6 +9,19 @@ import torch
 
 from seg.inference.errors import BundleError
 
+_ARENA: list = []
+
+
+def _share_arena(ort) -> None:
+    """One CPU memory arena for every session of the process (made once). Each session's own arena keeps
+    its peak: five folds on the 256^3 T1 peaked at 4.65 GB with their own arenas; with one shared arena two
+    folds took 1.16 GB instead of 2.22 GB at the same speed (84 vs 89 s); without any arena 0.92 GB but 25 %
+    slower."""
+    if not _ARENA:
+        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
+        _ARENA.append(info)
+
 
 def ort_session(path: str | Path, threads: int | None = None):
     """An ONNX Runtime CPU session with the process's thread count (torch's), created once per fold."""
@@ -19,6 +32,8 @@ def ort_session(path: str | Path, threads: int | None = None):
     so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3  # errors only: its warnings about unused initializers are not the user's
+    _share_arena(ort)
+    so.add_session_config_entry("session.use_env_allocators", "1")
     try:
         return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types for a bad file

@@ -54,8 +54,9 @@ def draw_progress(histories: dict[str, list[dict]], path: Path, title: str = "")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
     loss_ax.set_ylabel("train loss")
-    a_ep.legend(fontsize=7, loc="lower right")
-    loss_ax.legend(fontsize=7, loc="upper right")
+    for ax, where in ((a_ep, "lower right"), (loss_ax, "upper right")):
+        if ax.get_legend_handles_labels()[0]:  # before the first validation there is no curve to name
+            ax.legend(fontsize=7, loc=where)
     a_lr.set_xlabel("epoch")
     a_lr.set_ylabel("learning rate")
     a_lr.grid(alpha=0.3)

@@ -20,6 +20,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from seg.cli.export import main as export_main
 from seg.run.kfold import kfold
 from tests.conftest import REPO, compose_train, shared, tiny_cv
 
@@ -68,6 +69,7 @@ def test_image_built_offline_with_a_baked_bundle_runs_as_another_user(synth_root
             )
         )
         model = run / "model"
+        assert export_main([str(model)]) == 0  # the README's order: export, then bake (ONNX files in the bundle)
         build = [
             exe,
             "build",
@@ -120,6 +122,21 @@ def test_image_built_offline_with_a_baked_bundle_runs_as_another_user(synth_root
             if os.geteuid() == 0:  # a rootful engine: the mask belongs to the uid the image ran as
                 assert (out / f.name).stat().st_uid == 1000
         assert (out / "summary.csv").is_file()
+        # the exported engine through the entrypoint: flags replace CMD, -i/-o/-m come from the image's ENV
+        out_ort = tmp_path / "output_ort"
+        out_ort.mkdir()
+        os.chmod(out_ort, 0o777)
+        r4 = subprocess.run(
+            [exe, "run", "--rm", *flags, "--user", "1000:1000", "--network", "none", "--shm-size", "2g"]
+            + ["-v", f"{inp}:/input:ro", "-v", f"{out_ort}:/output", tag, "--engine", "onnxruntime", "-q"],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
+        assert r4.returncode == 0, r4.stderr[-3000:]
+        for f in sorted(inp.iterdir()):
+            a, b = nib.load(str(out_ort / f.name)), nib.load(str(direct / f.name))
+            assert np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj)), f.name
         # a read-only output mount: one line naming /output, non-zero, before any inference, nothing written
         ro = tmp_path / "ro_output"
         ro.mkdir()
@@ -132,7 +149,7 @@ def test_image_built_offline_with_a_baked_bundle_runs_as_another_user(synth_root
             timeout=600,
         )
         lines = r3.stderr.strip().splitlines()
-        assert r3.returncode == 1 and "Traceback" not in r3.stderr, r3.stderr[-2000:]
+        assert r3.returncode == 2 and "Traceback" not in r3.stderr, r3.stderr[-2000:]
         assert lines and "/output" in lines[-1] and "not writable" in lines[-1], lines[-3:]
         assert list(ro.iterdir()) == []
     finally:

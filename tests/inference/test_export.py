@@ -160,6 +160,10 @@ def test_engines_give_the_same_probabilities_and_masks(exported, synth_root, tta
     ort_pred = bundle.predictor(tta=tta, engine="onnxruntime")
     p_ort = ort_pred.predict(str(img))
     assert len({id(n.session) for n in ort_pred.nets}) == 2  # one session per fold, made once
+    for n in ort_pred.nets:  # the process's thread count, and one shared memory arena (not one per fold)
+        opts = n.session.get_session_options()
+        assert opts.intra_op_num_threads == torch.get_num_threads()
+        assert opts.get_session_config_entry("session.use_env_allocators") == "1"
     assert float((p_torch.probabilities - p_ort.probabilities).abs().max()) <= 1e-4
     assert np.array_equal(p_torch.labels, p_ort.labels) and len(np.unique(p_torch.labels)) >= 2
 
