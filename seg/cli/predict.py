@@ -19,28 +19,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="seg-predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    env = os.environ.get
-    p.add_argument(
-        "-i",
-        "--input",
-        default=env("SEG_INPUT"),
-        required=not env("SEG_INPUT"),
-        help="a NIfTI file, a folder of them, or nnU-Net CASE_0000 channel files (default: $SEG_INPUT)",
+    paths = (  # -i/-o/-m default to $SEG_INPUT/$SEG_OUTPUT/$SEG_MODEL (the Docker image sets them)
+        ("-i", "--input", "SEG_INPUT", "a NIfTI file, a folder of them, or nnU-Net CASE_0000 channel files"),
+        ("-o", "--output", "SEG_OUTPUT", "output folder (masks as OUTPUT/<case>.nii.gz)"),
+        ("-m", "--model", "SEG_MODEL", "model bundle folder (model.yaml + fold_<k>/weights.pt)"),
     )
-    p.add_argument(
-        "-o",
-        "--output",
-        default=env("SEG_OUTPUT"),
-        required=not env("SEG_OUTPUT"),
-        help="output folder (masks as OUTPUT/<case>.nii.gz; default: $SEG_OUTPUT)",
-    )
-    p.add_argument(
-        "-m",
-        "--model",
-        default=env("SEG_MODEL"),
-        required=not env("SEG_MODEL"),
-        help="model bundle folder (model.yaml + fold_<k>/weights.pt; default: $SEG_MODEL)",
-    )
+    for short, long, var, text in paths:
+        value = os.environ.get(var)
+        p.add_argument(short, long, default=value, required=not value, help=f"{text} (default: ${var})")
     p.add_argument(
         "--engine",
         choices=["torch", "onnxruntime"],
