@@ -105,23 +105,30 @@ def _export_torchscript(module: nn.Module, x: torch.Tensor, path: Path) -> None:
         torch.jit.save(traced, str(path))
 
 
-def _run_exported(fmt: str, path: Path, x: torch.Tensor) -> torch.Tensor:
+def _load_exported(fmt: str, path: Path):
+    """The exported file as a callable on torch tensors (loaded once per check)."""
     if fmt == "onnx":
-        return OrtNet(path, threads=torch.get_num_threads())(x)
-    with torch.inference_mode():
-        return torch.jit.load(str(path))(x)
+        return OrtNet(path, threads=torch.get_num_threads())
+    ts = torch.jit.load(str(path))
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return ts(x)
+
+    return run
 
 
 def parity(fmt: str, module: nn.Module, path: Path, in_channels: int, seed: int = 0) -> float:
     """Max |softmax(exported) - softmax(PyTorch)| over ``CHECK_SHAPES`` (random input, batch 1)."""
     g = torch.Generator().manual_seed(seed)
     worst = 0.0
+    exported = _load_exported(fmt, path)
     for shape in CHECK_SHAPES:
         x = torch.randn(1, in_channels, *shape, generator=g)
         with torch.inference_mode():
             ref = _softmax(module(x))
         try:
-            out = _softmax(_run_exported(fmt, path, x))
+            out = _softmax(exported(x))
         except Exception as e:  # the runtime's own errors: a shape baked in, an unsupported op
             msg = " ".join(str(e).split())[:160]
             raise ExportError(f"the exported model fails at input size {list(shape)} ({msg})") from None

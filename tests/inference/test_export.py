@@ -102,8 +102,13 @@ def test_refused_net_gets_one_line_and_no_file(name, tmp_path, capsys):
 def test_parity_failure_refuses_and_writes_nothing(tmp_path, monkeypatch):
     """A runtime that disagrees with PyTorch (here: logits scaled) is caught by the check, not shipped."""
     root = net_bundle(tmp_path / "m", "unet")
-    real = ex._run_exported
-    monkeypatch.setattr(ex, "_run_exported", lambda fmt, path, x: real(fmt, path, x) * 1.5)
+    real = ex._load_exported
+
+    def scaled(fmt, path):
+        run = real(fmt, path)
+        return lambda x: run(x) * 1.5
+
+    monkeypatch.setattr(ex, "_load_exported", scaled)
     with pytest.raises(ex.ExportError, match=r"differs from PyTorch's by .* \(> 0.0001\)"):
         ex.export_bundle(load_bundle(root), "onnx")
     assert sorted(p.name for p in (root / "fold_0").iterdir()) == ["weights.pt"]
