@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         predictor = bundle.predictor(folds, device, a.tta, a.overlap, a.threshold, a.engine, a.precision)
         if a.precision == "bf16":
-            check_bf16(bundle, predictor, folds, device, a, cases)
+            check_bf16(predictor, a.model, cases)
     except (*user_errors(), ValueError, RuntimeError) as e:
         print(f"error: {e}".splitlines()[0], file=sys.stderr)
         return 2
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if res.failures else 0
 
 
-def check_bf16(bundle, predictor, folds, device, a, cases) -> None:
+def check_bf16(predictor, model: str, cases) -> None:
     """bf16 only if its masks agree with fp32's on the first readable case (Dice >= 0.999); else a UserError."""
     from seg.config import UserError
     from seg.inference.agreement import MIN_AGREEMENT, bf16_agreement
@@ -127,11 +127,10 @@ def check_bf16(bundle, predictor, folds, device, a, cases) -> None:
     case = next((c for c in cases if validate(c)[0] is None), None)
     if case is None:
         return  # nothing readable: the batch reports every case
-    fp32 = bundle.predictor(folds, device, a.tta, a.overlap, a.threshold, a.engine, "fp32")
-    agree = bf16_agreement(fp32, predictor, case.files)
+    agree = bf16_agreement(predictor, case.files)
     if agree < MIN_AGREEMENT:
         raise UserError(
-            f"{a.model}: --precision bf16 refused for this net: Dice between its fp32 and bf16 masks is "
+            f"{model}: --precision bf16 refused for this net: Dice between its fp32 and bf16 masks is "
             f"{agree:.4f} < {MIN_AGREEMENT} on {case.case_id}"
         )
     print(f"bf16 agreement: Dice {agree:.4f} between fp32 and bf16 masks on {case.case_id} (>= {MIN_AGREEMENT})")

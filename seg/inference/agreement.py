@@ -25,8 +25,11 @@ def mask_agreement(a: np.ndarray, b: np.ndarray, label_ids: Sequence[int]) -> fl
     return float(np.mean(scores)) if scores else 1.0
 
 
-def bf16_agreement(fp32, bf16, files: Sequence[str]) -> float:
-    """Agreement of two predictors (fp32, bf16) on one case's files."""
-    a = fp32.predict(list(files)).labels
-    b = bf16.predict(list(files)).labels
-    return mask_agreement(a, b, fp32.label_ids)
+def bf16_agreement(predictor, files: Sequence[str]) -> float:
+    """Agreement of one predictor's fp32 and bf16 masks on one case's files (the same nets, loaded once);
+    the predictor is left at bf16."""
+    masks = []
+    for precision in ("fp32", "bf16"):
+        predictor.precision = precision
+        masks.append(predictor.predict(list(files)).labels)
+    return mask_agreement(*masks, predictor.label_ids)

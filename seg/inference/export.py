@@ -57,6 +57,12 @@ class ExportError(BundleError):
     """A network cannot be exported (one line: which and why)."""
 
 
+def check_exportable(name: str) -> None:
+    """A net of ``REFUSED`` -> one line saying why."""
+    if name in REFUSED:
+        raise ExportError(f"net {name!r} cannot be exported: {REFUSED[name]}")
+
+
 class Logits(nn.Module):
     """The network's first output (deep-supervision heads dropped), as inference uses it."""
 
@@ -143,8 +149,7 @@ def export_fold(
     net: nn.Module, name: str, in_channels: int, fmt: str, path: Path, metadata: dict | None = None
 ) -> float:
     """Export one fold's network to ``path`` (atomically) after checking it; returns the parity figure."""
-    if name in REFUSED:
-        raise ExportError(f"net {name!r} cannot be exported: {REFUSED[name]}")
+    check_exportable(name)
     module = Logits(fuse_conv_bn(net)).eval()
     x = torch.randn(1, in_channels, *CHECK_SHAPES[0])
     with tempfile.TemporaryDirectory(prefix=".seg_export.", dir=path.parent) as tmp:
@@ -206,8 +211,7 @@ def export_bundle(
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     folds = bundle.folds if folds is None else list(folds)
     name = bundle.meta["net"]["name"]
-    if name in REFUSED:  # before loading weights: the answer does not depend on them
-        raise ExportError(f"net {name!r} cannot be exported: {REFUSED[name]}")
+    check_exportable(name)  # before loading weights: the answer does not depend on them
     nets = bundle.load_nets(folds)
     root = bundle.root
     if out is not None:
