@@ -46,11 +46,14 @@ print()
 d_, t_ = plan["data"], plan["trainer"]
 print(f"[demo] plan            : {plan_path}: patch {d_['patch_size']}, spacing {d_['spacing']} mm, "
       f"filters {plan['model']['net']['filters']}, batch {d_['batch_size']}x{d_['num_samples']}, {t_['precision']}, "
-      f"budget {t_['max_time']} ({plan['planned']['steps_in_budget']} steps planned)")
+      f"budget {t_['max_time']} ({plan['planned']['steps_in_budget']} steps planned)"
+      + (f", {members} ensemble members of that budget each" if (members := plan.get("ensemble", {}).get("members", 1)) > 1 else ""))
 print(f"[demo] run folder      : {run}")
 print(f"[demo] resolved config : {run}/config.yaml")
-print(f"[demo] checkpoints     : {run}/checkpoints/ (best.ckpt on val/dice, last.ckpt for resuming)")
-print(f"[demo] logs            : {run}/tensorboard (tensorboard --logdir {run}), {run}/csv/metrics.csv")
+ck = f"{run}/checkpoints/" if members == 1 else f"{run}/member_<m>/checkpoints/"
+print(f"[demo] checkpoints     : {ck} (best.ckpt on val/dice, last.ckpt for resuming)")
+lg = run if members == 1 else f"{run}/member_<m>"
+print(f"[demo] logs            : {run}/train.log, {lg}/tensorboard (tensorboard --logdir {run}), {lg}/csv/metrics.csv, {run}/progress.png")
 print(f"[demo] model bundle    : {run}/model (seg-predict -m {run}/model)")
 print(f"[demo] predictions     : {run}/predictions (masks, per-case JSON and PNG, summary.csv, summary.json)")
 print(f"[demo] validation Dice : best {m['val/dice_best']:.3f}, last {m.get('val/dice', float('nan')):.3f} "

@@ -80,6 +80,15 @@ class Bundle:
         return [int(f) for f in self.meta["folds"]]
 
     @property
+    def members(self) -> int:
+        """Networks per fold: 1, or an ensemble trained on the fold's training cases with different seeds."""
+        return int(self.meta.get("members") or 1)
+
+    def member_dirs(self, fold: int) -> list[Path]:
+        """Where fold ``fold``'s networks live: ``fold_<k>/`` (member 0) and ``fold_<k>/member_<m>/``."""
+        return member_dirs(self.root, fold, self.members)
+
+    @property
     def labels(self) -> dict[int, str]:
         return {int(k): str(v) for k, v in self.meta["labels"].items()}
 
@@ -137,22 +146,23 @@ class Bundle:
 
         nets = []
         for k in self._check_folds(folds):
-            path = self.root / f"fold_{k}" / "model.onnx"
-            if not path.is_file():
-                raise BundleError(
-                    f"{path}: missing: --engine onnxruntime needs an exported bundle (seg-export {self.root})"
-                )
-            nets.append(OrtNet(path))
+            for d in self.member_dirs(k):
+                path = d / "model.onnx"
+                if not path.is_file():
+                    raise BundleError(
+                        f"{path}: missing: --engine onnxruntime needs an exported bundle (seg-export {self.root})"
+                    )
+                nets.append(OrtNet(path))
         return nets
 
     def load_nets(self, folds: Sequence[int] | None = None, device: str = "cpu") -> list[torch.nn.Module]:
-        """One network per fold, weights loaded with ``weights_only=True``; every problem one line naming the file."""
+        """One network per fold and member, weights loaded with ``weights_only=True``; every problem one line
+        naming the file."""
         folds = self._check_folds(folds)
         net_cfg = dict(self.meta["net"])
         name = net_cfg.pop("name")
         nets = []
-        for k in folds:
-            path = self.root / f"fold_{k}" / "weights.pt"
+        for path in (d / "weights.pt" for k in folds for d in self.member_dirs(k)):
             state = load_weights(path, device)
             try:
                 net = create_net(name, **net_cfg)
@@ -162,6 +172,11 @@ class Bundle:
             net.load_state_dict(state)
             nets.append(net.eval())
         return nets
+
+
+def member_dirs(root: str | Path, fold: int, members: int = 1) -> list[Path]:
+    base = Path(root) / f"fold_{fold}"
+    return [base] + [base / f"member_{m}" for m in range(1, int(members))]
 
 
 def write_bundle_meta(

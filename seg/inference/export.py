@@ -214,26 +214,30 @@ def export_bundle(
     check_exportable(name)  # before loading weights: the answer does not depend on them
     nets = bundle.load_nets(folds)
     root = bundle.root
+    # (fold, member folder relative to the bundle) in the order load_nets returns the networks
+    where = [(k, d.relative_to(bundle.root)) for k in folds for d in bundle.member_dirs(k)]
     if out is not None:
         root = Path(out)
         if root.resolve() != bundle.root.resolve():
-            for k in folds:
-                (root / f"fold_{k}").mkdir(parents=True, exist_ok=True)
-                shutil.copy2(bundle.root / f"fold_{k}" / "weights.pt", root / f"fold_{k}" / "weights.pt")
+            for _, d in where:
+                (root / d).mkdir(parents=True, exist_ok=True)
+                shutil.copy2(bundle.root / d / "weights.pt", root / d / "weights.pt")
     in_channels = len(bundle.meta["channel_names"])
     metadata = onnx_metadata(bundle)
-    figures = {}
-    for k, net in zip(folds, nets):
-        path = root / f"fold_{k}" / FILES[fmt]
+    figures: dict = {}
+    for (k, d), net in zip(where, nets):
+        path = root / d / FILES[fmt]
         path.parent.mkdir(parents=True, exist_ok=True)
-        figures[k] = export_fold(net, name, in_channels, fmt, path, metadata)
-        log.info("fold %d: %s written (softmax max |diff| vs PyTorch %.2g)", k, path, figures[k])
+        diff = export_fold(net, name, in_channels, fmt, path, metadata)
+        figures[k] = max(figures.get(k, 0.0), diff)  # the worst member of the fold
+        log.info("%s: %s written (softmax max |diff| vs PyTorch %.2g)", d, path, diff)
     meta = dict(bundle.meta)
     if out is not None:
         meta["folds"] = sorted(folds)
     exports = dict(meta.get("export") or {})
     exports[fmt] = {
-        "file": f"fold_<k>/{FILES[fmt]}",
+        "file": f"fold_<k>/{FILES[fmt]}"
+        + (f" (members 1..: fold_<k>/member_<m>/{FILES[fmt]})" if bundle.members > 1 else ""),
         "folds": sorted(folds),
         **({"opset": OPSET} if fmt == "onnx" else {}),
         "input": "x: float32 [N, C, D, H, W] (channels first, pre-processed)",

@@ -32,6 +32,48 @@ def val_dice_per_label(metrics, label_names) -> dict[str, float]:
     return {n: float(metrics[k]) for n, k in keys if k in metrics}
 
 
+def dice_terms(scores: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per foreground class, the sum of the cases' Dice of the argmax mask and the number of cases counted.
+
+    ``scores`` ``[B, K, ...]`` (logits or probabilities), ``y`` ``[B, 1, ...]`` label ids. A case whose
+    reference lacks the class is not counted for it (MONAI's ``ignore_empty``): the mean over cases is
+    ``sum / count``, as validation logs it.
+    """
+    k = scores.shape[1]
+    pred = one_hot(scores.argmax(1, keepdim=True), k)
+    dice = compute_dice(pred, one_hot(y.long(), k), include_background=False, ignore_empty=True)  # [B, K-1]
+    valid = ~torch.isnan(dice)
+    return torch.where(valid, dice, 0).sum(0).double(), valid.sum(0).double()
+
+
+def per_label_means(total: torch.Tensor, count: torch.Tensor, label_names: Sequence[str]) -> dict[str, float]:
+    """``val/dice`` (mean over the classes some case has) and ``val/dice_<label>`` from :func:`dice_terms` sums."""
+    per_class = torch.where(count > 0, total / count.clamp(min=1), torch.nan)
+    out = {f"val/dice_{metric_key(n)}": float(v) for n, v in zip(label_names, per_class)}
+    out["val/dice"] = float(torch.nanmean(per_class)) if bool((count > 0).any()) else 0.0
+    return out
+
+
+@torch.no_grad()
+def ensemble_validation(modules: Sequence[SegModule], loader, bf16: bool = False) -> dict[str, float]:
+    """Validation Dice of the members' mean softmax, exactly as one module's validation scores its logits
+    (same loader, inferer and argmax), so an ensemble's figure reads beside a single run's."""
+    names = modules[0].label_names
+    total = torch.zeros(len(names), dtype=torch.float64)
+    count = torch.zeros(len(names), dtype=torch.float64)
+    for m in modules:
+        m.eval()
+    for batch in loader:
+        x, y = batch["image"], batch["label"]
+        y = y.as_tensor() if hasattr(y, "as_tensor") else y
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            probs = sum(torch.softmax(m.predict_logits(x).float(), 1) for m in modules) / len(modules)
+        t, c = dice_terms(probs, y)
+        total += t.cpu()
+        count += c.cpu()
+    return per_label_means(total, count, names)
+
+
 class SegModule(pl.LightningModule):
     """Trains a segmentation network.
 
@@ -131,23 +173,20 @@ class SegModule(pl.LightningModule):
         x, y = batch["image"], batch["label"]
         y = y.as_tensor() if hasattr(y, "as_tensor") else y
         logits = self.predict_logits(x)
-        k = logits.shape[1]
         self.log("val/loss", self.loss_fn(logits, y), batch_size=1, sync_dist=True)
-        pred = one_hot(logits.argmax(1, keepdim=True), k)
-        dice = compute_dice(pred, one_hot(y.long(), k), include_background=False, ignore_empty=True)  # [B, K-1]
-        valid = ~torch.isnan(dice)
-        self._val_sum += torch.where(valid, dice, 0).sum(0).double()
-        self._val_count += valid.sum(0).double()
+        total, count = dice_terms(logits, y)
+        self._val_sum += total.to(self._val_sum.device)
+        self._val_count += count.to(self._val_count.device)
 
     def on_validation_epoch_end(self) -> None:
         s, c = self._val_sum, self._val_count
         if self.trainer.world_size > 1:  # ranks hold different cases: add sums and counts
             s = self.all_gather(s).reshape(-1, s.numel()).sum(0)
             c = self.all_gather(c).reshape(-1, c.numel()).sum(0)
-        per_class = torch.where(c > 0, s / c.clamp(min=1), torch.nan)
-        for name, v in zip(self.label_names, per_class):
-            self.log(f"val/dice_{metric_key(name)}", float(v), sync_dist=False)
-        mean = float(torch.nanmean(per_class)) if bool((c > 0).any()) else 0.0
+        means = per_label_means(s, c, self.label_names)
+        mean = means.pop("val/dice")
+        for key, v in means.items():
+            self.log(key, v, sync_dist=False)
         self.log("val/dice", mean, prog_bar=True, sync_dist=False)
         if not self.trainer.sanity_checking:
             self.dice_best = max(self.dice_best, mean)

@@ -26,6 +26,20 @@ def _plot(ax, xs, ys, **kw) -> None:
         ax.plot(*zip(*pts), marker="o" if len(pts) < 30 else None, markersize=3, **kw)
 
 
+def draw_combined(runs: dict[str, Path], path: Path, title: str) -> None:
+    """One ``progress.png`` of several runs (k-fold folds, ensemble members): each run folder's
+    ``progress.json`` drawn in the same figure; runs without one are left out."""
+    import json
+
+    hist = {
+        name: json.loads((d / "progress.json").read_text())
+        for name, d in runs.items()
+        if (d / "progress.json").is_file()
+    }
+    if hist:
+        draw_progress(hist, path, title=f"{title}: {len(hist)} runs" if len(hist) > 1 else title)
+
+
 def draw_progress(histories: dict[str, list[dict]], path: Path, title: str = "") -> None:
     """Draw ``histories`` (name -> per-epoch records: epoch, minutes, loss, lr, dice: {label: value})."""
     import matplotlib

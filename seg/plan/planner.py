@@ -7,10 +7,18 @@ The choice, in order (every step's reason goes into the YAML as a comment):
 3. width and patch from the cost model: starting from the full patch (whole volumes when the median case
    fits), the widest first-level width among 4, 8, 16, 32 whose step time still buys ``min_steps``
    optimiser steps in the training share of the budget; when even the thinnest cannot, the patch shrinks
-   (nnU-Net's reduction) and the search repeats. ``min_steps`` = 2000 by default: on the hippocampus cases
-   the hand-tuned U-Net reached its plateau after ~2000 steps of batch 2 (``hippocampus_unet``, 20 min);
-4. the budget itself: ``trainer.max_time`` ends the run, the learning-rate schedule runs on the fraction
-   of the budget elapsed (``seg.lit.schedules``), validation every tenth of the budget.
+   (nnU-Net's reduction) and the search repeats. ``min_steps`` = 4000 by default: on the hippocampus cases
+   the planned 16..128 runs that reached 0.8945-0.8964 made 3214-4815 steps of batch 2 in 20 minutes, the
+   hand-written 8..128 runs stopped at 2000 steps and 0.892; the timing probe moves by up to 40 % between
+   sessions (width 32: 0.757 and 0.450 s/step), and 2000 let a 32..256 net in with 2269 steps;
+4. ensemble members: when the budget buys more than one network can use (``round(S8 / MEMBER_STEPS_W8)``
+   >= 2, S8 the optimiser steps of a width-8 net at the patch in the whole budget), it is split into that
+   many members (at most ``MAX_MEMBERS``) trained one after the other with different seeds and bundled as
+   their mean softmax; steps 3 (width, patch) then plan one member's share. Why: on the hippocampus cases
+   one planned net gained nothing past ~20 minutes (6258 width-8 steps): 60 minutes of one wider net
+   (32..256) scored 0.8914 on validation against 0.8945 +- 0.0020 for 20 minutes of 16..128;
+5. the budget itself: ``trainer.max_time`` (per member) ends the run, the learning-rate schedule runs on
+   the fraction of the budget elapsed (``seg.lit.schedules``), validation every tenth of the budget.
 """
 
 from __future__ import annotations
@@ -32,12 +40,14 @@ from seg.plan.fingerprint import compute_fingerprint
 
 log = logging.getLogger(__name__)
 BASES = (4, 8, 16, 32)
-MIN_STEPS = 2000
+MIN_STEPS = 4000
 TRAIN_SHARE = 0.85  # of the budget: the rest goes to validation and checkpoints
 # A real training step costs more than the probe's (data loading and augmentation, Lightning's loop,
 # logging): on the demo's synthetic data two planned runs made 77 % of the steps the bare probe predicted.
 STEP_OVERHEAD = 1.3
 BF16_GAIN = 0.85  # bf16 is used when its step takes at most this fraction of fp32's
+MEMBER_STEPS_W8 = 6000  # width-8 steps one member's training is worth (the 20-minute hippocampus plan's 6258)
+MAX_MEMBERS = 5
 
 
 def parse_budget(text: str) -> int:
@@ -88,6 +98,11 @@ class Plan:
     pos_neg: list[int] = field(default_factory=lambda: [1, 1])
     probes: list[dict] = field(default_factory=list)
     reasons: dict = field(default_factory=dict)
+    members: int = 1  # ensemble members; budget_s is split evenly between them
+
+    @property
+    def member_s(self) -> int:
+        return self.budget_s // self.members
 
     @property
     def filters(self) -> list[int]:
@@ -177,6 +192,7 @@ def make_plan(
     batch = 2
     patch = full
     choice = None
+    members = 0
     while choice is None:
         levels = max(3, 1 + max(rules.pools_per_axis(patch)))
         precision = "fp32"
@@ -186,6 +202,22 @@ def make_plan(
             precision = "bf16" if t16 <= BF16_GAIN * t32 else "fp32"
             reasons["precision"] = f"probe at width 8: bf16 {t16:.3f} s vs fp32 {t32:.3f} s per step" + (
                 " (estimate)" if not measured else ""
+            )
+        if not members:  # once, at the full patch: how many networks the budget is worth
+            if "bf16" in precisions:
+                t8 = t16 if precision == "bf16" else t32
+            else:
+                t8 = step_time(8, patch, batch, precision, levels)
+            s8 = int(train_s / t8)
+            members = max(1, min(MAX_MEMBERS, round(s8 / MEMBER_STEPS_W8)))
+            train_s = budget_s * TRAIN_SHARE / members
+            reasons["members"] = (
+                f"the budget buys {s8} steps of a width-8 net; {MEMBER_STEPS_W8} are one network's worth"
+                + (
+                    f" -> {members} members of {budget_s // members // 60} min, mean softmax"
+                    if members > 1
+                    else " -> one network"
+                )
             )
         best = None
         for base in BASES:
@@ -211,6 +243,8 @@ def make_plan(
             patch = rules.shrink_patch(patch)
     base, patch, levels, precision, t = choice
     steps = int(train_s / t)
+    for p in probes:  # the probes taken before the budget was split count one member's share too
+        p["steps_in_budget"] = int(train_s / p["step_s"])
     whole = all(p >= m for p, m in zip(patch, median))
     reasons["patch"] = f"median resampled case {'x'.join(map(str, median))} rounded up to 2^pools per axis" + (
         ": whole volumes (padded)"
@@ -219,7 +253,7 @@ def make_plan(
     )
     reasons["width"] = (
         f"{t:.3f} s/step {'measured' if measured else 'estimated'} -> {steps} steps in "
-        f"{TRAIN_SHARE:.0%} of {budget_s // 60} min; the widest of {list(BASES)} with >= {min_steps}"
+        f"{TRAIN_SHARE:.0%} of {budget_s // members // 60} min; the widest of {list(BASES)} with >= {min_steps}"
     )
     return Plan(
         str(Path(root).resolve()),
@@ -244,6 +278,7 @@ def make_plan(
         pos_neg,
         probes,
         reasons,
+        members,
     )
 
 
@@ -269,7 +304,7 @@ def plan_yaml(plan: Plan, command: str, root_as: str | None = None, name: str | 
     """
     root = root_as or plan.dataset
     task = name or "planned_" + re.sub(r"[^0-9a-zA-Z]+", "_", Path(plan.dataset).name).strip("_").lower()
-    val_every = as_max_time(max(60, plan.budget_s // 10))
+    val_every = as_max_time(max(60, plan.member_s // 10))
     fp = lambda xs: "[" + ", ".join(str(x) for x in xs) + "]"  # noqa: E731
     norm = ", ".join(
         f"{k}: {fp(v) if isinstance(v, list) else str(v).lower() if isinstance(v, bool) else v}"
@@ -294,7 +329,8 @@ def plan_yaml(plan: Plan, command: str, root_as: str | None = None, name: str | 
         f"  measured: {str(plan.measured).lower()}",
         f"  median_shape: {fp(plan.median_shape)}",
         f"  step_seconds: {plan.step_s}",
-        f"  steps_in_budget: {plan.steps}",
+        f"  steps_in_budget: {plan.steps}" + ("   # per member" if plan.members > 1 else ""),
+        f"  budget_minutes: {plan.budget_s // 60}",
         "data:",
         f"  root: {root}",
         f"  spacing: {fp(plan.spacing)}          # {plan.reasons['spacing']}",
@@ -318,8 +354,12 @@ def plan_yaml(plan: Plan, command: str, root_as: str | None = None, name: str | 
         f"    filters: {fp(plan.filters)}   # {plan.reasons['width']}"
         if plan.net in cost.UNET_FAMILY
         else f"    # width: {cost.width_kwargs(plan.net, plan.base, plan.levels)}   # {plan.reasons['width']}",
+        "ensemble:",
+        f"  members: {plan.members}                  # {plan.reasons['members']}",
         "trainer:",
-        f'  max_time: "{as_max_time(plan.budget_s)}"     # the budget ends the run; the LR follows its fraction',
+        f'  max_time: "{as_max_time(plan.member_s)}"     # the budget'
+        + (f" of each of the {plan.members} members" if plan.members > 1 else "")
+        + " ends the run; the LR follows its fraction",
         "  max_epochs: 100000          # not the limit: the budget is",
         f"  precision: {'bf16-mixed' if plan.precision == 'bf16' else '32-true'}"
         f"          # {plan.reasons.get('precision', 'fp32: the device has no fast bf16')}",
@@ -344,6 +384,7 @@ def plan_table(plan: Plan) -> str:
         ("dataset", f"{plan.dataset} ({plan.n_cases} cases, {'/'.join(plan.modalities)})"),
         ("net", plan.net),
         ("budget", f"{plan.budget_s // 60} min on {plan.device}" + ("" if plan.measured else " (estimated)")),
+        ("ensemble", plan.reasons["members"]),
         ("spacing (mm)", "x".join(f"{s:g}" for s in plan.spacing)),
         ("median case (voxels)", "x".join(map(str, plan.median_shape))),
         ("normalisation", plan.reasons["normalize"]),
@@ -353,7 +394,10 @@ def plan_table(plan: Plan) -> str:
         ("mirroring", plan.reasons["mirror"]),
         ("patch sampling", plan.reasons["sampling"]),
         ("precision", plan.precision),
-        ("step", f"{plan.step_s:.3f} s -> {plan.steps} steps in the budget"),
+        (
+            "step",
+            f"{plan.step_s:.3f} s -> {plan.steps} steps in the budget" + (" of a member" if plan.members > 1 else ""),
+        ),
     ]
     w = max(len(k) for k, _ in rows)
     out = [f"{k.ljust(w)}  {v}" for k, v in rows]

@@ -102,9 +102,8 @@ def run_fold(cfg, k: int, splits_path: Path, run_dir: Path) -> dict:
             "(raise trainer.max_time or trainer.max_epochs)"
         )
     cases = predict_validation(fold_dir, result, bool(cfg.cv.get("save_probabilities", True)))
-    dst = run_dir / "model" / f"fold_{k}"  # the CV's bundle (model.yaml written at the end)
-    dst.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(result.model_bundle / f"fold_{k}" / "weights.pt", dst / "weights.pt")
+    # the CV's bundle (model.yaml written at the end): the fold's weights, every ensemble member's
+    shutil.copytree(result.model_bundle / f"fold_{k}", run_dir / "model" / f"fold_{k}", dirs_exist_ok=True)
     record = {
         "fold": k,
         "val_cases": cases,
@@ -119,15 +118,9 @@ def run_fold(cfg, k: int, splits_path: Path, run_dir: Path) -> dict:
 
 def _draw_folds_progress(run_dir: Path, folds: list[int]) -> None:
     """``progress.png`` of the CV: every fold's curves in one figure (each fold has its own too)."""
-    from seg.lit.progress import draw_progress
+    from seg.lit.progress import draw_combined
 
-    hist = {}
-    for k in folds:
-        f = run_dir / f"fold_{k}" / "progress.json"
-        if f.is_file():
-            hist[f"fold {k}"] = json.loads(f.read_text())
-    if hist:
-        draw_progress(hist, run_dir / "progress.png", title=f"{run_dir.name}: {len(hist)} folds")
+    draw_combined({f"fold {k}": run_dir / f"fold_{k}" for k in folds}, run_dir / "progress.png", run_dir.name)
 
 
 def closing_line(summary: dict, run_dir: Path) -> str:
@@ -197,7 +190,8 @@ def kfold(cfg) -> dict:
         fold_meta["inferer"],
         finished,
         summary.get("threshold"),
-        {"cv": {"run": str(run_dir), "splits": str(splits_path)}},
+        {"cv": {"run": str(run_dir), "splits": str(splits_path)}}
+        | ({"members": fold_meta["members"]} if "members" in fold_meta else {}),
     )
     summary["folds_run"] = records
     return summary

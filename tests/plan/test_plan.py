@@ -36,7 +36,7 @@ def test_plan_choices_follow_the_data_and_the_probes(planned, synth_root):
     assert plan.normalize == {"mode": "zscore", "nonzero": False}
     assert plan.flip_axes == [0, 1, 2]  # one label, anywhere: every axis mirrored
     # the chosen width is the widest whose measured step buys min_steps; the next one up did not
-    train_s = plan.budget_s * 0.85
+    train_s = plan.member_s * 0.85
     chosen = [p for p in plan.probes if p["base"] == plan.base and p["precision"] == plan.precision]
     assert chosen and train_s / chosen[0]["step_s"] >= 300
     wider = [p for p in plan.probes if p["base"] > plan.base and p["precision"] == plan.precision]
@@ -176,3 +176,35 @@ def test_own_data_without_a_plan_warns_once_and_a_plan_does_not(planned, synth_r
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
         train(compose("train", overrides=args))
     assert not any("seg-plan" in r.message for r in caplog.records)
+
+
+# bare probe seconds per step (before the planner's x1.3 overhead) as measured for the hippocampus plans:
+# width 8 bf16 0.163 s, width 16 bf16 0.246 s and width 32 bf16 0.757 s with the overhead
+HIPPOCAMPUS_PROBE = {4: 0.100, 8: 0.16, 16: 0.2459 / 1.3 / 0.785, 32: 0.757 / 1.3 / 0.785}
+
+
+@pytest.mark.parametrize("budget, members, base", [("20m", 1, 16), ("60m", 3, 16), ("5h", 5, 32)])
+def test_a_budget_larger_than_one_net_uses_buys_ensemble_members(
+    synth_root, tmp_path, monkeypatch, budget, members, base
+):
+    def probe(net, cand, levels, in_ch, out_ch, device):  # bf16 steps at 78.5 % of fp32's, as measured
+        return HIPPOCAMPUS_PROBE[cand.base] * (0.785 if cand.precision == "bf16" else 1.0)
+
+    monkeypatch.setattr(cost, "measure_step", probe)
+    monkeypatch.setattr(cost, "bf16_supported", lambda device: True)
+    plan = make_plan(synth_root, "unet", budget, "cpu", cache=tmp_path / "fp.json", progress=False)
+    assert plan.precision == "bf16"
+    assert plan.members == members and plan.base == base
+    assert plan.member_s * members == plan.budget_s
+    # the width rule plans one member's share: the chosen width buys >= 4000 steps in it, the next does not
+    share = plan.member_s * 0.85
+    assert plan.steps == int(share / plan.step_s) >= 4000
+    assert all(share / p["step_s"] < 4000 for p in plan.probes if p["base"] > base and p["precision"] == "bf16")
+    path = tmp_path / "p.yaml"
+    path.write_text(plan_yaml(plan, "seg-plan test"))
+    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+        cfg = compose("train", overrides=plan_overrides([f"plan={path}", f"paths.output_dir={tmp_path}"]))
+    assert cfg.ensemble.members == members
+    h, m = divmod(plan.member_s // 60, 60)
+    assert cfg.trainer.max_time == f"00:{h:02d}:{m:02d}:00"
+    assert ("members of" in plan.reasons["members"]) == (members > 1)
