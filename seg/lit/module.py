@@ -142,7 +142,7 @@ class SegModule(pl.LightningModule):
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        fn = self._compiled or self.net
+        fn = self._compiled if self._compiled is not None else self.net  # no bool(): OptimizedModule has no len()
         return fn(self._prep(x))
 
     def setup(self, stage: str) -> None:

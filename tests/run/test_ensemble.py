@@ -147,3 +147,17 @@ def test_members_below_one_is_one_line(synth_root, tmp_path):
 
     with pytest.raises(UserError, match=r"ensemble.members=0"):
         train(_cfg(synth_root, tmp_path / "x", members=0))
+
+
+def test_kfold_with_members_bundles_every_member_of_every_fold(synth_root, tmp_path):
+    from seg.run.kfold import kfold
+    from tests.conftest import tiny_cv
+
+    run = tmp_path / "cv"
+    kfold(compose_train([*tiny_cv(synth_root, run), "ensemble.members=2"], run, config_name="kfold"))
+    bundle = load_bundle(run / "model")
+    assert bundle.folds == [0, 1] and bundle.members == 2
+    assert len(bundle.load_nets()) == 4
+    for k in (0, 1):
+        assert (run / "model" / f"fold_{k}" / "member_1" / "weights.pt").is_file()
+        assert (run / f"fold_{k}" / "member_1" / "checkpoints" / "last.ckpt").is_file()
