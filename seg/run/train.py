@@ -138,7 +138,8 @@ def train(cfg, extra_callbacks: list | None = None) -> TrainResult:
 
 
 def member_config(cfg, m: int, out: Path):
-    """Member ``m``'s config: seed + m, its own folder, the run's split file, one net."""
+    """Member ``m``'s config: seed + m, its own folder, the run's split file, one net; the dataset is checked
+    once, by member 0."""
     import copy
 
     from omegaconf import OmegaConf, open_dict
@@ -148,6 +149,7 @@ def member_config(cfg, m: int, out: Path):
     with open_dict(mc):
         mc.data.splits_file = str(cfg.data.splits_file)  # resolved against the run folder, not the member's
         mc.seed = (cfg.seed or 0) + m
+        mc.check_data = bool(cfg.get("check_data", True)) and m == 0
         mc.paths.output_dir = str(out / f"member_{m}")
         mc.ensemble.members = 1
         mc.ckpt_path = None
@@ -191,9 +193,10 @@ def train_ensemble(cfg, members: int, extra_callbacks: list | None = None) -> Tr
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    results = []
+    results, seeds = [], []
     for m in range(members):
         mc = member_config(cfg, m, out)
+        seeds.append(int(mc.seed))
         mdir = Path(mc.paths.output_dir)
         last = mdir / "checkpoints" / "last.ckpt"
         if (mdir / "metrics.json").is_file() and last.is_file():
@@ -229,8 +232,8 @@ def train_ensemble(cfg, members: int, extra_callbacks: list | None = None) -> Tr
                 "bundled_weights": bundled,
                 "member_metrics": [
                     {k: r.metrics.get(k) for k in ("val/dice", "val/dice_best", "epochs", "global_step", "seconds")}
-                    | {"seed": int((cfg.seed or 0) + i), "output_dir": str(r.output_dir)}
-                    for i, r in enumerate(results)
+                    | {"seed": seed, "output_dir": str(r.output_dir)}
+                    for seed, r in zip(seeds, results)
                 ],
             },
             "best_checkpoint": str(first.best_checkpoint) if first.best_checkpoint else None,
@@ -261,7 +264,7 @@ def train_ensemble(cfg, members: int, extra_callbacks: list | None = None) -> Tr
             meta["inferer"],
             [fold],
             meta.get("threshold"),
-            {"members": members, "member_seeds": [int((cfg.seed or 0) + i) for i in range(members)]},
+            {"members": members, "member_seeds": seeds},
         )
         bundle = out / "model"
         metrics["model_bundle"] = str(bundle)
