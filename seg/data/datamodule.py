@@ -17,7 +17,7 @@ from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset, par
 
 from seg.config import check_option
 from seg.data.datalist import DatasetError, DatasetSpec, load_dataset
-from seg.data.splits import dataset_splits
+from seg.data.splits import SplitError, dataset_splits
 from seg.data.transforms import deterministic_transforms, random_transforms
 
 log = logging.getLogger(__name__)
@@ -165,11 +165,16 @@ class SegDataModule(pl.LightningDataModule):
 
     def split(self) -> tuple[list[str], list[str]]:
         path = self.splits_file or str(Path(self.root) / "splits.json")
-        splits = dataset_splits(
-            path, self.spec.cases, self.num_folds, self.split_seed, self.stratify, self.n_strata, self.group_regex
-        )
+        try:
+            splits = dataset_splits(
+                path, self.spec.cases, self.num_folds, self.split_seed, self.stratify, self.n_strata, self.group_regex
+            )
+        except SplitError as e:
+            if path in str(e):
+                raise
+            raise SplitError(f"{self.root}: {e}") from None  # name the dataset the split is of
         if not 0 <= self.fold < len(splits):
-            raise ValueError(f"data.fold={self.fold} but {path} has {len(splits)} folds")
+            raise SplitError(f"data.fold={self.fold} but {path} has {len(splits)} folds (0..{len(splits) - 1})")
         return splits[self.fold]["train"], splits[self.fold]["val"]
 
     # -- Lightning hooks ----------------------------------------------------------------------

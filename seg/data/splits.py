@@ -45,7 +45,12 @@ def make_splits(
     for c in ids:
         units[groups.get(c, c)].append(c)
     if len(units) < num_folds:
-        raise SplitError(f"{len(units)} subjects cannot fill {num_folds} folds")
+        raise SplitError(
+            f"{len(units)} subjects cannot fill {num_folds} folds (each fold validates on one at least): "
+            f"set data.num_folds (seg-kfold: cv.folds) to at most {len(units)}"
+            if len(units) >= 2
+            else f"{len(units)} subject cannot be split into training and validation cases: it takes 2 at least"
+        )
     rng = np.random.default_rng(seed)
     by_stratum: dict[int, list[str]] = defaultdict(list)
     for u in sorted(units):

@@ -101,6 +101,11 @@ class Plan:
     members: int = 1  # ensemble members; budget_s is split evenly between them
 
     @property
+    def folds(self) -> int:
+        """K of the plan's k-fold split: 5, or one fold per case for a dataset of fewer cases."""
+        return min(5, self.n_cases)
+
+    @property
     def member_s(self) -> int:
         return self.budget_s // self.members
 
@@ -127,6 +132,8 @@ def make_plan(
     if net not in list_nets():
         raise UserError(f"seg-plan: --net {net!r} is not a registered network")
     cost.width_kwargs(net, 8, 3)  # refuses nets without a width rule now, before any work
+    if len(spec.cases) < 2:
+        raise UserError(f"seg-plan: {root}: {len(spec.cases)} case, a plan needs 2 at least (one to validate on)")
     measured = device == "cpu" or (device == "cuda" and torch.cuda.is_available())
     if memory_gb is None:
         memory_gb = _default_memory_gb(device, measured)
@@ -345,6 +352,11 @@ def plan_yaml(plan: Plan, command: str, root_as: str | None = None, name: str | 
             else f"patches per loaded case: {plan.batch} patches per step, the batch the probe timed"
         ),
         f"  pos_neg: {fp(plan.pos_neg)}             # {plan.reasons['sampling']}",
+        *(
+            [f"  num_folds: {plan.folds}                # {plan.n_cases} cases: one validation case per fold"]
+            if plan.folds < 5
+            else []
+        ),
         "  augment:",
         f"    flip_axes: {fp(plan.flip_axes)}        # {plan.reasons['mirror']}",
         "model:",
@@ -391,6 +403,10 @@ def plan_table(plan: Plan) -> str:
         ("patch", "x".join(map(str, plan.patch)) + (" (whole volumes)" if plan.whole_volume else "")),
         ("levels / filters", f"{plan.levels} / {plan.filters}"),
         ("batch", str(plan.batch)),
+        (
+            "folds",
+            f"{plan.folds}" + (f" (one validation case per fold: {plan.n_cases} cases)" if plan.folds < 5 else ""),
+        ),
         ("mirroring", plan.reasons["mirror"]),
         ("patch sampling", plan.reasons["sampling"]),
         ("precision", plan.precision),

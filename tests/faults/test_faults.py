@@ -465,6 +465,11 @@ def corrupt_ckpt(ds, tmp):
     return p, [f"ckpt_path={p}"]
 
 
+def more_folds_than_cases(ds, tmp):
+    named = shutil.copytree(ds, tmp / "EightCases")  # a name the message can only hold by naming the dataset
+    return named, [f"data.root={named}", "data.num_folds=9"]
+
+
 TRAIN_ROWS = [
     ("dataset-entry-without-label", entry_without_label, "needs 'image' and 'label'"),
     ("dataset-channel-key-not-integer", channel_key_not_integer, "is not a channel number"),
@@ -472,6 +477,8 @@ TRAIN_ROWS = [
     ("trainer-max-epochs-abc", max_epochs_abc, "expected"),
     ("trainer-unknown-key", unknown_trainer_key, "did you mean trainer.max_epochs"),
     ("ckpt-path-corrupt", corrupt_ckpt, "not a readable seg checkpoint"),
+    ("more-folds-than-cases", more_folds_than_cases, "set data.num_folds"),
+    ("fold-out-of-range", lambda ds, tmp: (Path("splits.json"), ["data.fold=5"]), "data.fold=5"),
 ]
 
 

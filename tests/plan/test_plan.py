@@ -3,6 +3,7 @@ training one batch, the estimate for an absent device, and the command's one-lin
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -152,6 +153,21 @@ def test_seg_plan_missing_dataset_is_one_line(tmp_path):
         timeout=120,
     )
     assert r.returncode == 2 and "nope" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_dataset_of_one_case_is_refused_in_one_line(synth_copy):
+    meta = json.loads((synth_copy / "dataset.json").read_text())
+    meta["training"] = meta["training"][:1]
+    (synth_copy / "dataset.json").write_text(json.dumps(meta))
+    r = subprocess.run(
+        [sys.executable, "-m", "seg.cli.plan", str(synth_copy), "-q"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert r.returncode == 2 and "2 at least" in r.stderr and str(synth_copy) in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
 
 
 def test_own_data_without_a_plan_warns_once_and_a_plan_does_not(planned, synth_root, tmp_path, caplog):
