@@ -243,11 +243,11 @@ def make_plan(
             best = (base, t)
         if best is not None:
             choice = (best[0], patch, levels, precision, best[1])
-        elif min(patch) <= 2 * rules.MIN_FEATURE or math.prod(patch) <= 16**3:
+        elif _smallest(patch):
             t = step_time(BASES[0], patch, batch, precision, levels)
             choice = (BASES[0], patch, levels, precision, t)  # the smallest there is; the budget is short
         else:
-            patch = rules.shrink_patch(patch)
+            patch = _next_patch(patch, probes, precision, train_s / min_steps)
     base, patch, levels, precision, t = choice
     steps = int(train_s / t)
     for p in probes:  # the probes taken before the budget was split count one member's share too
@@ -287,6 +287,32 @@ def make_plan(
         reasons,
         members,
     )
+
+
+def _next_patch(patch: list[int], probes: list[dict], precision: str, need_s: float) -> list[int]:
+    """The next patch worth a probe after ``patch`` failed: shrink once, then keep shrinking (unprobed) while
+    the narrowest width's step measured at ``patch``, scaled by voxels, is still over twice the ``need_s``
+    seconds a step may take. Step time falls no faster than the voxel count (it falls slower on small
+    patches, where fixed costs weigh more), so a skipped patch would have failed its probe too; the 2x
+    margin keeps a measured probe at every patch that could be near the line. Without it a 256^3 dataset
+    walked ~10 patch sizes at three probes each (the probes cost more minutes than the budget's tenth)."""
+    t = next(
+        (
+            p["step_s"]
+            for p in probes
+            if p["base"] == BASES[0] and p["patch"] == list(patch) and p["precision"] == precision
+        ),
+        None,
+    )
+    nxt = rules.shrink_patch(patch)
+    while t is not None and not _smallest(nxt) and t * math.prod(nxt) / math.prod(patch) > 2 * need_s:
+        nxt = rules.shrink_patch(nxt)
+    return nxt
+
+
+def _smallest(patch: list[int]) -> bool:
+    """The floor of the patch search: it is planned there at the narrowest width, fast enough or not."""
+    return min(patch) <= 2 * rules.MIN_FEATURE or math.prod(patch) <= 16**3
 
 
 def _default_memory_gb(device: str, measured: bool) -> float:

@@ -103,3 +103,15 @@ def test_committed_hippocampus_plan_trains_a_batch(tmp_path):
     assert list(cfg.data.patch_size) == [40, 56, 40]
     r = train(cfg)
     assert r.metrics["global_step"] == 1
+
+
+def test_patches_predictably_too_slow_are_not_probed(modelled_probe, t1_dataset, tmp_path, monkeypatch):
+    from seg.plan import planner, rules
+
+    cache = tmp_path / "fp.json"
+    fast = make_plan(t1_dataset, "unet", "20m", "cpu", cache=cache, progress=False)
+    monkeypatch.setattr(planner, "_next_patch", lambda patch, *a: rules.shrink_patch(patch))
+    every = make_plan(t1_dataset, "unet", "20m", "cpu", cache=cache, progress=False)
+    assert (fast.patch, fast.base, fast.precision) == (every.patch, every.base, every.precision)
+    probed = lambda plan: {tuple(p["patch"]) for p in plan.probes}  # noqa: E731
+    assert probed(fast) < probed(every) and len(fast.probes) <= len(every.probes) // 2
