@@ -292,10 +292,11 @@ def make_plan(
 def _next_patch(patch: list[int], probes: list[dict], precision: str, need_s: float) -> list[int]:
     """The next patch worth a probe after ``patch`` failed: shrink once, then keep shrinking (unprobed) while
     the narrowest width's step measured at ``patch``, scaled by voxels, is still over twice the ``need_s``
-    seconds a step may take. Step time falls no faster than the voxel count (it falls slower on small
-    patches, where fixed costs weigh more), so a skipped patch would have failed its probe too; the 2x
-    margin keeps a measured probe at every patch that could be near the line. Without it a 256^3 dataset
-    walked ~10 patch sizes at three probes each (the probes cost more minutes than the budget's tenth)."""
+    seconds a step may take. In the probes measured here step time falls no faster than the voxel count
+    (slower on small patches, where fixed costs weigh more), so a skipped patch would have failed its probe
+    too; the 2x margin leaves room for the probe's noise and keeps a measured probe at every patch near the
+    line. Without it the whole-head T1 volumes walked 10 patch sizes at three probes each (89 s of probing
+    for a 20-minute budget, 42 s with it: scripts/bench_plan.py)."""
     t = next(
         (
             p["step_s"]
