@@ -55,7 +55,15 @@ def main() -> None:
     for name, runs in rows.items():
         best = min(r[0] for r in runs)
         chosen = "; ".join(f"{'x'.join(map(str, r[2].patch))} w{r[2].base} {r[2].precision}" for r in runs)
-        table.append({"name": name, "s": best, "ratio": best / base, "probes": runs[0][1], "chosen": chosen})
+        table.append(
+            {
+                "name": name,
+                "s": best,
+                "ratio": best / base,
+                "probes": ", ".join(str(r[1]) for r in runs),
+                "chosen": chosen,
+            }
+        )
     print(threads_note())
     print_table(
         table,
@@ -63,7 +71,7 @@ def main() -> None:
             ("name", "patch search", "s"),
             ("s", "plan s (best)", ".1f"),
             ("ratio", "ratio", ".2f"),
-            ("probes", "probes", "d"),
+            ("probes", "probes (each repeat)", "s"),
             ("chosen", "plans chosen (each repeat)", "s"),
         ],
     )

@@ -1,5 +1,5 @@
 """seg-plan on the shared real data (skipped without ``../shared/data``): the hippocampus plan lands on
-nnU-Net's spacing and patch, and the whole-head T1 volumes (3 cases, two spacings, three orientations)
+nnU-Net's spacing and patch, and the whole-head T1 volumes (3 cases: two PSR at 2 mm, one LIA at 1 mm)
 give a plan that seg-train and seg-kfold take as is and train.
 
 The fingerprint is real; the step-time probe is a model (seconds proportional to voxels x width), so that
