@@ -27,9 +27,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     a = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    from seg.plan import planner, rules
+    from seg.plan import planner, rules, search
 
-    skip = planner._next_patch
+    skip = search.next_patch
 
     def every(patch, *args):
         return rules.shrink_patch(patch)
@@ -45,11 +45,11 @@ def main() -> None:
         rows = {"probe every shrink step (baseline)": [], "skip predictably slow patches": []}
         for _ in range(a.repeats):
             for name, fn in (("probe every shrink step (baseline)", every), ("skip predictably slow patches", skip)):
-                planner._next_patch = fn
+                search.next_patch = fn
                 t0 = time.perf_counter()
                 p = planner.make_plan(a.dataset, a.net, a.budget, "cpu", cache=cache, progress=False)
                 rows[name].append((time.perf_counter() - t0, len(p.probes), p))
-        planner._next_patch = skip
+        search.next_patch = skip
     base = min(r[0] for r in rows["probe every shrink step (baseline)"])
     table = []
     for name, runs in rows.items():

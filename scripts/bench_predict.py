@@ -117,8 +117,8 @@ def engine_pipelines(models):
     code, its parity check included; the seconds are reported), one session per fold made in each run."""
     import functools
 
+    from seg.inference.engines import OrtNet
     from seg.inference.export import export_fold
-    from seg.inference.onnx_engine import OrtNet
 
     folder = Path(tempfile.mkdtemp(prefix="bench_onnx."))
     paths = []

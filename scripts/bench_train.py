@@ -61,7 +61,7 @@ def seg_loop(root, overrides, steps, warmup, out, device="cpu"):
     import pytorch_lightning as pl
     from hydra import compose, initialize_config_dir
 
-    from seg.cli.common import CONF_DIR
+    from seg.config import CONF_DIR
     from seg.run.train import train
 
     class Timer(pl.Callback):
@@ -168,7 +168,7 @@ def main() -> None:
     ]
     from hydra import compose, initialize_config_dir
 
-    from seg.cli.common import CONF_DIR
+    from seg.config import CONF_DIR
 
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
         cfg = compose("train", overrides=[f"paths.output_dir={tmp / 'x'}", f"data.root={root}", *overrides])

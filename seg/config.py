@@ -14,14 +14,24 @@ from typing import Any, TypeVar
 
 from monai.utils import look_up_option
 
+from seg.errors import UserError
+
+__all__ = [
+    "CONF_DIR",
+    "Precision",
+    "UserError",
+    "as_max_time",
+    "check_option",
+    "human_duration",
+    "parse_duration",
+    "to_plain",
+]
+
 E = TypeVar("E", bound=Enum)
 
 # conf/ sits beside the package in the source tree (editable installs); SEG_CONF_DIR points elsewhere.
 CONF_DIR = os.environ.get("SEG_CONF_DIR", str(Path(__file__).resolve().parents[1] / "conf"))
 
-
-class UserError(Exception):
-    """A problem with the user's input or configuration; the entry points print it as one line, exit 1."""
 
 
 def to_plain(x: Any) -> Any:
@@ -36,7 +46,8 @@ def to_plain(x: Any) -> Any:
 
 
 def check_option(name: str, value: Any, choices: type[E]) -> str:
-    """The value of the member of the string enum ``choices`` that ``value`` names, else a one-line ValueError.
+    """The value of the member of the string enum ``choices`` that ``value`` names, else a one-line
+    :class:`UserError` (a ValueError).
 
     MONAI's ``look_up_option`` does the look-up and the "did you mean" suggestion; its message spans three
     lines, so it is folded into one that also names the option.
@@ -51,6 +62,70 @@ def check_option(name: str, value: Any, choices: type[E]) -> str:
     except ValueError as e:
         hint = re.search(r"did you mean '([^']+)'", str(e))
         allowed = sorted(m.value for m in choices)
-        raise ValueError(
+        raise UserError(
             f"{name}={value!r} is not one of {allowed}" + (f"; did you mean {hint.group(1)!r}?" if hint else "")
         ) from None
+
+
+class Precision(str, Enum):
+    """The one precision vocabulary: ``fp32`` or ``bf16`` (autocast), on every command and in every config.
+    Lightning's own spellings (``32-true``, ``bf16-mixed``, ...) are accepted where a trainer is configured."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"
+
+    @property
+    def lightning(self) -> str:
+        """Lightning's ``Trainer(precision=...)`` value."""
+        return "bf16-mixed" if self is Precision.BF16 else "32-true"
+
+    @classmethod
+    def parse(cls, value: Any, name: str = "precision") -> Precision:
+        """``fp32``/``bf16`` or a Lightning spelling of either (``32``, ``32-true``, ``bf16-mixed``, ...)."""
+        text = str(value).strip().lower()
+        if text in ("fp32", "32", "32-true", "float32"):
+            return cls.FP32
+        if text in ("bf16", "bf16-mixed", "bf16-true", "bfloat16"):
+            return cls.BF16
+        raise UserError(f"{name}={value!r}: give fp32 or bf16")
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([hms])")
+
+
+def parse_duration(text: Any, name: str = "--budget") -> int:
+    """``20m``, ``1h``, ``1h30m``, ``90s``, ``45`` (minutes) or ``DD:HH:MM:SS`` -> whole seconds (> 0).
+
+    The one duration vocabulary: ``seg-plan --budget`` and ``trainer.max_time`` take the same forms.
+    """
+    t = str(text).strip().lower()
+    if re.fullmatch(r"\d+:\d+:\d+:\d+", t):
+        d, h, m, s = (int(x) for x in t.split(":"))
+        secs = float(((d * 24 + h) * 60 + m) * 60 + s)
+    elif re.fullmatch(r"\d+(\.\d+)?", t):
+        secs = float(t) * 60
+    else:
+        parts = _DURATION.findall(t)
+        if not parts or "".join(f"{a}{b}" for a, b in parts) != t.replace(" ", ""):
+            raise UserError(f"{name} {text!r}: give e.g. 20m, 1h, 1h30m, 90s or DD:HH:MM:SS")
+        secs = sum(float(a) * {"h": 3600, "m": 60, "s": 1}[b] for a, b in parts)
+    if secs < 1:
+        raise UserError(f"{name} {text!r} must be positive: at least 1 second")
+    return int(secs)
+
+
+def as_max_time(seconds: int) -> str:
+    """Seconds -> Lightning's ``DD:HH:MM:SS``."""
+    d, rem = divmod(int(seconds), 86400)
+    h, rem = divmod(rem, 3600)
+    m, s = divmod(rem, 60)
+    return f"{d:02d}:{h:02d}:{m:02d}:{s:02d}"
+
+
+def human_duration(seconds: float) -> str:
+    """``90`` -> ``1 min 30 s``, ``3600`` -> ``1 h``, ``45`` -> ``45 s``: how a budget is printed."""
+    s = int(round(seconds))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    parts = [f"{h} h"] * bool(h) + [f"{m} min"] * bool(m) + [f"{sec} s"] * bool(sec)
+    return " ".join(parts) or "0 s"

@@ -15,12 +15,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from seg.errors import SegError, one_line
+
 # Two grids are the same when their affines agree to this (mm and direction cosines): header round-off,
 # not a different grid. The one tolerance for the dataset check, seg-predict's channel check and seg-eval.
 GRID_TOL = 1e-3
 
 
-class NiftiError(ValueError):
+class NiftiError(SegError, ValueError):
     """An input volume cannot be used; ``str(e)`` is one line naming the problem (the caller adds the path)."""
 
 
@@ -43,9 +45,9 @@ def read_nifti(path: str | Path) -> NiftiVolume:
         img = nib.load(path)
         data = np.asanyarray(img.dataobj)
     except (EOFError, zlib.error, OSError) as e:
-        raise NiftiError(" ".join(f"unreadable or truncated ({type(e).__name__}: {e})".split())) from None
+        raise NiftiError(f"unreadable or truncated ({one_line(e)})") from None
     except Exception as e:  # nibabel raises several types for a bad header
-        raise NiftiError(" ".join(f"not a readable NIfTI file ({type(e).__name__}: {e})".split())) from None
+        raise NiftiError(f"not a readable NIfTI file ({one_line(e)})") from None
     return NiftiVolume(data=data, affine=np.asarray(img.affine, dtype=np.float64), header=img.header, path=path)
 
 
@@ -78,6 +80,22 @@ def atomic_write_bytes(path: str | Path, write_fn) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def on_grid_of(data: np.ndarray, reference: nib.Nifti1Image, dtype=None) -> nib.Nifti1Image:
+    """``data`` as an image on exactly ``reference``'s grid: its affine, qform and sform with their codes (a
+    mask or probability map seg writes lands where the input was, whatever its header kind). The one place
+    that copies them."""
+    hdr = reference.header.copy()
+    if dtype is not None:
+        hdr.set_data_dtype(dtype)
+    hdr.set_slope_inter(1.0, 0.0)
+    if len(hdr.get_data_shape()) != data.ndim:
+        hdr.set_data_shape(data.shape)
+    img = nib.Nifti1Image(data if dtype is None else data.astype(dtype), reference.affine, header=hdr)
+    img.set_qform(reference.get_qform(), code=int(reference.header["qform_code"]))
+    img.set_sform(reference.get_sform(), code=int(reference.header["sform_code"]))
+    return img
 
 
 def save_nifti(img: nib.Nifti1Image, path: str | Path) -> None:

@@ -50,7 +50,7 @@ def compose_train(overrides: list[str], output_dir: Path, config_name: str = "tr
     """Compose the real conf/<config_name>.yaml with overrides and a test output folder."""
     from hydra import compose, initialize_config_dir
 
-    from seg.cli.common import CONF_DIR
+    from seg.config import CONF_DIR
 
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
         return compose(config_name, overrides=[f"paths.output_dir={output_dir}", *overrides])

@@ -6,26 +6,32 @@ import argparse
 import sys
 
 from seg.data.check import check_dataset, errors
-from seg.data.datalist import DatasetError, load_dataset
+from seg.data.datalist import load_dataset
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="seg-check-data", description=__doc__)
     p.add_argument("root", help="dataset folder (MSD or nnU-Net raw, with dataset.json)")
     p.add_argument("--workers", type=int, default=None)
-    a = p.parse_args(argv)
-    try:
-        spec = load_dataset(a.root)
-    except DatasetError as e:
-        print(f"ERROR {e}", file=sys.stderr)
-        return 1
+    from seg.cli.common import command
+
+    return command(_check)(p.parse_args(argv))
+
+
+def _check(a: argparse.Namespace) -> int:
+    spec = load_dataset(a.root)
     problems = check_dataset(spec, a.workers)
     for prob in problems:
         print(prob, file=sys.stderr if prob.level == "error" else sys.stdout)
     n_err = len(errors(problems))
     n_warn = len(problems) - n_err
     print(f"{spec.root}: {len(spec.cases)} cases ({spec.layout}), {n_err} errors, {n_warn} warnings")
+    if not n_err:
+        print(f"next: seg-plan {a.root}")
     return 1 if n_err else 0
+
+
+_check.prog = "seg-check-data"
 
 
 if __name__ == "__main__":

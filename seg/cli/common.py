@@ -1,93 +1,87 @@
-"""Shared plumbing for the entry points: config folder, one-line user errors, exit codes."""
+"""Shared plumbing for the entry points: one exit-code rule, one-line errors, one log format.
+
+Every command's ``main`` is wrapped by :func:`command` (plain commands; the composed ones through
+``seg.cli.compose.hydra_main``): a :class:`~seg.errors.SegError` prints as ``error: <line>`` (a list of
+problems: one line each) and exits 2, Ctrl-C exits 130 and SIGTERM 143, each with the line saying how to
+resume (:mod:`seg.errors` has the table).
+"""
 
 from __future__ import annotations
 
 import functools
 import logging
+import signal
 import sys
-from pathlib import Path
+from collections.abc import Callable
 
-from seg.config import CONF_DIR, UserError
+from seg.errors import ExitCode, Interrupted, SegError
 
-
-def fail(msg: str, code: int = 1) -> None:
-    print(f"error: {msg}" if "\n" not in msg else msg, file=sys.stderr)
-    sys.exit(code)
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
-def user_errors():
-    """Exception types reported as one line (plus the list) instead of a traceback."""
-    from seg.data.datalist import DatasetError
-    from seg.data.splits import SplitError
-    from seg.inference.bundle import BundleError
-    from seg.io import NiftiError
-
-    return (UserError, DatasetError, SplitError, NiftiError, BundleError, FileNotFoundError)
+def setup_logging(level: int = logging.INFO) -> None:
+    """The one log format of every command (Hydra's job logging uses the same: conf/hydra/default.yaml)."""
+    logging.basicConfig(level=level, format=LOG_FORMAT, datefmt=DATE_FORMAT, stream=sys.stderr)
 
 
-def plan_overrides(args: list[str]) -> list[str]:
-    """``plan=PLAN.yaml`` (a file written by seg-plan) -> Hydra overrides that compose it as an experiment.
-
-    The plan is linked as ``experiment/<name>.yaml`` into a folder added to Hydra's search path, so it
-    composes exactly like the experiments in ``conf/experiment`` and later command-line overrides win.
-    """
-    import tempfile
-
-    plans = [a for a in args if a.startswith("plan=")]
-    if not plans:
-        return list(args)
-    if len(plans) > 1 or any(a.split("=", 1)[0].lstrip("+~") == "experiment" for a in args):
-        raise UserError("give one plan=PLAN.yaml, and no experiment= beside it (a plan is an experiment)")
-    path = Path(plans[0].split("=", 1)[1]).expanduser().resolve()
-    if not path.is_file():
-        raise UserError(f"{path}: plan file does not exist (write one with seg-plan)")
-    search = Path(tempfile.mkdtemp(prefix="seg_plan_"))
-    (search / "experiment").mkdir()
-    name = "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in path.stem)
-    (search / "experiment" / f"{name}.yaml").symlink_to(path)
-    rest = [a for a in args if not a.startswith("plan=")]
-    return [f"hydra.searchpath=[file://{search}]", f"experiment={name}", *rest]
+def report(e: BaseException) -> None:
+    """The message on stderr, one line per problem: ``error: <line>``, or the line as it is where it is a
+    dataset check's ``ERROR <file>: ...`` already."""
+    lines = str(e).splitlines() or [type(e).__name__]
+    print("\n".join(x if x.startswith(("ERROR ", "WARNING ")) else f"error: {x}" for x in lines), file=sys.stderr)
 
 
-def _register_resolvers() -> None:
-    """``${seg_name:VALUE,DEFAULT}``: VALUE (an experiment's name, a plan's stem) or DEFAULT when unset."""
-    from omegaconf import OmegaConf
-
-    def name(value, default):
-        return default if value in (None, "", "None", "null") else Path(str(value)).stem
-
-    if not OmegaConf.has_resolver("seg_name"):
-        OmegaConf.register_new_resolver("seg_name", name)
+class _Terminated(BaseException):
+    """SIGTERM turned into an exception in the main thread (not an Exception: no ``except Exception`` eats it)."""
 
 
-def hydra_main(config_name: str):
-    """``@hydra.main`` over ``CONF_DIR`` that turns user errors into a clean message and exit 1, and takes
-    ``plan=PLAN.yaml`` (see :func:`plan_overrides`)."""
+def _on_sigterm(signum, frame) -> None:
+    raise _Terminated()
 
-    def deco(task):
-        import hydra
 
-        @functools.wraps(task)
-        def wrapped(cfg):
-            try:
-                return task(cfg)
-            except user_errors() as e:
-                logging.getLogger("seg").debug("user error", exc_info=True)
-                fail(str(e))
+def command(fn: Callable[..., int | None]) -> Callable[..., int]:
+    """The exit-code rule around a plain command's ``main``: its own return value (0 done, 1 some cases
+    failed), 2 for a :class:`SegError`, 130 for Ctrl-C, 143 for SIGTERM, never a traceback for either."""
 
-        _register_resolvers()
-        if not Path(CONF_DIR).is_dir():
-            raise SystemExit(f"error: config folder {CONF_DIR} not found (set SEG_CONF_DIR)")
-        run = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)(wrapped)
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs) -> int:
+        previous = signal.getsignal(signal.SIGTERM)
+        try:
+            signal.signal(signal.SIGTERM, _on_sigterm)
+        except ValueError:  # not the main thread: leave signals alone
+            previous = None
+        try:
+            return int(fn(*args, **kwargs) or 0)
+        except Interrupted as e:
+            report(e)
+            return e.code
+        except SegError as e:
+            report(e)
+            return int(ExitCode.REFUSED)
+        except KeyboardInterrupt:
+            print(f"interrupted (Ctrl-C): {resume_hint(fn)}", file=sys.stderr)
+            return int(ExitCode.INTERRUPTED)
+        except _Terminated:
+            print(f"terminated (SIGTERM): {resume_hint(fn)}", file=sys.stderr)
+            return int(ExitCode.TERMINATED)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
-        @functools.wraps(task)
-        def entry():
-            try:
-                sys.argv[1:] = plan_overrides(sys.argv[1:])
-            except UserError as e:
-                fail(str(e))
-            return run()
+    return wrapped
 
-        return entry
 
-    return deco
+RESUME = {
+    "seg-predict": "outputs written so far are complete; run the same command with --continue to do the rest",
+    "seg-eval": "nothing was written; run the same command again",
+    "seg-plan": "nothing was written; run the same command again",
+    "seg-export": "the bundle is unchanged; run the same command again",
+    "seg-check-data": "nothing was written; run the same command again",
+    "seg-synth": "run the same command with --overwrite",
+}
+
+
+def resume_hint(fn: Callable) -> str:
+    prog = getattr(fn, "prog", None) or fn.__module__.rsplit(".", 1)[-1]
+    return RESUME.get(prog, RESUME.get(f"seg-{prog.replace('_', '-')}", "run the same command again"))

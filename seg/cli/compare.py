@@ -7,22 +7,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 
 def main(argv: list[str]) -> int:
-    from seg.eval.compare import CompareError, compare_runs
-
     p = argparse.ArgumentParser(prog="seg-eval compare", description="paired comparison of two evaluated runs")
     p.add_argument("run_a")
     p.add_argument("run_b")
     p.add_argument("-o", "--output", default=None, help="write the comparison as JSON here")
-    a = p.parse_args(argv)
+    from seg.cli.common import command
+
+    return command(_compare)(p.parse_args(argv))
+
+
+def _compare(a: argparse.Namespace) -> int:
+    from seg.errors import UserError
+    from seg.eval.compare import compare_runs
+
     try:
         r = compare_runs(a.run_a, a.run_b)
-    except (CompareError, FileNotFoundError, json.JSONDecodeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except (FileNotFoundError, json.JSONDecodeError) as e:
+        raise UserError(str(e)) from None
     print(
         f"{r['n_cases']} paired cases: mean Dice A {r['dice_a']:.4f}, B {r['dice_b']:.4f}; "
         f"B - A mean {r['mean_diff']:+.4f}, median {r['median_diff']:+.4f}; B better in {r['b_better']}, "
@@ -33,3 +37,6 @@ def main(argv: list[str]) -> int:
 
         write_text(a.output, json.dumps(r, indent=1))
     return 0
+
+
+_compare.prog = "seg-eval"

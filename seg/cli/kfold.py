@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from seg.cli.common import hydra_main
+from seg.cli.compose import hydra_main
 
 
 @hydra_main("kfold")

@@ -9,7 +9,6 @@ them for one that is not present), and writes an experiment config that ``seg-tr
 from __future__ import annotations
 
 import argparse
-import logging
 import shlex
 import sys
 from pathlib import Path
@@ -38,35 +37,32 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    from seg.cli.common import user_errors
-    from seg.io import write_text
-    from seg.plan.planner import MIN_STEPS, make_plan, plan_table, plan_yaml
+    from seg.cli.common import command
 
+    return command(_plan)(a, argv)
+
+
+def _plan(a: argparse.Namespace, argv: list[str] | None) -> int:
+    from seg.cli.common import setup_logging
+    from seg.io import write_text
+    from seg.plan.planfile import plan_table, plan_yaml
+    from seg.plan.planner import MIN_STEPS, make_plan
+
+    setup_logging()
     name = Path(a.dataset).resolve().name
     out = Path(a.output or f"outputs/plans/{name}_{a.net}_{a.budget.replace(':', '-')}.yaml")
-    try:
-        plan = make_plan(
-            a.dataset,
-            a.net,
-            a.budget,
-            a.device,
-            a.memory_gb,
-            Path(a.fingerprint) if a.fingerprint else out.with_suffix(".fingerprint.json"),
-            a.min_steps or MIN_STEPS,
-            progress=not a.quiet,
-        )
-    except (*user_errors(), ValueError) as e:
-        print(f"error: {e}".splitlines()[0], file=sys.stderr)
-        return 2
+    cache = Path(a.fingerprint) if a.fingerprint else out.with_suffix(".fingerprint.json")
+    plan = make_plan(a.dataset, a.net, a.budget, a.device, a.memory_gb, cache, a.min_steps or MIN_STEPS, not a.quiet)
     command = "seg-plan " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
     # a dataset given relative to the project folder stays relative to it (plans committed in conf/)
     rel = None if Path(a.dataset).is_absolute() else "${paths.root_dir}/" + Path(a.dataset).as_posix()
     write_text(out, plan_yaml(plan, command, rel, out.stem))
     print(plan_table(plan))
-    print(f"\nplan: {out}\ntrain it: seg-train plan={out}")
+    print(f"\nplan: {out}\nnext: seg-train plan={out}")
     return 0
 
+
+_plan.prog = "seg-plan"
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,11 +11,6 @@ from seg.data.synthetic import write_dataset
 MIN_SHAPE, MAX_SHAPE = 16, 512  # the head model needs room for scalp, skull and lesions
 
 
-def _fail(msg: str) -> int:
-    print(f"error: {msg}", file=sys.stderr)
-    return 2
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="seg-synth", description=__doc__)
     p.add_argument("-o", "--output", required=True, help="output dataset folder")
@@ -24,20 +19,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shape", type=int, nargs=3, default=[64, 64, 64], metavar=("X", "Y", "Z"))
     p.add_argument("--layout", choices=["msd", "nnunet"], default="msd")
     p.add_argument("--overwrite", action="store_true", help="write into a folder that holds a dataset already")
-    a = p.parse_args(argv)
+    from seg.cli.common import command
+
+    return command(_synth)(p.parse_args(argv))
+
+
+def _synth(a: argparse.Namespace) -> int:
+    from seg.errors import UserError
+
     if a.num_cases < 1:
-        return _fail(f"-n {a.num_cases}: at least 1 case")
+        raise UserError(f"-n {a.num_cases}: at least 1 case")
     if min(a.shape) < MIN_SHAPE or max(a.shape) > MAX_SHAPE:
-        return _fail(f"--shape {' '.join(map(str, a.shape))}: each axis {MIN_SHAPE} to {MAX_SHAPE} voxels")
+        raise UserError(f"--shape {' '.join(map(str, a.shape))}: each axis {MIN_SHAPE} to {MAX_SHAPE} voxels")
     out = Path(a.output)
     if out.exists() and not out.is_dir():
-        return _fail(f"{out}: exists and is not a folder")
+        raise UserError(f"{out}: exists and is not a folder")
     if (out / "dataset.json").exists() and not a.overwrite:
-        return _fail(f"{out}: holds a dataset already (dataset.json); --overwrite to replace it, or another -o")
+        raise UserError(f"{out}: holds a dataset already (dataset.json); --overwrite to replace it, or another -o")
     out = write_dataset(out, a.num_cases, a.seed, tuple(a.shape), a.layout)
     print(f"wrote {a.num_cases} synthetic cases to {out}")
+    print(f"next: seg-check-data {out}")
     return 0
 
+
+_synth.prog = "seg-synth"
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import sys
 
-from seg.cli.common import hydra_main
+from seg.cli.compose import hydra_main
 
 
 @hydra_main("train")
-def main(cfg) -> None:
+def main(cfg) -> float | None:
+    """Train; returns ``val/dice_best`` (what a Hydra sweeper, e.g. Optuna's, maximises)."""
     from seg.run.train import train
 
-    train(cfg)
+    return train(cfg).metrics.get("val/dice_best")
 
 
 if __name__ == "__main__":

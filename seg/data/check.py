@@ -44,94 +44,91 @@ def check_dataset(spec: DatasetSpec, workers: int | None = None) -> list[Problem
 
 
 def check_case(case: Case, spec: DatasetSpec) -> list[Problem]:
-    """All problems of one case."""
+    """All problems of one case: its image channels, then its label against them."""
     out: list[Problem] = []
+    grid = _check_images(case, spec, out)
+    if case.label is not None:
+        _check_label(case, spec, grid, out)
+    return out
+
+
+def _image_spatial(path: str, data: np.ndarray, spec: DatasetSpec, out: list[Problem]) -> tuple | None:
+    """The spatial shape of one channel file (None when its rank is unusable), its channel problems noted."""
     n_ch = spec.in_channels
-    ref_shape = ref_affine = None
+    if data.ndim == 4 and spec.channels_in_one_file:
+        if data.shape[3] != n_ch:
+            out.append(Problem("error", path, f"has {data.shape[3]} channels, dataset.json declares {n_ch}"))
+        return data.shape[:3]
+    if data.ndim == 4 and data.shape[3] == 1:
+        return data.shape[:3]
+    if data.ndim == 3:
+        if spec.channels_in_one_file and n_ch > 1:
+            out.append(Problem("error", path, f"is 3D but dataset.json declares {n_ch} channels in one file"))
+        return data.shape
+    msg = f"is {data.ndim}D with shape {list(data.shape)}; expected 3D (or 4D with channels)"
+    out.append(Problem("error", path, msg))
+    return None
+
+
+def _check_images(case: Case, spec: DatasetSpec, out: list[Problem]) -> tuple | None:
+    """Problems of the case's channel files; returns the first readable one's ``(shape, affine)``."""
+    grid = None
     for path in case.images:
         try:
             img = read_nifti(path)
         except NiftiError as e:
             out.append(Problem("error", path, str(e)))
             continue
-        data = img.data
-        if data.ndim == 4 and spec.channels_in_one_file:
-            if data.shape[3] != n_ch:
-                out.append(Problem("error", path, f"has {data.shape[3]} channels, dataset.json declares {n_ch}"))
-            spatial = data.shape[:3]
-        elif data.ndim == 4 and data.shape[3] == 1:
-            spatial = data.shape[:3]
-        elif data.ndim == 3:
-            spatial = data.shape
-            if spec.channels_in_one_file and n_ch > 1:
-                out.append(Problem("error", path, f"is 3D but dataset.json declares {n_ch} channels in one file"))
-        else:
-            out.append(
-                Problem(
-                    "error", path, f"is {data.ndim}D with shape {list(data.shape)}; expected 3D (or 4D with channels)"
-                )
-            )
+        spatial = _image_spatial(path, img.data, spec, out)
+        if spatial is None:
             continue
-        if np.issubdtype(data.dtype, np.floating):
-            bad = int(np.count_nonzero(~np.isfinite(data)))
+        if np.issubdtype(img.data.dtype, np.floating):
+            bad = int(np.count_nonzero(~np.isfinite(img.data)))
             if bad:
                 out.append(Problem("error", path, f"has {bad} NaN/inf voxels"))
-        if ref_shape is None:
-            ref_shape, ref_affine = spatial, img.affine
-        else:
-            if spatial != ref_shape:
-                out.append(
-                    Problem(
-                        "error",
-                        path,
-                        f"channel shape {list(spatial)} differs from {list(ref_shape)} of {case.images[0]}",
-                    )
-                )
-            elif not np.allclose(img.affine, ref_affine, atol=GRID_TOL):
-                out.append(Problem("error", path, f"channel affine differs from that of {case.images[0]}"))
-    if case.label is None:
-        return out
+        if grid is None:
+            grid = (spatial, img.affine)
+        elif spatial != grid[0]:
+            msg = f"channel shape {list(spatial)} differs from {list(grid[0])} of {case.images[0]}"
+            out.append(Problem("error", path, msg))
+        elif not np.allclose(img.affine, grid[1], atol=GRID_TOL):
+            out.append(Problem("error", path, f"channel affine differs from that of {case.images[0]}"))
+    return grid
+
+
+def _check_label(case: Case, spec: DatasetSpec, grid: tuple | None, out: list[Problem]) -> None:
+    """Problems of the case's label: readable, 3D, on the image's grid, integer ids that dataset.json declares."""
     try:
         lab = read_nifti(case.label)
     except NiftiError as e:
         out.append(Problem("error", case.label, str(e)))
-        return out
-    ldata = lab.data
-    if ldata.ndim == 4 and ldata.shape[3] == 1:
-        ldata = ldata[..., 0]
+        return
+    ldata = lab.data[..., 0] if lab.data.ndim == 4 and lab.data.shape[3] == 1 else lab.data
     if ldata.ndim != 3:
         out.append(Problem("error", case.label, f"label is {ldata.ndim}D with shape {list(ldata.shape)}; expected 3D"))
-        return out
-    if ref_shape is not None:
-        if tuple(ldata.shape) != tuple(ref_shape):
-            out.append(
-                Problem(
-                    "error", case.label, f"label shape {list(ldata.shape)} differs from image shape {list(ref_shape)}"
-                )
-            )
-        elif not np.allclose(lab.affine, ref_affine, atol=GRID_TOL):
-            d = float(np.abs(lab.affine - ref_affine).max())
+        return
+    if grid is not None:
+        if tuple(ldata.shape) != tuple(grid[0]):
+            msg = f"label shape {list(ldata.shape)} differs from image shape {list(grid[0])}"
+            out.append(Problem("error", case.label, msg))
+        elif not np.allclose(lab.affine, grid[1], atol=GRID_TOL):
+            d = float(np.abs(lab.affine - grid[1]).max())
             out.append(Problem("error", case.label, f"label affine differs from the image's (max difference {d:.4g})"))
     if np.issubdtype(ldata.dtype, np.floating):
         if not np.all(np.isfinite(ldata)):
             out.append(Problem("error", case.label, "label has NaN/inf voxels"))
-            return out
+            return
         if not np.array_equal(ldata, np.round(ldata)):
             out.append(Problem("error", case.label, "label has non-integer values"))
-            return out
+            return
     values = set(np.unique(ldata).astype(np.int64).tolist())
     undeclared = sorted(values - set(spec.labels))
     if undeclared:
-        out.append(
-            Problem(
-                "error",
-                case.label,
-                f"label values {undeclared} are not declared in dataset.json (declared: {sorted(spec.labels)})",
-            )
-        )
+        declared = sorted(spec.labels)
+        msg = f"label values {undeclared} are not declared in dataset.json (declared: {declared})"
+        out.append(Problem("error", case.label, msg))
     if values <= {0}:
         out.append(Problem("warning", case.label, "label is empty (background only)"))
-    return out
 
 
 def errors(problems: list[Problem]) -> list[Problem]:

@@ -11,10 +11,12 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from seg.errors import SegError
+
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 
 
-class DatasetError(ValueError):
+class DatasetError(SegError, ValueError):
     """A dataset's description cannot be used; the message names the file and the problem."""
 
 
@@ -95,6 +97,21 @@ def load_dataset(root: str | Path) -> DatasetSpec:
     raise DatasetError(
         f"{meta_path}: neither MSD (a 'training' list) nor nnU-Net raw ('channel_names', 'labels', 'file_ending')"
     )
+
+
+def read_labels(path: str | Path) -> dict[int, str]:
+    """The ``labels`` of one dataset.json file (MSD ``{"0": "background"}`` or nnU-Net ``{"background": 0}``),
+    read from that file itself: ``seg-eval -d custom.json`` names the file, not its folder."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "dataset.json"
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such dataset.json")
+    meta = _read_json(path)
+    if not isinstance(meta, dict) or not isinstance(meta.get("labels"), dict):
+        raise DatasetError(f"{path}: no 'labels' mapping (MSD or nnU-Net dataset.json)")
+    name_to_id = all(isinstance(v, (int, list, tuple)) for v in meta["labels"].values()) and "training" not in meta
+    return _parse_label_ids(path, meta["labels"], name_to_id=name_to_id)
 
 
 def _channel_names(meta_path: Path, channels, key: str) -> list[str]:

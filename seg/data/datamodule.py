@@ -18,7 +18,7 @@ from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset, par
 from seg.config import check_option
 from seg.data.datalist import DatasetError, DatasetSpec, load_dataset
 from seg.data.splits import SplitError, dataset_splits
-from seg.data.transforms import deterministic_transforms, random_transforms
+from seg.data.transforms import Augment, Preprocessing, deterministic_transforms, random_transforms
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,10 @@ class CacheMode(str, Enum):
     NONE = "none"
     CACHE = "cache"
     PERSISTENT = "persistent"
+
+
+DEFAULT_NUM_SAMPLES = 2  # patches per loaded volume
+DEFAULT_NUM_WORKERS = 2  # DataLoader worker processes
 
 
 class SegDataModule(pl.LightningDataModule):
@@ -45,10 +49,10 @@ class SegDataModule(pl.LightningDataModule):
             head crop: threshold ``head_threshold`` of the range, largest component, holes filled).
         head_threshold: threshold of the head crop, as a fraction of the intensity range.
         pos_neg: positive/negative patch ratio.
-        num_samples: patches drawn per loaded volume.
-        augment: probabilities and ranges (see ``conf/data/default.yaml``).
+        num_samples: patches drawn per loaded volume (None: ``DEFAULT_NUM_SAMPLES``).
+        augment: an :class:`~seg.data.transforms.Augment` or its mapping (missing or null keys: its defaults).
         batch_size: training batch size (volumes x ``num_samples`` patches).
-        num_workers: DataLoader workers.
+        num_workers: DataLoader workers (None: ``DEFAULT_NUM_WORKERS``).
         cache: "none", "cache" (in memory) or "persistent" (on disk in ``cache_dir``).
         cache_rate: fraction of cases cached in memory.
         cache_dir: folder for the persistent cache.
@@ -75,10 +79,10 @@ class SegDataModule(pl.LightningDataModule):
         crop_foreground: bool | str = False,
         head_threshold: float = 0.2,
         pos_neg: Sequence[float] = (1.0, 1.0),
-        num_samples: int = 1,
-        augment: Mapping | None = None,
+        num_samples: int | None = None,
+        augment: Augment | Mapping | None = None,
         batch_size: int = 2,
-        num_workers: int = 0,
+        num_workers: int | None = None,
         cache: str = "cache",
         cache_rate: float = 1.0,
         cache_dir: str | None = None,
@@ -103,10 +107,10 @@ class SegDataModule(pl.LightningDataModule):
         self.crop_foreground = crop_foreground
         self.head_threshold = head_threshold
         self.pos_neg = list(pos_neg)
-        self.num_samples = num_samples
-        self.augment = dict(augment or {})
+        self.num_samples = DEFAULT_NUM_SAMPLES if num_samples is None else int(num_samples)
+        self.augment = augment if isinstance(augment, Augment) else Augment.from_mapping(augment)
         self.batch_size = batch_size
-        self.num_workers = num_workers
+        self.num_workers = DEFAULT_NUM_WORKERS if num_workers is None else int(num_workers)
         self.cache = cache
         self.cache_rate = cache_rate
         self.cache_dir = cache_dir
@@ -144,24 +148,17 @@ class SegDataModule(pl.LightningDataModule):
         return self._spec
 
     @property
-    def preprocessing(self) -> dict:
-        """The pre-processing options, as stored with a trained model."""
-        return {
-            "mode": self.mode,
-            "patch_size": self.patch_size,
-            "resize_shape": self.resize_shape,
-            "spacing": self.spacing,
-            "orientation": self.orientation,
-            "normalize": self.normalize,
-            "crop_foreground": self.crop_foreground,
-            "head_threshold": self.head_threshold,
-        }
-
-    def preprocessing_kwargs(self) -> dict:
-        """Keyword arguments of :func:`deterministic_transforms` (without ``spec``/``with_label``)."""
-        p = self.preprocessing
-        p.pop("patch_size")
-        return p
+    def preprocessing(self) -> Preprocessing:
+        """The pre-processing options, as stored with a trained model (the patch is the inferer's window)."""
+        return Preprocessing(
+            mode=self.mode,
+            resize_shape=self.resize_shape,
+            spacing=self.spacing,
+            orientation=self.orientation,
+            normalize=self.normalize,
+            crop_foreground=self.crop_foreground,
+            head_threshold=self.head_threshold,
+        )
 
     def split(self) -> tuple[list[str], list[str]]:
         path = self.splits_file or str(Path(self.root) / "splits.json")
@@ -195,7 +192,7 @@ class SegDataModule(pl.LightningDataModule):
             )[rank]
             val = partition_dataset(val, num_partitions=world, shuffle=False, even_divisible=False)[rank]
             log.info("rank %d/%d: %d train and %d val cases", rank, world, len(train), len(val))
-        det = deterministic_transforms(spec, with_label=True, **self.preprocessing_kwargs())
+        det = deterministic_transforms(spec, with_label=True, **self.preprocessing.as_dict())
         rnd = random_transforms(self.mode, self.patch_size, self.pos_neg, self.num_samples, self.augment)
         self.train_ds = self._dataset(train, T.Compose(det + rnd), "train")
         self.val_ds = self._dataset(val, T.Compose(det), "val")

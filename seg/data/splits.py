@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from seg.errors import SegError
 from seg.io import write_text
 
 
-class SplitError(ValueError):
+class SplitError(SegError, ValueError):
     pass
 
 

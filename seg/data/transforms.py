@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
+from typing import Any
 
 import numpy as np
 from monai import transforms as T
 from scipy import ndimage
 
-from seg.config import check_option
+from seg.config import UserError, check_option
+from seg.data.components import largest_component
 from seg.data.datalist import DatasetSpec
 
 
@@ -55,11 +58,95 @@ class HeadMask:
         mask = a > lo + self.threshold * (hi - lo)
         if not mask.any():
             return np.ones((1, *a.shape), bool)
-        lab, n = ndimage.label(mask)
-        if n > 1:
-            sizes = ndimage.sum_labels(mask, lab, index=np.arange(1, n + 1))
-            mask = lab == (1 + int(np.argmax(sizes)))
-        return ndimage.binary_fill_holes(mask)[None]
+        return ndimage.binary_fill_holes(largest_component(mask, connectivity=6))[None]
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """The deterministic pre-processing a model was trained with: what ``model.yaml`` stores and what
+    seg-predict and the out-of-fold prediction replay. The training patch is not part of it: it is the
+    sliding window's ``roi_size`` (``seg.nn.inferer.InfererSpec``), stored once.
+
+    Args:
+        mode: "patch" (random patches, sliding-window inference) or "resize" (the whole volume resized).
+        resize_shape: the network input shape in resize mode.
+        spacing: target voxel spacing in mm, or None to keep the images' own.
+        orientation: axis codes to reorient to (e.g. "RAS"), or None.
+        normalize: ``{mode: zscore|minmax|window|ct|none, ...}`` (see :func:`normalize_transform`).
+        crop_foreground: "none", "nonzero" or "head" (see :class:`Crop`).
+        head_threshold: threshold of the head crop, as a fraction of the intensity range.
+    """
+
+    mode: str = "patch"
+    resize_shape: list[int] | None = None
+    spacing: list[float] | None = None
+    orientation: str | None = "RAS"
+    normalize: dict = field(default_factory=lambda: {"mode": "zscore", "nonzero": True})
+    crop_foreground: bool | str = False
+    head_threshold: float = 0.2
+
+    @classmethod
+    def from_mapping(cls, m: Mapping | None) -> Preprocessing:
+        """From ``model.yaml``'s ``preprocessing`` (or a datamodule's options). ``patch_size``, which bundles
+        written before 2026-12 stored here too, is dropped: the patch is the inferer's ``roi_size``."""
+        m = dict(m or {})
+        m.pop("patch_size", None)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(m) - known)
+        if unknown:
+            raise UserError(f"preprocessing: unknown keys {unknown} (known: {sorted(known)})")
+        return cls(**m)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Training augmentation: the one home of its defaults (``conf/data/*.yaml`` lists the keys with ``null``
+    for "the default", so ``data.augment.rotate_deg=5`` needs no ``+``). A probability of 0 switches a
+    transform off; :meth:`none` switches all off.
+
+    Args:
+        flip_prob: probability of a mirroring, per axis.
+        flip_axes: the axes that may be mirrored; None = all three (seg-plan drops axes along which the
+            labels keep their order).
+        affine_prob: probability of a rotation + scaling (+ translation) in one resampling.
+        rotate_deg: rotation range (+-) per axis, degrees.
+        scale: scaling range (+-), as a fraction.
+        translate_vox: translation range (+-) in voxels, 0 for none.
+        intensity_scale_prob, intensity_scale: random intensity scaling (factor range +-).
+        intensity_shift_prob, intensity_shift: random intensity offset (range +-).
+        noise_prob, noise_std: additive Gaussian noise.
+    """
+
+    flip_prob: float = 0.5
+    flip_axes: list[int] | None = None
+    affine_prob: float = 0.2
+    rotate_deg: float = 15.0
+    scale: float = 0.1
+    translate_vox: float = 0.0
+    intensity_scale_prob: float = 0.2
+    intensity_scale: float = 0.1
+    intensity_shift_prob: float = 0.2
+    intensity_shift: float = 0.1
+    noise_prob: float = 0.1
+    noise_std: float = 0.05
+
+    @classmethod
+    def from_mapping(cls, m: Mapping | None) -> Augment:
+        """From a config mapping; missing or null keys take the defaults above; unknown keys are an error."""
+        m = {k: v for k, v in dict(m or {}).items() if v is not None}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(m) - known)
+        if unknown:
+            raise UserError(f"data.augment: unknown keys {unknown} (known: {sorted(known)})")
+        return cls(**m)
+
+    @classmethod
+    def none(cls) -> Augment:
+        """Every random transform off (patch sampling stays)."""
+        return cls(flip_prob=0.0, affine_prob=0.0, intensity_scale_prob=0.0, intensity_shift_prob=0.0, noise_prob=0.0)
 
 
 def crop_mode(crop_foreground) -> str:
@@ -134,7 +221,7 @@ def deterministic_transforms(
         )
     if mode == "resize":
         if not resize_shape:
-            raise ValueError("data.mode=resize needs data.resize_shape")
+            raise UserError("data.mode=resize needs data.resize_shape")
         xs.append(
             T.Resized(keys=keys, spatial_size=tuple(resize_shape), mode=["trilinear", "nearest-exact"][: len(keys)])
         )
@@ -147,9 +234,10 @@ def random_transforms(
     patch_size: Sequence[int] | None,
     pos_neg: Sequence[float] = (1.0, 1.0),
     num_samples: int = 1,
-    augment: Mapping | None = None,
+    augment: Augment | Mapping | None = None,
 ) -> list:
-    """Patch sampling (positive/negative balanced) and augmentation, each with its probability."""
+    """Patch sampling (positive/negative balanced) and augmentation, each with its probability
+    (``augment``: an :class:`Augment`, or its mapping; None = :meth:`Augment.none`)."""
     keys = ["image", "label"]
     xs: list = []
     if mode == "patch":
@@ -168,39 +256,27 @@ def random_transforms(
                 allow_smaller=False,
             ),
         ]
-    a = dict(augment or {})
-    flip = float(a.get("flip_prob", 0.0))
-    if flip > 0:
-        axes = a.get("flip_axes")
-        xs += [T.RandFlipd(keys=keys, prob=flip, spatial_axis=ax) for ax in (range(3) if axes is None else axes)]
-    affine_p = float(a.get("affine_prob", 0.0))
-    if affine_p > 0:
-        rot = math.radians(float(a.get("rotate_deg", 15.0)))
-        scale = float(a.get("scale", 0.1))
-        shift = float(a.get("translate_vox", 0.0))
+    a = augment if isinstance(augment, Augment) else Augment.from_mapping(augment) if augment else Augment.none()
+    if a.flip_prob > 0:
+        axes = range(3) if a.flip_axes is None else a.flip_axes
+        xs += [T.RandFlipd(keys=keys, prob=a.flip_prob, spatial_axis=ax) for ax in axes]
+    if a.affine_prob > 0:
+        rot = math.radians(a.rotate_deg)
         xs.append(
             T.RandAffined(
                 keys=keys,
-                prob=affine_p,
+                prob=a.affine_prob,
                 rotate_range=(rot,) * 3,
-                scale_range=(scale,) * 3,
-                translate_range=(shift,) * 3 if shift else None,
+                scale_range=(a.scale,) * 3,
+                translate_range=(a.translate_vox,) * 3 if a.translate_vox else None,
                 mode=["bilinear", "nearest"],
                 padding_mode="zeros",
             )
         )
-    if float(a.get("intensity_scale_prob", 0.0)) > 0:
-        xs.append(
-            T.RandScaleIntensityd(
-                keys="image", factors=float(a.get("intensity_scale", 0.1)), prob=float(a["intensity_scale_prob"])
-            )
-        )
-    if float(a.get("intensity_shift_prob", 0.0)) > 0:
-        xs.append(
-            T.RandShiftIntensityd(
-                keys="image", offsets=float(a.get("intensity_shift", 0.1)), prob=float(a["intensity_shift_prob"])
-            )
-        )
-    if float(a.get("noise_prob", 0.0)) > 0:
-        xs.append(T.RandGaussianNoised(keys="image", prob=float(a["noise_prob"]), std=float(a.get("noise_std", 0.05))))
+    if a.intensity_scale_prob > 0:
+        xs.append(T.RandScaleIntensityd(keys="image", factors=a.intensity_scale, prob=a.intensity_scale_prob))
+    if a.intensity_shift_prob > 0:
+        xs.append(T.RandShiftIntensityd(keys="image", offsets=a.intensity_shift, prob=a.intensity_shift_prob))
+    if a.noise_prob > 0:
+        xs.append(T.RandGaussianNoised(keys="image", prob=a.noise_prob, std=a.noise_std))
     return xs

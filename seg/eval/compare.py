@@ -10,9 +10,10 @@ import numpy as np
 from scipy.stats import wilcoxon
 
 from seg.data.datalist import case_id_from_path
+from seg.errors import SegError
 
 
-class CompareError(ValueError):
+class CompareError(SegError, ValueError):
     pass
 
 

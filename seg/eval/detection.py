@@ -16,10 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
-STRUCTURE_26 = np.ones((3, 3, 3), bool)
+from seg.data.components import component_indices
 
 
 @dataclass(frozen=True)
@@ -70,12 +69,7 @@ class CaseDetection:
 
 def components(mask: np.ndarray, min_voxels: int) -> list[np.ndarray]:
     """Connected components (26-connectivity in 3D) with at least ``min_voxels`` voxels, as index arrays."""
-    structure = STRUCTURE_26 if mask.ndim == 3 else np.ones((3,) * mask.ndim, bool)
-    lab, n = ndimage.label(mask, structure=structure)
-    if n == 0:
-        return []
-    sizes = np.bincount(lab.ravel())
-    return [np.flatnonzero(lab.ravel() == i) for i in range(1, n + 1) if sizes[i] >= min_voxels]
+    return component_indices(mask, min_voxels, connectivity=26)
 
 
 def match_objects(

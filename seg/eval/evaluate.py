@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from seg.data.datalist import case_id_from_path
+from seg.errors import SegError
 from seg.eval.detection import DEFAULT, case_detection, summarize, summarize_by_volume
 from seg.eval.metrics import case_metrics
 from seg.io import GRID_TOL, NiftiError, read_nifti, write_text
@@ -25,7 +26,7 @@ from seg.io import GRID_TOL, NiftiError, read_nifti, write_text
 log = logging.getLogger(__name__)
 
 
-class EvalError(ValueError):
+class EvalError(SegError, ValueError):
     pass
 
 

@@ -20,14 +20,12 @@ def _to_ras(a: np.ndarray, affine: np.ndarray) -> np.ndarray:
 
 def largest_component_centre(mask: np.ndarray) -> list[int] | None:
     """Voxel centre (rounded centroid) of the largest 26-connected component of ``mask``; None when empty."""
-    from scipy import ndimage
+    from seg.data.components import largest_component
 
-    lab, n = ndimage.label(mask > 0, structure=np.ones((3, 3, 3)))
-    if n == 0:
+    comp = largest_component(mask, connectivity=26)
+    if not comp.any():
         return None
-    sizes = np.bincount(lab.ravel())[1:]
-    comp = np.argwhere(lab == 1 + int(np.argmax(sizes)))
-    return [int(round(x)) for x in comp.mean(0)]
+    return [int(round(x)) for x in np.argwhere(comp).mean(0)]
 
 
 def overlay_rows(

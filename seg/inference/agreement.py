@@ -33,3 +33,22 @@ def bf16_agreement(predictor, files: Sequence[str]) -> float:
         predictor.precision = precision
         masks.append(predictor.predict(list(files)).labels)
     return mask_agreement(*masks, predictor.label_ids)
+
+
+def check_bf16(predictor, model: str, cases) -> str | None:
+    """bf16 only if its masks agree with fp32's on the first readable case (Dice >= ``MIN_AGREEMENT``); else a
+    one-line :class:`~seg.errors.UserError`. Returns the line to print (None when no case is readable: the
+    batch reports every case)."""
+    from seg.errors import UserError
+    from seg.inference.cases import validate
+
+    case = next((c for c in cases if validate(c)[0] is None), None)
+    if case is None:
+        return None
+    agree = bf16_agreement(predictor, case.files)
+    if agree < MIN_AGREEMENT:
+        raise UserError(
+            f"{model}: --precision bf16 refused for this net: Dice between its fp32 and bf16 masks is "
+            f"{agree:.4f} < {MIN_AGREEMENT} on {case.case_id}"
+        )
+    return f"bf16 agreement: Dice {agree:.4f} between fp32 and bf16 masks on {case.case_id} (>= {MIN_AGREEMENT})"

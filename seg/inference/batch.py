@@ -19,14 +19,15 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 
 from seg.config import check_option
+from seg.data.components import count_components
+from seg.errors import one_line
 from seg.inference.cases import InputCase, validate
 from seg.inference.predictor import Prediction, Predictor, save_mask
-from seg.io import atomic_write_bytes, save_nifti, write_text
+from seg.io import atomic_write_bytes, on_grid_of, save_nifti, write_text
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +78,13 @@ def stem(output_name: str) -> str:
 
 def case_report(labels_map: np.ndarray, names: Mapping[int, str], spacing: Sequence[float]) -> dict:
     """Volume (ml) and connected components (26-connected) of each foreground label."""
-    from scipy import ndimage
-
     voxel_ml = float(np.prod(spacing)) / 1000
     out = {}
     for i, name in names.items():
         if i == 0:
             continue
         m = labels_map == i
-        n = int(ndimage.label(m, structure=np.ones((3, 3, 3), bool))[1]) if m.any() else 0
+        n = count_components(m, connectivity=26)
         out[name] = {"label": i, "volume_ml": round(float(m.sum()) * voxel_ml, 4), "components": n}
     return out
 
@@ -93,9 +92,7 @@ def case_report(labels_map: np.ndarray, names: Mapping[int, str], spacing: Seque
 def write_probabilities(pr: Prediction, path_stem: Path, fmt: str) -> None:
     if fmt == ProbabilityFormat.NIFTI:
         prob = np.moveaxis(pr.probabilities.numpy(), 0, -1).astype(np.float32)
-        img = nib.Nifti1Image(prob, pr.reference.affine)
-        img.set_qform(pr.reference.get_qform(), int(pr.reference.header["qform_code"]))
-        img.set_sform(pr.reference.get_sform(), int(pr.reference.header["sform_code"]))
+        img = on_grid_of(prob, pr.reference, np.float32)
         save_nifti(img, path_stem.with_name(path_stem.name + "_prob.nii.gz"))
     elif fmt == ProbabilityFormat.NPZ and pr.probabilities.shape[0] == 2:
         fg = pr.probabilities[1].numpy().astype(np.float16)
@@ -223,9 +220,9 @@ def predict_cases(
                     try:
                         result.written.append(predict_one(c, predictor, out, options, labels))
                     except torch.cuda.OutOfMemoryError as e:
-                        problem = f"out of memory: {e}".splitlines()[0]
+                        problem = f"out of memory ({one_line(e, 200)})"
                     except Exception as e:  # one bad case must not stop the batch
-                        problem = f"{type(e).__name__}: {e}".splitlines()[0]
+                        problem = one_line(e)
                 if problem is not None:
                     result.failures.append((c.case_id, problem))
                     log.error("%s: %s", c.files[0], problem)

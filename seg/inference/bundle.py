@@ -11,12 +11,14 @@ from __future__ import annotations
 import datetime
 import io
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import yaml
 
+from seg.data.transforms import Preprocessing
+from seg.errors import one_line
 from seg.inference.errors import BundleError
 from seg.io import atomic_write_bytes, write_text
 from seg.nn import create_net
@@ -26,10 +28,6 @@ FORMAT = "seg-model/1"
 
 
 REQUIRED = ("net", "labels", "channel_names", "preprocessing", "folds")
-
-
-def one_line(e: BaseException) -> str:
-    return " ".join(f"{type(e).__name__}: {e}".split())[:300]
 
 
 def _load_error(e: BaseException) -> str:
@@ -71,18 +69,104 @@ def check_state_fits(net: torch.nn.Module, state: Mapping, path: Path, name: str
 
 
 @dataclass
+class BundleMeta:
+    """``model.yaml``, typed: what a bundle records of its networks. Read with :meth:`from_mapping` (every
+    problem one line naming the file), written with :func:`write_bundle_meta`.
+
+    Args:
+        net: ``{name, **kwargs}`` of a registered network (in/out channels included).
+        labels: label id -> name, background included, in class order.
+        channel_names: the input channels, in order.
+        preprocessing: the deterministic pre-processing (:class:`~seg.data.transforms.Preprocessing`).
+        inferer: the sliding window the networks were validated with (its ``roi_size`` is the patch).
+        folds: the folds whose weights the bundle holds (``fold_<k>/weights.pt``).
+        threshold: the two-class operating point from a k-fold threshold scan, or None (argmax).
+        members: networks per fold (an ensemble of seeds: ``fold_<k>/member_<m>/``).
+        extra: further records kept as they are (``member_seeds``, ``cv``, ``export``, ...).
+    """
+
+    net: dict
+    labels: dict[int, str]
+    channel_names: list[str]
+    preprocessing: Preprocessing
+    inferer: InfererSpec
+    folds: list[int]
+    threshold: float | None = None
+    members: int = 1
+    extra: dict = field(default_factory=dict)
+    created: str = ""
+
+    @classmethod
+    def from_mapping(cls, meta: Mapping, path: Path) -> BundleMeta:
+        missing = [k for k in REQUIRED if k not in meta]
+        if missing:
+            need = ", ".join(REQUIRED)
+            raise BundleError(f"{path}: {', '.join(missing)} missing (a seg model bundle records {need})")
+        if not isinstance(meta["net"], dict) or "name" not in meta["net"]:
+            raise BundleError(f"{path}: net needs a registered network's name and kwargs")
+        try:
+            pre = dict(meta["preprocessing"] or {})
+            inferer = InfererSpec.from_mapping(meta.get("inferer"))
+            # bundles written before 2026-12 kept the patch in preprocessing too: it is the inferer's window
+            inferer = inferer.for_data(pre.get("mode", "patch"), pre.get("patch_size"))
+            preprocessing = Preprocessing.from_mapping(pre)
+            labels = {int(k): str(v) for k, v in dict(meta["labels"]).items()}
+            folds = [int(f) for f in meta["folds"]]
+        except (TypeError, ValueError, AttributeError) as e:
+            raise BundleError(f"{path}: {one_line(e)}") from None
+        known = set(REQUIRED) | {"format", "created", "inferer", "threshold", "members", "inverse"}
+        return cls(
+            net=dict(meta["net"]),
+            labels=labels,
+            channel_names=[str(c) for c in meta["channel_names"]],
+            preprocessing=preprocessing,
+            inferer=inferer,
+            folds=folds,
+            threshold=meta.get("threshold"),
+            members=int(meta.get("members") or 1),
+            extra={k: v for k, v in meta.items() if k not in known},
+            created=str(meta.get("created") or ""),
+        )
+
+    def as_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "created": self.created or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "net": dict(self.net),
+            "labels": {int(k): str(v) for k, v in self.labels.items()},
+            "channel_names": list(self.channel_names),
+            "preprocessing": self.preprocessing.as_dict(),
+            "inverse": "undo the recorded spatial steps in reverse: resize, crop (paste into the box), resampling, "
+            "orientation (seg.data.inverse.invert_to_original)",
+            "inferer": self.inferer.as_dict(),
+            "threshold": self.threshold,
+            "folds": sorted(int(f) for f in self.folds),
+            **({"members": self.members} if self.members > 1 else {}),
+            **self.extra,
+        }
+
+    @property
+    def net_name(self) -> str:
+        return str(self.net["name"])
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.channel_names)
+
+
+@dataclass
 class Bundle:
     root: Path
-    meta: dict
+    meta: BundleMeta
 
     @property
     def folds(self) -> list[int]:
-        return [int(f) for f in self.meta["folds"]]
+        return list(self.meta.folds)
 
     @property
     def members(self) -> int:
         """Networks per fold: 1, or an ensemble trained on the fold's training cases with different seeds."""
-        return int(self.meta.get("members") or 1)
+        return self.meta.members
 
     def member_dirs(self, fold: int) -> list[Path]:
         """Where fold ``fold``'s networks live: ``fold_<k>/`` (member 0) and ``fold_<k>/member_<m>/``."""
@@ -90,15 +174,12 @@ class Bundle:
 
     @property
     def labels(self) -> dict[int, str]:
-        return {int(k): str(v) for k, v in self.meta["labels"].items()}
+        return dict(self.meta.labels)
 
     @property
     def inferer(self) -> InfererSpec:
         """The sliding-window spec the networks were validated with."""
-        try:
-            return InfererSpec.from_mapping(self.meta.get("inferer"))
-        except (TypeError, ValueError) as e:
-            raise BundleError(f"{self.root / 'model.yaml'}: inferer: {e}") from None
+        return self.meta.inferer
 
     def predictor(
         self,
@@ -112,20 +193,19 @@ class Bundle:
     ):
         """A :class:`~seg.inference.predictor.Predictor` over ``folds`` with the bundle's own settings;
         ``overlap`` and ``threshold`` (two-class models; ``"argmax"``: none) override the bundle's when given.
-        ``engine="onnxruntime"`` runs each fold's ``model.onnx`` (written by ``seg-export``) in one ONNX
-        Runtime session per fold, on the CPU."""
+        ``engine``: see :mod:`seg.inference.engines` (``onnxruntime`` runs each fold's ``model.onnx``)."""
         from dataclasses import replace
 
+        from seg.inference.engines import load_engine_nets
         from seg.inference.predictor import Predictor
 
         inferer = self.inferer if overlap is None else replace(self.inferer, overlap=overlap)
-        thr = None if threshold == "argmax" else threshold if threshold is not None else self.meta.get("threshold")
-        nets = self.load_onnx(folds) if engine == "onnxruntime" else self.load_nets(folds)
+        thr = None if threshold == "argmax" else threshold if threshold is not None else self.meta.threshold
         return Predictor(
-            nets,
+            load_engine_nets(self, folds, engine, device, precision),
             self.labels,
-            self.meta["channel_names"],
-            self.meta["preprocessing"],
+            self.meta.channel_names,
+            self.meta.preprocessing,
             inferer,
             tta=tta,
             device=device,
@@ -133,33 +213,19 @@ class Bundle:
             precision=precision,
         )
 
-    def _check_folds(self, folds: Sequence[int] | None) -> list[int]:
+    def check_folds(self, folds: Sequence[int] | None) -> list[int]:
+        """``folds`` (None: all), each one the bundle holds; else a one-line error."""
         folds = self.folds if folds is None else list(folds)
         unknown = sorted(set(folds) - set(self.folds))
         if unknown:
             raise BundleError(f"{self.root / 'model.yaml'}: folds {unknown} not in the bundle (has {self.folds})")
         return folds
 
-    def load_onnx(self, folds: Sequence[int] | None = None) -> list:
-        """One ONNX Runtime session per fold (``fold_<k>/model.onnx``, made by ``seg-export``)."""
-        from seg.inference.onnx_engine import OrtNet
-
-        nets = []
-        for k in self._check_folds(folds):
-            for d in self.member_dirs(k):
-                path = d / "model.onnx"
-                if not path.is_file():
-                    raise BundleError(
-                        f"{path}: missing: --engine onnxruntime needs an exported bundle (seg-export {self.root})"
-                    )
-                nets.append(OrtNet(path))
-        return nets
-
     def load_nets(self, folds: Sequence[int] | None = None, device: str = "cpu") -> list[torch.nn.Module]:
         """One network per fold and member, weights loaded with ``weights_only=True``; every problem one line
         naming the file."""
-        folds = self._check_folds(folds)
-        net_cfg = dict(self.meta["net"])
+        folds = self.check_folds(folds)
+        net_cfg = dict(self.meta.net)
         name = net_cfg.pop("name")
         nets = []
         for path in (d / "weights.pt" for k in folds for d in self.member_dirs(k)):
@@ -179,34 +245,10 @@ def member_dirs(root: str | Path, fold: int, members: int = 1) -> list[Path]:
     return [base] + [base / f"member_{m}" for m in range(1, int(members))]
 
 
-def write_bundle_meta(
-    root: str | Path,
-    net: Mapping,
-    labels: Mapping[int, str],
-    channel_names: Sequence[str],
-    preprocessing: Mapping,
-    inferer: InfererSpec | Mapping,
-    folds: Sequence[int],
-    threshold: float | None = None,
-    extra: Mapping | None = None,
-) -> Path:
+def write_bundle_meta(root: str | Path, meta: BundleMeta) -> Path:
     """Write ``model.yaml`` (atomically)."""
     root = Path(root)
-    meta = {
-        "format": FORMAT,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "net": dict(net),
-        "labels": {int(k): str(v) for k, v in labels.items()},
-        "channel_names": list(channel_names),
-        "preprocessing": dict(preprocessing),
-        "inverse": "undo the recorded spatial steps in reverse: resize, crop (paste into the box), resampling, "
-        "orientation (seg.data.inverse.invert_to_original)",
-        "inferer": (inferer if isinstance(inferer, InfererSpec) else InfererSpec.from_mapping(inferer)).as_dict(),
-        "threshold": threshold,
-        "folds": sorted(int(f) for f in folds),
-        **(dict(extra) if extra else {}),
-    }
-    write_text(root / "model.yaml", yaml.safe_dump(meta, sort_keys=False))
+    write_text(root / "model.yaml", yaml.safe_dump(meta.as_dict(), sort_keys=False))
     return root / "model.yaml"
 
 
@@ -228,12 +270,7 @@ def load_bundle(root: str | Path) -> Bundle:
         raise BundleError(f"{path}: not valid YAML ({one_line(e)})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise BundleError(f"{path}: unknown bundle format {meta.get('format') if isinstance(meta, dict) else None!r}")
-    missing = [k for k in REQUIRED if k not in meta]
-    if missing:
-        raise BundleError(f"{path}: {', '.join(missing)} missing (a seg model bundle records {', '.join(REQUIRED)})")
-    if not isinstance(meta["net"], dict) or "name" not in meta["net"]:
-        raise BundleError(f"{path}: net needs a registered network's name and kwargs")
-    return Bundle(root, meta)
+    return Bundle(root, BundleMeta.from_mapping(meta, path))
 
 
 def read_checkpoint(ckpt_path: str | Path) -> tuple[dict, dict]:
@@ -252,7 +289,9 @@ def read_checkpoint(ckpt_path: str | Path) -> tuple[dict, dict]:
     return state, hp
 
 
-def export_run_bundle(model_dir: str | Path, ckpt: str | Path, spec, preprocessing: Mapping, fold: int) -> Path:
+def export_run_bundle(
+    model_dir: str | Path, ckpt: str | Path, spec, preprocessing: Preprocessing, fold: int
+) -> Path:
     """Write fold ``fold``'s weights from a Lightning checkpoint and ``model.yaml``.
 
     The network's ``{name, kwargs}`` and the inferer spec are read from the checkpoint's own
@@ -261,12 +300,30 @@ def export_run_bundle(model_dir: str | Path, ckpt: str | Path, spec, preprocessi
     state, hp = read_checkpoint(ckpt)
     model_dir = Path(model_dir)
     save_weights(state, model_dir / f"fold_{fold}" / "weights.pt")
-    return write_bundle_meta(
-        model_dir,
-        hp["net"],
-        spec.labels,
-        spec.channel_names,
-        preprocessing,
-        InfererSpec.from_mapping(hp.get("inferer")),
-        [fold],
+    meta = BundleMeta(
+        net=hp["net"],
+        labels=spec.labels,
+        channel_names=list(spec.channel_names),
+        preprocessing=preprocessing,
+        inferer=InfererSpec.from_mapping(hp.get("inferer")),
+        folds=[fold],
     )
+    return write_bundle_meta(model_dir, meta)
+
+
+def bundle_members(out: str | Path, fold: int, member_bundles: Sequence[Path], seeds: Sequence[int]) -> Path:
+    """One bundle of an ensemble's members (each trained on fold ``fold``'s cases with its own seed): member
+    0's weights in ``fold_<k>/``, member m's in ``fold_<k>/member_<m>/``, ``model.yaml`` from member 0's with
+    ``members`` and ``member_seeds``. Returns the bundle folder."""
+    import shutil
+
+    out = Path(out)
+    for src, d in zip(member_bundles, member_dirs(out, fold, len(member_bundles))):
+        d.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(src) / f"fold_{fold}" / "weights.pt", d / "weights.pt")
+    meta = load_bundle(member_bundles[0]).meta
+    meta.members = len(member_bundles)
+    meta.extra = {**meta.extra, "member_seeds": [int(s) for s in seeds]}
+    meta.created = ""
+    write_bundle_meta(out, meta)
+    return out

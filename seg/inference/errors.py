@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from seg.errors import SegError
 
-class BundleError(ValueError):
+
+class BundleError(SegError, ValueError):
     """A model bundle or checkpoint cannot be used; the message is one line naming the file."""

@@ -15,6 +15,7 @@ bundle: which folds, which metadata, which parity check and which refusals.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import tempfile
@@ -25,12 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-import yaml
 
-from seg.inference.bundle import FORMAT, Bundle, BundleError
-from seg.inference.onnx_engine import OrtNet
-from seg.io import atomic_write_bytes, write_text
+from seg.errors import one_line
+from seg.inference.bundle import FORMAT, Bundle, BundleError, write_bundle_meta
+from seg.inference.engines import OrtNet
+from seg.io import atomic_write_bytes
 from seg.nn.inferer import first_output
+from seg.nn.registry import net_card
 from seg.nn.utils import fuse_conv_bn
 
 log = logging.getLogger(__name__)
@@ -42,25 +44,19 @@ PARITY_TOL = 1e-4  # max |softmax difference| allowed between the exported model
 # two check sizes (multiples of 16: every registered net's pooling takes them); the second is anisotropic
 CHECK_SHAPES = ((32, 32, 32), (48, 32, 64))
 
-# Networks refused without trying, with the reason (measured with torch 2.13, onnxruntime 1.31):
-REFUSED = {
-    "unet_local_attn": "its 3D local attention (seg::local_attn3d, a torch custom op whose torch path loops over "
-    "blocks in Python) has no ONNX decomposition or custom-op kernel; the conversion fails",
-    "transdae": "its window partition exports with the first input's sizes baked in: ONNX Runtime fails at a "
-    "second input size (Transpose shape mismatch), so no dynamic spatial axes",
-    "swinunetr": "MONAI's SwinUNETR export takes ~4 minutes and its softmax differs from PyTorch's by up to "
-    "3e-4 (> 1e-4) at random weights",
-}
-
-
 class ExportError(BundleError):
     """A network cannot be exported (one line: which and why)."""
 
 
 def check_exportable(name: str) -> None:
-    """A net of ``REFUSED`` -> one line saying why."""
-    if name in REFUSED:
-        raise ExportError(f"net {name!r} cannot be exported: {REFUSED[name]}")
+    """A net whose card says it cannot be exported -> one line saying why (measured with torch 2.13 and
+    onnxruntime 1.31; the reasons live on the cards, ``seg.nn.registry.NetCard.export``)."""
+    try:
+        reason = net_card(name).export
+    except KeyError as e:
+        raise ExportError(f"net {name!r}: {e.args[0]}") from None
+    if reason:
+        raise ExportError(f"net {name!r} cannot be exported: {reason}")
 
 
 class Logits(nn.Module):
@@ -136,8 +132,7 @@ def parity(fmt: str, module: nn.Module, path: Path, in_channels: int, seed: int 
         try:
             out = _softmax(exported(x))
         except Exception as e:  # the runtime's own errors: a shape baked in, an unsupported op
-            msg = " ".join(str(e).split())[:160]
-            raise ExportError(f"the exported model fails at input size {list(shape)} ({msg})") from None
+            raise ExportError(f"the exported model fails at input size {list(shape)} ({one_line(e, 200)})") from None
         if out.shape != ref.shape:
             got, want = list(out.shape), list(ref.shape)
             raise ExportError(f"the exported model returns {got} at {list(shape)}, PyTorch {want}")
@@ -157,8 +152,7 @@ def export_fold(
         try:
             (_export_onnx if fmt == "onnx" else _export_torchscript)(module, x, tmp_path)
         except Exception as e:  # torch.onnx / torch.jit raise many types; one line says which
-            first = " ".join(str(e).split())[:200]
-            raise ExportError(f"net {name!r} cannot be exported to {fmt} ({type(e).__name__}: {first})") from None
+            raise ExportError(f"net {name!r} cannot be exported to {fmt} ({one_line(e, 240)})") from None
         diff = parity(fmt, module, tmp_path, in_channels)
         if diff > PARITY_TOL:
             raise ExportError(
@@ -189,9 +183,9 @@ def onnx_metadata(bundle: Bundle) -> dict:
     return {
         "seg_format": FORMAT,
         "seg_labels": json.dumps({str(k): v for k, v in bundle.labels.items()}),
-        "seg_channel_names": json.dumps(list(bundle.meta["channel_names"])),
-        "seg_preprocessing": json.dumps(bundle.meta["preprocessing"]),
-        "seg_inferer": json.dumps(bundle.meta.get("inferer")),
+        "seg_channel_names": json.dumps(list(bundle.meta.channel_names)),
+        "seg_preprocessing": json.dumps(bundle.meta.preprocessing.as_dict()),
+        "seg_inferer": json.dumps(bundle.meta.inferer.as_dict()),
         "seg_input": "x: float32 [N, C, D, H, W] pre-processed as model.yaml's preprocessing says",
         "seg_output": "logits: float32 [N, K, D, H, W]; softmax over K, classes in label-id order",
     }
@@ -210,7 +204,7 @@ def export_bundle(
     if fmt not in FORMATS:
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     folds = bundle.folds if folds is None else list(folds)
-    name = bundle.meta["net"]["name"]
+    name = bundle.meta.net_name
     check_exportable(name)  # before loading weights: the answer does not depend on them
     nets = bundle.load_nets(folds)
     root = bundle.root
@@ -222,7 +216,7 @@ def export_bundle(
             for _, d in where:
                 (root / d).mkdir(parents=True, exist_ok=True)
                 shutil.copy2(bundle.root / d / "weights.pt", root / d / "weights.pt")
-    in_channels = len(bundle.meta["channel_names"])
+    in_channels = bundle.meta.in_channels
     metadata = onnx_metadata(bundle)
     figures: dict = {}
     for (k, d), net in zip(where, nets):
@@ -231,10 +225,10 @@ def export_bundle(
         diff = export_fold(net, name, in_channels, fmt, path, metadata)
         figures[k] = max(figures.get(k, 0.0), diff)  # the worst member of the fold
         log.info("%s: %s written (softmax max |diff| vs PyTorch %.2g)", d, path, diff)
-    meta = dict(bundle.meta)
+    meta = copy.deepcopy(bundle.meta)
     if out is not None:
-        meta["folds"] = sorted(folds)
-    exports = dict(meta.get("export") or {})
+        meta.folds = sorted(folds)
+    exports = dict(meta.extra.get("export") or {})
     exports[fmt] = {
         "file": f"fold_<k>/{FILES[fmt]}"
         + (f" (members 1..: fold_<k>/member_<m>/{FILES[fmt]})" if bundle.members > 1 else ""),
@@ -248,6 +242,6 @@ def export_bundle(
         "parity_inputs": [list(s) for s in CHECK_SHAPES],
         "versions": versions(),
     }
-    meta["export"] = exports
-    write_text(root / "model.yaml", yaml.safe_dump(meta, sort_keys=False))
+    meta.extra["export"] = exports
+    write_bundle_meta(root, meta)
     return exports[fmt]

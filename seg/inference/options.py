@@ -71,3 +71,26 @@ def existing_outputs(cases, out: Path, overwrite: bool, resume: bool) -> list:
             "the cases whose mask is there"
         )
     return list(cases)
+
+
+def parse_threshold(text: str) -> float | str:
+    """``--threshold``: a probability in (0, 1], or ``argmax``."""
+    if text == "argmax":
+        return text
+    try:
+        t = float(text)
+    except ValueError:
+        raise UserError(f"--threshold {text!r}: give a probability in (0, 1] or 'argmax'") from None
+    if not 0 < t <= 1:
+        raise UserError(f"--threshold {text!r}: give a probability in (0, 1] or 'argmax'")
+    return t
+
+
+def operating_point(labels: dict, threshold: float | None, asked) -> str:
+    """The mask rule seg-predict applies, and where it comes from (``asked``: the ``--threshold`` given)."""
+    if len(labels) != 2:
+        return f"argmax over {len(labels)} classes"
+    if threshold is None:
+        return "argmax" + (" (--threshold argmax)" if asked == "argmax" else " (the bundle has no threshold)")
+    src = "--threshold" if asked is not None else "the bundle's, from its k-fold threshold scan (report.md)"
+    return f"foreground probability >= {threshold:g} ({src})"

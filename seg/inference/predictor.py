@@ -14,20 +14,17 @@ from dataclasses import dataclass, field
 import nibabel as nib
 import numpy as np
 import torch
-import torch.nn as nn
 from monai import transforms as T
 
+from seg.config import Precision
 from seg.data.datalist import DatasetSpec
 from seg.data.inverse import invert_to_original
-from seg.data.transforms import deterministic_transforms
-from seg.io import save_nifti
-from seg.nn.inferer import InfererSpec, first_output, sliding_window
-from seg.nn.utils import prepare_for_inference
+from seg.data.transforms import Preprocessing, deterministic_transforms
+from seg.inference.engines import TorchNet, as_engine_net
+from seg.io import on_grid_of, save_nifti
+from seg.nn.inferer import InfererSpec, sliding_window
 
 log = logging.getLogger(__name__)
-
-PRECISIONS = ("fp32", "bf16")
-
 
 @dataclass
 class Prediction:
@@ -41,64 +38,64 @@ class Predictor:
     """Turns NIfTI input(s) of one case into probabilities and a label map on the input's own grid.
 
     Args:
-        nets: one network per fold (ensembled by mean softmax).
+        nets: one engine net per fold and member (``seg.inference.engines``: torch or ONNX Runtime), or plain
+            PyTorch modules (run by the torch engine); ensembled by mean softmax.
         labels: label id -> name (background 0 included), in class order.
         channel_names: input channel names.
-        preprocessing: the data options the nets were trained with (``mode``, ``spacing``, ...).
+        preprocessing: the pre-processing the nets were trained with (a
+            :class:`~seg.data.transforms.Preprocessing`, or its mapping).
         inferer: the sliding-window spec the nets were validated with (from the bundle); resize mode runs
             the whole resized volume whatever its ``roi_size``.
         tta: average over all axis mirrorings (8 in 3D).
         device: torch device.
         threshold: for two-class models, foreground where its probability >= threshold (None: argmax).
-        precision: ``fp32``, or ``bf16`` (the torch nets run under bf16 autocast; softmax and the ensemble
-            stay in fp32). Nets that are not torch modules (ONNX Runtime sessions, :class:`OrtNet`) run as
-            they were exported.
+        precision: ``fp32``, or ``bf16`` (torch nets under bf16 autocast; softmax and the ensemble stay in
+            fp32); ONNX Runtime nets run as they were exported.
     """
 
     def __init__(
         self,
-        nets: Sequence[nn.Module],
+        nets: Sequence,
         labels: Mapping[int, str],
         channel_names: Sequence[str],
-        preprocessing: Mapping,
+        preprocessing: Preprocessing | Mapping,
         inferer: InfererSpec | None = None,
         tta: bool = False,
         device: str | torch.device = "cpu",
         threshold: float | None = None,
         precision: str = "fp32",
     ) -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.device = torch.device(device)
+        self.nets = [as_engine_net(n, self.device, precision) for n in nets]
         self.precision = precision
-        self.nets = [
-            prepare_for_inference(n, channels_last=True).to(self.device) if isinstance(n, nn.Module) else n
-            for n in nets
-        ]
         self.label_ids = sorted(labels)
         self.spec = DatasetSpec(root=".", layout="msd", channel_names=list(channel_names), labels=dict(labels))
-        pre = dict(preprocessing)
-        pre.pop("patch_size", None)
-        self.mode = pre.get("mode", "patch")
-        self.transform = T.Compose(deterministic_transforms(self.spec, with_label=False, **pre))
-        self.inferer = (inferer or InfererSpec()).for_preprocessing(preprocessing)
+        inferer = inferer or InfererSpec()
+        if not isinstance(preprocessing, Preprocessing):  # a mapping may still name the patch (the window)
+            inferer = inferer.for_data(preprocessing.get("mode", "patch"), preprocessing.get("patch_size"))
+            preprocessing = Preprocessing.from_mapping(preprocessing)
+        self.mode = preprocessing.mode
+        self.transform = T.Compose(deterministic_transforms(self.spec, with_label=False, **preprocessing.as_dict()))
+        self.inferer = inferer
         self.tta = tta
         self.threshold = threshold
 
+    @property
+    def precision(self) -> str:
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        """fp32 or bf16 for every torch engine net (the bf16 check switches between the two)."""
+        self._precision = Precision.parse(value).value
+        for n in self.nets:
+            if isinstance(n, TorchNet):
+                n.precision = self._precision
+
     def _forward(self, net, x: torch.Tensor) -> torch.Tensor:
-        torch_net = isinstance(net, nn.Module)
-        bf16 = torch_net and self.precision == "bf16"
-
-        def run(t: torch.Tensor) -> torch.Tensor:
-            if not torch_net:
-                return net(t)
-            t = t.contiguous(memory_format=torch.channels_last_3d) if t.ndim == 5 else t
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-                return first_output(net(t)).float()
-
         if self.mode == "resize":
-            return run(x)
-        return sliding_window(run, x, self.inferer)
+            return net(x)
+        return sliding_window(net, x, self.inferer)
 
     @torch.inference_mode()
     def probabilities(self, image: torch.Tensor) -> torch.Tensor:
@@ -158,15 +155,7 @@ class Predictor:
 
 def mask_image(labels: np.ndarray, reference: nib.Nifti1Image) -> nib.Nifti1Image:
     """A uint8 label image on exactly the reference's grid: its affine, qform/sform and codes."""
-    hdr = reference.header.copy()
-    hdr.set_data_dtype(np.uint8)
-    hdr.set_slope_inter(1.0, 0.0)
-    if len(hdr.get_data_shape()) > 3:
-        hdr.set_data_shape(hdr.get_data_shape()[:3])
-    img = nib.Nifti1Image(labels.astype(np.uint8), reference.affine, header=hdr)
-    img.set_qform(reference.get_qform(), code=int(reference.header["qform_code"]))
-    img.set_sform(reference.get_sform(), code=int(reference.header["sform_code"]))
-    return img
+    return on_grid_of(labels, reference, np.uint8)
 
 
 def save_mask(labels: np.ndarray, reference: nib.Nifti1Image, path) -> None:

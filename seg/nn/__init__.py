@@ -6,6 +6,6 @@ Importing ``seg.nn`` registers the built-in networks (``seg.nn.nets``) with the 
 from __future__ import annotations
 
 import seg.nn.nets  # noqa: F401  (registers the built-in networks)
-from seg.nn.registry import create_net, list_nets, register_net
+from seg.nn.registry import NetCard, create_net, list_nets, net_card, register_net
 
-__all__ = ["create_net", "list_nets", "register_net"]
+__all__ = ["NetCard", "create_net", "list_nets", "net_card", "register_net"]

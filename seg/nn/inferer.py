@@ -17,7 +17,7 @@ from enum import Enum
 import torch
 from monai.inferers import sliding_window_inference
 
-from seg.config import check_option
+from seg.config import UserError, check_option
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class InfererSpec:
 
     Args:
         roi_size: window size; None runs the whole (pre-processed) volume as one window. Patch-mode
-            training resolves None to its patch size (:meth:`for_preprocessing`).
+            training resolves None to its patch size (:meth:`for_data`).
         overlap: fraction of a window shared with its neighbour along each axis, in [0, 1).
         sw_batch_size: windows per forward pass.
         mode: blending of overlapping windows ("gaussian" or "constant").
@@ -48,11 +48,11 @@ class InfererSpec:
         if self.roi_size is not None:
             object.__setattr__(self, "roi_size", tuple(int(r) for r in self.roi_size))
             if any(r < 1 for r in self.roi_size):
-                raise ValueError(f"inferer.roi_size must be positive, got {list(self.roi_size)}")
+                raise UserError(f"inferer.roi_size must be positive, got {list(self.roi_size)}")
         if not 0.0 <= float(self.overlap) < 1.0:
-            raise ValueError(f"inferer.overlap must be in [0, 1), got {self.overlap}")
+            raise UserError(f"inferer.overlap must be in [0, 1), got {self.overlap}")
         if int(self.sw_batch_size) < 1:
-            raise ValueError(f"inferer.sw_batch_size must be >= 1, got {self.sw_batch_size}")
+            raise UserError(f"inferer.sw_batch_size must be >= 1, got {self.sw_batch_size}")
         object.__setattr__(self, "overlap", float(self.overlap))
         object.__setattr__(self, "sw_batch_size", int(self.sw_batch_size))
         object.__setattr__(self, "mode", check_option("inferer.mode", self.mode, Blend))
@@ -64,13 +64,13 @@ class InfererSpec:
         m = dict(m or {})
         unknown = sorted(set(m) - known)
         if unknown:
-            raise ValueError(f"inferer: unknown keys {unknown} (known: {sorted(known)})")
+            raise UserError(f"inferer: unknown keys {unknown} (known: {sorted(known)})")
         return cls(**{k: v for k, v in m.items() if v is not None})
 
-    def for_preprocessing(self, preprocessing: Mapping) -> InfererSpec:
+    def for_data(self, mode: str, patch_size: Sequence[int] | None) -> InfererSpec:
         """Resolve ``roi_size=None`` for the data mode: the patch size in patch mode, whole volume in resize mode."""
-        if self.roi_size is None and preprocessing.get("mode", "patch") == "patch" and preprocessing.get("patch_size"):
-            return replace(self, roi_size=tuple(preprocessing["patch_size"]))
+        if self.roi_size is None and mode == "patch" and patch_size:
+            return replace(self, roi_size=tuple(patch_size))
         return self
 
     def as_dict(self) -> dict:

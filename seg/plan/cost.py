@@ -15,11 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 
-from seg.config import CONF_DIR, UserError
 from seg.lit.losses import SegLoss
-from seg.nn import create_net
+from seg.nn.registry import build_sized, doubling_widths
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +30,6 @@ COST_TABLE = {
     "cuda": {"fp32": 20e12, "bf16": 35e12},
     "cpu": {"fp32": 60e9, "bf16": 90e9},
 }
-UNET_FAMILY = ("unet", "agunet", "daunet", "unet_local_attn")
-FILTER_CAP = 320  # nnU-Net's cap on the widest level
-CONF_NETS = Path(CONF_DIR) / "model" / "net"
 
 
 @dataclass(frozen=True)
@@ -60,36 +55,9 @@ def bf16_supported(device: str) -> bool:
     return cpu_has_bf16()
 
 
-def net_defaults(net: str) -> dict:
-    """The net's kwargs from ``conf/model/net/<net>.yaml`` (what seg-train would build), without ``_target_``."""
-    path = CONF_NETS / f"{net}.yaml"
-    if not path.is_file():
-        raise UserError(f"seg-plan: {path}: no config for net {net!r}")
-    cfg = yaml.safe_load(path.read_text()) or {}
-    cfg.pop("_target_", None)
-    cfg.pop("name", None)
-    return cfg
-
-
-def width_kwargs(net: str, base: int, levels: int) -> dict:
-    """The kwargs that set a net's width from ``base`` (filters of the first level, doubling per level)."""
-    widths = [min(base * 2**i, FILTER_CAP) for i in range(levels)]
-    if net in UNET_FAMILY:
-        return {"filters": widths}
-    if net in ("monai_unet", "monai_attention_unet"):
-        return {"channels": widths}
-    if net == "swinunetr":
-        return {"feature_size": max(12, 12 * round(3 * base / 12))}  # divisible by 12; base 8 -> 24 (MONAI's)
-    if net == "transdae":  # stage widths 4b, 8b, 16b (b = 8: the light3d preset's 32, 64, 128), 32 per head at b >= 8
-        h = max(1, base // 8)
-        return {"dims": [4 * base, 8 * base, 16 * base], "heads": [h, 2 * h, 4 * h]}
-    planned = ", ".join((*UNET_FAMILY, "monai_unet", "monai_attention_unet", "swinunetr", "transdae"))
-    raise UserError(f"seg-plan: no width rule for net {net!r} (planned nets: {planned})")
-
-
 def build(net: str, base: int, levels: int, in_ch: int, out_ch: int) -> torch.nn.Module:
-    kw = {**net_defaults(net), **width_kwargs(net, base, levels), "in_channels": in_ch, "out_channels": out_ch}
-    return create_net(net, **kw)
+    """The network as a plan at width ``(base, levels)`` would train it (its card's defaults)."""
+    return build_sized(net, base, levels, in_ch, out_ch)
 
 
 def measure_step(
@@ -149,6 +117,6 @@ def activation_gb(base: int, levels: int, patch: Sequence[int], batch: int, prec
     """A rough training memory estimate of a U-Net: ~12 stored tensors of each level's features (two convs,
     their norms and activations, the skip and the decoder's), plus their gradients."""
     voxels = float(torch.tensor(patch).prod())
-    per_level = sum(min(base * 2**i, FILTER_CAP) * voxels / 8**i for i in range(levels))
+    per_level = sum(w * voxels / 8**i for i, w in enumerate(doubling_widths(base, levels)))
     bytes_per = 2 if precision == "bf16" else 4
     return 2 * 12 * per_level * batch * bytes_per / 1e9

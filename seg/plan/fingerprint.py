@@ -20,6 +20,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from seg.data.components import count_components
 from seg.data.datalist import Case, DatasetSpec
 from seg.io import write_text
 
@@ -40,8 +41,6 @@ def dataset_key(spec: DatasetSpec) -> str:
 
 def case_fingerprint(case: Case, label_ids: list[int], seed: int = 0) -> dict:
     """Statistics of one case (see the module docstring)."""
-    from scipy import ndimage
-
     ref = nib.load(case.images[0])
     spacing = [float(z) for z in ref.header.get_zooms()[:3]]
     shape = [int(s) for s in ref.shape[:3]]
@@ -74,7 +73,7 @@ def case_fingerprint(case: Case, label_ids: list[int], seed: int = 0) -> dict:
         if i == 0 or lab is None:
             continue
         m = lab == i
-        n = int(ndimage.label(m, structure=np.ones((3, 3, 3), bool))[1]) if m.any() else 0
+        n = count_components(m, connectivity=26)
         centroid = None
         if m.any():  # world mm: NIfTI's RAS+ frame, whose axes are the array axes after training's RAS reorientation
             vox = np.argwhere(m).mean(0)

@@ -13,19 +13,30 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import shutil
 import time
 from pathlib import Path
 
+import numpy as np
+from omegaconf import OmegaConf, open_dict
+
+from seg.config import UserError
+from seg.data.splits import dataset_splits
+from seg.eval.cv_report import evaluate_cv
+from seg.inference.batch import BatchOptions, predict_cases
+from seg.inference.bundle import BundleError, load_bundle, read_checkpoint, write_bundle_meta
+from seg.inference.cases import InputCase
 from seg.io import write_text
+from seg.lit.progress import draw_combined
+from seg.run.checks import validate_config
+from seg.run.train import prepare_data, train
 
 log = logging.getLogger("seg.kfold")
 
 
 def make_cv_splits(spec, cfg, path: Path) -> list:
     """Load ``path`` if present (hand edits are kept), else the splits seg-train's ``data.fold`` makes too."""
-    from seg.data.splits import dataset_splits
-
     d = cfg.data
     group_regex = cfg.cv.get("group_regex") or d.get("group_regex")
     return dataset_splits(
@@ -40,8 +51,6 @@ def make_cv_splits(spec, cfg, path: Path) -> list:
 
 
 def fold_config(cfg, k: int, splits_path: Path, fold_dir: Path):
-    from omegaconf import OmegaConf, open_dict
-
     fc = copy.deepcopy(cfg)
     OmegaConf.set_struct(fc, False)
     with open_dict(fc):
@@ -56,10 +65,6 @@ def fold_config(cfg, k: int, splits_path: Path, fold_dir: Path):
 
 def predict_validation(fold_dir: Path, result, save_probabilities: bool) -> list[str]:
     """Out-of-fold predictions of the fold's validation cases, with the fold's own bundle."""
-    from seg.inference.batch import BatchOptions, predict_cases
-    from seg.inference.bundle import load_bundle
-    from seg.inference.cases import InputCase
-
     bundle = load_bundle(result.model_bundle)
     dm = result.datamodule
     by_id = dm.spec.by_id()
@@ -74,8 +79,6 @@ def predict_validation(fold_dir: Path, result, save_probabilities: bool) -> list
 
 
 def run_fold(cfg, k: int, splits_path: Path, run_dir: Path) -> dict:
-    from seg.run.train import train
-
     fold_dir = run_dir / f"fold_{k}"
     done = fold_dir / "done.json"
     if done.exists():
@@ -85,18 +88,14 @@ def run_fold(cfg, k: int, splits_path: Path, run_dir: Path) -> dict:
     fc = fold_config(cfg, k, splits_path, fold_dir)
     last = fold_dir / "checkpoints" / "last.ckpt"
     if last.is_file():  # a fold interrupted after an epoch (a kill, a lost node): continue it
-        from seg.inference.bundle import BundleError, read_checkpoint
-
         try:
             read_checkpoint(last)
             fc.ckpt_path = str(last)
             log.info("fold %d: resuming from %s", k, last)
         except BundleError as e:
             log.warning("fold %d: %s; training the fold from the start", k, e)
-    result = train(fc)
+    result = train(fc, validated=True)  # the k-fold run checked the config once
     if result.model_bundle is None:
-        from seg.config import UserError
-
         raise UserError(
             f"{fold_dir}: fold {k} ended before its first epoch finished: no checkpoint to predict with "
             "(raise trainer.max_time or trainer.max_epochs)"
@@ -118,17 +117,11 @@ def run_fold(cfg, k: int, splits_path: Path, run_dir: Path) -> dict:
 
 def _draw_folds_progress(run_dir: Path, folds: list[int]) -> None:
     """``progress.png`` of the CV: every fold's curves in one figure (each fold has its own too)."""
-    from seg.lit.progress import draw_combined
-
     draw_combined({f"fold {k}": run_dir / f"fold_{k}" for k in folds}, run_dir / "progress.png", run_dir.name)
 
 
 def closing_line(summary: dict, run_dir: Path) -> str:
     """The k-fold run's last line: fold-mean Dice per label with its spread over folds, and where it all is."""
-    import math
-
-    import numpy as np
-
     labels = summary.get("labels", {})
     parts = []
     for lab in [k for k in labels if k != "0"]:
@@ -145,13 +138,6 @@ def closing_line(summary: dict, run_dir: Path) -> str:
 
 def kfold(cfg) -> dict:
     """Run (or resume) the cross-validation that ``cfg`` describes; returns the CV summary."""
-    from omegaconf import OmegaConf
-
-    from seg.eval.cv_report import evaluate_cv
-    from seg.inference.bundle import load_bundle, write_bundle_meta
-    from seg.run.checks import validate_config
-    from seg.run.train import prepare_data
-
     validate_config(cfg)
     run_dir = Path(cfg.cv.get("run_dir") or cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -180,18 +166,9 @@ def kfold(cfg) -> dict:
     summary = evaluate_cv(run_dir, spec, finished, cfg.cv)
     _draw_folds_progress(run_dir, finished)
     # every fold's bundle describes the same net, pre-processing and inferer: take the first's
-    fold_meta = load_bundle(run_dir / f"fold_{finished[0]}" / "model").meta
-    write_bundle_meta(
-        run_dir / "model",
-        fold_meta["net"],
-        spec.labels,
-        spec.channel_names,
-        fold_meta["preprocessing"],
-        fold_meta["inferer"],
-        finished,
-        summary.get("threshold"),
-        {"cv": {"run": str(run_dir), "splits": str(splits_path)}}
-        | ({"members": fold_meta["members"]} if "members" in fold_meta else {}),
-    )
+    meta = load_bundle(run_dir / f"fold_{finished[0]}" / "model").meta
+    meta.folds, meta.threshold, meta.created = finished, summary.get("threshold"), ""
+    meta.extra = {"cv": {"run": str(run_dir), "splits": str(splits_path)}}
+    write_bundle_meta(run_dir / "model", meta)
     summary["folds_run"] = records
     return summary

@@ -7,6 +7,7 @@ caller rebuilds them.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -14,8 +15,18 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import OmegaConf, open_dict
+
 from seg.config import UserError, to_plain
+from seg.data.check import check_dataset, errors
+from seg.inference.bundle import BundleError, bundle_members, export_run_bundle, read_checkpoint
 from seg.io import write_text
+from seg.lit.module import ensemble_validation
+from seg.lit.progress import draw_combined
+from seg.nn.inferer import InfererSpec
+from seg.run.checks import validate_config
 
 log = logging.getLogger("seg.train")
 
@@ -43,8 +54,6 @@ def net_spec(net_cfg) -> dict:
     The YAML's ``_target_: seg.nn.create_net`` is what lets a plain script build the net with Hydra's
     ``instantiate(cfg.model.net)``; the module and the checkpoint take the spec without it.
     """
-    from omegaconf import OmegaConf
-
     net = to_plain(OmegaConf.to_container(net_cfg, resolve=True) if OmegaConf.is_config(net_cfg) else net_cfg)
     net.pop("_target_", None)
     return net
@@ -53,25 +62,18 @@ def net_spec(net_cfg) -> dict:
 def build_module(cfg, dm):
     """The LightningModule for ``cfg.model``: channels and label names from the dataset, the inferer spec
     resolved for the data's mode (the patch size in patch mode)."""
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    from seg.nn.inferer import InfererSpec
-
     spec = dm.spec
     net = net_spec(cfg.model.net)
     net.setdefault("in_channels", spec.in_channels)
     net.setdefault("out_channels", spec.out_channels)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     model_cfg.pop("net")
-    inferer = InfererSpec.from_mapping(model_cfg.pop("inferer", None)).for_preprocessing(dm.preprocessing)
+    inferer = InfererSpec.from_mapping(model_cfg.pop("inferer", None)).for_data(dm.mode, dm.patch_size)
     return instantiate(model_cfg, net=net, label_names=spec.foreground_names, inferer=inferer, _convert_="partial")
 
 
 def check_before_training(spec) -> None:
     """Every dataset error as one line each; warnings are logged."""
-    from seg.data.check import check_dataset, errors
-
     problems = check_dataset(spec)
     for p in problems:
         if p.level == "warning":
@@ -86,8 +88,6 @@ def check_before_training(spec) -> None:
 
 def prepare_data(cfg):
     """The datamodule of ``cfg.data``, its data generated if it asks for that, checked if ``check_data``."""
-    from hydra.utils import instantiate
-
     dm = instantiate(cfg.data, _convert_="partial")
     dm.prepare_data()
     if cfg.get("check_data", True):
@@ -120,14 +120,18 @@ def _quiet_lightning() -> None:
         lg.addFilter(_NoAdverts())
 
 
-def train(cfg, extra_callbacks: list | None = None) -> TrainResult:
+def train(cfg, extra_callbacks: list | None = None, validated: bool = False) -> TrainResult:
     """Train as ``cfg`` says; writes ``config.yaml``, checkpoints, ``metrics.json`` and ``model/`` to the run folder.
 
     ``ensemble.members`` > 1 trains that many networks one after the other on the same training cases (seeds
     ``seed``, ``seed + 1``, ...; each ``trainer.max_time`` long, in ``member_<m>/``), scores their mean softmax
     on the validation cases and bundles them all (see :func:`train_ensemble`).
     ``extra_callbacks`` (Lightning callbacks) are added to the configured ones (benchmarks, tests).
+    ``validated``: the caller checked ``cfg`` with :func:`~seg.run.checks.validate_config` already (k-fold
+    checks once for all its folds).
     """
+    if not validated:
+        validate_config(cfg)
     members = (cfg.get("ensemble") or {}).get("members")
     members = 1 if members is None else int(members)
     if members < 1:
@@ -140,10 +144,6 @@ def train(cfg, extra_callbacks: list | None = None) -> TrainResult:
 def member_config(cfg, m: int, out: Path):
     """Member ``m``'s config: seed + m, its own folder, the run's split file, one net; the dataset is checked
     once, by member 0."""
-    import copy
-
-    from omegaconf import OmegaConf, open_dict
-
     mc = copy.deepcopy(cfg)
     OmegaConf.set_struct(mc, False)
     with open_dict(mc):
@@ -158,8 +158,6 @@ def member_config(cfg, m: int, out: Path):
 
 def finished_run(cfg, last: Path) -> TrainResult:
     """A run that ended before (its ``metrics.json`` written): data and module rebuilt, its last weights loaded."""
-    from seg.inference.bundle import read_checkpoint
-
     out = Path(cfg.paths.output_dir)
     metrics = json.loads((out / "metrics.json").read_text())
     dm = prepare_data(cfg)
@@ -169,6 +167,22 @@ def finished_run(cfg, last: Path) -> TrainResult:
     best = Path(metrics["best_checkpoint"]) if metrics.get("best_checkpoint") else None
     bundle = Path(metrics["model_bundle"]) if metrics.get("model_bundle") else None
     return TrainResult(metrics, model, dm, out, best, last, bundle)
+
+
+def train_member(cfg, m: int, members: int, out: Path, extra_callbacks: list | None) -> TrainResult:
+    """Member ``m`` of an ensemble: reused when it finished, resumed from its ``last.ckpt`` when it was
+    interrupted after an epoch, else trained."""
+    mc = member_config(cfg, m, out)
+    mdir = Path(mc.paths.output_dir)
+    last = mdir / "checkpoints" / "last.ckpt"
+    if (mdir / "metrics.json").is_file() and last.is_file():
+        log.info("ensemble member %d/%d already trained (%s): reused", m + 1, members, mdir)
+        return finished_run(mc, last)
+    if last.is_file():
+        log.info("ensemble member %d/%d: resuming from %s", m + 1, members, last)
+        mc.ckpt_path = str(last)
+    log.info("=== ensemble member %d/%d (seed %d) -> %s", m + 1, members, mc.seed, mdir)
+    return train_one(mc, extra_callbacks)
 
 
 def train_ensemble(cfg, members: int, extra_callbacks: list | None = None) -> TrainResult:
@@ -182,91 +196,19 @@ def train_ensemble(cfg, members: int, extra_callbacks: list | None = None) -> Tr
     the members' mean softmax with their final weights (as a single run's final validation), ``val/dice_best``
     of the bundled weights (each member's best checkpoint), and every member's own figures.
     """
-    import copy
-
-    from omegaconf import OmegaConf
-
-    from seg.inference.bundle import load_bundle, member_dirs, read_checkpoint, write_bundle_meta
-    from seg.lit.module import ensemble_validation
-
     t0 = time.time()
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    results, seeds = [], []
-    for m in range(members):
-        mc = member_config(cfg, m, out)
-        seeds.append(int(mc.seed))
-        mdir = Path(mc.paths.output_dir)
-        last = mdir / "checkpoints" / "last.ckpt"
-        if (mdir / "metrics.json").is_file() and last.is_file():
-            log.info("ensemble member %d/%d already trained (%s): reused", m + 1, members, mdir)
-            results.append(finished_run(mc, last))
-            continue
-        if last.is_file():
-            log.info("ensemble member %d/%d: resuming from %s", m + 1, members, last)
-            mc.ckpt_path = str(last)
-        log.info("=== ensemble member %d/%d (seed %d) -> %s", m + 1, members, mc.seed, mdir)
-        results.append(train_one(mc, extra_callbacks))
-    from seg.lit.progress import draw_combined
-
+    results = [train_member(cfg, m, members, out, extra_callbacks) for m in range(members)]
+    seeds = [(cfg.seed or 0) + m for m in range(members)]
     draw_combined({f"member {m}": r.output_dir for m, r in enumerate(results)}, out / "progress.png", out.name)
-    first = results[0]
-    bf16 = str(cfg.trainer.get("precision", "")).startswith("bf16")
-    loader = first.datamodule.val_dataloader()
-    log.info("ensemble of %d: validating the mean softmax on %d cases", members, len(first.datamodule.val_cases))
-    final = ensemble_validation([r.module for r in results], loader, bf16)
-    best_modules = []
-    for r in results:
-        mod = copy.deepcopy(r.module)
-        if r.checkpoint:
-            mod.net.load_state_dict(read_checkpoint(r.checkpoint)[0])
-        best_modules.append(mod)
-    bundled = ensemble_validation(best_modules, loader, bf16)
-    metrics = dict(final)
-    metrics.update(
-        {
-            "val/dice_best": bundled["val/dice"],
-            "ensemble": {
-                "members": members,
-                "bundled_weights": bundled,
-                "member_metrics": [
-                    {k: r.metrics.get(k) for k in ("val/dice", "val/dice_best", "epochs", "global_step", "seconds")}
-                    | {"seed": seed, "output_dir": str(r.output_dir)}
-                    for seed, r in zip(seeds, results)
-                ],
-            },
-            "best_checkpoint": str(first.best_checkpoint) if first.best_checkpoint else None,
-            "last_checkpoint": str(first.last_checkpoint) if first.last_checkpoint else None,
-            "epochs": sum(int(r.metrics.get("epochs", 0)) for r in results),
-            "global_step": sum(int(r.metrics.get("global_step", 0)) for r in results),
-            "train_cases": first.metrics.get("train_cases"),
-            "val_cases": first.metrics.get("val_cases"),
-            "seconds": round(time.time() - t0, 1),
-            "output_dir": str(out),
-        }
-    )
+    final, bundled = _score_members(cfg, results)
+    metrics = _ensemble_metrics(final, bundled, results, seeds, out, t0)
     bundle = None
     if all(r.model_bundle for r in results):
-        import shutil
-
-        fold = int(first.datamodule.fold)
-        for r, d in zip(results, member_dirs(out / "model", fold, members)):
-            d.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(r.model_bundle / f"fold_{fold}" / "weights.pt", d / "weights.pt")
-        meta = load_bundle(first.model_bundle).meta
-        write_bundle_meta(
-            out / "model",
-            meta["net"],
-            first.datamodule.spec.labels,
-            meta["channel_names"],
-            meta["preprocessing"],
-            meta["inferer"],
-            [fold],
-            meta.get("threshold"),
-            {"members": members, "member_seeds": seeds},
-        )
-        bundle = out / "model"
+        fold = int(results[0].datamodule.fold)
+        bundle = bundle_members(out / "model", fold, [r.model_bundle for r in results], seeds)
         metrics["model_bundle"] = str(bundle)
     write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     per_label = ", ".join(f"{k[len('val/dice_') :]} {v:.4f}" for k, v in final.items() if k.startswith("val/dice_"))
@@ -280,20 +222,72 @@ def train_ensemble(cfg, members: int, extra_callbacks: list | None = None) -> Tr
         bundled["val/dice"],
     )
     log.info("run folder: %s", out)
+    first = results[0]
     return TrainResult(
         metrics, first.module, first.datamodule, out, first.best_checkpoint, first.last_checkpoint, bundle, results
     )
 
 
+def _score_members(cfg, results: list[TrainResult]) -> tuple[dict, dict]:
+    """Validation of the members' mean softmax: with their final weights, and with the weights bundled."""
+    first = results[0]
+    bf16 = str(cfg.trainer.get("precision", "")).startswith("bf16")
+    loader = first.datamodule.val_dataloader()
+    log.info("ensemble of %d: validating the mean softmax on %d cases", len(results), len(first.datamodule.val_cases))
+    final = ensemble_validation([r.module for r in results], loader, bf16)
+    best_modules = []
+    for r in results:
+        mod = copy.deepcopy(r.module)
+        if r.checkpoint:
+            mod.net.load_state_dict(read_checkpoint(r.checkpoint)[0])
+        best_modules.append(mod)
+    return final, ensemble_validation(best_modules, loader, bf16)
+
+
+def _ensemble_metrics(final: dict, bundled: dict, results: list, seeds: list, out: Path, t0: float) -> dict:
+    first = results[0]
+    member_metrics = [
+        {k: r.metrics.get(k) for k in ("val/dice", "val/dice_best", "epochs", "global_step", "seconds")}
+        | {"seed": seed, "output_dir": str(r.output_dir)}
+        for seed, r in zip(seeds, results)
+    ]
+    return {
+        **final,
+        "val/dice_best": bundled["val/dice"],
+        "ensemble": {"members": len(results), "bundled_weights": bundled, "member_metrics": member_metrics},
+        "best_checkpoint": str(first.best_checkpoint) if first.best_checkpoint else None,
+        "last_checkpoint": str(first.last_checkpoint) if first.last_checkpoint else None,
+        "epochs": sum(int(r.metrics.get("epochs", 0)) for r in results),
+        "global_step": sum(int(r.metrics.get("global_step", 0)) for r in results),
+        "train_cases": first.metrics.get("train_cases"),
+        "val_cases": first.metrics.get("val_cases"),
+        "seconds": round(time.time() - t0, 1),
+        "output_dir": str(out),
+    }
+
+
+def _check_resume(ckpt: str | None) -> None:
+    """A checkpoint to resume from that is missing, truncated or foreign: one line here, not a traceback in
+    Lightning."""
+    if not ckpt:
+        return
+    if not Path(ckpt).is_file():
+        raise UserError(f"{ckpt}: checkpoint to resume from does not exist")
+    try:
+        read_checkpoint(ckpt)
+    except BundleError as e:
+        raise UserError(str(e)) from None
+
+
+def _trainer(cfg, extra_callbacks: list | None) -> pl.Trainer:
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
+    callbacks += list(extra_callbacks or [])
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+
 def train_one(cfg, extra_callbacks: list | None = None) -> TrainResult:
     """One network: the run ``train`` makes when ``ensemble.members`` is 1."""
-    import pytorch_lightning as pl
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    from seg.run.checks import validate_config
-
-    validate_config(cfg)
     t0 = time.time()
     # expected on cases without foreground (negative patches only); not worth a line per batch
     warnings.filterwarnings("ignore", message="Num foregrounds 0")
@@ -304,27 +298,18 @@ def train_one(cfg, extra_callbacks: list | None = None) -> TrainResult:
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     dm = prepare_data(cfg)
-    spec = dm.spec
     warn_without_plan(cfg)
     model = build_module(cfg, dm)
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
-    callbacks += list(extra_callbacks or [])
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer = _trainer(cfg, extra_callbacks)
     if trainer.is_global_zero:
         write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    ckpt = cfg.get("ckpt_path")
-    if ckpt:
-        from seg.inference.bundle import BundleError, read_checkpoint
+    _check_resume(cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path") or None)
+    return _finish(cfg, trainer, model, dm, out, t0)
 
-        if not Path(ckpt).is_file():
-            raise UserError(f"{ckpt}: checkpoint to resume from does not exist")
-        try:
-            read_checkpoint(ckpt)  # a truncated or foreign file is one line here, not a traceback in Lightning
-        except BundleError as e:
-            raise UserError(str(e)) from None
-    trainer.fit(model, datamodule=dm, ckpt_path=ckpt)
 
+def _finish(cfg, trainer: pl.Trainer, model, dm, out: Path, t0: float) -> TrainResult:
+    """After ``fit``: metrics.json and the run's model bundle (every run is deployable: seg-predict -m RUN/model)."""
     ckpt_cb = trainer.checkpoint_callback  # the first ModelCheckpoint: best on val/dice
     best = Path(ckpt_cb.best_model_path) if ckpt_cb and ckpt_cb.best_model_path else None
     last = out / "checkpoints" / "last.ckpt"
@@ -347,10 +332,7 @@ def train_one(cfg, extra_callbacks: list | None = None) -> TrainResult:
     if trainer.is_global_zero:
         source = best or last
         if source and not cfg.trainer.get("fast_dev_run"):
-            from seg.inference.bundle import export_run_bundle
-
-            # every run is deployable: seg-predict -m <run>/model
-            bundle = export_run_bundle(out / "model", source, spec, dm.preprocessing, int(dm.fold)).parent
+            bundle = export_run_bundle(out / "model", source, dm.spec, dm.preprocessing, int(dm.fold)).parent
             metrics["model_bundle"] = str(bundle)
         write_text(out / "metrics.json", json.dumps(metrics, indent=2))
         log.info("run folder: %s", out)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from seg.cli.common import CONF_DIR
+from seg.config import CONF_DIR
 from seg.run.train import train
 from tests.conftest import compose_train
 

@@ -156,7 +156,7 @@ def test_bad_dataset_stops_with_one_line_per_error(synth_copy, tmp_path):
     (synth_copy / "labelsTr" / "synth_001.nii.gz").write_bytes(b"not a nifti")
     p = _cli([f"data.root={synth_copy}", *TINY, f"hydra.run.dir={tmp_path / 'r'}"])
     out, err = p.communicate(timeout=120)
-    assert p.returncode == 1
+    assert p.returncode == 2  # refused before any training
     lines = [line for line in err.splitlines() if line.startswith("ERROR ")]
     assert len(lines) == 1 and "labelsTr/synth_001.nii.gz" in lines[0]
     assert "Traceback" not in err
@@ -165,7 +165,7 @@ def test_bad_dataset_stops_with_one_line_per_error(synth_copy, tmp_path):
 def test_missing_dataset_one_line(tmp_path):
     p = _cli(["data=hippocampus", f"data.root={tmp_path / 'nope'}", f"hydra.run.dir={tmp_path / 'r'}"])
     _, err = p.communicate(timeout=120)
-    assert p.returncode == 1 and "dataset folder does not exist" in err and "Traceback" not in err
+    assert p.returncode == 2 and "dataset folder does not exist" in err and "Traceback" not in err
 
 
 def test_ddp_two_cpu_processes(synth_root, tmp_path):

@@ -85,7 +85,7 @@ def test_check_cli_clean_dataset_exits_zero(synth_root, capsys):
 
 
 def test_check_cli_missing_dataset_json(tmp_path, capsys):
-    assert check_main([str(tmp_path)]) == 1
+    assert check_main([str(tmp_path)]) == 2  # nothing to check: refused
     err = capsys.readouterr().err
     assert "dataset.json not found" in err and str(tmp_path) in err
 

@@ -42,6 +42,7 @@ def test_datamodule_batches(synth_root, tmp_path, mode, kwargs, expected):
         str(synth_root),
         mode=mode,
         num_workers=0,
+        num_samples=1,
         batch_size=2,
         num_folds=4,
         cache="none",

@@ -209,7 +209,7 @@ def test_compare_paired_wilcoxon(tmp_path, capsys):
     assert r["n_cases"] == 20 and r["mean_diff"] == pytest.approx(float((b - a).mean()))
     assert r["wilcoxon_p"] == pytest.approx(wilcoxon(b, a).pvalue) and r["wilcoxon_p"] < 0.01
     assert "Wilcoxon" in capsys.readouterr().out
-    assert main(["compare", str(tmp_path / "A"), str(tmp_path / "nope")]) == 1
+    assert main(["compare", str(tmp_path / "A"), str(tmp_path / "nope")]) == 2
 
 
 def test_compare_pairs_a_kfold_run_with_a_seg_eval_folder_by_case_id(tmp_path):

@@ -484,12 +484,12 @@ TRAIN_ROWS = [
 
 @pytest.mark.parametrize("name, setup, needle", TRAIN_ROWS, ids=[r[0] for r in TRAIN_ROWS])
 def test_training_fault(synth_copy, tmp_path, name, setup, needle):
-    from seg.cli.common import user_errors
+    from seg.errors import SegError
     from seg.run.train import train
 
     named, extra = setup(synth_copy, tmp_path)
     cfg = compose_train([f"data.root={synth_copy}", *TINY, "trainer.max_epochs=1", *extra], tmp_path / "run")
-    with pytest.raises(user_errors()) as exc:
+    with pytest.raises(SegError) as exc:
         train(cfg)
     lines = [line for line in str(exc.value).splitlines() if needle in line]
     assert lines and any(str(named.name) in line for line in lines), str(exc.value)

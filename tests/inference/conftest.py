@@ -3,8 +3,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seg.inference.bundle import save_weights, write_bundle_meta
+from seg.data.transforms import Preprocessing
+from seg.inference.bundle import BundleMeta, save_weights, write_bundle_meta
 from seg.nn import create_net
+from seg.nn.inferer import InfererSpec
 
 PATCH = {
     "mode": "patch",
@@ -29,17 +31,20 @@ def make_bundle(root, labels=None, channels=("T1",), folds=(0, 1), preprocessing
         torch.manual_seed(k)
         kw = dict(net)
         save_weights(create_net(kw.pop("name"), **kw).state_dict(), root / f"fold_{k}" / "weights.pt")
-    write_bundle_meta(
-        root,
-        net,
-        labels,
-        list(channels),
-        preprocessing or PATCH,
-        {"roi_size": [32, 32, 32], "overlap": 0.25, "sw_batch_size": 2},
-        folds,
-        threshold,
-    )
+    write_bundle_meta(root, bundle_meta(net, labels, channels, preprocessing or PATCH, folds, threshold))
     return root
+
+
+def bundle_meta(net, labels, channels, preprocessing, folds, threshold=None, inferer=None) -> BundleMeta:
+    return BundleMeta(
+        net=net,
+        labels=dict(labels),
+        channel_names=list(channels),
+        preprocessing=Preprocessing.from_mapping(preprocessing),
+        inferer=InfererSpec.from_mapping(inferer or {"roi_size": [32, 32, 32], "overlap": 0.25, "sw_batch_size": 2}),
+        folds=list(folds),
+        threshold=threshold,
+    )
 
 
 @pytest.fixture(scope="session")

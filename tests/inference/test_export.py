@@ -18,11 +18,13 @@ import yaml
 
 from seg.cli.export import main as export_main
 from seg.cli.predict import main as predict_main
+from seg.data.transforms import Preprocessing
 from seg.inference import export as ex
 from seg.inference.agreement import mask_agreement
 from seg.inference.bundle import BundleError, load_bundle, save_weights, write_bundle_meta
 from seg.nn import create_net, list_nets
-from tests.inference.conftest import PATCH
+from seg.nn.registry import net_card
+from tests.inference.conftest import PATCH, bundle_meta
 from tests.nn.test_registry import SMALL
 
 LABELS = {0: "background", 1: "anterior", 2: "posterior"}
@@ -42,7 +44,8 @@ def net_bundle(root: Path, name: str, folds=(0,), kwargs=None, fit: bool = False
         if fit:
             _fit_intensity_bands(m)
         save_weights(m.state_dict(), root / f"fold_{k}" / "weights.pt")
-    write_bundle_meta(root, net, LABELS, ["T1"], PATCH, {"roi_size": [32, 32, 32], "overlap": 0.25}, folds)
+    inferer = {"roi_size": [32, 32, 32], "overlap": 0.25}
+    write_bundle_meta(root, bundle_meta(net, LABELS, ["T1"], PATCH, folds, inferer=inferer))
     return root
 
 
@@ -63,11 +66,12 @@ def _fit_intensity_bands(m: torch.nn.Module, steps: int = 60) -> None:
     m.eval()
 
 
-EXPORTABLE = sorted(set(list_nets()) - set(ex.REFUSED))
+REFUSED = {n: net_card(n).export for n in list_nets() if net_card(n).export}
+EXPORTABLE = sorted(set(list_nets()) - set(REFUSED))
 
 
 def test_every_registered_net_is_exportable_or_refused():
-    assert set(EXPORTABLE) | set(ex.REFUSED) == set(list_nets())
+    assert set(EXPORTABLE) | set(REFUSED) == set(list_nets())
     assert {"unet", "agunet", "daunet"} <= set(EXPORTABLE)  # the paper's nets export
 
 
@@ -89,13 +93,13 @@ def test_exportable_net_matches_pytorch_at_two_sizes(name, tmp_path):
         assert float((got - ref).abs().max()) <= 1e-4
 
 
-@pytest.mark.parametrize("name", sorted(ex.REFUSED))
+@pytest.mark.parametrize("name", sorted(REFUSED))
 def test_refused_net_gets_one_line_and_no_file(name, tmp_path, capsys):
     root = net_bundle(tmp_path / "m", name)
     before = (root / "model.yaml").read_text()
     assert export_main([str(root)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and name in err and ex.REFUSED[name][:40] in err
+    assert err.count("\n") == 0 and name in err and REFUSED[name][:40] in err
     assert not (root / "fold_0" / "model.onnx").exists() and (root / "model.yaml").read_text() == before
 
 
@@ -130,7 +134,8 @@ def test_model_yaml_and_onnx_metadata_describe_the_export(tmp_path):
     props = {p.key: p.value for p in model.metadata_props}
     assert json.loads(props["seg_labels"]) == {str(k): v for k, v in LABELS.items()}
     assert json.loads(props["seg_channel_names"]) == ["T1"] and props["seg_format"] == "seg-model/1"
-    assert json.loads(props["seg_preprocessing"]) == PATCH and props["seg_net"] == "unet"
+    assert json.loads(props["seg_preprocessing"]) == Preprocessing.from_mapping(PATCH).as_dict()
+    assert props["seg_net"] == "unet"
     dims = model.graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims][1] == 1 and all(dims[i].dim_param for i in (0, 2, 3, 4))
     # the copy predicts with either engine

@@ -20,8 +20,8 @@ from seg.cli.export import main as export_main
 from seg.cli.predict import main as predict_main
 from seg.inference.agreement import MIN_AGREEMENT, mask_agreement
 from seg.inference.bundle import load_bundle
+from seg.inference.engines import OrtNet
 from seg.inference.export import Logits
-from seg.inference.onnx_engine import OrtNet
 from tests.conftest import compose_train, shared
 
 

@@ -12,10 +12,11 @@ import torch
 import yaml
 from hydra import compose, initialize_config_dir
 
-from seg.cli.common import plan_overrides
+from seg.cli.compose import plan_overrides
 from seg.config import CONF_DIR
 from seg.plan import cost
-from seg.plan.planner import make_plan, plan_yaml
+from seg.plan.planfile import plan_yaml
+from seg.plan.planner import make_plan
 from seg.run.train import train
 from tests.conftest import REPO
 
@@ -52,7 +53,7 @@ def test_plan_yaml_composes_through_plan_and_overrides_win(planned, synth_root, 
     args = plan_overrides([f"plan={path}", "data.batch_size=3", f"paths.output_dir={tmp_path}"])
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
         cfg = compose("train", overrides=args)
-    assert list(cfg.data.patch_size) == plan.patch and list(cfg.model.net.filters) == plan.filters
+    assert list(cfg.data.patch_size) == plan.patch and list(cfg.model.net.filters) == plan.width["filters"]
     assert cfg.data.batch_size == 3  # the command line wins over the plan
     assert cfg.trainer.max_time == "00:00:02:00" and cfg.trainer.val_check_interval == "00:00:01:00"
     assert cfg.planned.steps_in_budget == plan.steps and cfg.callbacks.early_stopping is None

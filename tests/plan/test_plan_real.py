@@ -18,11 +18,12 @@ import yaml
 from hydra import compose, initialize_config_dir
 from scipy import ndimage
 
-from seg.cli.common import plan_overrides
+from seg.cli.compose import plan_overrides
 from seg.config import CONF_DIR
 from seg.data.datalist import load_dataset
 from seg.plan import cost
-from seg.plan.planner import make_plan, plan_yaml
+from seg.plan.planfile import plan_yaml
+from seg.plan.planner import make_plan
 from seg.run.train import train
 from tests.conftest import shared
 
@@ -106,11 +107,11 @@ def test_committed_hippocampus_plan_trains_a_batch(tmp_path):
 
 
 def test_patches_predictably_too_slow_are_not_probed(modelled_probe, t1_dataset, tmp_path, monkeypatch):
-    from seg.plan import planner, rules
+    from seg.plan import rules, search
 
     cache = tmp_path / "fp.json"
     fast = make_plan(t1_dataset, "unet", "20m", "cpu", cache=cache, progress=False)
-    monkeypatch.setattr(planner, "_next_patch", lambda patch, *a: rules.shrink_patch(patch))
+    monkeypatch.setattr(search, "next_patch", lambda patch, *a: rules.shrink_patch(patch))
     every = make_plan(t1_dataset, "unet", "20m", "cpu", cache=cache, progress=False)
     assert (fast.patch, fast.base, fast.precision) == (every.patch, every.base, every.precision)
     probed = lambda plan: {tuple(p["patch"]) for p in plan.probes}  # noqa: E731

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from seg.config import UserError
+from seg.config import UserError, as_max_time
 from seg.plan import rules
-from seg.plan.planner import as_max_time, parse_budget
+from seg.plan.planner import parse_budget
 
 
 def test_target_spacing_is_the_median_per_axis():

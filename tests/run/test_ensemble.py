@@ -109,7 +109,7 @@ def test_bundle_holds_every_member_and_predicts_their_mean(ensemble_run, synth_r
 
     r, out = ensemble_run
     bundle = load_bundle(out / "model")
-    assert bundle.members == 2 and bundle.meta["member_seeds"] == [3, 4]
+    assert bundle.members == 2 and bundle.meta.extra["member_seeds"] == [3, 4]
     nets = bundle.load_nets()
     assert len(nets) == 2
     for net, member in zip(nets, r.members):

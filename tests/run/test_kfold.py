@@ -72,7 +72,7 @@ def test_two_fold_cv_end_to_end_and_resume(synth_root, tmp_path):
     # the bundle: model.yaml + plain state dicts
     b = load_bundle(run / "model")
     assert b.folds == [0, 1] and b.labels == {0: "background", 1: "meningioma"}
-    assert b.meta["net"]["name"] == "unet" and b.meta["net"]["in_channels"] == 1
+    assert b.meta.net["name"] == "unet" and b.meta.net["in_channels"] == 1
     w = torch.load(run / "model" / "fold_0" / "weights.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in w.values())
     nets = b.load_nets()
@@ -101,7 +101,7 @@ def test_slurm_launcher_config_gives_submitit_parameters(tmp_path, monkeypatch):
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
     from omegaconf import OmegaConf
 
-    from seg.cli.common import CONF_DIR
+    from seg.config import CONF_DIR
 
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
         hc = compose(

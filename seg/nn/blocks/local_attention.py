@@ -62,9 +62,6 @@ class LocalAttention3d(nn.Module):
         qkv = self.qkv(self.norm(t)).reshape(b, *sizes, 3, self.heads, c // self.heads)
         q, k, v = qkv.unbind(4)
         dilation = (1, self.dilation, self.dilation) if self.spatial_dims == 2 else (self.dilation,) * 3
-        kernel = tuple(
-            1 if n < kk * d else kk for kk, n, d in zip(kernel, sizes, dilation)
-        )  # dilation too big: no window
         o = local_attn3d(q, k, v, kernel, dilation=dilation, backend=self.backend)
         o = self.proj(o.reshape(b, *sizes, c)).permute(0, 4, 1, 2, 3)
         out = y + o

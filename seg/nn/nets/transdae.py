@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from seg.nn.blocks.conv import crop_to, pad_to_multiple
 from seg.nn.layers import conv_layer
-from seg.nn.registry import register_net
+from seg.nn.registry import NetCard, register_net
 
 
 def _to_tokens(x: torch.Tensor) -> torch.Tensor:
@@ -279,7 +279,29 @@ class TransDAE(nn.Module):
         return crop_to(self.head(_to_map(t, size)), shape)
 
 
-@register_net("transdae")
+def _transdae_width(base: int, levels: int) -> dict:
+    """Stage widths 4b, 8b, 16b (b = 8: the light3d preset's 32, 64, 128), 32 per head at b >= 8."""
+    h = max(1, base // 8)
+    return {"dims": [4 * base, 8 * base, 16 * base], "heads": [h, 2 * h, 4 * h]}
+
+
+@register_net(
+    "transdae",
+    NetCard(
+        _transdae_width,
+        export="its window partition exports with the first input's sizes baked in: ONNX Runtime fails at a "
+        "second input size (Transpose shape mismatch), so no dynamic spatial axes",
+        defaults={
+            "spatial_dims": 3,
+            "preset": "light3d",
+            "patch_kernels": [7, 3, 3],
+            "patch_strides": [4, 2, 2],
+            "decoder_depth": 1,
+            "mlp_ratio": 4,
+        },
+        summary="TransDAE (Azad et al. 2024), the light 3D preset",
+    ),
+)
 def transdae(spatial_dims: int = 2, preset: str | None = None, **kwargs) -> TransDAE:
     """TransDAE; ``preset="light3d"`` is the lighter 3D configuration for CPU-sized volumes."""
     if preset == "light3d" or (preset is None and spatial_dims == 3):

@@ -31,7 +31,7 @@ from seg.nn.blocks import AttentionGate, ConvBlock, DualAttention, UpConv, crop_
 from seg.nn.blocks.local_attention import LocalAttention3d
 from seg.nn.blocks.window_attention_upsample import WindowAttentionUpsample
 from seg.nn.layers import Bottleneck, Gate, Norm, Upsample, check_option, conv_layer, conv_transpose_layer, norm_layer
-from seg.nn.registry import register_net
+from seg.nn.registry import NetCard, filters_rule, register_net
 
 PAPER_FILTERS = (16, 32, 128, 256, 256)
 
@@ -322,13 +322,41 @@ class UNet(nn.Module):
         return result
 
 
-@register_net("unet")
+_BACKBONE = {"spatial_dims": 3, "filters": list(PAPER_FILTERS), "norm": "batch"}
+_LOCAL_ATTN_EXPORT = (
+    "its 3D local attention (seg::local_attn3d, a torch custom op whose torch path loops over blocks in "
+    "Python) has no ONNX decomposition or custom-op kernel; the conversion fails"
+)
+
+
+@register_net(
+    "unet",
+    NetCard(
+        filters_rule(),
+        defaults={**_BACKBONE, "dropout": 0.0, "deep_supervision": False, "upsample": "transpose"},
+        summary="the AGUNet paper's U-Net backbone",
+    ),
+)
 def unet(**kwargs) -> UNet:
     """The AGUNet paper's U-Net backbone (no attention, by default no MS or DS)."""
     return UNet(**kwargs)
 
 
-@register_net("agunet")
+@register_net(
+    "agunet",
+    NetCard(
+        filters_rule(),
+        defaults={
+            **_BACKBONE,
+            "dropout": 0.0,
+            "attention_gate": "concat",
+            "multiscale_input": True,
+            "deep_supervision": True,
+            "upsample": "transpose",
+        },
+        summary="AGUNet: attention-gated skips, multi-scale input, deep supervision",
+    ),
+)
 def agunet(
     attention_gate: str = "concat", multiscale_input: bool = True, deep_supervision: bool = True, **kwargs
 ) -> UNet:
@@ -338,7 +366,23 @@ def agunet(
     )
 
 
-@register_net("daunet")
+@register_net(
+    "daunet",
+    NetCard(
+        filters_rule(),
+        defaults={
+            **_BACKBONE,
+            "dropout": 0.0,
+            "bottleneck_attention": "dual",
+            "attention_dropout": 0.5,
+            "guided": False,
+            "multiscale_input": True,
+            "deep_supervision": True,
+            "upsample": "transpose",
+        },
+        summary="DAUNet: position + channel attention at the bottleneck",
+    ),
+)
 def daunet(
     bottleneck_attention: str = "dual",
     multiscale_input: bool = True,
@@ -356,7 +400,23 @@ def daunet(
     )
 
 
-@register_net("unet_local_attn")
+@register_net(
+    "unet_local_attn",
+    NetCard(
+        filters_rule(),
+        export=_LOCAL_ATTN_EXPORT,
+        defaults={
+            **_BACKBONE,
+            "local_attention_levels": None,
+            "local_attention_heads": 4,
+            "local_attention_kernel": 7,
+            "attention_gate": "none",
+            "deep_supervision": False,
+            "upsample": "transpose",
+        },
+        summary="the U-Net with 3D local attention below full resolution",
+    ),
+)
 def unet_local_attn(
     local_attention_levels: Sequence[int] | None = None, filters: Sequence[int] = PAPER_FILTERS, **kwargs
 ) -> UNet:

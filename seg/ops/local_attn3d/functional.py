@@ -58,24 +58,7 @@ def local_attn3d(
     Returns:
         ``[B, D, H, W, heads, head_dim]``.
     """
-    if q.ndim != 6:
-        raise ValueError(f"local_attn3d: q must be [B, D, H, W, heads, head_dim], got rank {q.ndim}")
-    if k.shape != q.shape or v.shape != q.shape:
-        raise ValueError(f"local_attn3d: q, k, v shapes differ: {list(q.shape)}, {list(k.shape)}, {list(v.shape)}")
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(f"local_attn3d: q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
-    if k.device != q.device or v.device != q.device:
-        raise ValueError("local_attn3d: q, k, v are on different devices")
-    ks, dil = _triple(kernel_size, "kernel_size"), _triple(dilation, "dilation")
-    for n, kk, d, ax in zip(q.shape[1:4], ks, dil, "DHW"):
-        if kk < 1 or kk % 2 == 0:
-            raise ValueError(f"local_attn3d: kernel_size must be odd and positive, got {kk} on axis {ax}")
-        if d < 1:
-            raise ValueError(f"local_attn3d: dilation must be >= 1, got {d} on axis {ax}")
-        if kk * d > n:
-            raise ValueError(
-                f"local_attn3d: kernel {kk} x dilation {d} = {kk * d} is larger than axis {ax} ({n} voxels)"
-            )
+    ks, dil = _check_args(q, k, v, kernel_size, dilation)
     if scale is None:
         scale = q.shape[-1] ** -0.5
     if not math.isfinite(float(scale)):
@@ -101,6 +84,29 @@ def local_attn3d(
     from seg.ops.local_attn3d.autograd import TritonNeighbourhoodAttention
 
     return TritonNeighbourhoodAttention.apply(q, k, v, ks, dil, float(scale))
+
+
+def _check_args(q, k, v, kernel_size, dilation) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """One-line ValueErrors for tensors and windows the op cannot take; the kernel and dilation triples."""
+    if q.ndim != 6:
+        raise ValueError(f"local_attn3d: q must be [B, D, H, W, heads, head_dim], got rank {q.ndim}")
+    if k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f"local_attn3d: q, k, v shapes differ: {list(q.shape)}, {list(k.shape)}, {list(v.shape)}")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"local_attn3d: q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.device != q.device or v.device != q.device:
+        raise ValueError("local_attn3d: q, k, v are on different devices")
+    ks, dil = _triple(kernel_size, "kernel_size"), _triple(dilation, "dilation")
+    for n, kk, d, ax in zip(q.shape[1:4], ks, dil, "DHW"):
+        if kk < 1 or kk % 2 == 0:
+            raise ValueError(f"local_attn3d: kernel_size must be odd and positive, got {kk} on axis {ax}")
+        if d < 1:
+            raise ValueError(f"local_attn3d: dilation must be >= 1, got {d} on axis {ax}")
+        if kk * d > n:
+            raise ValueError(
+                f"local_attn3d: kernel {kk} x dilation {d} = {kk * d} is larger than axis {ax} ({n} voxels)"
+            )
+    return ks, dil
 
 
 def _needs_graph(*ts: torch.Tensor) -> bool:

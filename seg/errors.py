@@ -1,0 +1,57 @@
+"""The one error base for what a user can get wrong, the one-line formatter, and the exit-code rule.
+
+Bottom layer: imports nothing of seg. Every command follows the same rule (README, "Exit codes"):
+
+====  ==========================================================================================
+code  meaning
+====  ==========================================================================================
+0     all done
+1     some cases or folds failed; each is named (the others were done)
+2     refused before any work: a bad option, input, bundle or output; one line names it
+130   interrupted (Ctrl-C); the line printed says how to resume
+143   terminated (SIGTERM: docker stop, SLURM pre-emption, Kubernetes); the line says how to resume
+====  ==========================================================================================
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    FAILED = 1  # some cases or folds failed, each named
+    REFUSED = 2  # refused before any work
+    INTERRUPTED = 130  # SIGINT (128 + 2)
+    TERMINATED = 143  # SIGTERM (128 + 15)
+
+
+class SegError(Exception):
+    """Anything a user can get wrong (input, option, bundle, output). ``str(e)`` is one line naming the
+    file or option and the problem (several problems: one line each). Commands print it without a
+    traceback and exit with :attr:`ExitCode.REFUSED`."""
+
+
+class UserError(SegError, ValueError):
+    """A problem with the user's input or configuration."""
+
+
+class Interrupted(SegError):
+    """The run was stopped by a signal; ``code`` is 130 (SIGINT) or 143 (SIGTERM), the message says how to
+    resume."""
+
+    def __init__(self, message: str, code: int = ExitCode.TERMINATED) -> None:
+        super().__init__(message)
+        self.code = int(code)
+
+
+def one_line(e: BaseException, limit: int = 300) -> str:
+    """``Type: message`` on one line (white space folded), at most ``limit`` characters: how a library's
+    exception is quoted inside one of seg's own one-line messages."""
+    return " ".join(f"{type(e).__name__}: {e}".split())[:limit]
+
+
+def first_line(e: BaseException | str) -> str:
+    """The first line of a message (a list of problems prints whole; a refusal's summary is its first)."""
+    text = str(e)
+    return text.splitlines()[0] if text else ""

@@ -1,0 +1,240 @@
+"""The plan as a file: a Hydra experiment config written from a data structure, each choice with its reason
+as a comment, and the table ``seg-plan`` prints.
+
+Written with ruamel.yaml (the YAML library that keeps comments), so every value is quoted as YAML needs
+it: a dataset path holding `` #`` or ``: `` stays one string, and ``max_time`` stays a string (PyYAML, which
+Hydra reads with, would take an unquoted ``00:00:20:00`` for a sexagesimal integer).
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import re
+from pathlib import Path
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.scalarstring import DoubleQuotedScalarString as Quoted
+
+from seg.config import as_max_time
+from seg.plan.planner import Plan
+from seg.plan.search import TRAIN_SHARE
+
+DICE_OVER_BATCH = "Dice over the whole batch (nnU-Net's 3D choice): empty patches still count"
+VALIDATION_EVERY_MIN_S = 60  # validation runs every tenth of a member's budget, but at most once a minute
+
+
+def _flow(xs) -> CommentedSeq:
+    seq = CommentedSeq(xs)
+    seq.fa.set_flow_style()
+    return seq
+
+
+def _map(items: list[tuple[str, object, str | None]]) -> CommentedMap:
+    """A mapping from ``(key, value, comment or None)`` rows, in order."""
+    m = CommentedMap()
+    for key, value, comment in items:
+        m[key] = value
+        if comment:
+            m.yaml_add_eol_comment(comment, key)
+    return m
+
+
+def _plain(v):
+    if isinstance(v, list):
+        return _flow([_plain(x) for x in v])
+    return v
+
+
+def _task(plan: Plan, name: str | None) -> str:
+    return name or "planned_" + re.sub(r"[^0-9a-zA-Z]+", "_", Path(plan.dataset).name).strip("_").lower()
+
+
+def validation_interval_s(plan: Plan) -> int:
+    return max(VALIDATION_EVERY_MIN_S, plan.member_s // 10)
+
+
+def _data(plan: Plan, root: str) -> CommentedMap:
+    r = plan.reasons
+    norm = CommentedMap((k, _plain(v)) for k, v in plan.normalize.items())
+    norm.fa.set_flow_style()
+    whole = plan.whole_volume
+    rows: list[tuple[str, object, str | None]] = [
+        ("root", Quoted(root), None),
+        ("spacing", _flow(plan.spacing), r["spacing"]),
+        ("normalize", norm, r["normalize"]),
+        ("patch_size", _flow(plan.patch), r["patch"]),
+        (
+            "batch_size",
+            plan.batch if whole else plan.batch // 2,
+            "nnU-Net's 3D batch" if whole else "loaded cases per step",
+        ),
+        (
+            "num_samples",
+            1 if whole else 2,
+            "one (whole-volume) patch per loaded case"
+            if whole
+            else f"patches per loaded case: {plan.batch} patches per step, the batch the probe timed",
+        ),
+        ("pos_neg", _flow(plan.pos_neg), r["sampling"]),
+    ]
+    if plan.folds < 5:
+        rows.append(("num_folds", plan.folds, f"{plan.n_cases} cases: one validation case per fold"))
+    rows.append(("augment", _map([("flip_axes", _flow(plan.flip_axes), r["mirror"])]), None))
+    return _map(rows)
+
+
+def _trainer(plan: Plan) -> CommentedMap:
+    members = f" of each of the {plan.members} members" if plan.members > 1 else ""
+    return _map(
+        [
+            (
+                "max_time",
+                Quoted(as_max_time(plan.member_s)),
+                f"the budget{members} ends the run; the LR follows its fraction",
+            ),
+            ("max_epochs", 100000, "not the limit: the budget is"),
+            (
+                "precision",
+                "bf16-mixed" if plan.precision == "bf16" else "32-true",
+                plan.reasons.get("precision", "fp32: the device has no fast bf16"),
+            ),
+            (
+                "val_check_interval",
+                Quoted(as_max_time(validation_interval_s(plan))),
+                f"validation by time: every tenth of the budget, at most once every {VALIDATION_EVERY_MIN_S} s",
+            ),
+            ("check_val_every_n_epoch", 1, None),
+        ]
+    )
+
+
+def plan_document(plan: Plan, root_as: str | None = None, name: str | None = None) -> CommentedMap:
+    """The plan file's content (without the header comment). ``root_as``: how ``data.root`` is written (default
+    the dataset's absolute path); ``name``: ``task_name`` (default ``planned_<dataset>``)."""
+    root = root_as or plan.dataset
+    r = plan.reasons
+    width = [(k, _plain(v), r["width"]) for k, v in plan.width.items()]
+    return _map(
+        [
+            ("defaults", CommentedSeq([{"override /data": "default"}, {"override /model/net": plan.net}]), None),
+            ("task_name", _task(plan, name), None),
+            (
+                "planned",
+                _map(
+                    [
+                        ("dataset", Quoted(root), None),
+                        ("device", plan.device, None),
+                        ("measured", plan.measured, None),
+                        ("median_shape", _flow(plan.median_shape), None),
+                        ("step_seconds", plan.step_s, None),
+                        ("steps_in_budget", plan.steps, "per member" if plan.members > 1 else None),
+                        ("budget_minutes", plan.budget_s // 60, None),
+                    ]
+                ),
+                "what the planner saw and chose (for people; nothing reads it)",
+            ),
+            ("data", _data(plan, root), None),
+            (
+                "model",
+                _map(
+                    [
+                        ("loss", _map([("batch", True, DICE_OVER_BATCH)]), None),
+                        ("net", _map(width), None),
+                    ]
+                ),
+                None,
+            ),
+            ("ensemble", _map([("members", plan.members, r["members"])]), None),
+            ("trainer", _trainer(plan), None),
+            (
+                "callbacks",
+                _map(
+                    [
+                        (
+                            "early_stopping",
+                            None,
+                            "the budget ends a planned run (and Lightning 2.6's EarlyStopping fails beside a "
+                            "time-based val_check_interval: it reads an attribute unset then)",
+                        )
+                    ]
+                ),
+                None,
+            ),
+        ]
+    )
+
+
+def header(plan: Plan, command: str, root_as: str | None = None) -> str:
+    root = root_as or plan.dataset
+    est = "" if plan.measured else " (ESTIMATE: cost table, the device is not present)"
+    return "\n".join(
+        [
+            "@package _global_",
+            f"Generated by seg-plan on {datetime.date.today().isoformat()}; do not edit, re-plan instead:",
+            f"  {command}",
+            f"{plan.n_cases} cases of {root}, net {plan.net},",
+            f"budget {plan.budget_s // 60} min on {plan.device}{est}.",
+            "Train it: seg-train plan=THIS.yaml (or experiment=NAME when it lives in conf/experiment/);",
+            "command-line overrides win over the plan.",
+        ]
+    )
+
+
+def plan_yaml(plan: Plan, command: str, root_as: str | None = None, name: str | None = None) -> str:
+    """The plan as a Hydra experiment config (``# @package _global_``), every choice with its reason.
+
+    ``root_as``: how ``data.root`` is written (default the dataset's absolute path), e.g.
+    ``${paths.root_dir}/../shared/data/hippocampus`` for a plan committed with the project.
+    ``name``: the run's ``task_name`` (outputs/<name>/runs/...), by default ``planned_<dataset>``; seg-plan
+    passes the plan file's stem, as experiments are named after their file.
+    """
+    doc = plan_document(plan, root_as, name)
+    doc.yaml_set_start_comment(header(plan, command, root_as))
+    y = YAML()
+    y.width = 4096  # one value, one line: a long path is never folded
+    y.indent(mapping=2, sequence=4, offset=2)
+    y.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
+    buf = io.StringIO()
+    y.dump(doc, buf)
+    return buf.getvalue()
+
+
+def plan_table(plan: Plan) -> str:
+    """A readable summary of the plan and the probes behind it."""
+    width = ", ".join(f"{k} {v}" for k, v in plan.width.items())
+    rows = [
+        ("dataset", f"{plan.dataset} ({plan.n_cases} cases, {'/'.join(plan.modalities)})"),
+        ("net", plan.net),
+        ("budget", f"{plan.budget_s // 60} min on {plan.device}" + ("" if plan.measured else " (estimated)")),
+        ("ensemble", plan.reasons["members"]),
+        ("spacing (mm)", "x".join(f"{s:g}" for s in plan.spacing)),
+        ("median case (voxels)", "x".join(map(str, plan.median_shape))),
+        ("normalisation", plan.reasons["normalize"]),
+        ("patch", "x".join(map(str, plan.patch)) + (" (whole volumes)" if plan.whole_volume else "")),
+        ("levels / width", f"{plan.levels} / {width}"),
+        ("batch", str(plan.batch)),
+        (
+            "folds",
+            f"{plan.folds}" + (f" (one validation case per fold: {plan.n_cases} cases)" if plan.folds < 5 else ""),
+        ),
+        ("mirroring", plan.reasons["mirror"]),
+        ("patch sampling", plan.reasons["sampling"]),
+        ("precision", plan.precision),
+        (
+            "step",
+            f"{plan.step_s:.3f} s -> {plan.steps} steps in {TRAIN_SHARE:.0%} of the budget"
+            + (" of a member" if plan.members > 1 else ""),
+        ),
+    ]
+    w = max(len(k) for k, _ in rows)
+    out = [f"{k.ljust(w)}  {v}" for k, v in rows]
+    out.append("")
+    out.append(
+        "probes (s/step): "
+        + "; ".join(
+            f"w{p['base']} {'x'.join(map(str, p['patch']))} {p['precision']} {p['step_s']:.3f}" for p in plan.probes
+        )
+    )
+    return "\n".join(out)
