@@ -217,6 +217,36 @@ def gpu_section(sizes, kernel):
         print(f"  {n}^3: " + ", ".join(f"{name} {t:.3f} ms ({t / res['flex']:.2f}x flex)" for name, t in res.items()))
 
 
+def large_logits_section(sizes, kernel: int) -> None:
+    """The CPU path's forward+backward at ordinary logits (PyTorch's fused flash backward, the baseline) against
+    logits of 1e4 (the exact per-line backward, which recomputes its softmax: seg.ops.local_attn3d.torch_impl),
+    and the exact backward forced at ordinary logits, timed alternately in this process: what accuracy at large
+    logits costs, and that ordinary training does not pay it."""
+    from seg.ops import local_attn3d
+    from seg.ops.local_attn3d import torch_impl
+
+    def fb(scale: float, exact: bool):
+        torch.manual_seed(0)
+        q, k, v = (torch.randn(1, n, n, n, HEADS, HEAD_DIM, requires_grad=True) for _ in range(3))
+        saved = torch_impl.EXACT_ABOVE
+        torch_impl.EXACT_ABOVE = -1.0 if exact else saved
+
+        def run():
+            out = local_attn3d((q * scale), k, v, kernel, backend="torch")
+            out.backward(torch.ones_like(out))
+
+        try:
+            return timeit(run, reps=3)
+        finally:
+            torch_impl.EXACT_ABOVE = saved
+
+    print(f"\nlarge logits, CPU path, k={kernel}: fwd+bwd s (best of 3), ratio to the fused backward at scale 1")
+    print(f"{'volume':>7s} {'fused, x1 (base)':>17s} {'exact, x1':>10s} {'exact, x1e4':>12s} {'x base':>7s}")
+    for n in sizes:
+        base, forced, large = fb(1.0, False), fb(1.0, True), fb(1e4, False)
+        print(f"{n:>7d} {base:17.3f} {forced:10.3f} {large:12.3f} {large / base:7.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[16, 24, 32, 40])
@@ -230,10 +260,14 @@ def main() -> None:
         help="above this estimated eager mask-build memory, build flex's block mask compiled",
     )
     ap.add_argument("--gpu-only", action="store_true", help="only the CUDA section (scripts/gpu_check.sh)")
+    ap.add_argument("--large-logits", action="store_true", help="only the CPU backward at large logits")
     ap.add_argument("--fresh", nargs=3, metavar=("IMPL", "N", "K"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.fresh:
         fresh_first_call(a.fresh[0], int(a.fresh[1]), int(a.fresh[2]))
+        return
+    if a.large_logits:
+        large_logits_section(a.sizes, a.kernels[0])
         return
     if a.gpu_only:
         if not torch.cuda.is_available():

@@ -46,6 +46,9 @@ from seg.ops.local_attn3d.reference import window_start
 
 BLOCK = (4, 4, 2)  # query block (D, H, W): the fastest of 14 shapes tried at 32^3, kernel 7 (4x4x4 was 1.3x slower)
 MASKED = float("-inf")
+# the size of logits above which the backward recomputes its softmax exactly (see _backward): at 500 the fused
+# kernel's relative error on dv is ~500 x 6e-8 = 3e-5, inside the 1e-4 the tests hold it to
+EXACT_ABOVE = 500.0
 _FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _FLASH_BWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 
@@ -212,16 +215,39 @@ def _forward(q, k, v, plan: _Plan, scale: float):
     return out, lse
 
 
+def _exact_line_backward(dob, qb, kh, vh, mask, scale: float):
+    """One line's gradients from its own recomputed scores, the softmax normalised over them (``dq``, halo
+    ``dk``, halo ``dv``). At large logits a score recomputed in another order differs from the forward's by
+    ~|S| x 1e-7, and ``exp(S - lse)`` with the forward's log-sum-exp is then off by that much in its exponent
+    (dv 28 % off at logits of 1e6); a softmax of the recomputed scores themselves sums to 1, as the float64
+    reference's does."""
+    s = torch.matmul(qb, kh.transpose(-1, -2)) * scale + mask
+    p = torch.softmax(s, -1)
+    gv = torch.matmul(p.transpose(-1, -2), dob)
+    dp = torch.matmul(dob, vh.transpose(-1, -2))
+    ds = p * (dp - (p * dp).sum(-1, keepdim=True))
+    return torch.matmul(ds, kh) * scale, torch.matmul(ds.transpose(-1, -2), qb) * scale, gv
+
+
 def _backward(do, q, k, v, out, lse, plan: _Plan, scale: float):
-    """One residue grid; ``out``, ``lse`` in block layout. Returns dq, dk, dv ``[B, D, H, W, h, e]``."""
+    """One residue grid; ``out``, ``lse`` in block layout. Returns dq, dk, dv ``[B, D, H, W, h, e]``.
+
+    Logits up to ``EXACT_ABOVE`` in size (every training run seen) take PyTorch's fused flash backward, which
+    recomputes the probabilities from the saved log-sum-exp; larger ones take :func:`_exact_line_backward`
+    (the saved log-sum-exp tells which: it is the largest score of its row, give or take log(window))."""
     qb, dob = plan.blocks(q), plan.blocks(do)
     dq = torch.empty_like(qb)
     he = k.shape[4] * k.shape[5]
     dk, dv = (torch.zeros_like(t).view(t.shape[0], -1, he) for t in (k, v))
+    finite = lse[torch.isfinite(lse) & (lse.abs() < torch.finfo(lse.dtype).max / 2)]
+    exact = finite.numel() > 0 and float(finite.abs().max()) > EXACT_ABOVE
     for line, rows, kh, vh, mask in _lines(plan, k, v, q.shape[4]):
-        dq[line], gk, gv = _FLASH_BWD(
-            dob[line], qb[line], kh, vh, out[line], lse[line], 0.0, False, attn_mask=mask, scale=scale
-        )
+        if exact:
+            dq[line], gk, gv = _exact_line_backward(dob[line], qb[line], kh, vh, mask, scale)
+        else:
+            dq[line], gk, gv = _FLASH_BWD(
+                dob[line], qb[line], kh, vh, out[line], lse[line], 0.0, False, attn_mask=mask, scale=scale
+            )
         for g, dst in ((gk, dk), (gv, dv)):
             buf = g.new_zeros(len(rows), he)
             plan.add_halos(g, buf)

@@ -8,6 +8,8 @@ dilation by residue class),
 and saves the log-sum-exp. The backward recomputes the scores from it (FlashAttention-2): the dQ kernel
 walks the same key halo; the dK/dV kernel owns a key tile and walks the queries within (k - 1) * d of it (a
 conservative halo: the inverse window has no closed form with clamped borders).
+Where a log-sum-exp exceeds EXACT_ABOVE (logits of 1e4 and more) the backward scores in float64 and
+normalises each row over its own scores once more (see _scores): its gradients then match float64's.
 Tensors are heads-last ``[B, D, H, W, heads, E]`` with arbitrary strides; tails are masked.
 On a machine without a GPU the kernels run under TRITON_INTERPRET=1 (tests only: it is slow).
 """
@@ -89,6 +91,18 @@ def _load_tile(ptrs, mask, UPCAST: tl.constexpr):
     if UPCAST:
         x = x.to(tl.float32)
     return x
+
+
+@triton.jit
+def _scores(q, k, scale, EXACT: tl.constexpr):
+    """Scores of a query block against a key block: float32, or float64 in the exact backward. At large logits
+    a float32 score depends on the block's shape and the row's place in it (BLAS and MMA tilings sum in
+    different orders): an ulp of 1e4 is 1e-3, so a backward whose blocks differ from the forward's recomputes
+    probabilities up to 1 % off. In float64 (products of float32 inputs are exact) they agree to 1e-12."""
+    if EXACT:  # (also dO.v: in float64, rounded once to float32, it is the same number in both kernels and delta)
+        return tl.dot(q.to(tl.float64), tl.trans(k.to(tl.float64))) * scale
+    else:
+        return tl.dot(q, tl.trans(k)).to(tl.float32) * scale
 
 
 @triton.jit
@@ -183,6 +197,7 @@ def _local_attn3d_bwd_dq(
     LSE,
     DELTA,
     DQ,
+    LNORM,
     s_b,
     s_d,
     s_h,
@@ -207,6 +222,7 @@ def _local_attn3d_bwd_dq(
     BLOCK_K: tl.constexpr,
     BLOCK_E: tl.constexpr,
     UPCAST: tl.constexpr,
+    EXACT: tl.constexpr,
 ):
     pid_t = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -228,6 +244,30 @@ def _local_attn3d_bwd_dq(
     st_h = _start(tl.minimum(qh, H - 1), H, KH, DH)
     st_w = _start(tl.minimum(qw, W - 1), W, KW, DW)
     lo_d, lo_h, lo_w, n_h, n_w, total = _window_halo(st_d, st_h, st_w, KD, KH, KW, DD, DH, DW)
+    # the exact backward (large logits) normalises each row over its own float64 scores once more: the saved
+    # log-sum-exp, a float32, is off by up to an ulp of itself (lnorm, saved for the dK/dV kernel)
+    lnorm = tl.full([BLOCK_Q], 1.0, tl.float64)
+    if EXACT:
+        l2 = tl.zeros([BLOCK_Q], tl.float64)
+        for start in range(0, total, BLOCK_K):
+            kk = start + tl.arange(0, BLOCK_K)
+            k_ok = kk < total
+            kd = lo_d + kk // (n_h * n_w)
+            kh = lo_h + (kk // n_w) % n_h
+            kw = lo_w + kk % n_w
+            k_off = base + kd * s_d + kh * s_h + kw * s_w
+            k = _load_tile(Kt + k_off[:, None] + e[None, :] * s_e, k_ok[:, None] & e_ok[None, :], UPCAST)
+            valid = (
+                q_ok[:, None]
+                & k_ok[None, :]
+                & _in_window(kd[None, :], st_d[:, None], KD, DD)
+                & _in_window(kh[None, :], st_h[:, None], KH, DH)
+                & _in_window(kw[None, :], st_w[:, None], KW, DW)
+            )
+            s = _scores(q, k, scale, EXACT)
+            l2 += tl.sum(tl.where(valid, tl.exp(s - lse.to(tl.float64)[:, None]), 0.0), 1)
+        lnorm = tl.where(l2 > 0, l2, 1.0)
+        tl.store(LNORM + row, lnorm, mask=q_ok)
     dq = tl.zeros([BLOCK_Q, BLOCK_E], tl.float32)
     for start in range(0, total, BLOCK_K):
         kk = start + tl.arange(0, BLOCK_K)
@@ -246,9 +286,12 @@ def _local_attn3d_bwd_dq(
             & _in_window(kh[None, :], st_h[:, None], KH, DH)
             & _in_window(kw[None, :], st_w[:, None], KW, DW)
         )
-        s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale
-        p = tl.where(valid, tl.exp(s - lse[:, None]), 0.0)
-        dp = tl.dot(do, tl.trans(v)).to(tl.float32)
+        s = _scores(q, k, scale, EXACT)
+        if EXACT:
+            p = tl.where(valid, tl.exp(s - lse.to(tl.float64)[:, None]) / lnorm[:, None], 0.0).to(tl.float32)
+        else:
+            p = tl.where(valid, tl.exp(s - lse[:, None]), 0.0)
+        dp = _scores(do, v, 1.0, EXACT).to(tl.float32)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k).to(tl.float32)
     tl.store(DQ + q_off[:, None] + e[None, :] * s_e, (dq * scale).to(DQ.dtype.element_ty), mask=qmask)
@@ -261,6 +304,7 @@ def _local_attn3d_bwd_dkdv(
     V,
     DO,
     LSE,
+    LNORM,
     DELTA,
     DK,
     DV,
@@ -288,6 +332,7 @@ def _local_attn3d_bwd_dkdv(
     BLOCK_Q: tl.constexpr,
     BLOCK_E: tl.constexpr,
     UPCAST: tl.constexpr,
+    EXACT: tl.constexpr,
 ):
     pid_t = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -340,10 +385,14 @@ def _local_attn3d_bwd_dkdv(
             & _in_window(kh[None, :], st_h[:, None], KH, DH)
             & _in_window(kw[None, :], st_w[:, None], KW, DW)
         )  # [BLOCK_Q, BLOCK_KT]
-        s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale
-        p = tl.where(valid, tl.exp(s - lse[:, None]), 0.0)
+        s = _scores(q, k, scale, EXACT)
+        if EXACT:
+            lnorm = tl.load(LNORM + row, mask=q_ok, other=1.0)
+            p = tl.where(valid, tl.exp(s - lse.to(tl.float64)[:, None]) / lnorm[:, None], 0.0).to(tl.float32)
+        else:
+            p = tl.where(valid, tl.exp(s - lse[:, None]), 0.0)
         dv += tl.dot(tl.trans(p).to(do.dtype), do).to(tl.float32)
-        dp = tl.dot(do, tl.trans(v)).to(tl.float32)
+        dp = _scores(do, v, 1.0, EXACT).to(tl.float32)
         ds = p * (dp - delta[:, None])
         dk += tl.dot(tl.trans(ds).to(q.dtype), q).to(tl.float32)
     tl.store(DK + k_off[:, None] + e[None, :] * s_e, (dk * scale).to(DK.dtype.element_ty), mask=kmask)
@@ -353,6 +402,7 @@ def _local_attn3d_bwd_dkdv(
 # ---------------------------------------------------------------------------------------------- launchers
 TILE = (2, 4, 8)  # queries per program: 64
 BLOCK = 64  # keys (forward, dQ) or queries (dK/dV) per inner step
+EXACT_ABOVE = 500.0  # |log-sum-exp| above which the backward scores in float64 (as torch_impl.EXACT_ABOVE)
 
 
 def _grid(shape, tile):
@@ -395,9 +445,14 @@ def local_attn3d_forward(q, k, v, kernel, dilation, scale):
 
 
 def local_attn3d_backward(do, q, k, v, o, lse, kernel, dilation, scale):
-    delta = (do.float() * o.float()).sum(-1).permute(0, 4, 1, 2, 3).reshape(lse.shape).contiguous()
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    args = _common(q, kernel, dilation, scale)
-    _local_attn3d_bwd_dq[_grid(q.shape, TILE)](q, k, v, do, lse, delta, dq, *q.stride(), **args, BLOCK_K=BLOCK)
-    _local_attn3d_bwd_dkdv[_grid(q.shape, TILE)](q, k, v, do, lse, delta, dk, dv, *q.stride(), **args, BLOCK_Q=BLOCK)
+    finite = lse[torch.isfinite(lse) & (lse.abs() < 1e29)]  # (a row without keys would hold -1e30)
+    exact = finite.numel() > 0 and float(finite.abs().max()) > EXACT_ABOVE  # one sync, as the CPU path's
+    acc = torch.float64 if exact else torch.float32  # a saturated row's dO.o then equals its dO.v exactly: ds = 0
+    delta = (do.to(acc) * o.to(acc)).sum(-1).float().permute(0, 4, 1, 2, 3).reshape(lse.shape).contiguous()
+    lnorm = torch.ones(lse.shape, device=lse.device, dtype=torch.float64) if exact else lse  # unused unless exact
+    args = {**_common(q, kernel, dilation, scale), "EXACT": exact}
+    g = _grid(q.shape, TILE)
+    _local_attn3d_bwd_dq[g](q, k, v, do, lse, delta, dq, lnorm, *q.stride(), **args, BLOCK_K=BLOCK)
+    _local_attn3d_bwd_dkdv[g](q, k, v, do, lse, lnorm, delta, dk, dv, *q.stride(), **args, BLOCK_Q=BLOCK)
     return dq, dk, dv
