@@ -1,14 +1,18 @@
 """Training throughput, two tables, each against a baseline run in the same process.
 
-    python scripts/bench_train.py [--steps 30] [--data synthetic|hippocampus] [--table loop|precision|both]
-                                  [--device cpu|cuda]
+    python scripts/bench_train.py [--steps 30] [--data synthetic|hippocampus]
+                                  [--table loop|precision|pipeline|both|all] [--device cpu|cuda]
 
 ``loop``: seg-train's loop (Hydra config -> Lightning Trainer) against a plain PyTorch + MONAI loop on the
 same network, data, transforms and batch: samples/s, their ratio (the Lightning/Hydra overhead) and the
 share of step time spent waiting for data.
-``precision``: seg-train's loop in fp32 (baseline) and under bf16 autocast (``trainer.precision=bf16-mixed``)
+``precision``: seg-train's loop in fp32 (baseline) and under bf16 autocast (``trainer.precision=bf16``)
 for unet, agunet, daunet and unet_local_attn with the hippocampus experiments' settings (their data when
 ``--data hippocampus``): s/step, the bf16/fp32 ratio and the data share.
+``pipeline``: seg-train's loop with the worker pipeline in fp32 (baseline: the path before the device
+pipeline) against the device pipeline (``data.pipeline=device``: cached volumes on the device, augmentation on
+its tensors, no worker processes), each in fp32 and bf16: s/step, steps/s relative to the baseline and the
+data share (time a step waited for its batch).
 Validation is off in every loop (it is not part of a step's cost).
 """
 
@@ -109,7 +113,7 @@ EXPERIMENTS = {
 
 
 def precision_table(a, root, overrides, tmp) -> None:
-    """fp32 (baseline) vs bf16-mixed s/step of each net through seg-train's loop, best of ``a.repeats``."""
+    """fp32 (baseline) vs bf16 s/step of each net through seg-train's loop, best of ``a.repeats``."""
     base = [o for o in overrides if not o.startswith("experiment=")]
     if a.data == "synthetic":  # the hippocampus nets' widths on the synthetic volumes, at their 40x56x40 patch
         base += ["data=synthetic", "data.patch_size=[40,56,40]", "data.num_samples=1"]
@@ -120,16 +124,49 @@ def precision_table(a, root, overrides, tmp) -> None:
     print(f"{'net':16s} {'precision':10s} {'s/step':>8s} {'x fp32':>7s} {'data share':>11s}")
     for net in a.nets:
         runs = {}
-        for prec in ("32-true", "bf16-mixed"):
+        for prec in ("fp32", "bf16"):
             ov = [f"experiment={EXPERIMENTS[net]}", *base, f"trainer.precision={prec}"]
             if a.data == "synthetic":
                 ov = [o for o in ov if o != "data.num_workers=1"] + ["data.num_workers=1"]
             res = [seg_loop(root, ov, a.steps, a.warmup, tmp / f"{net}_{prec}_{r}", a.device) for r in range(a.repeats)]
             runs[prec] = min(res)
-        t32 = runs["32-true"][0] / a.steps
+        t32 = runs["fp32"][0] / a.steps
         for prec, (t, d) in runs.items():
-            name = "fp32 (base)" if prec == "32-true" else "bf16"
+            name = "fp32 (base)" if prec == "fp32" else "bf16"
             print(f"{net:16s} {name:10s} {t / a.steps:8.3f} {t / a.steps / t32:7.2f} {d / t:10.1%}")
+
+
+def pipeline_table(a, root, overrides, tmp) -> None:
+    """workers fp32 (baseline) vs device pipeline, fp32 and bf16, through seg-train's loop, best of ``a.repeats``."""
+    net = a.nets[0]
+    base = [o for o in overrides if not o.startswith(("experiment=", "data.num_workers"))]
+    if a.data == "synthetic":
+        base += ["data=synthetic", "data.patch_size=[40,56,40]", "data.num_samples=1"]
+    workers = max(1, min(4, (torch.get_num_threads() or 2) - 1)) if a.device == "cpu" else 8
+    precisions = ("fp32", "bf16") if a.device == "cuda" or _cpu_bf16() else ("fp32",)
+    print(
+        f"\npipeline: seg-train loop, {net}, {a.steps} steps after {a.warmup} warm-up, best of {a.repeats}, "
+        f"device {a.device}, data {a.data}, torch threads {torch.get_num_threads()}, {workers} workers"
+    )
+    print(f"{'pipeline':10s} {'precision':10s} {'s/step':>8s} {'steps/s':>8s} {'x base':>7s} {'data share':>11s}")
+    rows = [("workers", p) for p in precisions] + [("device", p) for p in precisions]
+    t_base = None
+    for pipe, prec in rows:
+        nw = workers if pipe == "workers" else 0
+        ov = [f"experiment={EXPERIMENTS[net]}", *base, f"data.pipeline={pipe}", f"data.num_workers={nw}"]
+        ov.append(f"trainer.precision={prec}")
+        res = [seg_loop(root, ov, a.steps, a.warmup, tmp / f"p_{pipe}_{prec}_{r}", a.device) for r in range(a.repeats)]
+        t, d = min(res)
+        t_base = t_base or t
+        name = "fp32" if prec == "fp32" else "bf16"
+        label = f"{pipe} (base)" if t_base == t and pipe == "workers" and name == "fp32" else pipe
+        print(f"{label:10s} {name:10s} {t / a.steps:8.3f} {a.steps / t:8.2f} {t_base / t:7.2f} {d / t:10.1%}")
+
+
+def _cpu_bf16() -> bool:
+    from seg.plan.cost import cpu_has_bf16
+
+    return cpu_has_bf16()
 
 
 def main() -> None:
@@ -138,13 +175,17 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--data", choices=["synthetic", "hippocampus"], default="synthetic")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--table", choices=["loop", "precision", "both"], default="both")
+    ap.add_argument("--table", choices=["loop", "precision", "pipeline", "both", "all"], default="both")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--nets", nargs="+", default=["unet", "agunet", "daunet", "unet_local_attn"])
     a = ap.parse_args()
     if a.device == "cuda" and not torch.cuda.is_available():
         sys.exit("error: --device cuda but no CUDA device is available")
-    torch.set_num_threads(2)
+    from seg.cli.args import register_resolvers
+    from seg.config import configure_threads
+
+    configure_threads()
+    register_resolvers()
     from omegaconf import OmegaConf
 
     from seg.data.datamodule import SegDataModule
@@ -156,7 +197,9 @@ def main() -> None:
         root = write_dataset(tmp / "synth", n=16, seed=0, shape=(64, 64, 64))
         overrides = ["experiment=synthetic_unet", "data.num_workers=1", "data.cache=cache"]
     else:
-        root = REPO.parent / "shared" / "data" / "hippocampus"
+        import os
+
+        root = Path(os.environ.get("SEG_SHARED_DATA", REPO.parent / "shared" / "data")) / "hippocampus"
         if not root.exists():
             sys.exit(f"{root} not found")
         overrides = ["experiment=hippocampus_unet", "data.num_workers=1"]
@@ -180,9 +223,11 @@ def main() -> None:
     net_kwargs.pop("_target_")
     net_kwargs.update(in_channels=dm.spec.in_channels, out_channels=dm.spec.out_channels)
     loss_cfg = OmegaConf.to_container(cfg.model.loss, resolve=True)
-    if a.table in ("precision", "both"):
+    if a.table in ("pipeline", "all"):
+        pipeline_table(a, root, overrides, tmp)
+    if a.table in ("precision", "both", "all"):
         precision_table(a, root, overrides, tmp)
-    if a.table == "precision":
+    if a.table in ("precision", "pipeline"):
         return
     per_step = dm.batch_size * dm.num_samples
     rows = {"plain PyTorch+MONAI loop": [], "seg-train loop (Lightning+Hydra)": []}

@@ -12,8 +12,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
 
-from monai.utils import look_up_option
-
 from seg.errors import UserError
 
 __all__ = [
@@ -21,7 +19,9 @@ __all__ = [
     "Precision",
     "UserError",
     "as_max_time",
+    "available_cores",
     "check_option",
+    "configure_threads",
     "human_duration",
     "parse_duration",
     "to_plain",
@@ -29,9 +29,27 @@ __all__ = [
 
 E = TypeVar("E", bound=Enum)
 
-# conf/ sits beside the package in the source tree (editable installs); SEG_CONF_DIR points elsewhere.
-CONF_DIR = os.environ.get("SEG_CONF_DIR", str(Path(__file__).resolve().parents[1] / "conf"))
 
+def _conf_dir() -> str:
+    """The Hydra config folder: ``SEG_CONF_DIR``; else ``conf/`` beside the package in a checkout (editable
+    installs: edits take effect); else the copy a wheel installs as package data (``seg/conf``)."""
+    if os.environ.get("SEG_CONF_DIR"):
+        return os.environ["SEG_CONF_DIR"]
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "conf", here / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return str(candidate)
+    return str(here / "conf")
+
+
+CONF_DIR = _conf_dir()
+
+
+def shared_data(name: str = "") -> str:
+    """Where the project's real data lie: ``SEG_SHARED_DATA``, else ``../shared/data`` beside a checkout
+    (an absolute path, whatever the working folder; the committed experiments resolve theirs with it)."""
+    root = os.environ.get("SEG_SHARED_DATA") or str(Path(__file__).resolve().parents[2] / "shared" / "data")
+    return str(Path(root) / name) if name else root
 
 
 def to_plain(x: Any) -> Any:
@@ -57,6 +75,8 @@ def check_option(name: str, value: Any, choices: type[E]) -> str:
         value: the given value (a string or a member).
         choices: a ``(str, Enum)`` class.
     """
+    from monai.utils import look_up_option  # here, not at the top: every command's --help imports seg.config
+
     try:
         return look_up_option(value, choices, print_all_options=False).value
     except ValueError as e:
@@ -129,3 +149,36 @@ def human_duration(seconds: float) -> str:
     m, sec = divmod(rem, 60)
     parts = [f"{h} h"] * bool(h) + [f"{m} min"] * bool(m) + [f"{sec} s"] * bool(sec)
     return " ".join(parts) or "0 s"
+
+
+def available_cores() -> int:
+    """The CPU cores this process may use: its affinity set (``taskset``, SLURM, Kubernetes cpusets), capped by
+    a cgroup v2 CPU quota (``docker run --cpus``), which the affinity set does not show."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, int(-(-int(quota) // int(period)))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
+
+
+def configure_threads() -> int:
+    """torch's intra-op threads: ``SEG_THREADS`` when set, else :func:`available_cores` (torch alone counts every
+    core of the machine, and oversubscribes a container or a shared node). Returns the count."""
+    import torch
+
+    env = os.environ.get("SEG_THREADS", "").strip()
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise UserError(f"SEG_THREADS={env!r}: give a positive number of threads")
+        n = int(env)
+    else:
+        n = available_cores()
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n

@@ -9,6 +9,10 @@ import torch
 
 torch.set_num_threads(2)
 
+from seg.cli.args import register_resolvers  # noqa: E402
+
+register_resolvers()  # the configs' ${seg_shared:...} and ${seg_name:...}, as the commands register them
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SEG_SHARED_DATA", REPO.parent / "shared" / "data"))
 

@@ -12,13 +12,20 @@ from enum import Enum
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from monai import transforms as T
-from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset, partition_dataset
+from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset, ThreadDataLoader, partition_dataset
 
 from seg.config import check_option
 from seg.data.datalist import DatasetError, DatasetSpec, load_dataset
 from seg.data.splits import SplitError, dataset_splits
-from seg.data.transforms import Augment, Preprocessing, deterministic_transforms, random_transforms
+from seg.data.transforms import (
+    Augment,
+    Preprocessing,
+    deterministic_transforms,
+    random_transforms,
+    sampling_cache,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +34,21 @@ class CacheMode(str, Enum):
     NONE = "none"
     CACHE = "cache"
     PERSISTENT = "persistent"
+
+
+class Pipeline(str, Enum):
+    """How training batches are made.
+
+    ``workers``: the deterministic steps cached in memory (``cache``), the random ones in DataLoader worker
+    processes, batches moved to the device by Lightning. ``device``: MONAI's fast-training recipe: a
+    ``CacheDataset`` of the deterministic steps (with the pad and the sampler's indices) whose volumes live
+    on the training device (``ToDeviced``), the random crop and augmentation run on the device's tensors,
+    batches from a ``ThreadDataLoader`` without worker processes. On a GPU that keeps it fed (no host
+    augmentation, no copies); seg-plan chooses it when the cached cases fit in the device's memory.
+    """
+
+    WORKERS = "workers"
+    DEVICE = "device"
 
 
 DEFAULT_NUM_SAMPLES = 2  # patches per loaded volume
@@ -62,6 +84,8 @@ class SegDataModule(pl.LightningDataModule):
         stratify, n_strata, group_regex: the split balances label-volume strata and keeps a subject's
             cases in one fold (see :func:`seg.data.splits.dataset_splits`, shared with seg-kfold).
         splits_file: where the splits are read from (if present) or saved.
+        pipeline: "workers" or "device" (see :class:`Pipeline`).
+        allow_outside_root: read dataset.json entries that point outside ``root`` (refused by default).
         synthetic: ``{n, seed, shape, folder}``: generate the synthetic dataset into ``root`` if it is missing
             and ``root`` is ``folder`` (the project's own synthetic folder): a mistyped ``data.root`` is an
             error, not a place to fill with synthetic cases.
@@ -94,9 +118,13 @@ class SegDataModule(pl.LightningDataModule):
         group_regex: str | None = None,
         splits_file: str | None = None,
         synthetic: Mapping | None = None,
+        pipeline: str = "workers",
+        allow_outside_root: bool = False,
     ) -> None:
         super().__init__()
         check_option("data.cache", cache, CacheMode)
+        self.pipeline = check_option("data.pipeline", pipeline, Pipeline)
+        self.allow_outside_root = bool(allow_outside_root)
         self.root = str(root)
         self.mode = mode
         self.patch_size = list(patch_size) if patch_size else None
@@ -144,7 +172,7 @@ class SegDataModule(pl.LightningDataModule):
     @property
     def spec(self) -> DatasetSpec:
         if self._spec is None:
-            self._spec = load_dataset(self.root)
+            self._spec = load_dataset(self.root, self.allow_outside_root)
         return self._spec
 
     @property
@@ -193,9 +221,30 @@ class SegDataModule(pl.LightningDataModule):
             val = partition_dataset(val, num_partitions=world, shuffle=False, even_divisible=False)[rank]
             log.info("rank %d/%d: %d train and %d val cases", rank, world, len(train), len(val))
         det = deterministic_transforms(spec, with_label=True, **self.preprocessing.as_dict())
+        if self.pipeline == Pipeline.DEVICE:
+            self._device_datasets(det, train, val)
+            return
         rnd = random_transforms(self.mode, self.patch_size, self.pos_neg, self.num_samples, self.augment)
         self.train_ds = self._dataset(train, T.Compose(det + rnd), "train")
         self.val_ds = self._dataset(val, T.Compose(det), "val")
+
+    @property
+    def device(self) -> torch.device:
+        """The training device: the trainer's (its rank's, under DDP), else the CPU."""
+        trainer = getattr(self, "trainer", None)
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def _device_datasets(self, det: list, train: list[dict], val: list[dict]) -> None:
+        """The device pipeline's datasets: everything deterministic cached, on the device."""
+        to_dev = T.ToDeviced(keys=["image", "label"], device=self.device)
+        patch = self.mode == "patch"
+        cached = det + (sampling_cache(self.patch_size) if patch else []) + [to_dev]
+        rnd = random_transforms(
+            self.mode, self.patch_size, self.pos_neg, self.num_samples, self.augment, cached_indices=patch
+        )
+        workers = max(1, self.num_workers)  # threads filling the cache
+        self.train_ds = CacheDataset(train, T.Compose(cached + rnd), num_workers=workers, progress=False)
+        self.val_ds = CacheDataset(val, T.Compose(det + [to_dev]), num_workers=workers, progress=False)
 
     def _dataset(self, items: list[dict], transform: T.Compose, name: str):
         if self.cache == "cache":
@@ -209,6 +258,9 @@ class SegDataModule(pl.LightningDataModule):
         return Dataset(items, transform)
 
     def train_dataloader(self) -> DataLoader:
+        if self.pipeline == Pipeline.DEVICE:
+            drop = len(self.train_ds) > self.batch_size
+            return ThreadDataLoader(self.train_ds, batch_size=self.batch_size, shuffle=True, drop_last=drop)
         return DataLoader(
             self.train_ds,
             batch_size=self.batch_size,
@@ -220,6 +272,8 @@ class SegDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         # whole volumes of different sizes: one per batch
+        if self.pipeline == Pipeline.DEVICE:
+            return ThreadDataLoader(self.val_ds, batch_size=1, shuffle=False)
         return DataLoader(
             self.val_ds,
             batch_size=1,

@@ -229,21 +229,38 @@ def deterministic_transforms(
     return xs
 
 
+FG, BG = "label_fg_indices", "label_bg_indices"  # FgBgToIndicesd's keys (device pipeline)
+
+
+def sampling_cache(patch_size: Sequence[int]) -> list:
+    """What the device pipeline caches after the deterministic steps: the pad to the patch and the foreground
+    and background voxel indices the positive/negative sampler draws from (computed once per case instead of
+    once per sample; the indices stay on the CPU, the volumes go to the device)."""
+    return [
+        T.SpatialPadd(keys=["image", "label"], spatial_size=tuple(patch_size)),
+        T.FgBgToIndicesd(keys="label", image_key="image", image_threshold=0.0),
+    ]
+
+
 def random_transforms(
     mode: str,
     patch_size: Sequence[int] | None,
     pos_neg: Sequence[float] = (1.0, 1.0),
     num_samples: int = 1,
     augment: Augment | Mapping | None = None,
+    cached_indices: bool = False,
 ) -> list:
     """Patch sampling (positive/negative balanced) and augmentation, each with its probability
-    (``augment``: an :class:`Augment`, or its mapping; None = :meth:`Augment.none`)."""
+    (``augment``: an :class:`Augment`, or its mapping; None = :meth:`Augment.none`). ``cached_indices``:
+    the volumes were padded and their sampling indices cached by :func:`sampling_cache` (the device
+    pipeline); the indices are dropped after the crop, so both pipelines give the same keys."""
     keys = ["image", "label"]
     xs: list = []
     if mode == "patch":
         ps = tuple(patch_size)
-        xs += [
-            T.SpatialPadd(keys=keys, spatial_size=ps),
+        idx = {"fg_indices_key": FG, "bg_indices_key": BG} if cached_indices else {}
+        xs += [] if cached_indices else [T.SpatialPadd(keys=keys, spatial_size=ps)]
+        xs.append(
             T.RandCropByPosNegLabeld(
                 keys=keys,
                 label_key="label",
@@ -254,8 +271,10 @@ def random_transforms(
                 image_key="image",
                 image_threshold=0.0,
                 allow_smaller=False,
-            ),
-        ]
+                **idx,
+            )
+        )
+        xs += [T.DeleteItemsd(keys=[FG, BG])] if cached_indices else []
     a = augment if isinstance(augment, Augment) else Augment.from_mapping(augment) if augment else Augment.none()
     if a.flip_prob > 0:
         axes = range(3) if a.flip_axes is None else a.flip_axes

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import datetime
 import logging
-import math
 import time
+from pathlib import Path
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import Callback, Timer
+from pytorch_lightning.callbacks import Callback, RichProgressBar, Timer
 
+from seg.errors import ExitCode, Interrupted, Signals
 from seg.lit.module import val_dice_per_label
 
 log = logging.getLogger("seg.epoch")
@@ -36,8 +37,125 @@ class FinalValidation(Callback):
             trainer.check_val_every_n_epoch = 1
 
 
+class StopOnSignal(Callback):
+    """SIGTERM (``docker stop``, SLURM pre-emption, Kubernetes) and Ctrl-C end training at the next batch with
+    :class:`~seg.errors.Interrupted` (exit 143 and 130), the last epoch's ``last.ckpt`` kept as it is, so the
+    command can say how to resume from it. Written here because Lightning alone finishes the epoch after a
+    SIGTERM and then exits 0 without metrics (its ``SIGTERMException`` is a ``SystemExit`` without a code), and
+    exits 1 on Ctrl-C."""
+
+    def __init__(self) -> None:
+        self.keyboard = False
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module) -> None:
+        Signals.deferred = True
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module) -> None:
+        Signals.deferred = False
+
+    def _check(self, trainer: pl.Trainer) -> None:
+        if trainer.received_sigterm or Signals.received is not None:
+            Signals.deferred = False
+            raise self.interrupted(trainer, ExitCode.TERMINATED, "terminated (SIGTERM)")
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
+        self._check(trainer)
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, *args) -> None:
+        self._check(trainer)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module, exception: BaseException) -> None:
+        Signals.deferred = False
+        self.keyboard = self.keyboard or isinstance(exception, KeyboardInterrupt)
+
+    @staticmethod
+    def interrupted(trainer: pl.Trainer, code: int, what: str) -> Interrupted:
+        run = Path(trainer.default_root_dir)
+        last = run / "checkpoints" / "last.ckpt"
+        kept = f"{last} (end of epoch {_last_epoch(last)}) kept" if last.is_file() else "no epoch finished yet"
+        return Interrupted(
+            f"{what} in epoch {trainer.current_epoch + 1}: {kept}",
+            code,
+            str(last) if last.is_file() else None,
+            str(run),
+        )
+
+
+def _last_epoch(path: Path) -> str:
+    try:
+        import torch
+
+        return str(int(torch.load(path, map_location="cpu", weights_only=True)["epoch"]) + 1)
+    except Exception:  # an unreadable checkpoint: the resume reports it
+        return "?"
+
+
 def _hms(seconds: float) -> str:
     return str(datetime.timedelta(seconds=round(max(0.0, seconds))))
+
+
+BUDGET_EPOCHS = 10000  # max_epochs at or above this is no limit (a planned run: the time budget is)
+
+
+def _timer(trainer: pl.Trainer) -> Timer | None:
+    return next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+
+
+def epoch_label(trainer: pl.Trainer, epoch: int | None = None) -> str:
+    """``epoch 12/50`` (counted from 1, as the log and the bar both say), or ``epoch 12 (0:05:01 of 0:20:00)``
+    when the time budget, not ``max_epochs``, ends the run."""
+    n = (trainer.current_epoch if epoch is None else epoch) + 1
+    timer = _timer(trainer)
+    top = trainer.max_epochs
+    if timer is not None and timer.time_remaining("train") is not None and (top in (None, -1) or top >= BUDGET_EPOCHS):
+        elapsed = timer.time_elapsed("train")
+        total = elapsed + max(0.0, timer.time_remaining("train"))
+        return f"epoch {n} ({_hms(elapsed)} of {_hms(total)})"
+    return f"epoch {n}/{top}" if top not in (None, -1) else f"epoch {n}"
+
+
+class ProgressBar(RichProgressBar):
+    """Lightning's rich bar on a terminal, its epoch counted as the log counts it (:func:`epoch_label`)."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        return epoch_label(self.trainer, current_epoch)
+
+
+class Heartbeat(Callback):
+    """Off a terminal (nohup, SLURM, ``docker logs``: no progress bar there), a line every ``every_s`` seconds
+    inside a long epoch and a long validation, so a log shows that the run is alive and where it is::
+
+        step 1520, epoch 12 (0:05:01 of 0:20:00), train/loss 0.4123
+        validating: 3 of 5 cases, 0:00:41
+    """
+
+    def __init__(self, every_s: float | None = None) -> None:
+        import os
+
+        self.every_s = float(os.environ.get("SEG_HEARTBEAT_S", 30.0)) if every_s is None else every_s
+        self._last = time.monotonic()
+        self._val_start = self._last
+
+    def _due(self) -> bool:
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            return False
+        self._last = now
+        return True
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if trainer.is_global_zero and self._due():
+            loss = trainer.callback_metrics.get("train/loss_step", trainer.callback_metrics.get("train/loss"))
+            tail = f", train/loss {float(loss):.4f}" if loss is not None else ""
+            log.info("step %d, %s%s", trainer.global_step, epoch_label(trainer), tail)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module) -> None:
+        self._val_start = time.monotonic()
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx, dl_idx=0) -> None:
+        if trainer.is_global_zero and not trainer.sanity_checking and self._due():
+            total = trainer.num_val_batches[0] if trainer.num_val_batches else "?"
+            log.info("validating: %d of %s cases, %s", batch_idx + 1, total, _hms(time.monotonic() - self._val_start))
 
 
 class _NotOnTerminals(logging.Filter):
@@ -107,8 +225,7 @@ class EpochLog(Callback):
 
     def line(self, trainer: pl.Trainer, pl_module) -> str:
         m = trainer.callback_metrics
-        top = trainer.max_epochs if trainer.max_epochs not in (None, -1) else "-"
-        parts = [f"epoch {trainer.current_epoch + 1}/{top}"]
+        parts = [epoch_label(trainer)]
         loss = m.get("train/loss_epoch", m.get("train/loss"))
         if loss is not None:
             parts.append(f"train/loss {float(loss):.4f}")
@@ -116,13 +233,11 @@ class EpochLog(Callback):
             names = getattr(pl_module, "label_names", [])
             per = [f"{n} {v:.4f}" for n, v in val_dice_per_label(m, names).items()]
             parts.append(f"val/dice {float(m['val/dice']):.4f}" + (f" ({' '.join(per)})" if len(per) > 1 else ""))
-        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        timer = _timer(trainer)
         now = time.monotonic()
-        elapsed = timer.time_elapsed("train") if timer is not None else now - self._start
-        tail = f"{now - self._t0:.1f} s, elapsed {_hms(elapsed)}"
-        left = timer.time_remaining("train") if timer is not None else None
-        if left is not None and math.isfinite(left):
-            tail += f", left {_hms(left)}"
+        tail = f"{now - self._t0:.1f} s"
+        if timer is None or timer.time_remaining("train") is None:  # the label holds the budget's time otherwise
+            tail += f", elapsed {_hms(now - self._start)}"
         return " ".join(parts) + " " + tail
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:

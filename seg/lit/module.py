@@ -55,18 +55,22 @@ def per_label_means(total: torch.Tensor, count: torch.Tensor, label_names: Seque
 
 
 @torch.no_grad()
-def ensemble_validation(modules: Sequence[SegModule], loader, bf16: bool = False) -> dict[str, float]:
+def ensemble_validation(
+    modules: Sequence[SegModule], loader, bf16: bool = False, device: torch.device | str = "cpu"
+) -> dict[str, float]:
     """Validation Dice of the members' mean softmax, exactly as one module's validation scores its logits
-    (same loader, inferer and argmax), so an ensemble's figure reads beside a single run's."""
+    (same loader, inferer and argmax), so an ensemble's figure reads beside a single run's. It runs on
+    ``device``, the training device (Lightning hands the modules back on the CPU after ``fit``)."""
+    device = torch.device(device)
     names = modules[0].label_names
     total = torch.zeros(len(names), dtype=torch.float64)
     count = torch.zeros(len(names), dtype=torch.float64)
     for m in modules:
-        m.eval()
+        m.to(device).eval()
     for batch in loader:
-        x, y = batch["image"], batch["label"]
+        x, y = batch["image"].to(device), batch["label"].to(device)
         y = y.as_tensor() if hasattr(y, "as_tensor") else y
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             probs = sum(torch.softmax(m.predict_logits(x).float(), 1) for m in modules) / len(modules)
         t, c = dice_terms(probs, y)
         total += t.cpu()

@@ -62,6 +62,11 @@ def draw_progress(histories: dict[str, list[dict]], path: Path, title: str = "")
             _plot(a_ep, ep, d, linestyle=style, color=f"C{i}", label=f"{pre}val Dice {lab}")
             _plot(a_min, [r["minutes"] for r in h], d, linestyle=style, color=f"C{i}", label=f"{pre}{lab}")
         _plot(a_lr, ep, [r.get("lr") for r in h], color=f"C{i}", label=name if many else None)
+    last_epoch = max((r["epoch"] for h in histories.values() for r in h), default=1)
+    last_min = max((r["minutes"] for h in histories.values() for r in h), default=1.0)
+    for ax in (a_ep, a_lr):  # a run of one epoch still gets axes from 0 to at least 2 (not a degenerate range)
+        ax.set_xlim(0, max(2, last_epoch) + 0.5)
+    a_min.set_xlim(0, max(last_min, 0.1) * 1.05)
     for ax, xl in ((a_ep, "epoch"), (a_min, "elapsed (min)")):
         ax.set_xlabel(xl)
         ax.set_ylabel("validation Dice")
@@ -87,8 +92,12 @@ def draw_progress(histories: dict[str, list[dict]], path: Path, title: str = "")
 
 class ProgressPlot(Callback):
     """Record each training epoch (loss, validation Dice per label when validated, learning rate, elapsed
-    minutes) to ``progress.json`` and redraw ``progress.png`` beside it: after every epoch, at most every
-    ``min_interval_s`` seconds (short epochs), and always at the end of training."""
+    minutes) to ``progress.json`` and redraw ``progress.png`` beside it: after an epoch, at most every
+    ``min_interval_s`` seconds and no more often than keeps drawing under ``MAX_SHARE`` of the run's time
+    (a drawing of a long history takes ~0.5 s on 2 cores: every 10 s that was 5 % of a planned run), and
+    always at the end of training."""
+
+    MAX_SHARE = 0.02
 
     def __init__(self, path: str, min_interval_s: float = 10.0) -> None:
         self.path = Path(path)
@@ -96,6 +105,7 @@ class ProgressPlot(Callback):
         self.history: list[dict] = []
         self._validated = False
         self._drawn = 0.0
+        self._draw_s = 0.0
         self._start = time.monotonic()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module) -> None:
@@ -132,7 +142,7 @@ class ProgressPlot(Callback):
             }
         )
         write_text(self.path.with_suffix(".json"), json.dumps(self.history))
-        if time.monotonic() - self._drawn >= self.min_interval_s:
+        if time.monotonic() - self._drawn >= max(self.min_interval_s, self._draw_s / self.MAX_SHARE):
             self.draw()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
@@ -140,5 +150,7 @@ class ProgressPlot(Callback):
             self.draw()
 
     def draw(self) -> None:
+        t0 = time.monotonic()
         draw_progress({"run": self.history}, self.path, title=str(self.path.parent.name))
         self._drawn = time.monotonic()
+        self._draw_s = self._drawn - t0

@@ -1,7 +1,7 @@
 """The planner's cost model: seconds per training step of a candidate (net width, patch, batch, precision).
 
 On the present device it is measured: a short probe times forward + backward + optimiser step of the real
-network on random data of the candidate's shape (one warm-up step, then the best of ``reps``). For a
+network on random data of the candidate's shape (a warm-up step, then the median of ``REPS``). For a
 device that is not present it is an estimate: the step's FLOPs (counted by ``torch.utils.flop_counter``
 on the meta device, so nothing runs) divided by the documented rate of :data:`COST_TABLE`.
 """
@@ -9,6 +9,7 @@ on the meta device, so nothing runs) divided by the documented rate of :data:`CO
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import torch
 
 from seg.lit.losses import SegLoss
 from seg.nn.registry import build_sized, doubling_widths
+from seg.nn.utils import cuda_hygiene
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,13 @@ class Candidate:
     patch: tuple[int, ...]
     batch: int
     precision: str  # "fp32" | "bf16"
+    channels_last: bool = True  # channels-last 3D memory format of the activations
+
+
+def sync(device: torch.device | str) -> None:
+    """Wait for the device's queued work (a timer around asynchronous CUDA work measures nothing else)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
 
 
 def cpu_has_bf16() -> bool:
@@ -60,37 +69,48 @@ def build(net: str, base: int, levels: int, in_ch: int, out_ch: int) -> torch.nn
     return build_sized(net, base, levels, in_ch, out_ch)
 
 
+REPS = 5  # timed steps per probe after the warm-up: their median is the probe's figure
+
+
+def aggregate(samples: list[float]) -> float:
+    """A probe's figure from its timed steps: the median (one burst of load does not move it)."""
+    return statistics.median(samples)
+
+
 def measure_step(
-    net: str, cand: Candidate, levels: int, in_ch: int, out_ch: int, device: str = "cpu", reps: int = 2
+    net: str, cand: Candidate, levels: int, in_ch: int, out_ch: int, device: str = "cpu", reps: int | None = None
 ) -> float:
-    """Seconds of one training step (fwd + bwd + AdamW), measured: the best of ``reps`` after a warm-up."""
+    """Seconds of one training step (fwd + bwd + AdamW), measured: the median of ``reps`` after a warm-up
+    (two on CUDA, where the first steps also tune cuDNN). A step slower than 30 s is returned at once:
+    far too slow to be chosen, one sample is enough."""
+    dev = torch.device(device)
+    cuda_hygiene(dev)
     torch.manual_seed(0)
-    model = build(net, cand.base, levels, in_ch, out_ch).to(device).train()
-    if device == "cpu":
-        model = model.to(memory_format=torch.channels_last_3d)
+    model = build(net, cand.base, levels, in_ch, out_ch).to(dev).train()
+    fmt = torch.channels_last_3d if cand.channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loss_fn = SegLoss({"name": "dice_ce"})
-    x = torch.randn(cand.batch, in_ch, *cand.patch, device=device)
-    if device == "cpu":
-        x = x.contiguous(memory_format=torch.channels_last_3d)
-    y = torch.randint(0, out_ch, (cand.batch, 1, *cand.patch), device=device)
-    best = float("inf")
-    for i in range(reps + 1):
-        if device == "cuda":
-            torch.cuda.synchronize()
+    x = torch.randn(cand.batch, in_ch, *cand.patch, device=dev).contiguous(memory_format=fmt)
+    y = torch.randint(0, out_ch, (cand.batch, 1, *cand.patch), device=dev)
+    warmup = 2 if dev.type == "cuda" else 1
+    reps = reps or REPS
+    times = []
+    for i in range(reps + warmup):
+        sync(dev)
         t0 = time.perf_counter()
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=cand.precision == "bf16"):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cand.precision == "bf16"):
             loss = loss_fn(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        if i:
-            best = min(best, time.perf_counter() - t0)
-        elif time.perf_counter() - t0 > 30:  # far too slow to be chosen: one sample is enough
-            return time.perf_counter() - t0
-    return best
+        sync(dev)
+        dt = time.perf_counter() - t0
+        if dt > 30:
+            return dt
+        if i >= warmup:
+            times.append(dt)
+    return aggregate(times)
 
 
 def step_flops(net: str, cand: Candidate, levels: int, in_ch: int, out_ch: int) -> float:

@@ -17,12 +17,11 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString as Quoted
 
-from seg.config import as_max_time
+from seg.config import as_max_time, human_duration
 from seg.plan.planner import Plan
-from seg.plan.search import TRAIN_SHARE
 
+BUSY = "other processes kept the CPU busy while it was probed"
 DICE_OVER_BATCH = "Dice over the whole batch (nnU-Net's 3D choice): empty patches still count"
-VALIDATION_EVERY_MIN_S = 60  # validation runs every tenth of a member's budget, but at most once a minute
 
 
 def _flow(xs) -> CommentedSeq:
@@ -51,63 +50,78 @@ def _task(plan: Plan, name: str | None) -> str:
     return name or "planned_" + re.sub(r"[^0-9a-zA-Z]+", "_", Path(plan.dataset).name).strip("_").lower()
 
 
-def validation_interval_s(plan: Plan) -> int:
-    return max(VALIDATION_EVERY_MIN_S, plan.member_s // 10)
-
-
 def _data(plan: Plan, root: str) -> CommentedMap:
-    r = plan.reasons
-    norm = CommentedMap((k, _plain(v)) for k, v in plan.normalize.items())
+    r, dc = plan.reasons, plan.data
+    norm = CommentedMap((k, _plain(v)) for k, v in dc["normalize"].items())
     norm.fa.set_flow_style()
     whole = plan.whole_volume
     rows: list[tuple[str, object, str | None]] = [
         ("root", Quoted(root), None),
-        ("spacing", _flow(plan.spacing), r["spacing"]),
+        ("spacing", _flow(dc["spacing"]), r["spacing"]),
         ("normalize", norm, r["normalize"]),
-        ("patch_size", _flow(plan.patch), r["patch"]),
-        (
-            "batch_size",
-            plan.batch if whole else plan.batch // 2,
-            "nnU-Net's 3D batch" if whole else "loaded cases per step",
-        ),
+        ("patch_size", _flow(dc["patch_size"]), r["patch"]),
+        ("batch_size", dc["batch_size"], "nnU-Net's 3D batch" if whole else "loaded cases per step"),
         (
             "num_samples",
-            1 if whole else 2,
+            dc["num_samples"],
             "one (whole-volume) patch per loaded case"
             if whole
             else f"patches per loaded case: {plan.batch} patches per step, the batch the probe timed",
         ),
-        ("pos_neg", _flow(plan.pos_neg), r["sampling"]),
+        ("pos_neg", _flow(dc["pos_neg"]), r["sampling"]),
+        ("pipeline", dc["pipeline"], r["pipeline"]),
+        (
+            "num_workers",
+            dc["num_workers"],
+            "the device pipeline has no worker processes"
+            if dc["pipeline"] == "device"
+            else "worker processes: the cores this process may use, less the one that trains",
+        ),
     ]
     if plan.folds < 5:
         rows.append(("num_folds", plan.folds, f"{plan.n_cases} cases: one validation case per fold"))
-    rows.append(("augment", _map([("flip_axes", _flow(plan.flip_axes), r["mirror"])]), None))
+    rows.append(("augment", _map([("flip_axes", _flow(dc["augment"]["flip_axes"]), r["mirror"])]), None))
     return _map(rows)
 
 
 def _trainer(plan: Plan) -> CommentedMap:
+    b = plan.budget
     members = f" of each of the {plan.members} members" if plan.members > 1 else ""
-    return _map(
-        [
-            (
-                "max_time",
-                Quoted(as_max_time(plan.member_s)),
-                f"the budget{members} ends the run; the LR follows its fraction",
-            ),
-            ("max_epochs", 100000, "not the limit: the budget is"),
-            (
-                "precision",
-                "bf16-mixed" if plan.precision == "bf16" else "32-true",
-                plan.reasons.get("precision", "fp32: the device has no fast bf16"),
-            ),
-            (
-                "val_check_interval",
-                Quoted(as_max_time(validation_interval_s(plan))),
-                f"validation by time: every tenth of the budget, at most once every {VALIDATION_EVERY_MIN_S} s",
-            ),
-            ("check_val_every_n_epoch", 1, None),
-        ]
+    reserve = (
+        f"the budget{members}, less the start-up and the final validation that follow it"
+        if b.val_s is not None
+        else f"the budget{members}"
     )
+    rows: list[tuple[str, object, str | None]] = [
+        ("accelerator", plan.device, f"planned for {plan.device}"),
+        ("devices", plan.devices, plan.reasons.get("devices")),
+    ]
+    if plan.devices > 1:
+        rows.append(("strategy", "ddp", "one process per GPU (DistributedDataParallel)"))
+    rows += [
+        ("max_time", Quoted(as_max_time(b.max_time_s)), f"{reserve}; the LR follows its fraction"),
+        ("max_epochs", 100000, "not the limit: the budget is"),
+        (
+            "precision",
+            plan.precision,
+            plan.reasons.get("precision", "fp32: the device has no fast bf16"),
+        ),
+        (
+            "val_check_interval",
+            Quoted(as_max_time(b.interval_s)),
+            _interval_reason(b),
+        ),
+        ("check_val_every_n_epoch", 1, None),
+    ]
+    return _map(rows)
+
+
+def _interval_reason(b) -> str:
+    """The validation interval's reason: a tenth of a member's budget, or once a minute where that is longer."""
+    tenth = b.member_s // 10
+    if b.interval_s > tenth:
+        return f"validation every minute: a tenth of the budget ({human_duration(tenth)}) would validate more often"
+    return f"validation every tenth of the budget ({human_duration(b.interval_s)})"
 
 
 def plan_document(plan: Plan, root_as: str | None = None, name: str | None = None) -> CommentedMap:
@@ -127,10 +141,11 @@ def plan_document(plan: Plan, root_as: str | None = None, name: str | None = Non
                         ("dataset", Quoted(root), None),
                         ("device", plan.device, None),
                         ("measured", plan.measured, None),
+                        ("busy", plan.busy, BUSY if plan.busy else None),
                         ("median_shape", _flow(plan.median_shape), None),
                         ("step_seconds", plan.step_s, None),
                         ("steps_in_budget", plan.steps, "per member" if plan.members > 1 else None),
-                        ("budget_minutes", plan.budget_s // 60, None),
+                        ("budget_seconds", plan.budget_s, None),
                     ]
                 ),
                 "what the planner saw and chose (for people; nothing reads it)",
@@ -142,6 +157,7 @@ def plan_document(plan: Plan, root_as: str | None = None, name: str | None = Non
                     [
                         ("loss", _map([("batch", True, DICE_OVER_BATCH)]), None),
                         ("net", _map(width), None),
+                        ("channels_last", plan.channels_last, r.get("channels_last", "not measured: the default")),
                     ]
                 ),
                 None,
@@ -175,7 +191,7 @@ def header(plan: Plan, command: str, root_as: str | None = None) -> str:
             f"Generated by seg-plan on {datetime.date.today().isoformat()}; do not edit, re-plan instead:",
             f"  {command}",
             f"{plan.n_cases} cases of {root}, net {plan.net},",
-            f"budget {plan.budget_s // 60} min on {plan.device}{est}.",
+            f"budget {human_duration(plan.budget_s)} on {plan.device}{est}.",
             "Train it: seg-train plan=THIS.yaml (or experiment=NAME when it lives in conf/experiment/);",
             "command-line overrides win over the plan.",
         ]
@@ -207,7 +223,7 @@ def plan_table(plan: Plan) -> str:
     rows = [
         ("dataset", f"{plan.dataset} ({plan.n_cases} cases, {'/'.join(plan.modalities)})"),
         ("net", plan.net),
-        ("budget", f"{plan.budget_s // 60} min on {plan.device}" + ("" if plan.measured else " (estimated)")),
+        ("budget", f"{human_duration(plan.budget_s)} on {plan.device}" + ("" if plan.measured else " (estimated)")),
         ("ensemble", plan.reasons["members"]),
         ("spacing (mm)", "x".join(f"{s:g}" for s in plan.spacing)),
         ("median case (voxels)", "x".join(map(str, plan.median_shape))),
@@ -221,12 +237,10 @@ def plan_table(plan: Plan) -> str:
         ),
         ("mirroring", plan.reasons["mirror"]),
         ("patch sampling", plan.reasons["sampling"]),
-        ("precision", plan.precision),
-        (
-            "step",
-            f"{plan.step_s:.3f} s -> {plan.steps} steps in {TRAIN_SHARE:.0%} of the budget"
-            + (" of a member" if plan.members > 1 else ""),
-        ),
+        ("precision", plan.precision + (", channels-last" if plan.channels_last else "")),
+        ("data pipeline", f"{plan.data['pipeline']} ({plan.data['num_workers']} workers)"),
+        ("step", plan.reasons["width"]),
+        ("max_time", as_max_time(plan.budget.max_time_s) + (" per member" if plan.members > 1 else "")),
     ]
     w = max(len(k) for k, _ in rows)
     out = [f"{k.ljust(w)}  {v}" for k, v in rows]
@@ -234,7 +248,11 @@ def plan_table(plan: Plan) -> str:
     out.append(
         "probes (s/step): "
         + "; ".join(
-            f"w{p['base']} {'x'.join(map(str, p['patch']))} {p['precision']} {p['step_s']:.3f}" for p in plan.probes
+            f"w{p['base']} {'x'.join(map(str, p['patch']))} {p['precision']}{'' if p['channels_last'] else ' cf'} "
+            f"{p['step_s']:.3f}"
+            for p in plan.probes
         )
     )
+    if plan.busy:
+        out.append("note: the machine was busy while probing (see the warning above)")
     return "\n".join(out)

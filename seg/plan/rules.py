@@ -55,6 +55,11 @@ def shrink_patch(patch: Sequence[int]) -> list[int]:
     return round_patch(p)
 
 
+def is_ct(modalities: Sequence[str]) -> bool:
+    """Every channel CT (``CT``, ``CT-venous``, ...): intensities in absolute units (HU)."""
+    return bool(modalities) and all(m.strip().lower().startswith("ct") for m in modalities)
+
+
 def normalization(modalities: Sequence[str], channels: list[list[dict]]) -> dict:
     """``data.normalize`` for the modality: CT (every channel CT) clips to the foreground's 0.5-99.5
     percentiles and z-scores with the foreground's mean and std (one set for the dataset: HU are absolute);
@@ -64,7 +69,7 @@ def normalization(modalities: Sequence[str], channels: list[list[dict]]) -> dict
         modalities: channel names from ``dataset.json`` (``CT``, ``MRI``, ``T1``, ...).
         channels: per case, per channel, the fingerprint's statistics (with ``sample``).
     """
-    if modalities and all("ct" == m.strip().lower() or m.strip().lower().startswith("ct") for m in modalities):
+    if is_ct(modalities):
         pooled = np.concatenate([np.asarray(c[0]["sample"], float) for c in channels if c[0]["sample"]])
         lo, hi = np.percentile(pooled, [0.5, 99.5])
         clipped = np.clip(pooled, lo, hi)

@@ -15,7 +15,7 @@ import types
 import typing
 from typing import Any
 
-from seg.config import UserError
+from seg.config import Precision, UserError, parse_duration
 
 TOP = {"seed": (int, type(None)), "ckpt_path": (str, type(None)), "check_data": (bool,), "task_name": (str,)}
 
@@ -86,6 +86,24 @@ def check_kwargs(fn, values: dict, prefix: str, skip: tuple[str, ...] = ("_targe
     return out
 
 
+# trainer keys that take seg's vocabulary (translated to Lightning's by seg.run.train.trainer_values)
+VOCABULARY = {
+    "precision": lambda v: Precision.parse(v, "trainer.precision"),
+    "max_time": lambda v: parse_duration(v, "trainer.max_time"),
+}
+
+
+def _vocabulary(values: dict) -> list[str]:
+    out = []
+    for key, parse in VOCABULARY.items():
+        if values.get(key) is not None:
+            try:
+                parse(values[key])
+            except UserError as e:
+                out.append(str(e))
+    return out
+
+
 def validate_config(cfg) -> None:
     """Raise one :class:`UserError` listing every problem (one line each), before data is loaded."""
     import pytorch_lightning as pl
@@ -113,8 +131,9 @@ def validate_config(cfg) -> None:
         except OmegaConfBaseException as e:
             problems.append(f"{name}: {' '.join(str(e).split())[:200]}")
             continue
-        problems += check_kwargs(
-            fn, values, name, skip=("_target_", "_partial_", "net") if name == "model" else ("_target_", "_partial_")
-        )
+        skip = {"model": ("net",), "trainer": tuple(VOCABULARY)}.get(name, ())
+        problems += check_kwargs(fn, values, name, skip=("_target_", "_partial_", *skip))
+        if name == "trainer":
+            problems += _vocabulary(values)
     if problems:
         raise UserError("\n".join(problems) + f"\n{len(problems)} config problem(s): nothing was loaded or trained")

@@ -22,6 +22,7 @@ import numpy as np
 from omegaconf import OmegaConf, open_dict
 
 from seg.config import UserError
+from seg.data.postprocess import Postprocessing
 from seg.data.splits import dataset_splits
 from seg.eval.cv_report import evaluate_cv
 from seg.inference.batch import BatchOptions, predict_cases
@@ -30,7 +31,7 @@ from seg.inference.cases import InputCase
 from seg.io import write_text
 from seg.lit.progress import draw_combined
 from seg.run.checks import validate_config
-from seg.run.train import prepare_data, train
+from seg.run.train import prepare_data, train, training_device
 
 log = logging.getLogger("seg.kfold")
 
@@ -63,8 +64,12 @@ def fold_config(cfg, k: int, splits_path: Path, fold_dir: Path):
     return fc
 
 
-def predict_validation(fold_dir: Path, result, save_probabilities: bool) -> list[str]:
-    """Out-of-fold predictions of the fold's validation cases, with the fold's own bundle."""
+def predict_validation(
+    fold_dir: Path, result, save_probabilities: bool, device: str = "cpu", checkpoint: str = "final"
+) -> list[str]:
+    """Out-of-fold predictions of the fold's validation cases, with the fold's own bundle (its ``checkpoint``
+    weights: the final ones by default; the best ones were chosen on these very cases), on ``device`` (the
+    training device)."""
     bundle = load_bundle(result.model_bundle)
     dm = result.datamodule
     by_id = dm.spec.by_id()
@@ -72,7 +77,8 @@ def predict_validation(fold_dir: Path, result, save_probabilities: bool) -> list
     probs = "npz" if save_probabilities else "none"
     opts = BatchOptions(probabilities=probs, case_json=False, summary_csv=False, progress_log=True)
     log.info("%s: out-of-fold prediction of %d validation cases", fold_dir.name, len(cases))
-    res = predict_cases(cases, bundle.predictor(), fold_dir / "validation", opts, bundle.labels)
+    predictor = bundle.predictor(device=device, checkpoint=checkpoint)
+    res = predict_cases(cases, predictor, fold_dir / "validation", opts, bundle.labels)
     if res.failures:
         raise RuntimeError(f"fold {fold_dir.name}: out-of-fold prediction failed for {res.failures}")
     return [r["case"] for r in res.written]
@@ -100,7 +106,9 @@ def run_fold(cfg, k: int, splits_path: Path, run_dir: Path) -> dict:
             f"{fold_dir}: fold {k} ended before its first epoch finished: no checkpoint to predict with "
             "(raise trainer.max_time or trainer.max_epochs)"
         )
-    cases = predict_validation(fold_dir, result, bool(cfg.cv.get("save_probabilities", True)))
+    device = str(training_device(cfg))
+    probs, checkpoint = bool(cfg.cv.get("save_probabilities", True)), str(cfg.cv.get("checkpoint") or "final")
+    cases = predict_validation(fold_dir, result, probs, device, checkpoint)
     # the CV's bundle (model.yaml written at the end): the fold's weights, every ensemble member's
     shutil.copytree(result.model_bundle / f"fold_{k}", run_dir / "model" / f"fold_{k}", dirs_exist_ok=True)
     record = {
@@ -168,7 +176,10 @@ def kfold(cfg) -> dict:
     # every fold's bundle describes the same net, pre-processing and inferer: take the first's
     meta = load_bundle(run_dir / f"fold_{finished[0]}" / "model").meta
     meta.folds, meta.threshold, meta.created = finished, summary.get("threshold"), ""
-    meta.extra = {"cv": {"run": str(run_dir), "splits": str(splits_path)}}
+    checkpoint = str(cfg.cv.get("checkpoint") or "final")
+    meta.extra = {k: v for k, v in meta.extra.items() if k == "weights"} | {"checkpoint": checkpoint}
+    meta.postprocessing = Postprocessing.from_mapping((summary.get("postprocessing") or {}).get("rules"))
+    meta.extra["cv"] = {"run": str(run_dir), "splits": str(splits_path)}
     write_bundle_meta(run_dir / "model", meta)
     summary["folds_run"] = records
     return summary

@@ -10,22 +10,28 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
-from seg.config import UserError, to_plain
+from seg.config import Precision, UserError, as_max_time, parse_duration, to_plain
 from seg.data.check import check_dataset, errors
+from seg.errors import ExitCode, SegError, one_line
 from seg.inference.bundle import BundleError, bundle_members, export_run_bundle, read_checkpoint
 from seg.io import write_text
+from seg.lit.callbacks import Heartbeat, StopOnSignal
 from seg.lit.module import ensemble_validation
 from seg.lit.progress import draw_combined
 from seg.nn.inferer import InfererSpec
+from seg.nn.utils import cuda_hygiene
 from seg.run.checks import validate_config
 
 log = logging.getLogger("seg.train")
@@ -69,7 +75,14 @@ def build_module(cfg, dm):
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     model_cfg.pop("net")
     inferer = InfererSpec.from_mapping(model_cfg.pop("inferer", None)).for_data(dm.mode, dm.patch_size)
-    return instantiate(model_cfg, net=net, label_names=spec.foreground_names, inferer=inferer, _convert_="partial")
+    try:
+        return instantiate(model_cfg, net=net, label_names=spec.foreground_names, inferer=inferer, _convert_="partial")
+    except (InstantiationException, TypeError, ValueError, KeyError) as e:  # a config the net cannot be built from
+        cause = e.__cause__ or e
+        if isinstance(cause, SegError):
+            raise cause from None
+        kw = {k: v for k, v in net.items() if k not in ("in_channels", "out_channels")}
+        raise UserError(f"model.net: {net.get('name')!r} cannot be built from {kw} ({one_line(cause)})") from None
 
 
 def check_before_training(spec) -> None:
@@ -95,11 +108,22 @@ def prepare_data(cfg):
     return dm
 
 
+def _experiment(cfg) -> str | None:
+    """The experiment (or plan) the command line chose, as Hydra recorded it; None without one (or outside a
+    Hydra run: then ``task_name``, which an experiment names after itself, tells)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get().runtime.choices.get("experiment")
+    except ValueError:  # composed by hand (tests, scripts)
+        return None if cfg.get("task_name") in ("train", "kfold") else cfg.get("task_name")
+
+
 def warn_without_plan(cfg) -> None:
     """Own data trained on the generic defaults (no experiment, no plan): say once that seg-plan fits them."""
     syn = cfg.data.get("synthetic") or {}
     own = not syn or (syn.get("folder") and Path(syn["folder"]).resolve() != Path(cfg.data.root).resolve())
-    if cfg.get("planned") is None and cfg.get("task_name") in ("train", "kfold") and own:
+    if cfg.get("planned") is None and _experiment(cfg) is None and own:
         log.warning(
             "%s is trained with the generic defaults (no plan, no experiment): run `seg-plan %s` and "
             "`seg-train plan=PLAN.yaml` for a patch, width and schedule fitted to this data and budget",
@@ -108,16 +132,29 @@ def warn_without_plan(cfg) -> None:
         )
 
 
-class _NoAdverts(logging.Filter):
+NOISE = (  # Lightning's start-up banner and tips: the run's own lines say what matters (device, precision, seed)
+    "Tip: For seamless",
+    "GPU available:",
+    "TPU available:",
+    "HPU available:",
+    "Seed set to",
+    "LOCAL_RANK:",
+    "You are using a CUDA device",
+)
+
+
+class _Quiet(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Tip: For seamless" not in record.getMessage()
+        return not record.getMessage().startswith(NOISE) and "Tip: For seamless" not in record.getMessage()
 
 
 def _quiet_lightning() -> None:
-    """Drop Lightning's advertising tips (litlogger, litmodels) from the log; its other lines stay."""
-    lg = logging.getLogger("pytorch_lightning.utilities.rank_zero")
-    if not any(isinstance(f, _NoAdverts) for f in lg.filters):
-        lg.addFilter(_NoAdverts())
+    """Drop Lightning's banner (GPU/TPU/HPU availability, the seed, advertising tips) from the console and
+    the log; its warnings and errors stay."""
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.seed", "lightning.fabric"):
+        lg = logging.getLogger(name)
+        if not any(isinstance(f, _Quiet) for f in lg.filters):
+            lg.addFilter(_Quiet())
 
 
 def train(cfg, extra_callbacks: list | None = None, validated: bool = False) -> TrainResult:
@@ -231,17 +268,18 @@ def train_ensemble(cfg, members: int, extra_callbacks: list | None = None) -> Tr
 def _score_members(cfg, results: list[TrainResult]) -> tuple[dict, dict]:
     """Validation of the members' mean softmax: with their final weights, and with the weights bundled."""
     first = results[0]
-    bf16 = str(cfg.trainer.get("precision", "")).startswith("bf16")
+    bf16 = Precision.parse(cfg.trainer.get("precision") or "fp32") == Precision.BF16
     loader = first.datamodule.val_dataloader()
+    device = training_device(cfg)
     log.info("ensemble of %d: validating the mean softmax on %d cases", len(results), len(first.datamodule.val_cases))
-    final = ensemble_validation([r.module for r in results], loader, bf16)
+    final = ensemble_validation([r.module for r in results], loader, bf16, device)
     best_modules = []
     for r in results:
         mod = copy.deepcopy(r.module)
         if r.checkpoint:
             mod.net.load_state_dict(read_checkpoint(r.checkpoint)[0])
         best_modules.append(mod)
-    return final, ensemble_validation(best_modules, loader, bf16)
+    return final, ensemble_validation(best_modules, loader, bf16, device)
 
 
 def _ensemble_metrics(final: dict, bundled: dict, results: list, seeds: list, out: Path, t0: float) -> dict:
@@ -279,11 +317,35 @@ def _check_resume(ckpt: str | None) -> None:
         raise UserError(str(e)) from None
 
 
+def trainer_values(trainer_cfg) -> dict:
+    """seg's vocabulary in ``trainer.*`` translated to Lightning's: ``accelerator`` cpu|cuda|auto (Lightning's gpu
+    too), ``precision`` fp32|bf16 (or Lightning's own spellings), ``max_time`` as 20m, 1h30m, 90s or DD:HH:MM:SS
+    (see :func:`seg.config.parse_duration`)."""
+    out = {}
+    if str(trainer_cfg.get("accelerator", "")).lower() == "cuda":  # seg's device name for Lightning's "gpu"
+        out["accelerator"] = "gpu"
+    if trainer_cfg.get("precision") is not None:
+        out["precision"] = Precision.parse(trainer_cfg.precision, "trainer.precision").lightning
+    if trainer_cfg.get("max_time") is not None:
+        out["max_time"] = as_max_time(parse_duration(trainer_cfg.max_time, "trainer.max_time"))
+    return out
+
+
+def training_device(cfg) -> torch.device:
+    """Where ``cfg.trainer`` trains: CUDA for gpu/cuda/auto when a GPU is present, else the CPU."""
+    acc = str(cfg.trainer.get("accelerator", "auto")).lower()
+    return torch.device("cuda" if acc in ("gpu", "cuda", "auto") and torch.cuda.is_available() else "cpu")
+
+
 def _trainer(cfg, extra_callbacks: list | None) -> pl.Trainer:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
-    callbacks += list(extra_callbacks or [])
+    callbacks += [*list(extra_callbacks or []), StopOnSignal()]
+    kw = trainer_values(cfg.trainer)
+    if not sys.stderr.isatty():  # a log, not a screen: heartbeat lines instead of progress-bar frames
+        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.ProgressBar)] + [Heartbeat()]
+        kw["enable_progress_bar"] = False
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **kw)
 
 
 def train_one(cfg, extra_callbacks: list | None = None) -> TrainResult:
@@ -292,6 +354,8 @@ def train_one(cfg, extra_callbacks: list | None = None) -> TrainResult:
     # expected on cases without foreground (negative patches only); not worth a line per batch
     warnings.filterwarnings("ignore", message="Num foregrounds 0")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # Lightning's advice when an epoch has fewer batches than log_every_n_steps (small data): not the user's concern
+    warnings.filterwarnings("ignore", message=".*log_every_n_steps.*")
     _quiet_lightning()
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -301,10 +365,17 @@ def train_one(cfg, extra_callbacks: list | None = None) -> TrainResult:
     warn_without_plan(cfg)
     model = build_module(cfg, dm)
     trainer = _trainer(cfg, extra_callbacks)
+    cuda_hygiene(trainer.strategy.root_device, fixed_shapes=dm.mode == "patch")
     if trainer.is_global_zero:
         write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     _check_resume(cfg.get("ckpt_path"))
-    trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path") or None)
+    try:
+        trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path") or None)
+    except SystemExit:  # Lightning's answer to Ctrl-C: a graceful shutdown, then sys.exit(1)
+        stop = next(c for c in trainer.callbacks if isinstance(c, StopOnSignal))
+        if stop.keyboard:
+            raise StopOnSignal.interrupted(trainer, ExitCode.INTERRUPTED, "interrupted (Ctrl-C)") from None
+        raise
     return _finish(cfg, trainer, model, dm, out, t0)
 
 
@@ -330,9 +401,11 @@ def _finish(cfg, trainer: pl.Trainer, model, dm, out: Path, t0: float) -> TrainR
     )
     bundle = None
     if trainer.is_global_zero:
-        source = best or last
-        if source and not cfg.trainer.get("fast_dev_run"):
-            bundle = export_run_bundle(out / "model", source, dm.spec, dm.preprocessing, int(dm.fold)).parent
+        if (best or last) and not cfg.trainer.get("fast_dev_run"):
+            state = {k: v.detach().cpu() for k, v in model.net.state_dict().items()}  # the final weights
+            bundle = export_run_bundle(
+                out / "model", state, best, model.hparams, dm.spec, dm.preprocessing, int(dm.fold)
+            ).parent
             metrics["model_bundle"] = str(bundle)
         write_text(out / "metrics.json", json.dumps(metrics, indent=2))
         log.info("run folder: %s", out)

@@ -108,3 +108,22 @@ def test_orientation_zscore_and_label_remap(tmp_path):
     assert out["label"][0, 8, 9, 3] == 1 and out["label"][0, 4, 6, 5] == 2
     nz = out["image"][0][out["image"][0] != 0]
     assert abs(float(nz.mean())) < 1e-4 and abs(float(nz.std()) - 1) < 1e-2
+
+
+def test_augment_defaults_are_the_documented_ones():
+    """docs/configuration.md's table is the Augment dataclass's defaults (one home, documented)."""
+    import dataclasses
+    import re
+
+    from seg.data.transforms import Augment
+    from tests.conftest import REPO
+
+    text = (REPO / "docs" / "configuration.md").read_text()
+    rows = dict(re.findall(r"^\| `(\w+)` \| ([^|]+?) \|", text, flags=re.M))
+    for f in dataclasses.fields(Augment):
+        shown = rows[f.name].strip()
+        assert (None if shown == "null" else float(shown)) == f.default, f.name
+    assert Augment.from_mapping({"flip_prob": None, "noise_std": 0.2}) == Augment(noise_std=0.2)
+    from seg.data.datamodule import DEFAULT_NUM_SAMPLES, DEFAULT_NUM_WORKERS
+
+    assert (DEFAULT_NUM_SAMPLES, DEFAULT_NUM_WORKERS) == (2, 2)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import logging
 
+import pytest
+
 from seg.lit.callbacks import share_terminal_console
 
 
@@ -42,3 +44,24 @@ def test_terminal_handler_becomes_rich_and_pipes_stay(tmp_path):
         for h in saved:
             root.addHandler(h)
         file.close()
+
+
+def test_a_one_epoch_progress_plot_has_real_axes(tmp_path, monkeypatch):
+    """One point: the epoch axis runs from 0 to 2.5 and the minutes axis from 0 (not a zero-width range)."""
+    import matplotlib.pyplot as plt
+
+    from seg.lit import progress
+
+    seen = {}
+    real_close = plt.close
+
+    def keep(fig):
+        seen["axes"] = [ax.get_xlim() for ax in fig.axes]
+        real_close(fig)
+
+    monkeypatch.setattr(plt, "close", keep)
+    hist = {"run": [{"epoch": 1, "minutes": 0.2, "loss": 0.9, "lr": 1e-3, "dice": {"lesion": 0.4}}]}
+    progress.draw_progress(hist, tmp_path / "p.png", "one epoch")
+    assert (tmp_path / "p.png").stat().st_size > 5000
+    (e0, e1), (m0, m1) = seen["axes"][0], seen["axes"][1]
+    assert (e0, e1) == (0, 2.5) and m0 == 0 and m1 == pytest.approx(0.21)

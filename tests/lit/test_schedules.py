@@ -31,7 +31,7 @@ def test_budget_run_ends_with_the_schedule_done_and_a_final_validation(synth_roo
             f"data.root={synth_root}",
             *TINY,
             "trainer.max_epochs=100000",
-            "trainer.max_time=00:00:00:15",
+            "trainer.max_time=00:00:00:08",
             "trainer.check_val_every_n_epoch=1000",
             "model.optimizer.lr=0.01",
         ],

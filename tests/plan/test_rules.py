@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -88,3 +90,64 @@ def test_budget_parsing(text, seconds):
 def test_bad_budget_is_one_line(bad):
     with pytest.raises(UserError, match="--budget"):
         parse_budget(bad)
+
+
+def test_anisotropy_threshold_is_3x_with_a_case_on_each_side():
+    """nnU-Net's rule: an axis coarser than 3x the finest is low-resolution (its 10th percentile is taken).
+    At 2.9x the median stays; at 3.1x the 10th percentile (1.0 here) replaces it."""
+    assert rules.ANISOTROPY == 3.0
+    below = [[1.0, 1.0, 2.9]] * 8 + [[1.0, 1.0, 1.0]] * 2  # median 2.9, 10th percentile 1.0
+    above = [[1.0, 1.0, 3.1]] * 8 + [[1.0, 1.0, 1.0]] * 2
+    assert rules.target_spacing(below)[2] == pytest.approx(2.9)
+    assert rules.target_spacing(above)[2] == pytest.approx(1.0)  # not finer than the other axes' coarsest
+
+
+def test_bf16_is_chosen_only_when_at_least_15_percent_faster(monkeypatch, synth_root, tmp_path):
+    """BF16_GAIN 0.85: bf16 at 0.84x fp32's step is chosen, at 0.86x it is not."""
+    from seg.plan import search
+    from seg.plan.planner import make_plan
+    from tests.plan.conftest import modelled_step, use_model
+
+    assert search.BF16_GAIN == 0.85
+    for ratio, expected in ((0.84, "bf16"), (0.86, "fp32")):
+
+        def step(net, cand, *args, r=ratio):
+            t = modelled_step(net, replace(cand, precision="fp32"), *args)
+            return t * (r if cand.precision == "bf16" else 1.0)
+
+        use_model(monkeypatch, step)
+        plan = make_plan(synth_root, "unet", "20m", "cpu", cache=tmp_path / "fp.json", progress=False)
+        assert plan.precision == expected, ratio
+
+
+def test_channels_last_only_when_at_least_5_percent_faster(monkeypatch, synth_root, tmp_path):
+    from seg.plan import search
+    from seg.plan.planner import make_plan
+    from tests.plan.conftest import modelled_step, use_model
+
+    assert search.CHANNELS_LAST_GAIN == 0.95
+    for ratio, expected in ((0.94, True), (0.96, False)):
+
+        def step(net, cand, *args, r=ratio):
+            t = modelled_step(net, replace(cand, channels_last=True), *args)
+            return t * (r if cand.channels_last else 1.0)
+
+        use_model(monkeypatch, step)
+        plan = make_plan(synth_root, "unet", "20m", "cpu", cache=tmp_path / "fp.json", progress=False)
+        assert plan.channels_last is expected, ratio
+
+
+def test_memory_gb_caps_the_width(monkeypatch, synth_root, tmp_path):
+    """--memory-gb: a width whose activations exceed it is never chosen, whatever time it buys."""
+    from seg.plan import cost
+    from seg.plan.planner import make_plan
+    from tests.plan.conftest import use_model
+
+    use_model(monkeypatch, lambda *a: 1e-4)  # every step instant: only memory limits the width
+    wide = make_plan(synth_root, "unet", "20m", "cpu", cache=tmp_path / "fp.json", progress=False, memory_gb=100)
+    need8 = cost.activation_gb(8, wide.levels, wide.patch, 2, wide.precision)
+    need16 = cost.activation_gb(16, wide.levels, wide.patch, 2, wide.precision)
+    capped = make_plan(
+        synth_root, "unet", "20m", "cpu", cache=tmp_path / "fp.json", progress=False, memory_gb=(need8 + need16) / 2
+    )
+    assert wide.base == 32 and capped.base == 8
