@@ -37,12 +37,26 @@ class UserError(SegError, ValueError):
 
 
 class Interrupted(SegError):
-    """The run was stopped by a signal; ``code`` is 130 (SIGINT) or 143 (SIGTERM), the message says how to
-    resume."""
+    """The run was stopped by a signal; ``code`` is 130 (SIGINT) or 143 (SIGTERM). ``checkpoint`` is what a
+    resumed run starts from (None: nothing to resume from yet), ``run_dir`` the run's folder; the command
+    adds how to resume."""
 
-    def __init__(self, message: str, code: int = ExitCode.TERMINATED) -> None:
+    def __init__(
+        self, message: str, code: int = ExitCode.TERMINATED, checkpoint: str | None = None, run_dir: str | None = None
+    ) -> None:
         super().__init__(message)
         self.code = int(code)
+        self.checkpoint = checkpoint
+        self.run_dir = run_dir
+
+
+class Signals:
+    """What the commands' SIGTERM handler saw. While a Lightning ``fit`` runs, the handler only records the
+    signal (``deferred``) and training stops at the next batch with its checkpoint intact
+    (``seg.lit.callbacks.StopOnSignal``); elsewhere it stops the command at once."""
+
+    received: int | None = None
+    deferred: bool = False
 
 
 def one_line(e: BaseException, limit: int = 300) -> str:

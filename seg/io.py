@@ -6,6 +6,7 @@ renamed into place, so an interrupted run never leaves a half-written file.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import zlib
@@ -20,6 +21,7 @@ from seg.errors import SegError, one_line
 # Two grids are the same when their affines agree to this (mm and direction cosines): header round-off,
 # not a different grid. The one tolerance for the dataset check, seg-predict's channel check and seg-eval.
 GRID_TOL = 1e-3
+HEADER_BYTES = (348, 1 << 20)  # a single-file NIfTI's bytes before its voxels: the header, up to 1 MB of extensions
 
 
 class NiftiError(SegError, ValueError):
@@ -34,21 +36,61 @@ class NiftiVolume:
     path: str
 
 
+def _declared_size(img, path: str) -> None:
+    """The header's voxels against what the file holds, before any allocation: a header that declares 2000^3
+    voxels in a 70-byte file is a lie, not a MemoryError. Uncompressed files are compared by their size,
+    gzip files by the uncompressed size their trailer records (modulo 2^32, RFC 1952)."""
+    hdr = img.header
+    shape = [int(s) for s in hdr.get_data_shape()]
+    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(hdr.get_data_dtype()).itemsize
+    declared = f"its header declares {'x'.join(map(str, shape))} voxels ({nbytes / 1e9:.3g} GB)"
+    if path.endswith(".gz"):
+        with open(path, "rb") as f:
+            f.seek(-4, os.SEEK_END)
+            isize = int.from_bytes(f.read(4), "little")
+        # what precedes the voxels (the 348-byte header, its extensions) is what is left of the size modulo 2^32
+        if not HEADER_BYTES[0] <= (isize - nbytes) % 2**32 <= HEADER_BYTES[1]:
+            raise NiftiError(f"{declared} that the file does not hold: truncated or a wrong header")
+    elif os.path.getsize(path) - nbytes < HEADER_BYTES[0]:
+        raise NiftiError(f"{declared} but the file has {os.path.getsize(path)} bytes: truncated")
+
+
 def read_nifti(path: str | Path) -> NiftiVolume:
-    """Load a NIfTI volume fully (so truncation is found now, not mid-training)."""
+    """Load a NIfTI volume fully (so truncation is found now, not mid-training); refuse what has no usable
+    grid or data, in one line (the caller adds the path)."""
     path = str(path)
     if not os.path.exists(path):
         raise NiftiError("file is missing")
+    if not os.path.isfile(path):
+        raise NiftiError("not a regular file (a folder, a device or a pipe)")
     if os.path.getsize(path) == 0:
         raise NiftiError("file is empty")
     try:
         img = nib.load(path)
+        _declared_size(img, path)
+        if not np.isfinite(img.affine).all():
+            raise NiftiError("its affine has NaN or infinite entries: no grid to read it on")
         data = np.asanyarray(img.dataobj)
+    except NiftiError:
+        raise
+    except PermissionError:
+        raise NiftiError("not readable (permission denied)") from None
+    except MemoryError:
+        raise NiftiError("too large to read into memory") from None
     except (EOFError, zlib.error, OSError) as e:
         raise NiftiError(f"unreadable or truncated ({one_line(e)})") from None
     except Exception as e:  # nibabel raises several types for a bad header
         raise NiftiError(f"not a readable NIfTI file ({one_line(e)})") from None
     return NiftiVolume(data=data, affine=np.asarray(img.affine, dtype=np.float64), header=img.header, path=path)
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks (ties an exported ONNX file to its bundle)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def current_umask() -> int:
@@ -111,3 +153,71 @@ def write_text(path: str | Path, text: str) -> None:
             f.write(text)
 
     atomic_write_bytes(path, _w)
+
+
+def check_writable(folder: str | Path, what: str = "output folder") -> None:
+    """Before any work: ``folder`` is a folder that takes a file, or can be made where its nearest existing
+    parent takes one. Nothing is created (a refused command leaves nothing behind). One line naming it."""
+    from seg.errors import UserError
+
+    folder = Path(folder).absolute()
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder}: {what} exists and is not a folder")
+    probe = folder if folder.exists() else next((p for p in folder.parents if p.exists()), None)
+    if probe is None or not probe.is_dir():
+        raise UserError(f"{folder}: {what} cannot be created ({probe} is not a folder)")
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".seg_write_test."):
+            pass
+    except OSError as e:
+        verb = "is not writable" if probe == folder else f"cannot be created in {probe}"
+        raise UserError(f"{folder}: {what} {verb} ({e.strerror or e})") from None
+
+
+def check_space(folder: str | Path, nbytes: int, what: str = "output folder") -> None:
+    """Before any work: ``folder`` takes a file (:func:`check_writable`) and its file system has ``nbytes`` free,
+    so a full disk stops the command in one line before, not a traceback after, the work."""
+    import shutil
+
+    from seg.errors import UserError
+
+    check_writable(folder, what)
+    folder = Path(folder).absolute()
+    probe = folder if folder.exists() else next(p for p in folder.parents if p.exists())
+    free = shutil.disk_usage(probe).free
+    if free < nbytes:
+        raise UserError(f"{folder}: needs up to {nbytes / 1e6:.0f} MB, its file system has {free / 1e6:.0f} MB free")
+
+
+class FolderLock:
+    """An exclusive lock on ``folder`` for one command (``fcntl.flock`` on a hidden file in it, released when
+    the process ends, however it ends): a second run writing into the same folder stops at once, before
+    it writes anything, instead of both reporting every case written while only one run's files survive."""
+
+    def __init__(self, folder: str | Path, name: str = "seg") -> None:
+        self.path = Path(folder) / f".{name}.lock"
+        self._f = None
+
+    def __enter__(self) -> FolderLock:
+        import fcntl
+
+        from seg.errors import UserError
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "a+")
+        try:
+            fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._f.seek(0)
+            holder = self._f.read().strip() or "another process"
+            self._f.close()
+            raise UserError(f"{self.path.parent}: in use by {holder}: one run at a time per output folder") from None
+        self._f.seek(0)
+        self._f.truncate()
+        self._f.write(f"pid {os.getpid()}")
+        self._f.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._f is not None:
+            self._f.close()

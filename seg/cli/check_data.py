@@ -13,13 +13,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="seg-check-data", description=__doc__)
     p.add_argument("root", help="dataset folder (MSD or nnU-Net raw, with dataset.json)")
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--allow-outside-root", action="store_true", help="accept entries outside the dataset folder")
     from seg.cli.common import command
 
     return command(_check)(p.parse_args(argv))
 
 
 def _check(a: argparse.Namespace) -> int:
-    spec = load_dataset(a.root)
+    spec = load_dataset(a.root, a.allow_outside_root)
     problems = check_dataset(spec, a.workers)
     for prob in problems:
         print(prob, file=sys.stderr if prob.level == "error" else sys.stdout)

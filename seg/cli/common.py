@@ -1,9 +1,8 @@
 """Shared plumbing for the entry points: one exit-code rule, one-line errors, one log format.
 
-Every command's ``main`` is wrapped by :func:`command` (plain commands; the composed ones through
-``seg.cli.compose.hydra_main``): a :class:`~seg.errors.SegError` prints as ``error: <line>`` (a list of
-problems: one line each) and exits 2, Ctrl-C exits 130 and SIGTERM 143, each with the line saying how to
-resume (:mod:`seg.errors` has the table).
+Every command's ``main`` is wrapped by :func:`command` (the composed ones through ``seg.cli.compose``): a
+:class:`~seg.errors.SegError` prints as ``error: <line>`` (one line per problem) and exits 2, Ctrl-C exits
+130 and SIGTERM 143, each with how to resume (:mod:`seg.errors` has the table).
 """
 
 from __future__ import annotations
@@ -14,7 +13,8 @@ import signal
 import sys
 from collections.abc import Callable
 
-from seg.errors import ExitCode, Interrupted, SegError
+from seg.config import configure_threads
+from seg.errors import ExitCode, Interrupted, SegError, Signals
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -37,7 +37,9 @@ class _Terminated(BaseException):
 
 
 def _on_sigterm(signum, frame) -> None:
-    raise _Terminated()
+    Signals.received = signum
+    if not Signals.deferred:
+        raise _Terminated()
 
 
 def command(fn: Callable[..., int | None]) -> Callable[..., int]:
@@ -52,6 +54,7 @@ def command(fn: Callable[..., int | None]) -> Callable[..., int]:
         except ValueError:  # not the main thread: leave signals alone
             previous = None
         try:
+            configure_threads()
             return int(fn(*args, **kwargs) or 0)
         except Interrupted as e:
             report(e)

@@ -8,44 +8,28 @@ import logging
 import sys
 from pathlib import Path
 
+from seg.cli.args import plan_overrides, register_resolvers, resume_line
 from seg.cli.common import command, report
+from seg.cli.explain import explain_composition
 from seg.config import CONF_DIR, UserError
 from seg.errors import ExitCode, Interrupted, SegError
 
 
-def plan_overrides(args: list[str]) -> list[str]:
-    """``plan=PLAN.yaml`` (a file written by seg-plan) -> Hydra overrides that compose it as an experiment.
+def check_composition(config_name: str, argv: list[str]) -> None:
+    """Compose the command line's overrides first: a mistyped key or option is seg's one line (exit 2), not
+    Hydra's page. Flags (``--help``, ``-m``, ``--cfg``) and ``hydra.`` overrides are Hydra's own."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
 
-    The plan is linked as ``experiment/<name>.yaml`` into a folder added to Hydra's search path, so it
-    composes exactly like the experiments in ``conf/experiment`` and later command-line overrides win.
-    """
-    import tempfile
-
-    plans = [a for a in args if a.startswith("plan=")]
-    if not plans:
-        return list(args)
-    if len(plans) > 1 or any(a.split("=", 1)[0].lstrip("+~") == "experiment" for a in args):
-        raise UserError("give one plan=PLAN.yaml, and no experiment= beside it (a plan is an experiment)")
-    path = Path(plans[0].split("=", 1)[1]).expanduser().resolve()
-    if not path.is_file():
-        raise UserError(f"{path}: plan file does not exist (write one with seg-plan)")
-    search = Path(tempfile.mkdtemp(prefix="seg_plan_"))
-    (search / "experiment").mkdir()
-    name = "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in path.stem)
-    (search / "experiment" / f"{name}.yaml").symlink_to(path)
-    rest = [a for a in args if not a.startswith("plan=")]
-    return [f"hydra.searchpath=[file://{search}]", f"experiment={name}", *rest]
-
-
-def _register_resolvers() -> None:
-    """``${seg_name:VALUE,DEFAULT}``: VALUE (an experiment's name, a plan's stem) or DEFAULT when unset."""
-    from omegaconf import OmegaConf
-
-    def name(value, default):
-        return default if value in (None, "", "None", "null") else Path(str(value)).stem
-
-    if not OmegaConf.has_resolver("seg_name"):
-        OmegaConf.register_new_resolver("seg_name", name)
+    if any(a.startswith("-") for a in argv):
+        return
+    overrides = [a for a in argv if not a.split("=", 1)[0].lstrip("+~").startswith("hydra.")]
+    searchpath = [a for a in argv if a.startswith("hydra.searchpath=")]  # plan=: its experiment's folder
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+            compose(config_name, overrides=searchpath + overrides)
+    except HydraException as e:
+        raise UserError(explain_composition(e, config_name, searchpath + overrides)) from None
 
 
 def hydra_main(config_name: str):
@@ -63,20 +47,25 @@ def hydra_main(config_name: str):
                 return task(cfg)
             except Interrupted as e:
                 report(e)
+                print(resume_line(config_name, args, e), file=sys.stderr)
                 raise SystemExit(e.code) from None
             except SegError as e:
                 logging.getLogger("seg").debug("user error", exc_info=True)
                 report(e)
                 raise SystemExit(int(ExitCode.REFUSED)) from None
 
-        _register_resolvers()
+        register_resolvers()
         if not Path(CONF_DIR).is_dir():
             raise SystemExit(f"error: config folder {CONF_DIR} not found (set SEG_CONF_DIR)")
         run = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)(wrapped)
 
+        args: list[str] = []
+
         @functools.wraps(task)
         def entry():
+            args[:] = sys.argv[1:]
             sys.argv[1:] = plan_overrides(sys.argv[1:])
+            check_composition(config_name, sys.argv[1:])
             return run()
 
         def main() -> int:  # Hydra's main returns None: the exit status is what command() decided

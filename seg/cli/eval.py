@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-surface", action="store_true", help="skip HD95, ASD and surface Dice (fast)")
     p.add_argument("--tolerance-mm", type=float, default=2.0, help="surface Dice tolerance")
     p.add_argument("--bins", type=float, nargs="+", default=[3.0], help="volume bin edges in ml")
+    p.add_argument("--matching", choices=["hungarian", "raidionics"], default="hungarian", help="object matching")
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--allow-missing", action="store_true", help="exit 0 although references have no prediction")
     from seg.cli.common import command
@@ -42,7 +43,7 @@ def _eval(a: argparse.Namespace) -> int:
 
     labels = read_labels(a.dataset_json) if a.dataset_json else None
     out = a.output or a.pred
-    s = evaluate_folders(a.pred, a.labels, labels, out, not a.no_surface, a.tolerance_mm, a.bins, a.workers)
+    s = evaluate_folders(a.pred, a.labels, labels, out, not a.no_surface, a.tolerance_mm, a.bins, a.workers, a.matching)
     print(f"{len(s['metric_per_case'])} cases; per label: mean Dice, HD95 mm, ASD mm (missed / spurious cases)")
     for k, v in s["mean"].items():
         print(
@@ -54,8 +55,13 @@ def _eval(a: argparse.Namespace) -> int:
         print(f"BAD {b['case']}: {b['problem']}", file=sys.stderr)
     if s["missing_cases"]:
         print(f"MISSING {len(s['missing_cases'])} predictions: {', '.join(s['missing_cases'][:20])}", file=sys.stderr)
-    for cid, ids in s["undeclared_labels"].items():
-        print(f"UNDECLARED {cid}: label ids {ids} are not in the dataset's labels (not scored)", file=sys.stderr)
+    for c in s["metric_per_case"]:
+        if c.get("undeclared_labels"):
+            print(
+                f"UNDECLARED {c['prediction_file']}: label ids {c['undeclared_labels']} are not in the dataset's "
+                "labels (not scored)",
+                file=sys.stderr,
+            )
     return 1 if s["bad_cases"] or (s["missing_cases"] and not a.allow_missing) else 0
 
 

@@ -17,7 +17,9 @@ def main(cfg) -> None:
     from seg.run.kfold import closing_line, kfold
 
     s = kfold(cfg)
-    print(closing_line(s, Path(cfg.cv.get("run_dir") or cfg.paths.output_dir)))
+    run = Path(cfg.cv.get("run_dir") or cfg.paths.output_dir)
+    print(closing_line(s, run))
+    print(f"next: seg-predict -m {run / 'model'} -i INPUT -o OUTPUT")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""``seg-plan DATASET [--net unet] [--budget 20m] [--device cpu|cuda] [--memory-gb N] [-o PLAN.yaml]``.
+"""``seg-plan DATASET [--net unet] [--budget 20m] [--device auto|cpu|cuda] [--devices N] [-o PLAN.yaml]``.
 
 Fingerprints the dataset, measures the cost of candidate widths and patches on this device (or estimates
 them for one that is not present), and writes an experiment config that ``seg-train plan=PLAN.yaml`` and
@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dataset", help="dataset folder (MSD or nnU-Net raw, with dataset.json)")
     p.add_argument("--net", default="unet", help="registered network to plan (default unet)")
     p.add_argument("--budget", default="20m", help="training time: 20m, 1h, 1h30m, DD:HH:MM:SS (default 20m)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: cuda when present")
+    p.add_argument("--devices", type=int, default=1, help="GPUs to train on: more than 1 plans DDP (default 1)")
     p.add_argument(
         "--memory-gb",
         type=float,
@@ -43,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _plan(a: argparse.Namespace, argv: list[str] | None) -> int:
+    import torch
+
     from seg.cli.common import setup_logging
     from seg.io import write_text
     from seg.plan.planfile import plan_table, plan_yaml
@@ -52,14 +55,23 @@ def _plan(a: argparse.Namespace, argv: list[str] | None) -> int:
     name = Path(a.dataset).resolve().name
     out = Path(a.output or f"outputs/plans/{name}_{a.net}_{a.budget.replace(':', '-')}.yaml")
     cache = Path(a.fingerprint) if a.fingerprint else out.with_suffix(".fingerprint.json")
-    plan = make_plan(a.dataset, a.net, a.budget, a.device, a.memory_gb, cache, a.min_steps or MIN_STEPS, not a.quiet)
+    device = "cuda" if a.device == "auto" and torch.cuda.is_available() else "cpu" if a.device == "auto" else a.device
+    steps = a.min_steps or MIN_STEPS
+    plan = make_plan(a.dataset, a.net, a.budget, device, a.memory_gb, cache, steps, not a.quiet, a.devices)
     command = "seg-plan " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
-    # a dataset given relative to the project folder stays relative to it (plans committed in conf/)
-    rel = None if Path(a.dataset).is_absolute() else "${paths.root_dir}/" + Path(a.dataset).as_posix()
-    write_text(out, plan_yaml(plan, command, rel, out.stem))
+    write_text(out, plan_yaml(plan, command, dataset_as(plan.dataset), out.stem))
     print(plan_table(plan))
     print(f"\nplan: {out}\nnext: seg-train plan={out}")
     return 0
+
+
+def dataset_as(dataset: str) -> str:
+    """How the plan names its dataset: resolved when written, never against a later working folder; under the
+    project's real-data folder as ``${seg_shared:...}`` (so a plan committed in conf/ holds on any machine)."""
+    from seg.config import shared_data
+
+    path, shared = Path(dataset).resolve(), Path(shared_data()).resolve()
+    return "${seg_shared:" + path.relative_to(shared).as_posix() + "}" if path.is_relative_to(shared) else str(path)
 
 
 _plan.prog = "seg-plan"

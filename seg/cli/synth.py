@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _synth(a: argparse.Namespace) -> int:
     from seg.errors import UserError
+    from seg.io import check_space
 
     if a.num_cases < 1:
         raise UserError(f"-n {a.num_cases}: at least 1 case")
@@ -36,6 +37,7 @@ def _synth(a: argparse.Namespace) -> int:
         raise UserError(f"{out}: exists and is not a folder")
     if (out / "dataset.json").exists() and not a.overwrite:
         raise UserError(f"{out}: holds a dataset already (dataset.json); --overwrite to replace it, or another -o")
+    check_space(out, a.num_cases * 5 * a.shape[0] * a.shape[1] * a.shape[2])  # float32 image + uint8 label
     out = write_dataset(out, a.num_cases, a.seed, tuple(a.shape), a.layout)
     print(f"wrote {a.num_cases} synthetic cases to {out}")
     print(f"next: seg-check-data {out}")

@@ -15,7 +15,10 @@ def main(cfg) -> float | None:
     """Train; returns ``val/dice_best`` (what a Hydra sweeper, e.g. Optuna's, maximises)."""
     from seg.run.train import train
 
-    return train(cfg).metrics.get("val/dice_best")
+    result = train(cfg)
+    if result.model_bundle is not None:
+        print(f"next: seg-predict -m {result.model_bundle} -i INPUT -o OUTPUT")
+    return result.metrics.get("val/dice_best")
 
 
 if __name__ == "__main__":

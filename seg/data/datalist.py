@@ -83,14 +83,21 @@ def _read_json(path: Path) -> dict:
         raise DatasetError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
 
 
-def load_dataset(root: str | Path) -> DatasetSpec:
-    """Read an MSD or nnU-Net raw dataset folder (its ``dataset.json``)."""
+def load_dataset(root: str | Path, allow_outside_root: bool = False) -> DatasetSpec:
+    """Read an MSD or nnU-Net raw dataset folder (its ``dataset.json``).
+
+    ``allow_outside_root``: accept ``dataset.json`` entries that point outside the dataset folder (``../``,
+    absolute paths). Off by default: a dataset.json copied from elsewhere must not make seg read, and train
+    on, files its user never put in the dataset (``data.allow_outside_root=true``, ``--allow-outside-root``).
+    """
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise DatasetError(f"{root}: dataset folder does not exist")
     meta_path = root / "dataset.json"
     meta = _read_json(meta_path)
     if "training" in meta:
+        if not allow_outside_root:
+            _check_inside(root, meta_path, meta["training"])
         return _load_msd(root, meta_path, meta)
     if "channel_names" in meta:
         return _load_nnunet(root, meta_path, meta)
@@ -112,6 +119,28 @@ def read_labels(path: str | Path) -> dict[int, str]:
         raise DatasetError(f"{path}: no 'labels' mapping (MSD or nnU-Net dataset.json)")
     name_to_id = all(isinstance(v, (int, list, tuple)) for v in meta["labels"].values()) and "training" not in meta
     return _parse_label_ids(path, meta["labels"], name_to_id=name_to_id)
+
+
+def _check_inside(root: Path, meta_path: Path, training) -> None:
+    """Every training entry's files lie inside ``root`` (lexically: a symlinked folder inside it is inside)."""
+    import os
+
+    if not isinstance(training, list):
+        return
+    for k, item in enumerate(training):
+        if not isinstance(item, dict):
+            continue
+        for key in ("image", "label"):
+            values = item.get(key)
+            for v in values if isinstance(values, list) else [values]:
+                if not isinstance(v, str):
+                    continue
+                full = os.path.normpath(v if os.path.isabs(v) else os.path.join(root, v))
+                if os.path.commonpath([full, str(root)]) != str(root):
+                    raise DatasetError(
+                        f"{meta_path}: training entry {k} {key} {v!r} points outside the dataset folder; "
+                        "move it in, or allow it explicitly (data.allow_outside_root=true, --allow-outside-root)"
+                    )
 
 
 def _channel_names(meta_path: Path, channels, key: str) -> list[str]:

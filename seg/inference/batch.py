@@ -58,6 +58,7 @@ class BatchOptions:
     workers: int = 1
     progress: bool = False
     progress_log: bool = False  # a log line per case done (logs without a terminal: k-fold's out-of-fold pass)
+    keep_summary: bool = False  # add to an existing summary.csv (seg-predict --continue) instead of replacing it
 
     def __post_init__(self) -> None:
         self.probabilities = check_option("probabilities", self.probabilities, ProbabilityFormat)
@@ -116,7 +117,20 @@ def write_overlay(pr: Prediction, path: Path, title: str, labels: dict | None = 
     overlay_montage(img, pr.labels, path, title, pr.reference.affine, label_names=labels)
 
 
-def write_summary_csv(path: Path, rows: list[dict], failures: list[tuple[str, str]]) -> None:
+def read_summary_csv(path: Path) -> list[dict]:
+    """The rows of an earlier ``summary.csv`` (none when there is none or it cannot be read)."""
+    try:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return []
+
+
+def write_summary_csv(path: Path, rows: list[dict], failures: list[tuple[str, str]], keep: list[dict] = ()) -> None:
+    """``summary.csv``: this batch's rows and failures, after the rows of ``keep`` (an earlier summary's, for the
+    cases this batch did not touch: ``--continue`` adds to a summary instead of replacing it)."""
+    touched = {r["case"] for r in rows} | {cid for cid, _ in failures}
+    rows = [r for r in keep if r.get("case") not in touched] + list(rows)
     buf = io.StringIO()
     cols = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("case", "mask"), k)) or ["case", "mask"]
     w = csv.DictWriter(buf, fieldnames=cols)
@@ -131,12 +145,12 @@ def write_summary_csv(path: Path, rows: list[dict], failures: list[tuple[str, st
 def predict_one(
     case: InputCase, predictor: Predictor, out: Path, options: BatchOptions, labels: Mapping[int, str]
 ) -> dict:
-    """Predict one (already validated) case and write its outputs; returns its summary row."""
+    """Predict one (already validated) case and write its outputs; returns its summary row. The mask is written
+    last: a mask on disk means every output of its case is whole (``--continue`` trusts exactly that)."""
     t0 = time.perf_counter()
     target = out / case.output_name
     pr = predictor.predict(case.files if len(case.files) > 1 else case.files[0])
     t_w = time.perf_counter()
-    save_mask(pr.labels, pr.reference, target)
     if options.probabilities != ProbabilityFormat.NONE:
         write_probabilities(pr, out / stem(case.output_name), options.probabilities)
     report = {
@@ -144,19 +158,23 @@ def predict_one(
         "inputs": case.files,
         "mask": str(target),
         "labels": case_report(pr.labels, labels, pr.reference.header.get_zooms()[:3]),
+        "postprocessing": {labels.get(k, str(k)): f"{n} components removed" for k, n in pr.removed.items()},
         "seconds": {**{k: round(v, 3) for k, v in pr.seconds.items()}, "write": round(time.perf_counter() - t_w, 3)},
     }
     if options.case_json:
         write_case_json(report, out / f"{stem(case.output_name)}.json")
     if options.overlay:
         write_overlay(pr, out / f"{stem(case.output_name)}.png", case.case_id, labels)
+    save_mask(pr.labels, pr.reference, target)
     secs = report["seconds"]
+    post = "; ".join(f"{k} {v}" for k, v in report["postprocessing"].items())
     log.info(
-        "%s: %s (%.1f s: %s)",
+        "%s: %s (%.1f s: %s)%s",
         case.case_id,
         target.name,
         time.perf_counter() - t0,
         ", ".join(f"{k} {v:.2f}" for k, v in secs.items()),
+        f"; postprocessed: {post}" if post else "",
     )
     return {
         "case": case.case_id,
@@ -235,5 +253,10 @@ def predict_cases(
         if progress is not None:
             progress.stop()
     if options.summary_csv:
-        write_summary_csv(out / "summary.csv", result.written, result.failures)
+        keep = read_summary_csv(out / "summary.csv") if options.keep_summary else []
+        try:
+            write_summary_csv(out / "summary.csv", result.written, result.failures, keep)
+        except OSError as e:  # a full disk after all the work: the masks are written, the summary is not
+            result.failures.append(("summary.csv", f"{out / 'summary.csv'}: not written ({e.strerror or e})"))
+            log.error("%s: summary.csv not written (%s)", out, e.strerror or e)
     return result

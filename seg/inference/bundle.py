@@ -8,15 +8,19 @@ Nothing is pickled: moving a class breaks no bundle.
 
 from __future__ import annotations
 
+import copy
 import datetime
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 import torch
 import yaml
 
+from seg.config import check_option
+from seg.data.postprocess import Postprocessing
 from seg.data.transforms import Preprocessing
 from seg.errors import one_line
 from seg.inference.errors import BundleError
@@ -25,6 +29,20 @@ from seg.nn import create_net
 from seg.nn.inferer import InfererSpec
 
 FORMAT = "seg-model/1"
+# each fold's (and member's) weights: the final ones (the end of training: what the out-of-fold figures and
+# seg-predict use by default, nnU-Net's checkpoint_final) and the best validated ones beside them
+WEIGHTS = {"final": "weights.pt", "best": "weights_best.pt"}
+
+
+class Checkpoint(str, Enum):
+    """Which weights of a fold: ``final`` (default) or ``best``. The best checkpoint was chosen on the fold's
+    own validation cases, so out-of-fold figures of it are optimistic; the final weights are not chosen."""
+
+    FINAL = "final"
+    BEST = "best"
+
+
+MAX_LABEL_ID = 65535  # label maps are written as uint8 up to 255, uint16 up to this
 
 
 REQUIRED = ("net", "labels", "channel_names", "preprocessing", "folds")
@@ -82,6 +100,7 @@ class BundleMeta:
         folds: the folds whose weights the bundle holds (``fold_<k>/weights.pt``).
         threshold: the two-class operating point from a k-fold threshold scan, or None (argmax).
         members: networks per fold (an ensemble of seeds: ``fold_<k>/member_<m>/``).
+        postprocessing: what seg-predict does to each label map (decided by a k-fold run; none by default).
         extra: further records kept as they are (``member_seeds``, ``cv``, ``export``, ...).
     """
 
@@ -93,6 +112,7 @@ class BundleMeta:
     folds: list[int]
     threshold: float | None = None
     members: int = 1
+    postprocessing: Postprocessing = field(default_factory=Postprocessing)
     extra: dict = field(default_factory=dict)
     created: str = ""
 
@@ -112,9 +132,11 @@ class BundleMeta:
             preprocessing = Preprocessing.from_mapping(pre)
             labels = {int(k): str(v) for k, v in dict(meta["labels"]).items()}
             folds = [int(f) for f in meta["folds"]]
+            post = Postprocessing.from_mapping(meta.get("postprocessing"))
         except (TypeError, ValueError, AttributeError) as e:
             raise BundleError(f"{path}: {one_line(e)}") from None
-        known = set(REQUIRED) | {"format", "created", "inferer", "threshold", "members", "inverse"}
+        _check_values(path, labels, meta, folds)
+        known = set(REQUIRED) | {"format", "created", "inferer", "threshold", "members", "inverse", "postprocessing"}
         return cls(
             net=dict(meta["net"]),
             labels=labels,
@@ -124,6 +146,7 @@ class BundleMeta:
             folds=folds,
             threshold=meta.get("threshold"),
             members=int(meta.get("members") or 1),
+            postprocessing=post,
             extra={k: v for k, v in meta.items() if k not in known},
             created=str(meta.get("created") or ""),
         )
@@ -142,6 +165,7 @@ class BundleMeta:
             "threshold": self.threshold,
             "folds": sorted(int(f) for f in self.folds),
             **({"members": self.members} if self.members > 1 else {}),
+            **({"postprocessing": self.postprocessing.as_dict()} if self.postprocessing else {}),
             **self.extra,
         }
 
@@ -152,6 +176,36 @@ class BundleMeta:
     @property
     def in_channels(self) -> int:
         return len(self.channel_names)
+
+
+def _check_values(path: Path, labels: dict, meta: Mapping, folds: list[int]) -> None:
+    """model.yaml values that would predict wrongly or fail on every case: one line each, before any case."""
+    if len(labels) < 2 or 0 not in labels:
+        raise BundleError(f"{path}: labels must hold background 0 and at least one label, got {sorted(labels)}")
+    if not meta["channel_names"]:
+        raise BundleError(f"{path}: channel_names is empty: the model's input channels must be named")
+    if not folds:
+        raise BundleError(f"{path}: folds is empty: the bundle must name the folds whose weights it holds")
+    if any(i < 0 for i in labels) or max(labels) > MAX_LABEL_ID:
+        raise BundleError(f"{path}: label ids must be 0..{MAX_LABEL_ID}, got {sorted(labels)}")
+    thr = meta.get("threshold")
+    if thr is not None and (isinstance(thr, bool) or not isinstance(thr, (int, float)) or not 0 < thr <= 1):
+        raise BundleError(f"{path}: threshold {thr!r} is not a foreground probability in (0, 1] (or null: argmax)")
+    out = meta["net"].get("out_channels")
+    if out is not None and int(out) != len(labels):
+        raise BundleError(
+            f"{path}: the net has {out} output channels but labels names {len(labels)} classes ({sorted(labels)}): "
+            "the bundle's labels and weights do not belong together"
+        )
+
+
+def output_channels(net: torch.nn.Module, in_channels: int) -> int:
+    """The classes a network predicts, from one pass on the meta device (no memory, no compute)."""
+    dims = 3 if any(isinstance(m, torch.nn.Conv3d) for m in net.modules()) else 2
+    with torch.device("meta"):
+        out = copy.deepcopy(net).to("meta").eval()(torch.empty(1, in_channels, *([64] * dims)))
+    out = out[0] if isinstance(out, (list, tuple)) else out
+    return int(out.shape[1])
 
 
 @dataclass
@@ -190,6 +244,8 @@ class Bundle:
         threshold: float | str | None = None,
         engine: str = "torch",
         precision: str = "fp32",
+        checkpoint: str = "final",
+        postprocess: bool = True,
     ):
         """A :class:`~seg.inference.predictor.Predictor` over ``folds`` with the bundle's own settings;
         ``overlap`` and ``threshold`` (two-class models; ``"argmax"``: none) override the bundle's when given.
@@ -202,7 +258,7 @@ class Bundle:
         inferer = self.inferer if overlap is None else replace(self.inferer, overlap=overlap)
         thr = None if threshold == "argmax" else threshold if threshold is not None else self.meta.threshold
         return Predictor(
-            load_engine_nets(self, folds, engine, device, precision),
+            load_engine_nets(self, folds, engine, device, precision, checkpoint),
             self.labels,
             self.meta.channel_names,
             self.meta.preprocessing,
@@ -211,6 +267,7 @@ class Bundle:
             device=device,
             threshold=thr if len(self.labels) == 2 else None,
             precision=precision,
+            postprocessing=self.meta.postprocessing if postprocess else None,
         )
 
     def check_folds(self, folds: Sequence[int] | None) -> list[int]:
@@ -221,20 +278,30 @@ class Bundle:
             raise BundleError(f"{self.root / 'model.yaml'}: folds {unknown} not in the bundle (has {self.folds})")
         return folds
 
-    def load_nets(self, folds: Sequence[int] | None = None, device: str = "cpu") -> list[torch.nn.Module]:
-        """One network per fold and member, weights loaded with ``weights_only=True``; every problem one line
-        naming the file."""
+    def load_nets(
+        self, folds: Sequence[int] | None = None, device: str = "cpu", checkpoint: str = "final"
+    ) -> list[torch.nn.Module]:
+        """One network per fold and member, the ``checkpoint``'s weights (``final`` or ``best``) loaded with
+        ``weights_only=True``; every problem one line naming the file."""
         folds = self.check_folds(folds)
+        file = WEIGHTS[check_option("--checkpoint", checkpoint, Checkpoint)]
         net_cfg = dict(self.meta.net)
         name = net_cfg.pop("name")
         nets = []
-        for path in (d / "weights.pt" for k in folds for d in self.member_dirs(k)):
+        for path in (d / file for k in folds for d in self.member_dirs(k)):
             state = load_weights(path, device)
             try:
                 net = create_net(name, **net_cfg)
             except (KeyError, TypeError, ValueError) as e:
                 raise BundleError(f"{self.root / 'model.yaml'}: net {name!r} cannot be built ({one_line(e)})") from None
             check_state_fits(net, state, path, name)
+            if not nets:  # what the weights predict must be what model.yaml's labels name
+                k = output_channels(net, self.meta.in_channels)
+                if k != len(self.labels):
+                    raise BundleError(
+                        f"{self.root / 'model.yaml'}: the net predicts {k} classes but labels names "
+                        f"{len(self.labels)} ({sorted(self.labels)}): labels and weights do not belong together"
+                    )
             net.load_state_dict(state)
             nets.append(net.eval())
         return nets
@@ -290,23 +357,29 @@ def read_checkpoint(ckpt_path: str | Path) -> tuple[dict, dict]:
 
 
 def export_run_bundle(
-    model_dir: str | Path, ckpt: str | Path, spec, preprocessing: Preprocessing, fold: int
+    model_dir: str | Path,
+    final_state: Mapping[str, torch.Tensor],
+    best_ckpt: str | Path | None,
+    hparams: Mapping,
+    spec,
+    preprocessing: Preprocessing,
+    fold: int,
 ) -> Path:
-    """Write fold ``fold``'s weights from a Lightning checkpoint and ``model.yaml``.
-
-    The network's ``{name, kwargs}`` and the inferer spec are read from the checkpoint's own
-    hyper-parameters, so the bundle describes exactly what was trained and validated.
-    """
-    state, hp = read_checkpoint(ckpt)
+    """Write fold ``fold``'s final weights (the network as training left it), its best checkpoint's weights
+    beside them when there is one, and ``model.yaml``. The network's ``{name, kwargs}`` and the inferer spec
+    come from the module's own hyper-parameters, so the bundle describes exactly what was trained."""
     model_dir = Path(model_dir)
-    save_weights(state, model_dir / f"fold_{fold}" / "weights.pt")
+    save_weights(final_state, model_dir / f"fold_{fold}" / WEIGHTS["final"])
+    if best_ckpt is not None:
+        save_weights(read_checkpoint(best_ckpt)[0], model_dir / f"fold_{fold}" / WEIGHTS["best"])
     meta = BundleMeta(
-        net=hp["net"],
+        net=dict(hparams["net"]),
         labels=spec.labels,
         channel_names=list(spec.channel_names),
         preprocessing=preprocessing,
-        inferer=InfererSpec.from_mapping(hp.get("inferer")),
+        inferer=InfererSpec.from_mapping(hparams.get("inferer")),
         folds=[fold],
+        extra={"weights": dict(WEIGHTS) if best_ckpt is not None else {"final": WEIGHTS["final"]}},
     )
     return write_bundle_meta(model_dir, meta)
 
@@ -320,7 +393,9 @@ def bundle_members(out: str | Path, fold: int, member_bundles: Sequence[Path], s
     out = Path(out)
     for src, d in zip(member_bundles, member_dirs(out, fold, len(member_bundles))):
         d.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(Path(src) / f"fold_{fold}" / "weights.pt", d / "weights.pt")
+        for file in WEIGHTS.values():
+            if (Path(src) / f"fold_{fold}" / file).is_file():
+                shutil.copyfile(Path(src) / f"fold_{fold}" / file, d / file)
     meta = load_bundle(member_bundles[0]).meta
     meta.members = len(member_bundles)
     meta.extra = {**meta.extra, "member_seeds": [int(s) for s in seeds]}

@@ -37,36 +37,54 @@ def _ending(p: Path) -> str:
     return ".nii.gz" if p.name.endswith(".nii.gz") else ".nii"
 
 
-def discover(input_path: str | Path, n_channels: int) -> list[InputCase]:
-    """Group the input into cases. Files named ``CASE_0000`` ... ``CASE_{n-1:04d}`` form one multi-channel
-    case (nnU-Net's habit); any other NIfTI file is a single-channel case. A case that cannot be predicted
-    (a channel missing, two files with one case id, an image in another format) is returned with its
-    ``problem`` set, so the batch reports it beside the others."""
+def _listing(input_path: Path) -> tuple[list[Path], list[InputCase]]:
+    """The NIfTI files of the input, and the entries named in one line each instead: images in another format,
+    and what is named like NIfTI but is no regular file (a folder, a broken link, a pipe)."""
     from seg.config import UserError
 
-    input_path = Path(input_path)
-    others: list[Path] = []
     if _is_nifti(input_path):
-        files = [input_path]
-    elif input_path.is_file():
+        return [input_path], []
+    if input_path.is_file():
         raise UserError(f"{input_path}: not a NIfTI file (.nii, .nii.gz); convert it first (e.g. with SimpleITK)")
-    elif input_path.is_dir():
-        entries = sorted(input_path.iterdir())
-        files = [p for p in entries if _is_nifti(p)]
-        others = [
-            p for p in entries if p.is_file() and p.name.lower().endswith(NOT_NIFTI) and not p.name.startswith(".")
-        ]
-    else:
-        raise FileNotFoundError(f"{input_path}: no such NIfTI file or folder")
+    if not input_path.is_dir():
+        raise UserError(f"{input_path}: no such NIfTI file or folder")
+    entries = [p for p in sorted(input_path.iterdir()) if not p.name.startswith(".")]
+    named: list[InputCase] = []
+    for p in entries:
+        if p.is_file() and p.name.lower().endswith(NOT_NIFTI):
+            named.append(
+                InputCase(
+                    case_id_from_path(p), [str(p)], f"{p.name}: not NIfTI (.nii, .nii.gz); convert it first", p.name
+                )
+            )
+        elif p.name.endswith(NIFTI_ENDINGS) and not p.is_file():
+            kind = (
+                "a folder"
+                if p.is_dir()
+                else "a broken link"
+                if p.is_symlink() and not p.exists()
+                else "no regular file"
+            )
+            named.append(InputCase(case_id_from_path(p), [str(p)], f"{p.name}: {kind}, not a NIfTI file", p.name))
+    return [p for p in entries if _is_nifti(p)], named
+
+
+def _group(files: list[Path], n_channels: int) -> list[InputCase]:
+    """Files named ``CASE_0000`` ... form one multi-channel case; any other file is a single-channel case."""
     grouped: dict[str, dict[int, Path]] = {}
-    single: list[Path] = []
+    cases = []
     for f in files:
         m = CHANNEL.match(case_id_from_path(f))
         if m and (n_channels > 1 or m.group("ch") == "0000"):
             grouped.setdefault(m.group("case"), {})[int(m.group("ch"))] = f
         else:
-            single.append(f)
-    cases = []
+            cid = case_id_from_path(f)
+            problem = (
+                None
+                if n_channels == 1
+                else f"the model needs {n_channels} channel files ({cid}_0000 ...), got one file"
+            )
+            cases.append(InputCase(cid, [str(f)], problem, f.name))
     for cid, chans in sorted(grouped.items()):
         first = next(iter(chans.values()))
         missing = [c for c in range(n_channels) if c not in chans]
@@ -78,27 +96,28 @@ def discover(input_path: str | Path, n_channels: int) -> list[InputCase]:
         elif extra:
             names = ", ".join(f"{cid}_{c:04d}" for c in extra)
             problem = f"unexpected channel file(s) {names} (the model takes {n_channels})"
-        files_ = [str(chans[c]) for c in sorted(chans)]
-        cases.append(InputCase(cid, files_, problem, cid + _ending(first)))
-    for f in single:
-        cid = case_id_from_path(f)
-        problem = (
-            None if n_channels == 1 else f"the model needs {n_channels} channel files ({cid}_0000 ...), got one file"
-        )
-        cases.append(InputCase(cid, [str(f)], problem, f.name))
-    by_id: dict[str, list[InputCase]] = {}
-    for c in cases:
-        by_id.setdefault(c.case_id, []).append(c)
-    for cid, same in by_id.items():
-        if len(same) > 1:
-            names = ", ".join(Path(c.files[0]).name for c in same)
-            for c in same:
-                c.problem = f"case id {cid!r} is given by {len(same)} inputs ({names}): rename or remove one"
-    for p in others:
-        cases.append(
-            InputCase(case_id_from_path(p), [str(p)], f"{p.name}: not NIfTI (.nii, .nii.gz); convert it first", p.name)
-        )
-    return cases
+        cases.append(InputCase(cid, [str(chans[c]) for c in sorted(chans)], problem, cid + _ending(first)))
+    return sorted(cases, key=lambda c: (c.case_id, c.files[0]))
+
+
+def discover(input_path: str | Path, n_channels: int) -> list[InputCase]:
+    """Group the input into cases. Files named ``CASE_0000`` ... ``CASE_{n-1:04d}`` form one multi-channel
+    case (nnU-Net's habit); any other NIfTI file is a single-channel case. A case that cannot be predicted
+    (a channel missing, two inputs with one case id or one output name, an image in another format, an entry
+    that is no regular file) is returned with its ``problem`` set, so the batch reports it beside the others."""
+    files, named = _listing(Path(input_path))
+    cases = _group(files, n_channels)
+    for key in ("case_id", "output_name"):  # one case per id, one output file per case
+        by: dict[str, list[InputCase]] = {}
+        for c in cases:
+            by.setdefault(getattr(c, key), []).append(c)
+        for value, same in by.items():
+            if len(same) > 1:
+                names = ", ".join(Path(c.files[0]).name for c in same)
+                what = "case id" if key == "case_id" else "output name"
+                for c in same:
+                    c.problem = f"{what} {value!r} is given by {len(same)} inputs ({names}): rename or remove one"
+    return cases + named
 
 
 def check_volume(name: str, v) -> tuple[str | None, list[str]]:

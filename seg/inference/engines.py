@@ -25,6 +25,7 @@ import torch.nn as nn
 from seg.config import Precision, check_option
 from seg.errors import UserError, one_line
 from seg.inference.errors import BundleError
+from seg.io import file_sha256
 from seg.nn.inferer import first_output
 from seg.nn.utils import prepare_for_inference
 
@@ -109,24 +110,40 @@ def check_engine(engine: str, device: str, precision: str) -> str:
     return engine
 
 
-def load_engine_nets(bundle, folds: Sequence[int] | None, engine: str, device: str, precision: str) -> list:
-    """The engine nets of ``folds`` (every ensemble member of each) of ``bundle``, after :func:`check_engine`."""
+def load_engine_nets(
+    bundle, folds: Sequence[int] | None, engine: str, device: str, precision: str, checkpoint: str = "final"
+) -> list:
+    """The engine nets of ``folds`` (every ensemble member of each) of ``bundle``, after :func:`check_engine`.
+    ONNX Runtime runs the exported files, which seg-export makes of the final weights."""
     engine = check_engine(engine, device, precision)
     if engine == Engine.ONNXRUNTIME:
+        if checkpoint != "final":
+            raise UserError("--checkpoint best is for --engine torch: seg-export exports the final weights")
         return [OrtNet(p) for p in onnx_paths(bundle, folds)]
-    return [TorchNet(m, device, precision) for m in bundle.load_nets(folds)]
+    return [TorchNet(m, device, precision) for m in bundle.load_nets(folds, checkpoint=checkpoint)]
 
 
 def onnx_paths(bundle, folds: Sequence[int] | None) -> list[Path]:
-    """Each fold's (and member's) ``model.onnx``; a missing one is a one-line error naming it."""
+    """Each fold's (and member's) ``model.onnx``, each one checked against the export record in ``model.yaml``:
+    it is the file seg-export wrote (its sha256), from the weights the bundle holds now (theirs). A missing,
+    swapped or stale file is a one-line error naming it: it would predict, silently, for another model."""
+    record = ((bundle.meta.extra.get("export") or {}).get("onnx") or {}).get("files") or {}
     paths = []
     for k in bundle.check_folds(folds):
         for d in bundle.member_dirs(k):
             path = d / "model.onnx"
+            fix = f"re-export: seg-export -m {bundle.root}"
             if not path.is_file():
+                raise BundleError(f"{path}: missing: --engine onnxruntime needs an exported bundle ({fix})")
+            rec = record.get(str(d.relative_to(bundle.root)))
+            if rec is None:
+                raise BundleError(f"{path}: not recorded in model.yaml's export (an older or foreign file): {fix}")
+            if file_sha256(path) != rec.get("sha256"):
                 raise BundleError(
-                    f"{path}: missing: --engine onnxruntime needs an exported bundle (seg-export -m {bundle.root})"
+                    f"{path}: changed since seg-export wrote it (its sha256 is not the recorded one): {fix}"
                 )
+            if file_sha256(d / "weights.pt") != rec.get("weights_sha256"):
+                raise BundleError(f"{path}: exported from other weights than {d / 'weights.pt'} holds now: {fix}")
             paths.append(path)
     return paths
 

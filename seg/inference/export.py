@@ -30,7 +30,7 @@ import torch.nn as nn
 from seg.errors import one_line
 from seg.inference.bundle import FORMAT, Bundle, BundleError, write_bundle_meta
 from seg.inference.engines import OrtNet
-from seg.io import atomic_write_bytes
+from seg.io import atomic_write_bytes, file_sha256
 from seg.nn.inferer import first_output
 from seg.nn.registry import net_card
 from seg.nn.utils import fuse_conv_bn
@@ -43,6 +43,7 @@ OPSET = 18
 PARITY_TOL = 1e-4  # max |softmax difference| allowed between the exported model and PyTorch (fp32)
 # two check sizes (multiples of 16: every registered net's pooling takes them); the second is anisotropic
 CHECK_SHAPES = ((32, 32, 32), (48, 32, 64))
+
 
 class ExportError(BundleError):
     """A network cannot be exported (one line: which and why)."""
@@ -191,13 +192,33 @@ def onnx_metadata(bundle: Bundle) -> dict:
     }
 
 
+def _check_target(bundle: Bundle, root: Path, where: list) -> None:
+    """Before any work: ``-o`` holds no other bundle, and every folder an export lands in takes a file."""
+    import tempfile
+
+    if root.resolve() != bundle.root.resolve() and (root / "model.yaml").exists():
+        raise ExportError(f"{root}: holds a model bundle already (model.yaml): give -o an empty or new folder")
+    for _, d in where:
+        folder = root / d
+        probe = folder if folder.exists() else next(p for p in folder.parents if p.exists())
+        try:
+            with tempfile.NamedTemporaryFile(dir=probe, prefix=".seg_write_test."):
+                pass
+        except OSError as e:
+            why = e.strerror or e
+            raise ExportError(f"{probe}: cannot write the export there ({why}); nothing was written") from None
+
+
 def export_bundle(
     bundle: Bundle, fmt: str = "onnx", folds: Sequence[int] | None = None, out: str | Path | None = None
 ) -> dict:
     """Export ``folds`` of ``bundle`` into ``out`` (default: the bundle itself) and record it in ``model.yaml``.
 
     With ``out`` given, the bundle is copied there (model.yaml + weights) and the exports land in the copy:
-    the source is never written. Returns the ``export`` record written to ``model.yaml``.
+    the source is never written. Everything is checked before the first file is written (the formats, the
+    net, the target folders); the record ties each exported file to its bundle: the sha256 of the weights it
+    was exported from and of the file itself, and the parity figure (``seg-predict --engine onnxruntime``
+    refuses a file that does not match). Returns the ``export`` record written to ``model.yaml``.
     """
     import shutil
 
@@ -207,29 +228,39 @@ def export_bundle(
     name = bundle.meta.net_name
     check_exportable(name)  # before loading weights: the answer does not depend on them
     nets = bundle.load_nets(folds)
-    root = bundle.root
+    root = Path(out) if out is not None else bundle.root
     # (fold, member folder relative to the bundle) in the order load_nets returns the networks
     where = [(k, d.relative_to(bundle.root)) for k in folds for d in bundle.member_dirs(k)]
-    if out is not None:
-        root = Path(out)
-        if root.resolve() != bundle.root.resolve():
-            for _, d in where:
-                (root / d).mkdir(parents=True, exist_ok=True)
-                shutil.copy2(bundle.root / d / "weights.pt", root / d / "weights.pt")
-    in_channels = bundle.meta.in_channels
+    _check_target(bundle, root, where)
+    if root.resolve() != bundle.root.resolve():
+        for _, d in where:
+            (root / d).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(bundle.root / d / "weights.pt", root / d / "weights.pt")
     metadata = onnx_metadata(bundle)
     figures: dict = {}
+    files: dict = {}
     for (k, d), net in zip(where, nets):
         path = root / d / FILES[fmt]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        diff = export_fold(net, name, in_channels, fmt, path, metadata)
+        diff = export_fold(net, name, bundle.meta.in_channels, fmt, path, metadata)
         figures[k] = max(figures.get(k, 0.0), diff)  # the worst member of the fold
+        files[str(d)] = {
+            "weights_sha256": file_sha256(root / d / "weights.pt"),
+            "sha256": file_sha256(path),
+            "parity": diff,
+        }
         log.info("%s: %s written (softmax max |diff| vs PyTorch %.2g)", d, path, diff)
     meta = copy.deepcopy(bundle.meta)
     if out is not None:
         meta.folds = sorted(folds)
     exports = dict(meta.extra.get("export") or {})
-    exports[fmt] = {
+    exports[fmt] = _record(fmt, bundle, folds, figures, files)
+    meta.extra["export"] = exports
+    write_bundle_meta(root, meta)
+    return exports[fmt]
+
+
+def _record(fmt: str, bundle: Bundle, folds: list[int], figures: dict, files: dict) -> dict:
+    return {
         "file": f"fold_<k>/{FILES[fmt]}"
         + (f" (members 1..: fold_<k>/member_<m>/{FILES[fmt]})" if bundle.members > 1 else ""),
         "folds": sorted(folds),
@@ -240,8 +271,6 @@ def export_bundle(
         "bn_folded": True,
         "parity_max_abs_softmax_diff": {int(k): float(f"{v:.3g}") for k, v in figures.items()},
         "parity_inputs": [list(s) for s in CHECK_SHAPES],
+        "files": {d: {**f, "parity": float(f"{f['parity']:.3g}")} for d, f in files.items()},
         "versions": versions(),
     }
-    meta.extra["export"] = exports
-    write_bundle_meta(root, meta)
-    return exports[fmt]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from seg.config import UserError
+from seg.io import check_writable
 
 
 def check_paths(input_path: str | Path, output: str | Path) -> tuple[Path, Path]:
@@ -41,20 +42,8 @@ def resolve_device(name: str) -> str:
 
 
 def check_output_folder(out: Path) -> None:
-    """The output folder exists or can be made, is a folder, and takes a file (checked by writing one)."""
-    import tempfile
-
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: output exists and is not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"{out}: output folder cannot be created ({e.strerror or e})") from None
-    try:
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".seg_write_test."):
-            pass
-    except OSError as e:
-        raise UserError(f"{out}: output folder is not writable ({e.strerror or e})") from None
+    """The output folder is a folder that takes a file, or can be made (nothing is created here)."""
+    check_writable(out, "output folder")
 
 
 def existing_outputs(cases, out: Path, overwrite: bool, resume: bool) -> list:

@@ -19,6 +19,7 @@ from monai import transforms as T
 from seg.config import Precision
 from seg.data.datalist import DatasetSpec
 from seg.data.inverse import invert_to_original
+from seg.data.postprocess import Postprocessing
 from seg.data.transforms import Preprocessing, deterministic_transforms
 from seg.inference.engines import TorchNet, as_engine_net
 from seg.io import on_grid_of, save_nifti
@@ -26,12 +27,19 @@ from seg.nn.inferer import InfererSpec, sliding_window
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class Prediction:
     probabilities: torch.Tensor  # [K, *S] on the input's grid, float32
-    labels: np.ndarray  # [*S] uint8 label ids (the dataset's own ids) on the input's grid
+    labels: np.ndarray  # [*S] label ids (the dataset's own ids) on the input's grid, as label_dtype gives them
     reference: nib.Nifti1Image  # the input (first channel), whose grid the outputs share
     seconds: dict = field(default_factory=dict)  # per stage
+    removed: dict = field(default_factory=dict)  # label id -> components the postprocessing removed
+
+
+def label_dtype(label_ids) -> type:
+    """The smallest unsigned type that holds every label id: uint8 up to 255, else uint16."""
+    return np.uint8 if max(label_ids, default=0) <= 255 else np.uint16
 
 
 class Predictor:
@@ -51,6 +59,7 @@ class Predictor:
         threshold: for two-class models, foreground where its probability >= threshold (None: argmax).
         precision: ``fp32``, or ``bf16`` (torch nets under bf16 autocast; softmax and the ensemble stay in
             fp32); ONNX Runtime nets run as they were exported.
+        postprocessing: applied to the label map on the input's grid (see :mod:`seg.data.postprocess`).
     """
 
     def __init__(
@@ -64,6 +73,7 @@ class Predictor:
         device: str | torch.device = "cpu",
         threshold: float | None = None,
         precision: str = "fp32",
+        postprocessing: Postprocessing | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.nets = [as_engine_net(n, self.device, precision) for n in nets]
@@ -79,6 +89,7 @@ class Predictor:
         self.inferer = inferer
         self.tta = tta
         self.threshold = threshold
+        self.postprocessing = postprocessing or Postprocessing()
 
     @property
     def precision(self) -> str:
@@ -118,13 +129,13 @@ class Predictor:
         return (acc / (len(self.nets) * len(flips)))[0].cpu()
 
     def labels_from(self, prob: torch.Tensor) -> np.ndarray:
-        """Class probabilities ``[K, *S]`` -> label ids ``[*S]`` (uint8)."""
+        """Class probabilities ``[K, *S]`` -> label ids ``[*S]`` (:func:`label_dtype` of the largest id)."""
         if self.threshold is not None and prob.shape[0] == 2:
             cls = (prob[1] >= self.threshold).to(torch.int64)
         else:
             cls = prob.argmax(0)
         lut = torch.tensor(self.label_ids, dtype=torch.int64)
-        return lut[cls].numpy().astype(np.uint8)
+        return lut[cls].numpy().astype(label_dtype(self.label_ids))
 
     def predict(self, image_paths: str | Sequence[str]) -> Prediction:
         """Predict one case from its channel file(s)."""
@@ -143,6 +154,7 @@ class Predictor:
                 f"{paths[0]}: inverted prediction has shape {list(prob_orig.shape[1:])}, input {list(ref.shape[:3])}"
             )
         labels = self.labels_from(prob_orig)
+        labels, removed = self.postprocessing.apply(labels, ref.header.get_zooms()[:3])
         t["labels"] = time.perf_counter()
         names = ["preprocess", "infer", "invert", "labels"]
         prev = t["start"]
@@ -150,12 +162,13 @@ class Predictor:
         for n in names:
             secs[n] = t[n] - prev
             prev = t[n]
-        return Prediction(prob_orig, labels, ref, secs)
+        return Prediction(prob_orig, labels, ref, secs, removed)
 
 
 def mask_image(labels: np.ndarray, reference: nib.Nifti1Image) -> nib.Nifti1Image:
-    """A uint8 label image on exactly the reference's grid: its affine, qform/sform and codes."""
-    return on_grid_of(labels, reference, np.uint8)
+    """A label image on exactly the reference's grid (its affine, qform/sform and codes), as uint8 when every id
+    fits, else uint16: label 256 written as uint8 would be 0, background."""
+    return on_grid_of(labels, reference, label_dtype([int(labels.max(initial=0))]))
 
 
 def save_mask(labels: np.ndarray, reference: nib.Nifti1Image, path) -> None:

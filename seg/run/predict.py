@@ -24,6 +24,7 @@ from seg.inference.options import (
     parse_folds,
     resolve_device,
 )
+from seg.io import FolderLock
 
 log = logging.getLogger("seg.predict")
 
@@ -48,6 +49,8 @@ class PredictRequest:
     overwrite: bool = False
     resume: bool = False
     progress: bool = True
+    checkpoint: str | None = None  # final | best; None: the bundle's default (final unless its k-fold chose best)
+    postprocess: bool = True  # the bundle's postprocessing (--no-postprocessing: off)
 
 
 @dataclass
@@ -74,11 +77,17 @@ def prepare(r: PredictRequest) -> PredictRun:
     if not cases:
         raise FileNotFoundError(f"{inp}: no NIfTI files (.nii, .nii.gz) found")
     cases = existing_outputs(cases, out, r.overwrite, r.resume)
-    predictor = bundle.predictor(folds, device, r.tta, r.overlap, r.threshold, r.engine, r.precision)
+    checkpoint = r.checkpoint or str(bundle.meta.extra.get("checkpoint") or "final")
+    predictor = bundle.predictor(
+        folds, device, r.tta, r.overlap, r.threshold, r.engine, r.precision, checkpoint, r.postprocess
+    )
     notes = []
     if r.precision == "bf16":
         notes.append(check_bf16(predictor, r.model, cases))
     notes.append(f"operating point: {operating_point(bundle.labels, predictor.threshold, r.threshold)}")
+    if bundle.meta.postprocessing:
+        what = predictor.postprocessing.describe(bundle.labels) if r.postprocess else "off (--no-postprocessing)"
+        notes.append(f"postprocessing: {what} (chosen by the bundle's k-fold on its out-of-fold predictions)")
     log.info(
         "%d cases, model %s (%s, folds %s) on %s, %s %s%s",
         len(cases),
@@ -94,8 +103,13 @@ def prepare(r: PredictRequest) -> PredictRun:
 
 
 def run(p: PredictRun) -> BatchResult:
-    """Predict every case of a prepared run into its output folder."""
+    """Predict every case of a prepared run into its output folder, which it holds locked: a second seg-predict
+    into the same folder stops before writing (and so does one that finds masks a run wrote meanwhile)."""
     r = p.request
     probs = "nifti" if r.save_probabilities else "none"
-    opts = BatchOptions(probabilities=probs, overlay=r.png, workers=r.workers, progress=r.progress)
-    return predict_cases(p.cases, p.predictor, p.output, opts, p.bundle.labels)
+    opts = BatchOptions(
+        probabilities=probs, overlay=r.png, workers=r.workers, progress=r.progress, keep_summary=r.resume
+    )
+    with FolderLock(p.output, "seg-predict"):
+        cases = existing_outputs(p.cases, p.output, r.overwrite, r.resume)
+        return predict_cases(cases, p.predictor, p.output, opts, p.bundle.labels)

@@ -215,9 +215,18 @@ def missing_input(e):
     return e.tmp / "nowhere"
 
 
+def folder_digest(folder: Path) -> dict:
+    return {f.name: f.read_bytes() for f in sorted(folder.iterdir()) if f.is_file()}
+
+
 def output_is_input(e):
     e.extra["o"] = e.inp
+    e.extra["before"] = folder_digest(e.inp)
     return e.inp
+
+
+def inputs_untouched(e):
+    return folder_digest(e.inp) == e.extra["before"]
 
 
 def wrong_grid_prediction(e):
@@ -277,7 +286,15 @@ ROWS = [
     ("input-mha-file", mha_input, predict, [], 2, "not a NIfTI file", no_masks),
     ("input-nrrd-in-folder", nrrd_in_folder, predict, [], 1, "not NIfTI", masks_of_good),
     ("output-is-a-file", output_is_file, predict, [], 2, "not a folder", lambda e: e.out.read_text() == "x"),
-    ("output-parent-is-a-file", output_parent_is_file, predict, [], 2, "cannot be created", lambda e: True),
+    (
+        "output-parent-is-a-file",
+        output_parent_is_file,
+        predict,
+        [],
+        2,
+        "cannot be created",
+        lambda e: (e.tmp / "afile").read_text() == "x",
+    ),
     (
         "masks-exist",
         existing_masks,
@@ -333,7 +350,7 @@ ROWS = [
     ("truncated-input", truncated_input, predict, [], 1, "truncated", masks_of_good),
     ("nan-input", nan_input, predict, [], 1, "NaN", masks_of_good),
     ("input-missing", missing_input, predict, [], 2, "does not exist", no_masks),
-    ("output-is-input", output_is_input, predict, [], 2, "never overwritten", lambda e: True),
+    ("output-is-input", output_is_input, predict, [], 2, "never overwritten", inputs_untouched),
     (
         "eval-wrong-grid",
         wrong_grid_prediction,
@@ -424,8 +441,8 @@ def test_fault(env, capsys, caplog, name, setup, command, args, code, needle, af
     if needle is not None:
         lines = [line for line in text.splitlines() if needle in line]
         assert lines, text
-        if code != 0:  # the failure's line names the file (or folder) at fault
-            assert any(named.name in line for line in lines), (named, lines)
+        # the failure's (or the warning's) line names the file (or folder) at fault
+        assert any(named.name in line for line in lines), (named, lines)
     assert after(env), text
     shown = next((x for x in lines if named.name in x), lines[0]) if needle is not None else "(no message expected)"
     _record(name, rc, shown, env.tmp)

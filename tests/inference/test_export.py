@@ -22,6 +22,7 @@ from seg.data.transforms import Preprocessing
 from seg.inference import export as ex
 from seg.inference.agreement import mask_agreement
 from seg.inference.bundle import BundleError, load_bundle, save_weights, write_bundle_meta
+from seg.io import file_sha256
 from seg.nn import create_net, list_nets
 from seg.nn.registry import net_card
 from tests.inference.conftest import PATCH, bundle_meta
@@ -70,12 +71,17 @@ REFUSED = {n: net_card(n).export for n in list_nets() if net_card(n).export}
 EXPORTABLE = sorted(set(list_nets()) - set(REFUSED))
 
 
+HEAVY = {"monai_attention_unet", "daunet"}
+
+
 def test_every_registered_net_is_exportable_or_refused():
     assert set(EXPORTABLE) | set(REFUSED) == set(list_nets())
     assert {"unet", "agunet", "daunet"} <= set(EXPORTABLE)  # the paper's nets export
 
 
-@pytest.mark.parametrize("name", EXPORTABLE)
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in EXPORTABLE]
+)  # the heavier nets (10-14 s each) in the slow tier
 def test_exportable_net_matches_pytorch_at_two_sizes(name, tmp_path):
     bundle = load_bundle(net_bundle(tmp_path / "m", name))
     rec = ex.export_bundle(bundle, "onnx")
@@ -204,7 +210,17 @@ def test_onnx_engine_without_export_is_one_line(tmp_path, synth_root, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "model.onnx: missing" in err and "seg-export" in err
     (root / "fold_0" / "model.onnx").write_bytes(b"not onnx")
-    with pytest.raises(BundleError, match="not a loadable ONNX model"):
+    with pytest.raises(BundleError, match="model.onnx: not recorded in model.yaml's export"):
+        load_bundle(root).predictor(engine="onnxruntime")
+    # recorded (as if seg-export had written it) but not an ONNX model: named by ONNX Runtime's loader
+    b = load_bundle(root)
+    rec = {
+        "sha256": file_sha256(root / "fold_0" / "model.onnx"),
+        "weights_sha256": file_sha256(root / "fold_0" / "weights.pt"),
+    }
+    b.meta.extra["export"] = {"onnx": {"files": {"fold_0": rec}}}
+    write_bundle_meta(root, b.meta)
+    with pytest.raises(BundleError, match="model.onnx: not a loadable ONNX model"):
         load_bundle(root).predictor(engine="onnxruntime")
 
 

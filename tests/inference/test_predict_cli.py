@@ -16,6 +16,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import scipy.ndimage
 import torch
 
 from seg.cli.predict import main
@@ -56,6 +57,11 @@ def test_bad_files_are_listed_good_ones_written(tiny_bundle, mixed_input, tmp_pa
         assert mask.shape == src.shape and np.array_equal(mask.affine, src.affine) and mask.get_data_dtype() == np.uint8
         rep = json.loads((out / name.replace(".nii.gz", ".json")).read_text())
         assert set(rep["labels"]["lesion"]) == {"label", "volume_ml", "components"}
+        # the report's figures are the mask's: voxels x voxel volume, and its 26-connected components
+        fg = np.asanyarray(mask.dataobj) == 1
+        voxel_ml = float(np.prod(mask.header.get_zooms()[:3])) / 1000
+        assert rep["labels"]["lesion"]["volume_ml"] == pytest.approx(fg.sum() * voxel_ml, abs=1e-4)
+        assert rep["labels"]["lesion"]["components"] == scipy.ndimage.label(fg, np.ones((3, 3, 3)))[1]
         assert {"preprocess", "infer", "invert", "write"} <= set(rep["seconds"])
         assert (out / name.replace(".nii.gz", ".png")).stat().st_size > 1000
     for bad, why in (("corrupt", "truncated"), ("flat2d", "2D"), ("nan", "NaN")):
@@ -100,7 +106,12 @@ def test_nnunet_channel_files_grouped_and_missing_channel_reported(synth_root, t
 
 
 @pytest.mark.parametrize(
-    "name", ["brainchop_t1_crop_1mm_256.nii.gz", "IXI012-HH-1211_T1_2mm.nii.gz", "IXI015-HH-1258_T1_2mm.nii.gz"]
+    "name",
+    [
+        pytest.param("brainchop_t1_crop_1mm_256.nii.gz", marks=pytest.mark.slow),
+        "IXI012-HH-1211_T1_2mm.nii.gz",
+        "IXI015-HH-1258_T1_2mm.nii.gz",
+    ],
 )
 def test_round_trip_real_t1_orientations(tiny_bundle, tmp_path, name):
     src_path = shared("brain_t1") / name

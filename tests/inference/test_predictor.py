@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -29,7 +31,9 @@ def _net(seed=0, out=2):
 
 
 @pytest.mark.parametrize("pre", [PATCH, PAPER], ids=["patch", "paper-resize"])
-@pytest.mark.parametrize("name", ["brainchop_t1_crop_1mm_256.nii.gz", "IXI012-HH-1211_T1_2mm.nii.gz"])
+@pytest.mark.parametrize(
+    "name", [pytest.param("brainchop_t1_crop_1mm_256.nii.gz", marks=pytest.mark.slow), "IXI012-HH-1211_T1_2mm.nii.gz"]
+)
 def test_output_on_input_grid_real_t1(tmp_path, pre, name):
     path = shared("brain_t1") / name
     labels = {0: "background", 3: "tumour"}  # a non-consecutive id comes back as itself
@@ -61,6 +65,13 @@ def test_ensemble_is_mean_softmax_and_tta_is_symmetric(synth_root):
     q = tta.probabilities(torch.flip(img_t, [1]))
     torch.testing.assert_close(torch.flip(q, [1]), p, atol=1e-5, rtol=1e-4)  # mirroring-equivariant by construction
     torch.testing.assert_close(p.sum(0), torch.ones_like(p[0]))
+    # TTA is the mean over all 8 mirrorings of the plain prediction, each mirrored back
+    subsets = [c for r in range(4) for c in itertools.combinations((1, 2, 3), r)]
+    assert len(subsets) == 8
+    manual = sum(
+        torch.flip(pa.probabilities(torch.flip(img_t, c)), c) if c else pa.probabilities(img_t) for c in subsets
+    )
+    torch.testing.assert_close(p, manual / 8, atol=1e-5, rtol=1e-4)
 
 
 def test_threshold_for_binary_models():

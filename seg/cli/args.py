@@ -1,0 +1,78 @@
+"""Command-line arguments of the composed commands: ``plan=PLAN.yaml`` and the resume line of a stopped run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from seg.config import UserError
+from seg.errors import Interrupted
+
+
+def plan_overrides(args: list[str]) -> list[str]:
+    """``plan=PLAN.yaml`` (a file written by seg-plan) -> Hydra overrides that compose it as an experiment.
+
+    The plan is linked as ``experiment/<name>.yaml`` into a folder added to Hydra's search path, so it
+    composes exactly like the experiments in ``conf/experiment`` and later command-line overrides win. The
+    folder is one per plan file (named by its path's hash, reused by every run of it), not one per run.
+    """
+    import hashlib
+    import tempfile
+
+    import yaml
+
+    plans = [a for a in args if a.startswith("plan=")]
+    if not plans:
+        return list(args)
+    if len(plans) > 1 or any(a.split("=", 1)[0].lstrip("+~") == "experiment" for a in args):
+        raise UserError("give one plan=PLAN.yaml, and no experiment= beside it (a plan is an experiment)")
+    path = Path(plans[0].split("=", 1)[1]).expanduser().resolve()
+    if not path.is_file():
+        raise UserError(f"{path}: plan file does not exist (write one with seg-plan)")
+    try:
+        if not isinstance(yaml.safe_load(path.read_text()), dict):
+            raise UserError(f"{path}: not a plan (a YAML mapping written by seg-plan)")
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise UserError(f"{path}: plan file is not valid YAML{at} (write one with seg-plan)") from None
+    key = hashlib.sha256(str(path).encode()).hexdigest()[:12]
+    search = Path(tempfile.gettempdir()) / f"seg_plan_{key}"
+    (search / "experiment").mkdir(parents=True, exist_ok=True)
+    name = "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in path.stem)
+    link = search / "experiment" / f"{name}.yaml"
+    link.unlink(missing_ok=True)
+    link.symlink_to(path)
+    rest = [a for a in args if not a.startswith("plan=")]
+    return [f"hydra.searchpath=[file://{search}]", f"experiment={name}", *rest]
+
+
+def resume_line(config_name: str, args: list[str], e: Interrupted) -> str:
+    """How to continue an interrupted run: seg-kfold resumes its folds in the same run folder by itself;
+    seg-train starts from the kept ``last.ckpt``, in the same folder."""
+    import shlex
+
+    keep = [a for a in args if a.split("=", 1)[0].lstrip("+~") not in ("ckpt_path", "hydra.run.dir", "cv.run_dir")]
+    if config_name == "kfold":
+        extra = [f"cv.run_dir={e.run_dir and Path(e.run_dir).parent}"]
+    elif e.checkpoint:
+        extra = [f"ckpt_path={e.checkpoint}", f"hydra.run.dir={e.run_dir}"]
+    else:
+        return "resume: no epoch was finished: run the same command again"
+    return "resume: " + " ".join(shlex.quote(x) for x in [f"seg-{config_name}", *keep, *extra])
+
+
+def register_resolvers() -> None:
+    """The configs' own interpolations: ``${seg_name:VALUE,DEFAULT}`` (an experiment's or a plan's stem, or
+    DEFAULT when unset) and ``${seg_shared:NAME}`` (the real data's folder NAME: ``SEG_SHARED_DATA``, else the
+    ``../shared/data`` beside the checkout, absolute, whatever the working folder)."""
+    from omegaconf import OmegaConf
+
+    from seg.config import shared_data
+
+    def name(value, default):
+        return default if value in (None, "", "None", "null") else Path(str(value)).stem
+
+    if not OmegaConf.has_resolver("seg_name"):
+        OmegaConf.register_new_resolver("seg_name", name)
+    if not OmegaConf.has_resolver("seg_shared"):
+        OmegaConf.register_new_resolver("seg_shared", lambda sub="": shared_data(str(sub)))

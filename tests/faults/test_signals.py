@@ -1,0 +1,114 @@
+"""Signals as an operator sends them: SIGTERM (docker stop, SLURM pre-emption, Kubernetes) and Ctrl-C.
+
+A stopped command exits 143 (SIGTERM) or 130 (Ctrl-C), prints one line with how to resume, leaves no
+traceback, and a training run keeps its last epoch's ``last.ckpt``; the printed resume command runs to the
+end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.conftest import REPO, TINY
+
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+def _start(module: str, args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for(path, p, seconds=240):
+    deadline = time.time() + seconds
+    while not path.exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.2)
+    assert path.exists(), p.communicate()[1][-2000:]
+
+
+@pytest.mark.parametrize(
+    "sig, code, what",
+    [
+        (signal.SIGTERM, 143, "terminated (SIGTERM)"),
+        pytest.param(signal.SIGINT, 130, "interrupted (Ctrl-C)", marks=pytest.mark.slow),  # the same path
+    ],
+)
+def test_training_stopped_by_a_signal_keeps_last_ckpt_and_resumes_to_the_end(synth_root, tmp_path, sig, code, what):
+    run = tmp_path / "run"
+    args = [f"data.root={synth_root}", *TINY, "trainer.max_epochs=12", f"hydra.run.dir={run}"]
+    p = _start("seg.cli.train", args)
+    last = run / "checkpoints" / "last.ckpt"
+    _wait_for(last, p)
+    time.sleep(0.5)  # into the next epoch
+    p.send_signal(sig)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == code, err[-3000:]
+    assert "Traceback" not in err and not (run / "metrics.json").exists()
+    stopped = [line for line in err.splitlines() if what in line]
+    assert len(stopped) == 1 and str(last) in stopped[0] and "kept" in stopped[0], err[-2000:]
+    epoch = torch.load(last, weights_only=True)["epoch"]  # the kept checkpoint is whole and readable
+    resume = next(line for line in err.splitlines() if line.startswith("resume: "))
+    cmd = shlex.split(resume[len("resume: ") :])
+    assert cmd[0] == "seg-train" and f"ckpt_path={last}" in cmd and f"hydra.run.dir={run}" in cmd
+    q = _start("seg.cli.train", cmd[1:])
+    out, err = q.communicate(timeout=300)
+    assert q.returncode == 0, err[-2000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs"] == 12 and epoch < 11
+
+
+def test_kfold_stopped_by_sigterm_says_how_to_resume(synth_root, tmp_path):
+    run = tmp_path / "cv"
+    args = [
+        f"data.root={synth_root}",
+        *[o for o in TINY if not o.startswith("data.num_folds")],
+        "cv.folds=2",
+        "trainer.max_epochs=30",
+        f"cv.run_dir={run}",
+        "cv.surface_metrics=false",
+        "cv.worst_cases=0",
+        f"hydra.run.dir={run}",
+    ]
+    p = _start("seg.cli.kfold", args)
+    _wait_for(run / "fold_0" / "checkpoints" / "last.ckpt", p)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 143 and "Traceback" not in err, err[-3000:]
+    resume = next(line for line in err.splitlines() if line.startswith("resume: "))
+    assert shlex.split(resume[len("resume: ") :])[0] == "seg-kfold" and f"cv.run_dir={run}" in resume
+
+
+def test_predict_interrupted_by_ctrl_c_exits_130_without_a_traceback(synth_root, tmp_path):
+    from tests.inference.conftest import make_bundle
+
+    tiny_bundle = make_bundle(tmp_path / "model")
+    inp, out_dir = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    for i in range(40):
+        shutil.copy(synth_root / "imagesTr" / "synth_000.nii.gz", inp / f"c{i:02d}.nii.gz")
+    p = _start("seg.cli.predict", ["-i", str(inp), "-o", str(out_dir), "-m", str(tiny_bundle), "-q"])
+    _wait_for(out_dir / "c00.nii.gz", p)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and "Traceback" not in err, err[-3000:]
+    *logged, last = err.strip().splitlines()  # the cases done so far (log lines), then the one line that says why
+    assert last.startswith("interrupted (Ctrl-C)") and "--continue" in last
+    assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d INFO ", x) for x in logged), logged
+    assert not list(out_dir.glob(".*part*"))  # no half-written file left behind
