@@ -1,24 +1,41 @@
-"""The AGUNet paper's detection metrics (the group's validation code, see REFERENCES.md).
+"""The AGUNet paper's detection metrics, in two matching modes.
 
-Patient-wise: a patient with a tumour is a true positive if the prediction's Dice >= ``overlap`` (0.1);
+Patient-wise: a patient with a tumour is a true positive when the prediction's Dice >= ``overlap`` (0.1);
 "Dice" is the mean over all patients with a tumour, "Dice-TP" over the detected ones; a patient whose
-prediction is not empty but is no true detection counts as a false positive. Object-wise: connected
-components of reference and prediction, components under ``min_voxels`` (50) removed, Hungarian
-matching on Dice between overlapping objects, a match needs Dice > ``overlap``. Everything can be
-stratified by reference volume (bins in ml), and the probability threshold can be scanned for the
-operating point that maximises (Dice-TP + patient-wise recall) / 2.
+prediction is not empty but is no true detection counts as a false positive. Object-wise: the connected
+components of reference and prediction, those under ``min_object_voxels`` (50) removed, are matched:
+
+* ``hungarian`` (default): 26-connected components, one-to-one Hungarian matching on their Dice, a pair
+  matching when its Dice >= ``overlap``, the same rule as a patient's;
+* ``raidionics``: what the group's public validation code does (dbouget/validation_metrics_computation,
+  ``raidionicsval``, InstanceSegmentationValidation): 6-connected components, every reference/prediction
+  pair that overlaps at all is a match (no threshold, no one-to-one step); object recall counts the
+  reference objects with a match, precision the predicted ones. Use it to compare with Raidionics' figures
+  and the paper's.
+
+By volume (bins in ml): patient-wise figures bin each patient by its total tumour volume; object-wise
+figures bin each object by its own volume (a 1 ml lesion of a patient with 20 ml in all is a < 3 ml
+object). The probability threshold can be scanned for the operating point that maximises
+(Dice-TP + patient-wise recall) / 2.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import Enum
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from seg.config import check_option
 from seg.data.components import component_indices
+
+
+class Matching(str, Enum):
+    HUNGARIAN = "hungarian"
+    RAIDIONICS = "raidionics"
 
 
 @dataclass(frozen=True)
@@ -26,23 +43,35 @@ class DetectionParams:
     """The paper's detection settings; the one home of their defaults (``seg-eval`` and ``cv.*`` read them).
 
     Args:
-        overlap: Dice a patient needs to count as detected, and an object match must exceed.
+        overlap: Dice a patient needs to count as detected, and (``hungarian``) an object match too.
         min_object_voxels: connected components smaller than this are dropped before matching.
+        matching: ``hungarian`` or ``raidionics`` (see the module docstring).
     """
 
     overlap: float = 0.1
     min_object_voxels: int = 50
+    matching: str = "hungarian"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "matching", check_option("matching", self.matching, Matching))
 
     @classmethod
     def from_mapping(cls, m, overlap_key: str = "overlap_threshold") -> DetectionParams:
-        """From a ``cv`` config: ``overlap_threshold`` and ``min_object_voxels``; null or absent = default."""
+        """From a ``cv`` config: ``overlap_threshold``, ``min_object_voxels``, ``matching``; null or absent: the
+        default."""
         m = m or {}
         kw = {}
         if m.get(overlap_key) is not None:
             kw["overlap"] = float(m.get(overlap_key))
         if m.get("min_object_voxels") is not None:
             kw["min_object_voxels"] = int(m.get("min_object_voxels"))
+        if m.get("matching") is not None:
+            kw["matching"] = str(m.get("matching"))
         return cls(**kw)
+
+    @property
+    def connectivity(self) -> int:
+        return 6 if self.matching == Matching.RAIDIONICS else 26
 
 
 DEFAULT = DetectionParams()
@@ -51,41 +80,68 @@ DEFAULT = DetectionParams()
 @dataclass
 class CaseDetection:
     case_id: str
-    ref_ml: float
+    ref_ml: float  # the patient's total tumour volume
     dice: float  # NaN when reference and prediction are both empty
     ref_positive: bool
     pred_positive: bool
-    ref_objects: int
-    pred_objects: int
-    matched: int
-    matched_ref_ml: list  # volumes (ml) of the reference objects that were matched
-    ref_object_ml: list  # volumes (ml) of all reference objects
+    ref_object_ml: list = field(default_factory=list)  # volume (ml) of each reference object
+    ref_matched: list = field(default_factory=list)  # whether each reference object has a match
+    pred_object_ml: list = field(default_factory=list)
+    pred_matched: list = field(default_factory=list)
     overlap: float = DEFAULT.overlap  # Dice needed for a patient-wise true positive
 
     @property
     def detected(self) -> bool:
         return self.ref_positive and not math.isnan(self.dice) and self.dice >= self.overlap
 
+    @property
+    def ref_objects(self) -> int:
+        return len(self.ref_object_ml)
 
-def components(mask: np.ndarray, min_voxels: int) -> list[np.ndarray]:
-    """Connected components (26-connectivity in 3D) with at least ``min_voxels`` voxels, as index arrays."""
-    return component_indices(mask, min_voxels, connectivity=26)
+    @property
+    def pred_objects(self) -> int:
+        return len(self.pred_object_ml)
+
+    @property
+    def matched(self) -> int:
+        """Reference objects with a match."""
+        return int(sum(self.ref_matched))
+
+    @property
+    def matched_ref_ml(self) -> list:
+        return [v for v, m in zip(self.ref_object_ml, self.ref_matched) if m]
 
 
-def match_objects(
-    ref_objs: list[np.ndarray], pred_objs: list[np.ndarray], overlap: float = DEFAULT.overlap
-) -> list[tuple[int, int, float]]:
-    """Hungarian matching on Dice between overlapping objects; pairs with Dice > ``overlap``."""
-    if not ref_objs or not pred_objs:
-        return []
+def components(mask: np.ndarray, min_voxels: int, connectivity: int = 26) -> list[np.ndarray]:
+    """Connected components with at least ``min_voxels`` voxels, as flat index arrays."""
+    return component_indices(mask, min_voxels, connectivity=connectivity)
+
+
+def _dice_matrix(ref_objs: list[np.ndarray], pred_objs: list[np.ndarray]) -> np.ndarray:
     dice = np.zeros((len(ref_objs), len(pred_objs)))
     for i, r in enumerate(ref_objs):
         for j, p in enumerate(pred_objs):
             inter = np.intersect1d(r, p, assume_unique=True).size
             if inter:
                 dice[i, j] = 2 * inter / (r.size + p.size)
+    return dice
+
+
+def match_objects(
+    ref_objs: list[np.ndarray],
+    pred_objs: list[np.ndarray],
+    overlap: float = DEFAULT.overlap,
+    matching: str = DEFAULT.matching,
+) -> list[tuple[int, int, float]]:
+    """The matched (reference, prediction, Dice) pairs: Hungarian one-to-one with Dice >= ``overlap``, or
+    (``raidionics``) every overlapping pair."""
+    if not ref_objs or not pred_objs:
+        return []
+    dice = _dice_matrix(ref_objs, pred_objs)
+    if matching == Matching.RAIDIONICS:
+        return [(int(i), int(j), float(dice[i, j])) for i, j in zip(*np.nonzero(dice > 0))]
     rows, cols = linear_sum_assignment(-dice)
-    return [(int(i), int(j), float(dice[i, j])) for i, j in zip(rows, cols) if dice[i, j] > overlap]
+    return [(int(i), int(j), float(dice[i, j])) for i, j in zip(rows, cols) if dice[i, j] > 0 and dice[i, j] >= overlap]
 
 
 def case_detection(
@@ -95,6 +151,7 @@ def case_detection(
     spacing: Sequence[float],
     overlap: float = DEFAULT.overlap,
     min_voxels: int = DEFAULT.min_object_voxels,
+    matching: str = DEFAULT.matching,
 ) -> CaseDetection:
     """Patient- and object-wise detection facts of one case (binary masks)."""
     pred, ref = pred.astype(bool), ref.astype(bool)
@@ -102,19 +159,20 @@ def case_detection(
     n_p, n_r = int(pred.sum()), int(ref.sum())
     inter = int((pred & ref).sum())
     dice = math.nan if n_p + n_r == 0 else 2 * inter / (n_p + n_r)
-    ref_objs, pred_objs = components(ref, min_voxels), components(pred, min_voxels)
-    matches = match_objects(ref_objs, pred_objs, overlap)
+    conn = DetectionParams(overlap, min_voxels, matching).connectivity
+    ref_objs, pred_objs = components(ref, min_voxels, conn), components(pred, min_voxels, conn)
+    matches = match_objects(ref_objs, pred_objs, overlap, matching)
+    ref_hit, pred_hit = {i for i, _, _ in matches}, {j for _, j, _ in matches}
     return CaseDetection(
         case_id,
         n_r * voxel_ml,
         dice,
         n_r > 0,
         n_p > 0,
-        len(ref_objs),
-        len(pred_objs),
-        len(matches),
-        [ref_objs[i].size * voxel_ml for i, _, _ in matches],
         [o.size * voxel_ml for o in ref_objs],
+        [i in ref_hit for i in range(len(ref_objs))],
+        [o.size * voxel_ml for o in pred_objs],
+        [j in pred_hit for j in range(len(pred_objs))],
         overlap,
     )
 
@@ -127,17 +185,25 @@ def _div(a: float, b: float) -> float:
     return a / b if b else math.nan
 
 
-def summarize(cases: Sequence[CaseDetection]) -> dict:
-    """Patient-wise and object-wise metrics over ``cases``."""
+def _object_figures(ref: list[tuple[float, bool]], pred: list[tuple[float, bool]], n_cases: int) -> dict:
+    """Object-wise recall, precision, F1 and false positives per patient from (volume, matched) per object."""
+    o_recall = _div(sum(m for _, m in ref), len(ref))
+    o_precision = _div(sum(m for _, m in pred), len(pred))
+    return {
+        "n_objects": len(ref),
+        "fp_per_patient": _div(sum(not m for _, m in pred), n_cases),
+        "object_recall": o_recall,
+        "object_precision": o_precision,
+        "object_f1": _f1(o_precision, o_recall),
+    }
+
+
+def _patient_figures(cases: Sequence[CaseDetection]) -> dict:
     pos = [c for c in cases if c.ref_positive]
     tp = [c for c in pos if c.detected]
     fp = [c for c in cases if c.pred_positive and not c.detected]
     recall = _div(len(tp), len(pos))
     precision = _div(len(tp), len(tp) + len(fp))
-    n_ref_obj = sum(c.ref_objects for c in cases)
-    n_pred_obj = sum(c.pred_objects for c in cases)
-    n_match = sum(c.matched for c in cases)
-    o_recall, o_precision = _div(n_match, n_ref_obj), _div(n_match, n_pred_obj)
     return {
         "n_cases": len(cases),
         "n_positive": len(pos),
@@ -146,11 +212,14 @@ def summarize(cases: Sequence[CaseDetection]) -> dict:
         "patient_recall": recall,
         "patient_precision": precision,
         "patient_f1": _f1(precision, recall),
-        "fp_per_patient": _div(sum(c.pred_objects - c.matched for c in cases), len(cases)),
-        "object_recall": o_recall,
-        "object_precision": o_precision,
-        "object_f1": _f1(o_precision, o_recall),
     }
+
+
+def summarize(cases: Sequence[CaseDetection]) -> dict:
+    """Patient-wise and object-wise metrics over ``cases``."""
+    ref = [(v, m) for c in cases for v, m in zip(c.ref_object_ml, c.ref_matched)]
+    pred = [(v, m) for c in cases for v, m in zip(c.pred_object_ml, c.pred_matched)]
+    return {**_patient_figures(cases), **_object_figures(ref, pred, len(cases))}
 
 
 def bin_label(ml: float, edges: Sequence[float]) -> str:
@@ -165,12 +234,16 @@ def bin_label(ml: float, edges: Sequence[float]) -> str:
 
 
 def summarize_by_volume(cases: Sequence[CaseDetection], edges: Sequence[float] = (3.0,)) -> dict[str, dict]:
-    """:func:`summarize` per reference-volume bin (patients without a tumour are in no bin)."""
+    """:func:`summarize` per volume bin: the patient-wise figures over the patients whose total tumour volume
+    falls in the bin (patients without a tumour are in no bin), the object-wise ones over the objects whose
+    own volume does (reference objects for recall, predicted ones for precision)."""
     out = {}
     names = [bin_label(x, edges) for x in [min(edges) - 1] + list(sorted(edges))]
     for name in names:
-        sel = [c for c in cases if c.ref_positive and bin_label(c.ref_ml, edges) == name]
-        out[name] = summarize(sel)
+        patients = [c for c in cases if c.ref_positive and bin_label(c.ref_ml, edges) == name]
+        ref = [(v, m) for c in cases for v, m in zip(c.ref_object_ml, c.ref_matched) if bin_label(v, edges) == name]
+        pred = [(v, m) for c in cases for v, m in zip(c.pred_object_ml, c.pred_matched) if bin_label(v, edges) == name]
+        out[name] = {**_patient_figures(patients), **_object_figures(ref, pred, len(patients))}
     return out
 
 
@@ -179,6 +252,7 @@ def threshold_scan(
     thresholds: Sequence[float] = tuple(np.round(np.arange(0.1, 1.01, 0.1), 2)),
     overlap: float = DEFAULT.overlap,
     min_voxels: int = DEFAULT.min_object_voxels,
+    matching: str = DEFAULT.matching,
 ) -> tuple[float | None, list[dict]]:
     """Patient-wise metrics at each probability threshold; returns the best threshold by
     (Dice-TP + patient recall) / 2 and the table. ``prob_cases``: (case id, foreground probability,
@@ -188,7 +262,7 @@ def threshold_scan(
     threshold scores strictly better than 0.5 does, or, without 0.5 in ``thresholds``, than every other."""
     table = []
     for t in thresholds:
-        cases = [case_detection(cid, p >= t, r, sp, overlap, min_voxels) for cid, p, r, sp in prob_cases]
+        cases = [case_detection(cid, p >= t, r, sp, overlap, min_voxels, matching) for cid, p, r, sp in prob_cases]
         s = summarize(cases)
         dtp = 0.0 if math.isnan(s["Dice-TP"]) else s["Dice-TP"]
         rec = 0.0 if math.isnan(s["patient_recall"]) else s["patient_recall"]

@@ -19,9 +19,9 @@ import numpy as np
 
 from seg.data.datalist import case_id_from_path
 from seg.errors import SegError
-from seg.eval.detection import DEFAULT, case_detection, summarize, summarize_by_volume
+from seg.eval.detection import DEFAULT, DetectionParams, case_detection, summarize, summarize_by_volume
 from seg.eval.metrics import case_metrics
-from seg.io import GRID_TOL, NiftiError, read_nifti, write_text
+from seg.io import GRID_TOL, NiftiError, check_writable, read_nifti, write_text
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,15 @@ class EvalError(SegError, ValueError):
     pass
 
 
-def _nifti_files(folder: Path) -> dict[str, Path]:
-    return {case_id_from_path(p): p for p in sorted(folder.iterdir()) if p.name.endswith((".nii.gz", ".nii"))}
+def _nifti_files(folder: Path) -> tuple[dict[str, Path], dict[str, list[Path]]]:
+    """Case id -> file of a folder's NIfTI files (hidden files, seg's own temporaries among them, are none), and
+    the case ids that two files give (``case.nii`` beside ``case.nii.gz``): those are not guessed between."""
+    by_id: dict[str, list[Path]] = {}
+    for p in sorted(folder.iterdir()):
+        if p.name.endswith((".nii.gz", ".nii")) and not p.name.startswith(".") and p.is_file():
+            by_id.setdefault(case_id_from_path(p), []).append(p)
+    files = {cid: ps[0] for cid, ps in by_id.items() if len(ps) == 1}
+    return files, {cid: ps for cid, ps in by_id.items() if len(ps) > 1}
 
 
 def evaluate_case(
@@ -42,6 +49,7 @@ def evaluate_case(
     tolerance_mm: float = 2.0,
     overlap: float = DEFAULT.overlap,
     min_voxels: int = DEFAULT.min_object_voxels,
+    matching: str = DEFAULT.matching,
 ) -> dict:
     """All metrics of one case; raises :class:`EvalError` naming the file on a grid mismatch."""
     try:
@@ -60,7 +68,7 @@ def evaluate_case(
     detection = {}
     for i in sorted(labels):
         if i:
-            d = case_detection(case_id_from_path(ref_path), p == i, r == i, spacing, overlap, min_voxels)
+            d = case_detection(case_id_from_path(ref_path), p == i, r == i, spacing, overlap, min_voxels, matching)
             detection[str(i)] = d
     out = {
         "prediction_file": str(pred_path),
@@ -122,17 +130,29 @@ def evaluate_folders(
     tolerance_mm: float = 2.0,
     bins: Sequence[float] = (3.0,),
     workers: int | None = None,
+    matching: str = DEFAULT.matching,
 ) -> dict:
     """Evaluate every prediction in ``pred_dir`` that has a reference of the same name in ``label_dir``."""
     pred_dir, label_dir = Path(pred_dir), Path(label_dir)
     for d in (pred_dir, label_dir):
         if not d.is_dir():
             raise EvalError(f"{d}: folder does not exist")
-    preds, refs = _nifti_files(pred_dir), _nifti_files(label_dir)
+    if output:
+        check_writable(output, "output folder (-o)")
+    (preds, pred_dups), (refs, ref_dups) = _nifti_files(pred_dir), _nifti_files(label_dir)
+    dups = [
+        {
+            "case": cid,
+            "problem": f"case id {cid!r} is given by {len(ps)} files ({', '.join(p.name for p in ps)}): "
+            "rename or remove one",
+        }
+        for cid, ps in sorted({**ref_dups, **pred_dups}.items())
+    ]
+    preds = {c: p for c, p in preds.items() if c not in ref_dups}
     common = sorted(set(preds) & set(refs))
-    if not common:
+    if not common and not dups:
         raise EvalError(f"{pred_dir}: no prediction has a reference of the same name in {label_dir}")
-    missing = sorted(set(refs) - set(preds))
+    missing = sorted(set(refs) - set(preds) - {d["case"] for d in dups})
     if missing:
         log.warning("%d references have no prediction (not evaluated): %s", len(missing), ", ".join(missing[:10]))
     unmatched = sorted(set(preds) - set(refs))
@@ -142,16 +162,17 @@ def evaluate_folders(
             ids |= set(np.unique(np.rint(np.asanyarray(read_nifti(refs[c]).data))).astype(int).tolist())
         labels = {i: str(i) for i in sorted(ids | {0})}
     workers = workers or min(4, os.cpu_count() or 1)
+    matching = DetectionParams(matching=matching).matching  # an unknown mode: one line before any case
 
     def one(c):  # a bad case (wrong grid, unreadable) is reported; the others are still evaluated
         try:
-            return evaluate_case(str(preds[c]), str(refs[c]), labels, surface, tolerance_mm)
+            return evaluate_case(str(preds[c]), str(refs[c]), labels, surface, tolerance_mm, matching=matching)
         except EvalError as e:
             return {"_bad": str(e)}
 
     with ThreadPoolExecutor(workers) as pool:
         results = list(pool.map(one, common))
-    bad = [{"case": c, "problem": r["_bad"]} for c, r in zip(common, results) if "_bad" in r]
+    bad = dups + [{"case": c, "problem": r["_bad"]} for c, r in zip(common, results) if "_bad" in r]
     per_case = [r for r in results if "_bad" not in r]
     if not per_case:
         raise EvalError(f"{pred_dir}: no prediction could be evaluated ({bad[0]['problem']})")

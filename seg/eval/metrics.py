@@ -4,8 +4,10 @@ Dice and IoU from voxel counts; HD95, average surface distance and surface Dice 
 MONAI's implementations (distance transforms on the voxel grid with the case's spacing); label and
 prediction volumes in ml. Surface metrics are the slow part: ``surface=False`` skips them.
 
-Definitions: HD95 is the larger of the two directed 95th-percentile surface distances (MONAI,
-medpy); ASD is the mean over the surface distances of both directions; SurfaceDice is DeepMind's
+Definitions (docs/metrics.md): HD95 is the larger of the two directed 95th-percentile surface distances,
+as MONAI's ``compute_hausdorff_distance`` (which it equals exactly); medpy's ``hd95`` differs: it pools both
+directions' distances before one percentile (up to 0.685 mm lower on 72 hippocampus pairs); ASD is the mean
+over the surface distances of both directions; SurfaceDice is DeepMind's
 normalised surface Dice at the tolerance (surface elements weighted by area, MONAI's ``use_subvoxels``;
 equal to DeepMind's surface-distance to 1e-6, ``tests/eval/test_surface_dice_reference.py``).
 Conventions (as nnU-Net): with an empty reference and an empty prediction, Dice/IoU are undefined

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 TOLERANCES = (0.5, 1.0, 2.0)
-HIPPO = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "hippocampus"
+HIPPO = Path(os.environ.get("SEG_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data")) / "hippocampus"
 HIPPO_CASES = ("hippocampus_003", "hippocampus_070", "hippocampus_189", "hippocampus_304", "hippocampus_390")
 
 

@@ -264,3 +264,75 @@ def test_seg_eval_bins_cut_the_detection_table(tmp_path):
     assert main([*args, "-o", str(tmp_path / "out")]) == 0
     by_volume = json.loads((tmp_path / "out" / "summary.json").read_text())["detection"]["1"]["by_volume"]
     assert {k: v["n_cases"] for k, v in by_volume.items()} == {"< 0.5 ml": 1, "0.5-2 ml": 1, ">= 2 ml": 2}
+
+
+# -- detection conventions (docs/metrics.md) ------------------------------------------------------------------
+def test_detection_pins():
+    from seg.eval.detection import DEFAULT
+
+    assert (DEFAULT.overlap, DEFAULT.min_object_voxels, DEFAULT.matching) == (0.1, 50, "hungarian")
+
+
+def test_one_rule_at_exactly_the_overlap_threshold():
+    """Dice exactly 0.1 (a 10^3 reference, a 10-plane slab sharing one plane with it): the patient is detected
+    and its object is matched (>= for both, one rule); one plane more (Dice 0.095): neither."""
+    shape = (40, 40, 40)
+    ref = cube(shape, (5, 5, 5), (15, 15, 15))
+    c = case_detection("x", cube(shape, (14, 5, 5), (24, 15, 15)), ref, (1, 1, 1))
+    assert c.dice == pytest.approx(0.1) and c.detected and c.matched == 1
+    c = case_detection("x", cube(shape, (14, 5, 5), (25, 15, 15)), ref, (1, 1, 1))
+    assert c.dice < 0.1 and not c.detected and c.matched == 0
+
+
+def test_objects_are_binned_by_their_own_volume_patients_by_theirs():
+    """A patient with a 4.1 ml and a 0.5 ml lesion (4.6 ml in all): the patient lands in '>= 3 ml', the small
+    lesion in '< 3 ml' (it is missed: that bin's object recall is 0)."""
+    shape = (48, 48, 48)
+    big = cube(shape, (2, 2, 2), (18, 18, 18))  # 16^3 = 4096 voxels of 1 mm: 4.1 ml
+    small = cube(shape, (30, 30, 30), (38, 38, 38))  # 512 voxels: 0.5 ml
+    c = case_detection("p", pred=big, ref=big | small, spacing=(1, 1, 1))
+    bins = summarize_by_volume([c], edges=[3.0])
+    assert bins[">= 3 ml"]["n_positive"] == 1 and bins["< 3 ml"]["n_positive"] == 0
+    assert bins["< 3 ml"]["n_objects"] == 1 and bins["< 3 ml"]["object_recall"] == 0.0
+    assert bins[">= 3 ml"]["n_objects"] == 1 and bins[">= 3 ml"]["object_recall"] == 1.0
+
+
+def test_raidionics_matching_pairs_every_overlap_with_six_connectivity():
+    """One prediction over two reference lesions: Hungarian matches one (one-to-one), the group's code both
+    (every overlapping pair); two cubes touching only at a corner are one object in 26-connectivity, two in 6."""
+    shape = (40, 40, 40)
+    a, b = cube(shape, (2, 2, 2), (10, 10, 10)), cube(shape, (12, 2, 2), (20, 10, 10))
+    pred = cube(shape, (2, 2, 2), (20, 10, 10))  # covers both and the gap between
+    h = case_detection("h", pred, a | b, (1, 1, 1))
+    r = case_detection("r", pred, a | b, (1, 1, 1), matching="raidionics")
+    assert (h.ref_objects, h.matched) == (2, 1) and (r.ref_objects, r.matched) == (2, 2)
+    assert summarize([r])["object_precision"] == 1.0 and summarize([h])["object_recall"] == 0.5
+    corner = cube(shape, (22, 22, 22), (27, 27, 27)) | cube(shape, (27, 27, 27), (32, 32, 32))
+    assert case_detection("c", corner, corner, (1, 1, 1)).ref_objects == 1
+    assert case_detection("c", corner, corner, (1, 1, 1), matching="raidionics").ref_objects == 2
+    # no 0.1 cut in raidionics: a sliver of overlap is a match
+    sliver = cube(shape, (9, 2, 2), (30, 10, 10))  # Dice 0.069 with a
+    assert case_detection("s", sliver, a, (1, 1, 1), min_voxels=1, matching="raidionics").matched == 1
+    assert case_detection("s", sliver, a, (1, 1, 1), min_voxels=1).matched == 0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_hd95_equals_monais_exactly_and_not_medpys_pooled_hd95(seed):
+    """seg's HD95 is MONAI's (the larger of the two directed 95th percentiles), to the last digit; medpy's
+    ``hd95`` pools both directions first, which gives a smaller figure on a pair whose two directions differ:
+    docs/metrics.md says which one seg reports."""
+    import torch
+    from monai.metrics import compute_hausdorff_distance
+
+    medpy = pytest.importorskip("medpy.metric.binary")
+    rng = np.random.default_rng(seed)
+    spacing = (1.0, 1.5, 2.5)
+    shape = (40, 36, 24)
+    ref = sphere(shape, (20, 18, 12), 9, spacing) & (rng.random(shape) > 0.05)
+    pred = sphere(shape, (22, 17, 12), 8, spacing) | sphere(shape, (10, 10, 6), 3, spacing)  # a far spurious blob
+    t = [torch.from_numpy(a[None, None].astype(np.float32)) for a in (pred, ref)]
+    monai = float(compute_hausdorff_distance(*t, include_background=True, percentile=95, spacing=list(spacing))[0, 0])
+    seg = binary_metrics(pred, ref, spacing)["HD95"]
+    assert seg == monai
+    pooled = medpy.hd95(pred, ref, voxelspacing=spacing)
+    assert pooled < seg - 0.1  # the conventions differ here, by more than a tenth of a millimetre
