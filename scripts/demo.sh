@@ -23,7 +23,7 @@ echo "[demo] 2/5 planning: seg-plan $DATA --budget $BUDGET (fingerprint, timing 
 seg-plan "$DATA" --budget "$BUDGET" -o "$PLAN" -q
 
 echo "[demo] 3/5 training the plan: seg-train plan=$PLAN (run folder $RUN)"
-seg-train plan="$PLAN" data.num_workers=1 hydra.run.dir="$RUN" "$@"
+seg-train plan="$PLAN" hydra.run.dir="$RUN" "$@"
 
 echo "[demo] 4/5 predicting 4 unseen cases with the run's model bundle: seg-predict"
 if [ ! -f "$UNSEEN/dataset.json" ]; then
@@ -56,7 +56,13 @@ lg = run if members == 1 else f"{run}/member_<m>"
 print(f"[demo] logs            : {run}/train.log, {lg}/tensorboard (tensorboard --logdir {run}), {lg}/csv/metrics.csv, {run}/progress.png")
 print(f"[demo] model bundle    : {run}/model (seg-predict -m {run}/model)")
 print(f"[demo] predictions     : {run}/predictions (masks, per-case JSON and PNG, summary.csv, summary.json)")
+split = json.load(open(f"{run}/splits.json"))[0]["val"]
+import nibabel as nib, numpy as np
+empty = sum(not np.asanyarray(nib.load(f"data/synthetic/labelsTr/{c}.nii.gz").dataobj).any() for c in split)
 print(f"[demo] validation Dice : best {m['val/dice_best']:.3f}, last {m.get('val/dice', float('nan')):.3f} "
-      f"({m['val_cases']} validation cases, {m['epochs']} epochs, {m['seconds']:.0f} s)")
+      f"({m['val_cases']} validation cases, {m['epochs']} epochs, {m['global_step']} steps, {m['seconds']:.0f} s)")
+if empty:
+    print(f"[demo]                   {empty} of the {m['val_cases']} validation cases have no lesion and do not count; "
+          "with so few, the figure moves from run to run: the unseen cases below are the demo's result")
 print(f"[demo] unseen cases    : mean Dice {d:.3f} over {len(s['metric_per_case'])} cases" if d is not None else "[demo] unseen cases: no lesion")
 PY

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-SEG = Path(__file__).resolve().parents[1] / "seg"
+REPO = Path(__file__).resolve().parents[1]
+SEG = REPO / "seg"
 MAX_CLI_LINES = 90
 MAX_FUNCTION_LINES = 60
 
@@ -39,3 +40,11 @@ def test_the_rule_finds_a_long_function(tmp_path):
     room.mkdir()
     (room / "m.py").write_text("def f():\n" + "    a = 1\n" * 69 + "\n\ndef g():\n" + "    a = 1\n" * 59)
     assert _long_functions("x", tmp_path) == ["x/m.py:f 70 lines"]
+
+
+def test_the_wheel_lists_every_package_and_the_configs():
+    """pyproject.toml lists the packages (discovery would miss seg.conf): a new subpackage must be added."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    listed = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "seg").rglob("__init__.py")}
+    assert set(listed) == found | {"seg.conf"} and len(listed) == len(set(listed))

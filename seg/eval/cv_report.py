@@ -19,7 +19,7 @@ import numpy as np
 
 from seg.eval.detection import DetectionParams, threshold_scan
 from seg.eval.evaluate import aggregate, evaluate_case, json_safe, mean_std
-from seg.io import atomic_write_bytes, write_text
+from seg.io import atomic_write_bytes, read_nifti, write_text
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ def evaluate_cv(run_dir: Path, spec, folds: list[int], cv) -> dict:
                 float(cv.get("tolerance_mm", 2.0)),
                 det.overlap,
                 det.min_object_voxels,
+                det.matching,
             )
             c["fold"] = k
             c["case_id"] = cid
@@ -71,8 +72,12 @@ def evaluate_cv(run_dir: Path, spec, folds: list[int], cv) -> dict:
     summary["fold_dice_mean"], summary["fold_dice_std"] = mean_std(fold_dice)
     summary["threshold"] = None
     if prob_cases:
-        best, table = threshold_scan(prob_cases, overlap=det.overlap, min_voxels=det.min_object_voxels)
+        best, table = threshold_scan(
+            prob_cases, overlap=det.overlap, min_voxels=det.min_object_voxels, matching=det.matching
+        )
         summary["threshold"], summary["threshold_scan"] = best, table
+    if cv.get("postprocessing", True):
+        summary["postprocessing"] = _postprocessing(per_case, labels)
     summary["metric_per_case"] = [{k: v for k, v in c.items() if k != "_detection"} for c in per_case]
     summary = json_safe(summary)
     write_text(run_dir / "cv_summary.json", json.dumps(summary, indent=1))
@@ -80,6 +85,21 @@ def evaluate_cv(run_dir: Path, spec, folds: list[int], cv) -> dict:
     figures = write_figures(run_dir / "figures", summary, per_case, by_id, int(cv.get("worst_cases", 3)))
     write_text(run_dir / "report.md", report_markdown(summary, figures))
     return summary
+
+
+def _postprocessing(per_case: list[dict], labels) -> dict:
+    """The postprocessing decision on the out-of-fold predictions (seg.eval.postprocess), as the summary holds
+    it: the adopted rules (what the bundle records) and the report (mean Dice per label without and with)."""
+    from seg.eval.postprocess import decide
+
+    maps = []
+    for c in per_case:
+        p, r = read_nifti(c["prediction_file"]), read_nifti(c["reference_file"])
+        spacing = [float(z) for z in r.header.get_zooms()[:3]]
+        pred, ref = (np.rint(np.squeeze(v.data)).astype(np.int64) for v in (p, r))
+        maps.append((pred, ref, spacing))
+    pp, report = decide(maps, labels)
+    return {"rules": {str(k): v for k, v in pp.as_dict().items()}, "report": report}
 
 
 def write_results_csv(path: Path, summary: dict) -> None:
@@ -93,10 +113,10 @@ def write_results_csv(path: Path, summary: dict) -> None:
     write_text(path, buf.getvalue())
 
 
-def _fmt(x, pct: bool = True) -> str:
+def _fmt(x, pct: bool = True) -> str:  # pct: a fraction 0-1 (4 decimals); else mm (2)
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
-    return f"{100 * x:.1f}" if pct else f"{x:.2f}"
+    return f"{x:.4f}" if pct else f"{x:.2f}"  # fractions 0-1 (Dice, recall, ...), as every seg output; mm
 
 
 def report_markdown(s: dict, figures: list[str]) -> str:
@@ -104,7 +124,7 @@ def report_markdown(s: dict, figures: list[str]) -> str:
         "# Cross-validation report",
         "",
         f"{len(s['metric_per_case'])} out-of-fold cases in {len(s['per_fold'])} folds; "
-        f"fold-mean foreground Dice {_fmt(s.get('fold_dice_mean'))} +- {_fmt(s.get('fold_dice_std'))} (%).",
+        f"fold-mean foreground Dice {_fmt(s.get('fold_dice_mean'))} +- {_fmt(s.get('fold_dice_std'))} (sd over folds).",
         "",
     ]
     scan = s.get("threshold_scan") or []
@@ -121,7 +141,7 @@ def report_markdown(s: dict, figures: list[str]) -> str:
                 else "Chosen: **argmax** (no threshold beat 0.5): the bundle has no threshold."
             ),
             "",
-            "| threshold | score | Dice-TP % | P-recall % | P-precision % | |",
+            "| threshold | score | Dice-TP | P-recall | P-precision | |",
             "|---|---|---|---|---|---|",
         ]
         for r in scan:
@@ -131,9 +151,20 @@ def report_markdown(s: dict, figures: list[str]) -> str:
                 f"{_fmt(r['patient_precision'])} | {mark} |"
             )
         lines.append("")
-    lines += ["Every table below uses argmax masks (the out-of-fold predictions as written).", ""]
+    pp = s.get("postprocessing")
+    if pp:
+        lines += [
+            "## Postprocessing (decided on the out-of-fold predictions; seg-predict applies it)",
+            "",
+            "| label | Dice without | with | choice |",
+            "|---|---|---|---|",
+        ]
+        for r in pp["report"].values():
+            lines.append(f"| {r['name']} | {_fmt(r['dice_without'])} | {_fmt(r['dice_with'])} | {r['choice']} |")
+        lines.append("")
+    lines += ["Every other table uses the argmax masks as predicted (no threshold, no postprocessing).", ""]
     lines += [
-        "## Detection (the paper's form, %)",
+        "## Detection (the paper's form; docs/metrics.md)",
         "",
         "| label | bin | cases | Dice | Dice-TP | P-recall | P-precision | P-F1 | O-recall | O-precision | O-F1 |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -151,7 +182,7 @@ def report_markdown(s: dict, figures: list[str]) -> str:
         "## Per label (mean +- std over cases; a missed or spurious structure counts HD95 = ASD = the image's"
         " diagonal in mm)",
         "",
-        "| label | Dice % | HD95 mm | ASD mm | surface Dice % | missed | spurious |",
+        "| label | Dice | HD95 mm | ASD mm | surface Dice | missed | spurious |",
         "|---|---|---|---|---|---|---|",
     ]
     for lab, m in s["mean"].items():
@@ -161,7 +192,7 @@ def report_markdown(s: dict, figures: list[str]) -> str:
             f"{_fmt(sd.get('HD95'), False)} | {_fmt(m.get('ASD'), False)} | {_fmt(m.get('SurfaceDice'))} | "
             f"{m.get('n_missed', '-')} | {m.get('n_spurious', '-')} |"
         )
-    lines += ["", "## Per fold (foreground mean Dice %)", "", "| fold | cases | Dice |", "|---|---|---|"]
+    lines += ["", "## Per fold (foreground mean Dice)", "", "| fold | cases | Dice |", "|---|---|---|"]
     for k, f in s["per_fold"].items():
         lines.append(f"| {k} | {f['n']} | {_fmt(f['foreground_mean'].get('Dice'))} |")
     if figures:

@@ -1,0 +1,94 @@
+"""What a user reads: seg's one line for a mistyped key or option, a help that leads with plan= and
+experiment=, quiet logs in one format with heartbeat lines off a terminal, and each command's next one."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, TINY
+
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+def _run(module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", module, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=ENV, timeout=timeout)
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("trainer.max_epoch=3", "trainer.max_epoch: no such key; did you mean trainer.max_epochs?"),
+        ("data.augment.flip_prb=0.1", "data.augment.flip_prb: no such key; did you mean data.augment.flip_prob?"),
+        ("experiment=hipocampus_unet", "experiment=hipocampus_unet: no such experiment config; did you mean "
+         "hippocampus_unet?"),
+        ("model/net=unett", "model/net=unett: no such model/net config; did you mean unet?"),
+    ],
+)  # fmt: skip
+def test_a_mistyped_key_or_option_is_one_line_with_a_suggestion(tmp_path, override, needle):
+    r = _run("seg.cli.train", override, f"hydra.run.dir={tmp_path / 'r'}")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().startswith(f"error: {needle}") and len(r.stderr.strip().splitlines()) == 1, r.stderr[-1500:]
+    assert not (tmp_path / "r").exists()
+
+
+def test_help_leads_with_plan_and_experiment():
+    r = _run("seg.cli.train", "--help")
+    head = r.stdout.splitlines()[:6]
+    assert r.returncode == 0 and head[0].startswith("seg-train:")
+    assert any("plan=PLAN.yaml" in x for x in head) and any("experiment=NAME" in x for x in head)
+    assert r.stdout.index("plan=PLAN.yaml") < r.stdout.index("== The composed config")
+
+
+def test_a_piped_run_logs_one_format_heartbeats_and_no_bar_or_banner(synth_root, tmp_path, monkeypatch):
+    """Off a terminal: no progress-bar frames, no Lightning banner, a heartbeat line inside a long epoch, the
+    epoch line as `epoch N (elapsed of max_time)`, one log format, and the next command last."""
+    monkeypatch.setitem(ENV, "SEG_HEARTBEAT_S", "1")
+    args = [f"data.root={synth_root}", *[o for o in TINY if "rich" not in o], "trainer.max_time=15s"]
+    r = _run("seg.cli.train", *args, "trainer.max_epochs=100000", f"hydra.run.dir={tmp_path / 'r'}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = r.stdout + r.stderr
+    for noise in ("GPU available", "TPU available", "Seed set to", "━", "\r", "Tip:"):
+        assert noise not in text, noise
+    log = (tmp_path / "r" / "train.log").read_text()
+    stamp = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (INFO|WARNING) [\w.]+: "
+    assert all(re.match(stamp, line) for line in log.splitlines() if line.strip()), log[:500]
+    assert re.search(r"seg.epoch: epoch \d+ \(0:00:\d\d of 0:00:15\) train/loss", log)
+    assert re.search(r"seg.epoch: step \d+, epoch \d+ \(0:00:\d\d of 0:00:15\)", text), text[-3000:]  # heartbeat
+    assert r.stdout.strip().splitlines()[-1] == f"next: seg-predict -m {tmp_path / 'r' / 'model'} -i INPUT -o OUTPUT"
+
+
+def test_kfold_with_an_experiment_gives_no_false_no_plan_warning(caplog):
+    """seg-kfold sets task_name: kfold whatever the experiment; the warning reads Hydra's recorded choice."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from seg.config import CONF_DIR
+    from seg.run.train import warn_without_plan
+
+    def composed(overrides):
+        with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+            cfg = compose("kfold", overrides=overrides, return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)  # as in a real run: the choices Hydra recorded
+        return cfg
+
+    try:
+        cfg = composed(["experiment=hippocampus_unet", "data.root=/somewhere/else"])
+        assert cfg.task_name == "kfold"  # what the old check read: it cannot tell an experiment
+        warn_without_plan(cfg)
+        assert not any("seg-plan" in r.getMessage() for r in caplog.records)
+        warn_without_plan(composed(["data=default", "data.root=/somewhere/else"]))
+        assert sum("seg-plan" in r.getMessage() for r in caplog.records) == 1
+    finally:
+        HydraConfig.instance().cfg = None
+
+
+def test_budget_text_says_seconds_not_a_rounded_minute():
+    from seg.config import human_duration
+
+    assert human_duration(90) == "1 min 30 s" and human_duration(3600) == "1 h" and human_duration(45) == "45 s"
