@@ -133,6 +133,14 @@ class Augment:
     noise_prob: float = 0.1
     noise_std: float = 0.05
 
+    @property
+    def mirror_axes(self) -> list[int]:
+        """The axes training mirrors (none when ``flip_prob`` is 0): the only ones test-time augmentation may
+        mirror, since a net never shown a mirrored axis does not recognise its structures mirrored."""
+        if self.flip_prob <= 0:
+            return []
+        return [0, 1, 2] if self.flip_axes is None else sorted(int(a) for a in self.flip_axes)
+
     @classmethod
     def from_mapping(cls, m: Mapping | None) -> Augment:
         """From a config mapping; missing or null keys take the defaults above; unknown keys are an error."""

@@ -101,6 +101,8 @@ class BundleMeta:
         threshold: the two-class operating point from a k-fold threshold scan, or None (argmax).
         members: networks per fold (an ensemble of seeds: ``fold_<k>/member_<m>/``).
         postprocessing: what seg-predict does to each label map (decided by a k-fold run; none by default).
+        mirror_axes: the axes training mirrored (its augmentation), the only ones ``--tta`` mirrors; None in
+            bundles written before it was recorded (then all three, as before).
         extra: further records kept as they are (``member_seeds``, ``cv``, ``export``, ...).
     """
 
@@ -113,6 +115,7 @@ class BundleMeta:
     threshold: float | None = None
     members: int = 1
     postprocessing: Postprocessing = field(default_factory=Postprocessing)
+    mirror_axes: list[int] | None = None
     extra: dict = field(default_factory=dict)
     created: str = ""
 
@@ -133,10 +136,15 @@ class BundleMeta:
             labels = {int(k): str(v) for k, v in dict(meta["labels"]).items()}
             folds = [int(f) for f in meta["folds"]]
             post = Postprocessing.from_mapping(meta.get("postprocessing"))
+            mirror = meta.get("mirror_axes")
+            mirror = None if mirror is None else sorted(int(a) for a in mirror)
+            if mirror is not None and not set(mirror) <= {0, 1, 2}:
+                raise ValueError(f"mirror_axes {mirror} must be axes 0, 1, 2")
         except (TypeError, ValueError, AttributeError) as e:
             raise BundleError(f"{path}: {one_line(e)}") from None
         _check_values(path, labels, meta, folds)
         known = set(REQUIRED) | {"format", "created", "inferer", "threshold", "members", "inverse", "postprocessing"}
+        known |= {"mirror_axes"}
         return cls(
             net=dict(meta["net"]),
             labels=labels,
@@ -147,6 +155,7 @@ class BundleMeta:
             threshold=meta.get("threshold"),
             members=int(meta.get("members") or 1),
             postprocessing=post,
+            mirror_axes=mirror,
             extra={k: v for k, v in meta.items() if k not in known},
             created=str(meta.get("created") or ""),
         )
@@ -166,6 +175,7 @@ class BundleMeta:
             "folds": sorted(int(f) for f in self.folds),
             **({"members": self.members} if self.members > 1 else {}),
             **({"postprocessing": self.postprocessing.as_dict()} if self.postprocessing else {}),
+            **({"mirror_axes": list(self.mirror_axes)} if self.mirror_axes is not None else {}),
             **self.extra,
         }
 
@@ -264,6 +274,7 @@ class Bundle:
             self.meta.preprocessing,
             inferer,
             tta=tta,
+            mirror_axes=self.meta.mirror_axes,
             device=device,
             threshold=thr if len(self.labels) == 2 else None,
             precision=precision,
@@ -364,6 +375,7 @@ def export_run_bundle(
     spec,
     preprocessing: Preprocessing,
     fold: int,
+    mirror_axes: Sequence[int] | None = None,
 ) -> Path:
     """Write fold ``fold``'s final weights (the network as training left it), its best checkpoint's weights
     beside them when there is one, and ``model.yaml``. The network's ``{name, kwargs}`` and the inferer spec
@@ -379,6 +391,7 @@ def export_run_bundle(
         preprocessing=preprocessing,
         inferer=InfererSpec.from_mapping(hparams.get("inferer")),
         folds=[fold],
+        mirror_axes=None if mirror_axes is None else sorted(int(a) for a in mirror_axes),
         extra={"weights": dict(WEIGHTS) if best_ckpt is not None else {"final": WEIGHTS["final"]}},
     )
     return write_bundle_meta(model_dir, meta)

@@ -54,7 +54,8 @@ class Predictor:
             :class:`~seg.data.transforms.Preprocessing`, or its mapping).
         inferer: the sliding-window spec the nets were validated with (from the bundle); resize mode runs
             the whole resized volume whatever its ``roi_size``.
-        tta: average over all axis mirrorings (8 in 3D).
+        tta: average over the mirrorings of ``mirror_axes`` (every subset: 8 for three axes, 1 for none).
+        mirror_axes: the axes training mirrored (a bundle records them); None: all three.
         device: torch device.
         threshold: for two-class models, foreground where its probability >= threshold (None: argmax).
         precision: ``fp32``, or ``bf16`` (torch nets under bf16 autocast; softmax and the ensemble stay in
@@ -74,6 +75,7 @@ class Predictor:
         threshold: float | None = None,
         precision: str = "fp32",
         postprocessing: Postprocessing | None = None,
+        mirror_axes: Sequence[int] | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.nets = [as_engine_net(n, self.device, precision) for n in nets]
@@ -88,6 +90,7 @@ class Predictor:
         self.transform = T.Compose(deterministic_transforms(self.spec, with_label=False, **preprocessing.as_dict()))
         self.inferer = inferer
         self.tta = tta
+        self.mirror_axes = [0, 1, 2] if mirror_axes is None else sorted(int(a) for a in mirror_axes)
         self.threshold = threshold
         self.postprocessing = postprocessing or Postprocessing()
 
@@ -113,7 +116,7 @@ class Predictor:
         """Mean softmax over nets (and mirrorings) on the pre-processed grid: ``[C, *S'] -> [K, *S']``."""
         x = image.as_tensor() if hasattr(image, "as_tensor") else image
         x = x[None].to(self.device, torch.float32)
-        spatial = list(range(2, x.ndim))
+        spatial = [2 + a for a in self.mirror_axes if 2 + a < x.ndim]  # the axes training mirrored
         flips = (
             [()] + [c for r in range(1, len(spatial) + 1) for c in itertools.combinations(spatial, r)]
             if self.tta

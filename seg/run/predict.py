@@ -65,6 +65,17 @@ class PredictRun:
     notes: list[str]
 
 
+def tta_note(axes: list[int], unrecorded: bool) -> str:
+    """What --tta averages: the mirrorings of the axes the model was trained mirrored (nnU-Net's rule)."""
+    if not axes:
+        return (
+            "TTA: nothing to average: the model was trained without mirroring (its augmentation mirrors no axis) "
+            "and would read mirrored structures as others; predicting without it"
+        )
+    why = "the bundle records none: all three, as before" if unrecorded else "the axes its training mirrored"
+    return f"TTA: the mean over {2 ** len(axes)} mirrorings of axes {axes} ({why})"
+
+
 def prepare(r: PredictRequest) -> PredictRun:
     """Every check before any case is predicted; a problem is a one-line :class:`~seg.errors.SegError`."""
     inp, out = check_paths(r.input, r.output)
@@ -85,6 +96,8 @@ def prepare(r: PredictRequest) -> PredictRun:
     if r.precision == "bf16":
         notes.append(check_bf16(predictor, r.model, cases))
     notes.append(f"operating point: {operating_point(bundle.labels, predictor.threshold, r.threshold)}")
+    if r.tta:
+        notes.append(tta_note(predictor.mirror_axes, bundle.meta.mirror_axes is None))
     if bundle.meta.postprocessing:
         what = predictor.postprocessing.describe(bundle.labels) if r.postprocess else "off (--no-postprocessing)"
         notes.append(f"postprocessing: {what} (chosen by the bundle's k-fold on its out-of-fold predictions)")

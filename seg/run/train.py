@@ -404,7 +404,14 @@ def _finish(cfg, trainer: pl.Trainer, model, dm, out: Path, t0: float) -> TrainR
         if (best or last) and not cfg.trainer.get("fast_dev_run"):
             state = {k: v.detach().cpu() for k, v in model.net.state_dict().items()}  # the final weights
             bundle = export_run_bundle(
-                out / "model", state, best, model.hparams, dm.spec, dm.preprocessing, int(dm.fold)
+                out / "model",
+                state,
+                best,
+                model.hparams,
+                dm.spec,
+                dm.preprocessing,
+                int(dm.fold),
+                dm.augment.mirror_axes,
             ).parent
             metrics["model_bundle"] = str(bundle)
         write_text(out / "metrics.json", json.dumps(metrics, indent=2))

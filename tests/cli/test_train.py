@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from seg.run.train import train
 from tests.conftest import REPO, TINY, compose_train
@@ -44,6 +45,11 @@ def test_run_folder_contents_and_resume(synth_root, tmp_path):
     ):
         assert (run1 / rel).exists(), rel
     assert list((run1 / "tensorboard").glob("events.*"))
+    # the bundle records the axes training mirrored: the only ones seg-predict --tta may mirror
+    from seg.data.transforms import Augment
+
+    recorded = yaml.safe_load((run1 / "model" / "model.yaml").read_text())["mirror_axes"]
+    assert recorded == Augment.from_mapping(cfg.data.augment).mirror_axes == [0, 1, 2]
     assert (run1 / "csv" / "metrics.csv").exists()
     saved = json.loads((run1 / "metrics.json").read_text())
     assert saved["epochs"] == 2 and "val/dice_meningioma" in saved

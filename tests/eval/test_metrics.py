@@ -336,3 +336,29 @@ def test_hd95_equals_monais_exactly_and_not_medpys_pooled_hd95(seed):
     assert seg == monai
     pooled = medpy.hd95(pred, ref, voxelspacing=spacing)
     assert pooled < seg - 0.1  # the conventions differ here, by more than a tenth of a millimetre
+
+
+def test_seg_eval_surface_tolerance_default_is_2mm_with_a_case_on_each_side(tmp_path):
+    """A cube shifted by 2 voxels of 1 mm: its surface points lie 0, 1 or 2 mm from the reference's. seg-eval's
+    default tolerance (2 mm) gives the surface Dice of a 2 mm tolerance; 1.9 mm and 2.1 mm fall on either side."""
+    import json
+
+    import nibabel as nib
+
+    from seg.cli.eval import main
+
+    ref = cube((30, 30, 30), (8, 8, 8), (20, 20, 20))
+    pred = cube((30, 30, 30), (10, 8, 8), (22, 20, 20))
+    for folder, m in (("pred", pred), ("ref", ref)):
+        (tmp_path / folder).mkdir()
+        nib.save(nib.Nifti1Image(m.astype(np.uint8), np.eye(4)), str(tmp_path / folder / "c0.nii.gz"))
+    assert (
+        main(["-p", str(tmp_path / "pred"), "-l", str(tmp_path / "ref"), "-o", str(tmp_path / "o"), "--workers", "1"])
+        == 0
+    )
+    got = json.loads((tmp_path / "o" / "summary.json").read_text())["mean"]["1"]["SurfaceDice"]
+    at = {
+        t: binary_metrics(pred, ref, spacing=(1.0, 1.0, 1.0), surface=True, tolerance_mm=t)["SurfaceDice"]
+        for t in (1.9, 2.0, 2.1)
+    }
+    assert got == pytest.approx(at[2.0]) and at[1.9] < at[2.0] <= at[2.1] and got != pytest.approx(at[1.9])

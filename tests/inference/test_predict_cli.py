@@ -279,3 +279,39 @@ def test_predict_options_overlap_workers_device_probabilities(tiny_bundle, synth
         assert main([*base, "-o", str(tmp_path / "cuda"), "--device", "cuda"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "cuda" in err[0].lower() and not (tmp_path / "cuda" / "summary.csv").exists()
+
+
+@pytest.mark.parametrize("axes, passes", [([], None), ([0, 2], 4)])
+def test_tta_says_what_it_averages_and_follows_the_bundles_mirror_axes(synth_root, tmp_path, capsys, axes, passes):
+    from seg.inference.bundle import load_bundle, write_bundle_meta
+
+    root = make_bundle(tmp_path / "b", folds=(0,))
+    b = load_bundle(root)
+    b.meta.mirror_axes = axes
+    write_bundle_meta(root, b.meta)
+    assert load_bundle(root).meta.mirror_axes == axes  # recorded in model.yaml
+    img = str(sorted((synth_root / "imagesTr").iterdir())[0])
+    capsys.readouterr()
+    assert main(["-i", img, "-o", str(tmp_path / "tta"), "-m", str(root), "-q", "--tta"]) == 0
+    text = capsys.readouterr().out
+    if passes is None:
+        assert "TTA: nothing to average" in text
+        assert main(["-i", img, "-o", str(tmp_path / "plain"), "-m", str(root), "-q"]) == 0
+        name = Path(img).name
+        same = [np.asanyarray(nib.load(str(tmp_path / d / name)).dataobj) for d in ("tta", "plain")]
+        assert np.array_equal(*same)
+    else:
+        assert f"TTA: the mean over {passes} mirrorings of axes {axes}" in text
+
+
+def test_a_bundle_with_mirror_axes_outside_0_to_2_is_one_line(tmp_path):
+    import yaml
+
+    from seg.inference.bundle import BundleError, load_bundle
+
+    root = make_bundle(tmp_path / "b", folds=(0,))
+    meta = yaml.safe_load((root / "model.yaml").read_text())
+    meta["mirror_axes"] = [0, 3]
+    (root / "model.yaml").write_text(yaml.safe_dump(meta))
+    with pytest.raises(BundleError, match="mirror_axes"):
+        load_bundle(root)

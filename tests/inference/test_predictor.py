@@ -141,3 +141,22 @@ def test_gpu_out_of_memory_falls_back_to_stitching_on_the_cpu(monkeypatch, caplo
     calls.clear()
     with pytest.raises(torch.cuda.OutOfMemoryError):
         inf.sliding_window(lambda t: t, SimpleNamespace(device=torch.device("cpu"), shape=x.shape), spec)
+
+
+def test_tta_mirrors_only_the_axes_training_mirrored(synth_root):
+    """A net trained without mirroring an axis reads a mirrored structure as another (the hippocampus's
+    anterior and posterior parts): TTA averages the mirrorings of the recorded axes only, as nnU-Net's."""
+    img = str(sorted((synth_root / "imagesTr").iterdir())[0])
+    a = _net(1)
+    plain = Predictor([a], {0: "bg", 1: "x"}, ["T1"], PATCH, InfererSpec(roi_size=(32, 32, 32)))
+    x = plain.transform({"image": img})["image"]
+    p = plain.probabilities(x)
+    one = Predictor(
+        [a], {0: "bg", 1: "x"}, ["T1"], PATCH, InfererSpec(roi_size=(32, 32, 32)), tta=True, mirror_axes=[1]
+    )
+    expected = (p + torch.flip(plain.probabilities(torch.flip(x, [2])), [2])) / 2  # axis 1 is tensor dim 2
+    torch.testing.assert_close(one.probabilities(x), expected, atol=1e-5, rtol=1e-4)
+    none = Predictor(
+        [a], {0: "bg", 1: "x"}, ["T1"], PATCH, InfererSpec(roi_size=(32, 32, 32)), tta=True, mirror_axes=[]
+    )
+    torch.testing.assert_close(none.probabilities(x), p)
