@@ -17,6 +17,14 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SEG_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+@pytest.fixture(autouse=True)
+def _no_probe_memory(tmp_path, monkeypatch):
+    """Every test plans with the probe memory off (each probe measured, as the tests of the probes expect) and
+    a private cache folder; the memory's own tests turn it on (``SEG_PROBE_MEMORY=1``)."""
+    monkeypatch.setenv("SEG_PROBE_MEMORY", "0")
+    monkeypatch.setenv("SEG_CACHE_DIR", str(tmp_path / "seg_cache"))
+
+
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory) -> Path:
     """A tiny synthetic MSD dataset (8 cases, 32^3), shared read-only by the session's tests."""

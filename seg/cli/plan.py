@@ -1,4 +1,4 @@
-"""``seg-plan DATASET [--net unet] [--budget 20m] [--device auto|cpu|cuda] [--devices N] [-o PLAN.yaml]``.
+"""``seg-plan DATASET [--net unet] [--budget 20m] [--device auto|cpu|cuda] [--devices N] [--reprobe] [-o PLAN.yaml]``.
 
 Fingerprints the dataset, measures the cost of candidate widths and patches on this device (or estimates
 them for one that is not present), and writes an experiment config that ``seg-train plan=PLAN.yaml`` and
@@ -36,6 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--fingerprint", default=None, help="fingerprint cache (default: beside the plan, <plan>.fingerprint.json)"
     )
+    p.add_argument(
+        "--reprobe",
+        action="store_true",
+        help="measure every probe again instead of reading the figures kept from earlier plans on this machine",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     from seg.cli.common import command
@@ -57,7 +62,7 @@ def _plan(a: argparse.Namespace, argv: list[str] | None) -> int:
     cache = Path(a.fingerprint) if a.fingerprint else out.with_suffix(".fingerprint.json")
     device = "cuda" if a.device == "auto" and torch.cuda.is_available() else "cpu" if a.device == "auto" else a.device
     steps = a.min_steps or MIN_STEPS
-    plan = make_plan(a.dataset, a.net, a.budget, device, a.memory_gb, cache, steps, not a.quiet, a.devices)
+    plan = make_plan(a.dataset, a.net, a.budget, device, a.memory_gb, cache, steps, not a.quiet, a.devices, a.reprobe)
     command = "seg-plan " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
     write_text(out, plan_yaml(plan, command, dataset_as(plan.dataset), out.stem))
     print(plan_table(plan))

@@ -142,6 +142,7 @@ def plan_document(plan: Plan, root_as: str | None = None, name: str | None = Non
                         ("device", plan.device, None),
                         ("measured", plan.measured, None),
                         ("busy", plan.busy, BUSY if plan.busy else None),
+                        *([("probes", Quoted(plan.memory), None)] if plan.memory else []),
                         ("median_shape", _flow(plan.median_shape), None),
                         ("step_seconds", plan.step_s, None),
                         ("steps_in_budget", plan.steps, "per member" if plan.members > 1 else None),
@@ -253,6 +254,8 @@ def plan_table(plan: Plan) -> str:
             for p in plan.probes
         )
     )
+    if plan.memory:
+        out.append(f"probe memory: {plan.memory}")
     if plan.busy:
         out.append("note: the machine was busy while probing (see the warning above)")
     return "\n".join(out)

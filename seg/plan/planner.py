@@ -20,6 +20,7 @@ The plan file is written by ``seg.plan.planfile``.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass, field, replace
@@ -33,7 +34,8 @@ from seg.data.datalist import load_dataset
 from seg.nn.registry import list_nets, net_card, plannable_nets
 from seg.plan import cost, machine, rules, search
 from seg.plan.fingerprint import compute_fingerprint
-from seg.plan.probe import training_probe
+from seg.plan.memory import ProbeMemory
+from seg.plan.probe import TrainingCost, training_probe
 from seg.plan.search import MIN_STEPS, TRAIN_SHARE
 
 log = logging.getLogger(__name__)
@@ -131,6 +133,7 @@ class Plan:
     step_s: float
     steps: int
     busy: bool = False  # other processes kept the CPU busy while probing (see seg.plan.machine)
+    memory: str = ""  # which probes came from the probe memory (seg.plan.memory)
     probes: list[dict] = field(default_factory=list)
     reasons: dict = field(default_factory=dict)
 
@@ -253,8 +256,9 @@ def make_plan(
     min_steps: int = MIN_STEPS,
     progress: bool = True,
     devices: int = 1,
+    reprobe: bool = False,
 ) -> Plan:
-    """Plan ``net`` on the dataset at ``root`` for ``budget`` on ``device`` (see the module docstring)."""
+    """Plan ``net`` on ``root`` for ``budget`` on ``device`` (module docstring); ``reprobe``: see seg.plan.memory."""
     import torch
 
     spec = load_dataset(root)
@@ -265,17 +269,15 @@ def make_plan(
     fp = compute_fingerprint(spec, cache, progress=progress)
     d = data_rules(spec, fp["cases"])
     pipeline, pipeline_why = choose_pipeline(d, memory_gb, device)
-    load = machine.measure_load() if measured and device == "cpu" else machine.Load(machine.available_cores(), 0.0)
-    if load.busy:
-        log.warning("%s", load.warning())
-    probes = search.Probes(_timer(net, spec, device, measured), budget_s * TRAIN_SHARE, net)
-    bf16 = cost.bf16_supported(device) or not measured
-    args = (d["full"], budget_s, bf16, measured, memory_gb, min_steps)
+    load = _load(measured, device)
+    mem = ProbeMemory(device, busy=load.busy, reprobe=reprobe, on=measured)
+    probes = search.Probes(_timer(net, spec, device, measured, mem), budget_s * TRAIN_SHARE, net)
+    args = (d["full"], budget_s, cost.bf16_supported(device) or not measured, measured, memory_gb, min_steps)
     c = search.search(probes, *args, train_time=lambda m: Budget(budget_s, m).train_s)
     workers = max(1, min(4, load.cores - 1))
     acct = Budget(budget_s, c.members)
     if measured:
-        c, acct = _calibrate(probes, c, args, spec, d, net, device, pipeline, workers, root)
+        c, acct = _calibrate(probes, c, args, spec, d, net, device, pipeline, workers, root, mem, fp.get("key"))
     reasons = {**d["reasons"], **c.reasons, "pipeline": pipeline_why}
     reasons.update(_choice_reasons(c, d["median"], acct, measured, min_steps, devices))
     return Plan(
@@ -300,33 +302,62 @@ def make_plan(
         step_s=round(c.step_s, 4),
         steps=c.steps,
         busy=load.busy,
+        memory=mem.describe() if measured else "",
         probes=probes.table(acct.train_s),
         reasons=reasons,
     )
 
 
-def _timer(net: str, spec, device: str, measured: bool):
+def _load(measured: bool, device: str) -> machine.Load:
+    """The other processes' load on a probed CPU (said once when busy); none on a GPU or an estimate."""
+    load = machine.measure_load() if measured and device == "cpu" else machine.Load(machine.available_cores(), 0.0)
+    if load.busy:
+        log.warning("%s", load.warning())
+    return load
+
+
+def _timer(net: str, spec, device: str, measured: bool, mem: ProbeMemory):
     in_ch, out_ch = spec.in_channels, spec.out_channels
 
     def timer(cand: cost.Candidate, levels: int) -> float:
         if measured:
-            return cost.measure_step(net, cand, levels, in_ch, out_ch, device)
+            key = f"bare {net} levels {levels} channels {in_ch}/{out_ch} {_cand_key(cand)}"
+            return mem.figure(key, lambda: cost.measure_step(net, cand, levels, in_ch, out_ch, device))
         return cost.estimate_step(net, cand, levels, in_ch, out_ch, device)
 
     return timer
 
 
-def _calibrate(probes, c, args, spec, d, net, device, pipeline, workers, root) -> tuple[search.Choice, Budget]:
+def _cand_key(cand: cost.Candidate) -> str:
+    layout = "channels-last" if cand.channels_last else "channels-first"
+    return f"width {cand.base} patch {list(cand.patch)} batch {cand.batch} {cand.precision} {layout}"
+
+
+def _training_probe(mem: ProbeMemory, fp_key, root, ids, data, net, c, channels, device) -> TrainingCost:
+    """The training probe of ``c``, through the probe memory (keyed by the dataset's fingerprint and ``data``)."""
+    key = f"train {net} levels {c.levels} {_cand_key(c.candidate)} fingerprint {fp_key} " + json.dumps(
+        data, sort_keys=True, default=str
+    )
+
+    def measure() -> dict:
+        return vars(training_probe(str(root), ids, data, net, c.candidate, c.levels, channels, device))
+
+    return TrainingCost(**mem.record(key, measure))
+
+
+def _calibrate(
+    probes, c, args, spec, d, net, device, pipeline, workers, root, mem: ProbeMemory, fp_key
+) -> tuple[search.Choice, Budget]:
     """Steps 4-5: the training probe at the choice, the search again with the data cost and budget it measured,
     until the choice holds (at most ``CALIBRATION_ROUNDS`` probes); the final choice's step is the measured one."""
     budget_s = args[1]
     n_val = max(1, math.ceil(len(spec.cases) / min(5, len(spec.cases))))
     ids = [case.case_id for case in spec.cases]
+    channels = (spec.in_channels, spec.out_channels)
     measured: dict = {}  # candidate -> its TrainingCost
     for _ in range(CALIBRATION_ROUNDS):
         data = data_config(d, c, d["median"], pipeline, workers)
-        channels = (spec.in_channels, spec.out_channels)
-        tc = measured[c.candidate] = training_probe(str(root), ids, data, net, c.candidate, c.levels, channels, device)
+        tc = measured[c.candidate] = _training_probe(mem, fp_key, root, ids, data, net, c, channels, device)
         extra = max(0.0, tc.step_s * LOOP_OVERHEAD - probes.bare(c.candidate, c.levels))
         probes.data_s_per_voxel = extra / (c.batch * math.prod(c.patch))
         acct = Budget(budget_s, 1, tc.val_case_s * n_val, STARTUP_S + tc.cache_case_s * len(spec.cases))
@@ -337,9 +368,7 @@ def _calibrate(probes, c, args, spec, d, net, device, pipeline, workers, root) -
         c = new
     if c.candidate not in measured:  # the rounds ran out on a new choice: measure it for its own step
         data = data_config(d, c, d["median"], pipeline, workers)
-        tc = measured[c.candidate] = training_probe(
-            str(root), ids, data, net, c.candidate, c.levels, (spec.in_channels, spec.out_channels), device
-        )
+        tc = measured[c.candidate] = _training_probe(mem, fp_key, root, ids, data, net, c, channels, device)
     tc = measured[c.candidate]
     acct = Budget(budget_s, c.members, tc.val_case_s * n_val, STARTUP_S + tc.cache_case_s * len(spec.cases))
     return replace(c, step_s=tc.step_s * LOOP_OVERHEAD, train_s=acct.train_s), acct

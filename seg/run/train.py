@@ -24,7 +24,7 @@ from omegaconf import OmegaConf, open_dict
 
 from seg.config import Precision, UserError, as_max_time, parse_duration, to_plain
 from seg.data.check import check_dataset, errors
-from seg.errors import ExitCode, SegError, one_line
+from seg.errors import ExitCode, SegError, Signals, one_line
 from seg.inference.bundle import BundleError, bundle_members, export_run_bundle, read_checkpoint
 from seg.io import write_text
 from seg.lit.callbacks import Heartbeat, StopOnSignal
@@ -371,10 +371,16 @@ def train_one(cfg, extra_callbacks: list | None = None) -> TrainResult:
     _check_resume(cfg.get("ckpt_path"))
     try:
         trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path") or None)
-    except SystemExit:  # Lightning's answer to Ctrl-C: a graceful shutdown, then sys.exit(1)
+    except SystemExit:
+        # Lightning's answers to Ctrl-C (a graceful shutdown, then sys.exit(1)) and to a SIGTERM it sees before
+        # our callback does (at an epoch's or a validation's end: SIGTERMException, a SystemExit with no code,
+        # which would exit 0 without metrics)
         stop = next(c for c in trainer.callbacks if isinstance(c, StopOnSignal))
         if stop.keyboard:
             raise StopOnSignal.interrupted(trainer, ExitCode.INTERRUPTED, "interrupted (Ctrl-C)") from None
+        if trainer.received_sigterm or Signals.received is not None:
+            Signals.deferred = False
+            raise StopOnSignal.interrupted(trainer, ExitCode.TERMINATED, "terminated (SIGTERM)") from None
         raise
     return _finish(cfg, trainer, model, dm, out, t0)
 

@@ -112,3 +112,29 @@ def test_predict_interrupted_by_ctrl_c_exits_130_without_a_traceback(synth_root,
     assert last.startswith("interrupted (Ctrl-C)") and "--continue" in last
     assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d INFO ", x) for x in logged), logged
     assert not list(out_dir.glob(".*part*"))  # no half-written file left behind
+
+
+def test_sigterm_that_lightning_sees_first_at_an_epoch_end_still_exits_143(synth_root, tmp_path):
+    """A SIGTERM that lands after an epoch's last batch is seen by Lightning's fit loop first: it raises its
+    ``SIGTERMException`` (a ``SystemExit`` with no code, exit 0). seg turns it into the same stop as ours:
+    exit 143, the kept checkpoint named, no metrics.json (CI met this race once)."""
+    import pytorch_lightning as pl
+
+    from seg.errors import ExitCode, Interrupted, Signals
+    from seg.run.train import train
+    from tests.conftest import compose_train
+
+    class SigtermAtEpochEnd(pl.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                trainer._signal_connector.received_sigterm = True  # what Lightning's handler records
+
+    run = tmp_path / "run"
+    cfg = compose_train([f"data.root={synth_root}", *TINY, "trainer.max_epochs=4"], run)
+    try:
+        with pytest.raises(Interrupted) as e:
+            train(cfg, extra_callbacks=[SigtermAtEpochEnd()])
+    finally:
+        Signals.deferred, Signals.received = False, None
+    assert e.value.code == ExitCode.TERMINATED == 143 and "terminated (SIGTERM)" in str(e.value)
+    assert "last.ckpt" in str(e.value) and not (run / "metrics.json").exists()

@@ -1,0 +1,163 @@
+"""The probe memory (seg.plan.memory): a re-plan of the same data on the same machine reads the kept figures and
+gives the same plan however the machine drifts; a busy machine plans from quiet figures and keeps none of its
+own; ``--reprobe`` measures again and plans from the median of the kept figures."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+
+import yaml
+
+from seg.plan import cost, machine, memory
+from seg.plan.planfile import plan_yaml
+from seg.plan.planner import make_plan
+from tests.plan.conftest import modelled_step, use_model
+
+# how fast the machine is in each of five runs: the drift between runs that five quiet hippocampus plans met on
+# the development VM (a width-8 step read 0.24-0.33 s), with each probe's own +-10 % jitter on top
+DRIFT = (1.0, 1.3, 0.8, 1.25, 0.85)
+
+
+def drifting(run: int, factor: float = 1.0):
+    rng = random.Random(run)
+
+    def step(net, cand, levels, in_ch, out_ch, device):
+        t = modelled_step(net, cand, levels, in_ch, out_ch, device) * factor
+        return cost.aggregate([t * rng.uniform(0.9, 1.1) for _ in range(cost.REPS)])
+
+    return step
+
+
+def _plan(root, tmp_path, **kw):
+    p = make_plan(root, "unet", "20m", "cpu", cache=tmp_path / "fp.json", progress=False, **kw)
+    return p, (tuple(p.patch), p.base, p.members, p.precision, p.channels_last)
+
+
+def test_pins():
+    assert memory.KEEP == 5 and memory.MAX_AGE_DAYS == 30 and memory.FILE_NAME == "probes.json"
+
+
+def test_five_drifting_runs_give_one_plan_from_memory_and_several_without(synth_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("SEG_PROBE_MEMORY", "1")
+    plans, measured = set(), []
+    for run, factor in enumerate(DRIFT):
+        use_model(monkeypatch, drifting(run, factor))
+        p, key = _plan(synth_root, tmp_path)
+        plans.add(key)
+        measured.append(p.memory)
+    assert len(plans) == 1, plans
+    assert not measured[0].startswith("0 probes measured") and "read from the probe memory" not in measured[0]
+    assert all(m.startswith("0 probes measured") and "read from the probe memory" in m for m in measured[1:])
+    # the guard: the same drift with the memory off moves the plan
+    monkeypatch.setenv("SEG_PROBE_MEMORY", "0")
+    plans = set()
+    for run, factor in enumerate(DRIFT):
+        use_model(monkeypatch, drifting(run, factor))
+        plans.add(_plan(synth_root, tmp_path)[1])
+    assert len(plans) > 1
+
+
+def test_busy_plans_agree_and_a_quiet_plan_replaces_their_figures(synth_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("SEG_PROBE_MEMORY", "1")
+    busy = machine.Load(2, 1.0)
+
+    def plan(run, factor, load):
+        use_model(monkeypatch, drifting(run, factor))
+        monkeypatch.setattr(machine, "measure_load", lambda seconds=0: load)
+        return _plan(synth_root, tmp_path)
+
+    # five plans beside the same load, on an empty memory: the first measures (its figures kept apart as a
+    # busy machine's), the other four read them: one plan, though each run's probes read 2.5-3.5x slow
+    first, slowed = plan(0, 3.0, busy)
+    assert first.busy and "kept apart as a busy machine's" in first.memory
+    for run, factor in enumerate((2.5, 3.5, 2.7, 3.3), 1):
+        p, key = plan(run, factor, busy)
+        assert key == slowed and p.memory.startswith("0 probes measured") and "a busy machine's" in p.memory
+    # a quiet plan does not read busy figures: it measures, keeps its own, and plans for the quiet machine
+    q, quiet = plan(5, 1.0, machine.Load(2, 0.0))
+    assert quiet != slowed and not q.memory.startswith("0 probes measured")
+    # busy plans after it read the quiet figures first: the quiet plan, nothing measured
+    kept = memory.memory_path().read_bytes()
+    for run in range(6, 9):
+        p, key = plan(run, 3.0, busy)
+        assert key == quiet and p.busy and p.memory.startswith("0 probes measured")
+    assert memory.memory_path().read_bytes() == kept
+
+
+def test_reprobe_measures_again_and_plans_from_the_median_of_the_kept_figures(synth_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("SEG_PROBE_MEMORY", "1")
+    calls = {"n": 0}
+
+    def counted(factor):
+        def step(*a):
+            calls["n"] += 1
+            return modelled_step(*a) * factor
+
+        return step
+
+    for factor in (1.0, 2.0, 1.1, 1.2, 0.9, 1.05, 3.0):
+        use_model(monkeypatch, counted(factor))
+        n = calls["n"]
+        p, _ = _plan(synth_root, tmp_path, reprobe=True)
+        assert calls["n"] > n  # measured again
+    rows = next(iter(json.loads(memory.memory_path().read_text()).values()))
+    assert rows and all(1 <= len(r) <= memory.KEEP for r in rows.values())
+    # a plan without --reprobe measures nothing and reads those medians
+    use_model(monkeypatch, counted(5.0))
+    n = calls["n"]
+    again, _ = _plan(synth_root, tmp_path)
+    assert calls["n"] == n and again.memory.startswith("0 probes measured")
+
+
+def test_reprobe_keeps_the_last_five_figures_and_returns_their_median(monkeypatch):
+    monkeypatch.setenv("SEG_PROBE_MEMORY", "1")
+    got = [
+        memory.ProbeMemory("cpu", reprobe=True).figure("k", lambda v=v: v)
+        for v in (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 100.0)
+    ]
+    assert got == [1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0]  # the median of the last five at most
+    assert memory.ProbeMemory("cpu").figure("k", lambda: 0.0) == 5.0  # read, not measured
+
+
+def test_figures_older_than_max_age_are_measured_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEG_PROBE_MEMORY", "1")
+    mem = memory.ProbeMemory("cpu")
+    assert mem.figure("k", lambda: 2.0) == 2.0
+    assert memory.ProbeMemory("cpu").figure("k", lambda: 9.0) == 2.0  # kept
+    data = json.loads(mem.path.read_text())
+    for rows in data.values():
+        rows["k"][0][0] = time.time() - (memory.MAX_AGE_DAYS + 1) * 86400
+    mem.path.write_text(json.dumps(data))
+    assert memory.ProbeMemory("cpu").figure("k", lambda: 9.0) == 9.0  # too old: measured again
+
+
+def test_an_unreadable_memory_is_one_warning_and_the_plan_is_made(synth_root, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("SEG_PROBE_MEMORY", "1")
+    path = memory.memory_path()
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    use_model(monkeypatch)
+    with caplog.at_level(logging.WARNING):
+        p, _ = _plan(synth_root, tmp_path)
+    lines = [r.getMessage() for r in caplog.records if "probe memory" in r.getMessage()]
+    assert len(lines) == 1 and str(path) in lines[0] and "unreadable" in lines[0]
+    assert json.loads(path.read_text())  # rewritten whole with this plan's figures
+    doc = yaml.safe_load(plan_yaml(p, "seg-plan x"))
+    assert doc["planned"]["probes"] == p.memory and "kept in" in p.memory
+
+
+def test_seg_plan_reprobe_flag_reaches_the_planner(synth_root, tmp_path, monkeypatch, capsys):
+    from seg.cli.plan import main
+
+    monkeypatch.setenv("SEG_PROBE_MEMORY", "1")
+    use_model(monkeypatch)
+    out = tmp_path / "p.yaml"
+    assert main([str(synth_root), "--budget", "20m", "-o", str(out), "-q"]) == 0
+    assert main([str(synth_root), "--budget", "20m", "-o", str(out), "-q"]) == 0
+    assert "probe memory: 0 probes measured" in capsys.readouterr().out
+    assert main([str(synth_root), "--budget", "20m", "-o", str(out), "-q", "--reprobe"]) == 0
+    text = capsys.readouterr().out
+    assert "probe memory: 0 probes measured" not in text and "probe memory: " in text
