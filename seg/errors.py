@@ -23,6 +23,7 @@ class ExitCode(IntEnum):
     FAILED = 1  # some cases or folds failed, each named
     REFUSED = 2  # refused before any work
     INTERRUPTED = 130  # SIGINT (128 + 2)
+    BROKEN_PIPE = 141  # the reader of stdout went away (`| head`): SIGPIPE's 128 + 13, quietly
     TERMINATED = 143  # SIGTERM (128 + 15)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -54,14 +55,20 @@ def command(fn: Callable[..., int | None]) -> Callable[..., int]:
         except ValueError:  # not the main thread: leave signals alone
             previous = None
         try:
-            configure_threads()
-            return int(fn(*args, **kwargs) or 0)
+            if not {"-h", "--help", "--hydra-help"} & set(sys.argv[1:]):  # help needs no torch (2 s to import)
+                configure_threads()
+            code = int(fn(*args, **kwargs) or 0)
+            sys.stdout.flush()  # a closed pipe shows here, inside the rule, not at the interpreter's exit
+            return code
         except Interrupted as e:
             report(e)
             return e.code
         except SegError as e:
             report(e)
             return int(ExitCode.REFUSED)
+        except BrokenPipeError:  # `seg-... | head` closed the pipe: exit as a tool killed by SIGPIPE, quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return int(ExitCode.BROKEN_PIPE)
         except KeyboardInterrupt:
             print(f"interrupted (Ctrl-C): {resume_hint(fn)}", file=sys.stderr)
             return int(ExitCode.INTERRUPTED)

@@ -43,6 +43,23 @@ def test_help_leads_with_plan_and_experiment():
     assert r.returncode == 0 and head[0].startswith("seg-train:")
     assert any("plan=PLAN.yaml" in x for x in head) and any("experiment=NAME" in x for x in head)
     assert r.stdout.index("plan=PLAN.yaml") < r.stdout.index("== The composed config")
+    groups = r.stdout[r.stdout.index("== Groups") : r.stdout.index("== The composed config")]
+    assert "model/net: agunet, daunet" in groups and "experiment: hippocampus_agunet" in groups
+    assert "hydra" not in groups and "\ntrainer:" in r.stdout  # the composed config, hydra's own keys left out
+
+
+def test_help_into_a_closed_pipe_exits_141_without_a_traceback():
+    """`seg-train --help | head -0`: the reader is gone before the help is written."""
+    p = subprocess.Popen(
+        [sys.executable, "-m", "seg.cli.train", "--help"],
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141 and "Traceback" not in err and "BrokenPipe" not in err, err[-1500:]
 
 
 def test_a_piped_run_logs_one_format_heartbeats_and_no_bar_or_banner(synth_root, tmp_path, monkeypatch):
