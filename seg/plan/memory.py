@@ -164,7 +164,7 @@ class ProbeMemory:
             return f"{self.measured} probes measured, none kept (probe memory off)"
         since = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.oldest)) if self.oldest else None
         kept = f"kept apart as a busy machine's in {self.path}" if self.busy else f"kept in {self.path}"
-        parts = [f"{self.measured} probes measured ({kept})"]
+        parts = [f"{self.measured} probes measured ({kept})" if self.measured else "no probe measured"]
         if self.used:
             busy = f", {self.used_busy} of them a busy machine's" if self.used_busy else ""
             parts.append(f"{self.used} read from the probe memory (the median of figures kept since {since}{busy})")

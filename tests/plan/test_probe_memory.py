@@ -49,8 +49,8 @@ def test_five_drifting_runs_give_one_plan_from_memory_and_several_without(synth_
         plans.add(key)
         measured.append(p.memory)
     assert len(plans) == 1, plans
-    assert not measured[0].startswith("0 probes measured") and "read from the probe memory" not in measured[0]
-    assert all(m.startswith("0 probes measured") and "read from the probe memory" in m for m in measured[1:])
+    assert not measured[0].startswith("no probe measured") and "read from the probe memory" not in measured[0]
+    assert all(m.startswith("no probe measured") and "read from the probe memory" in m for m in measured[1:])
     # the guard: the same drift with the memory off moves the plan
     monkeypatch.setenv("SEG_PROBE_MEMORY", "0")
     plans = set()
@@ -75,15 +75,15 @@ def test_busy_plans_agree_and_a_quiet_plan_replaces_their_figures(synth_root, tm
     assert first.busy and "kept apart as a busy machine's" in first.memory
     for run, factor in enumerate((2.5, 3.5, 2.7, 3.3), 1):
         p, key = plan(run, factor, busy)
-        assert key == slowed and p.memory.startswith("0 probes measured") and "a busy machine's" in p.memory
+        assert key == slowed and p.memory.startswith("no probe measured") and "a busy machine's" in p.memory
     # a quiet plan does not read busy figures: it measures, keeps its own, and plans for the quiet machine
     q, quiet = plan(5, 1.0, machine.Load(2, 0.0))
-    assert quiet != slowed and not q.memory.startswith("0 probes measured")
+    assert quiet != slowed and not q.memory.startswith("no probe measured")
     # busy plans after it read the quiet figures first: the quiet plan, nothing measured
     kept = memory.memory_path().read_bytes()
     for run in range(6, 9):
         p, key = plan(run, 3.0, busy)
-        assert key == quiet and p.busy and p.memory.startswith("0 probes measured")
+        assert key == quiet and p.busy and p.memory.startswith("no probe measured")
     assert memory.memory_path().read_bytes() == kept
 
 
@@ -109,7 +109,7 @@ def test_reprobe_measures_again_and_plans_from_the_median_of_the_kept_figures(sy
     use_model(monkeypatch, counted(5.0))
     n = calls["n"]
     again, _ = _plan(synth_root, tmp_path)
-    assert calls["n"] == n and again.memory.startswith("0 probes measured")
+    assert calls["n"] == n and again.memory.startswith("no probe measured")
 
 
 def test_reprobe_keeps_the_last_five_figures_and_returns_their_median(monkeypatch):
@@ -157,7 +157,7 @@ def test_seg_plan_reprobe_flag_reaches_the_planner(synth_root, tmp_path, monkeyp
     out = tmp_path / "p.yaml"
     assert main([str(synth_root), "--budget", "20m", "-o", str(out), "-q"]) == 0
     assert main([str(synth_root), "--budget", "20m", "-o", str(out), "-q"]) == 0
-    assert "probe memory: 0 probes measured" in capsys.readouterr().out
+    assert "probe memory: no probe measured" in capsys.readouterr().out
     assert main([str(synth_root), "--budget", "20m", "-o", str(out), "-q", "--reprobe"]) == 0
     text = capsys.readouterr().out
-    assert "probe memory: 0 probes measured" not in text and "probe memory: " in text
+    assert "probe memory: no probe measured" not in text and "probe memory: " in text
