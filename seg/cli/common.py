@@ -14,6 +14,7 @@ import signal
 import sys
 from collections.abc import Callable
 
+from seg.cli.resume import resume_hint
 from seg.config import configure_threads
 from seg.errors import ExitCode, Interrupted, SegError, Signals
 
@@ -80,18 +81,3 @@ def command(fn: Callable[..., int | None]) -> Callable[..., int]:
                 signal.signal(signal.SIGTERM, previous)
 
     return wrapped
-
-
-RESUME = {
-    "seg-predict": "outputs written so far are complete; run the same command with --continue to do the rest",
-    "seg-eval": "nothing was written; run the same command again",
-    "seg-plan": "nothing was written; run the same command again",
-    "seg-export": "the bundle is unchanged; run the same command again",
-    "seg-check-data": "nothing was written; run the same command again",
-    "seg-synth": "run the same command with --overwrite",
-}
-
-
-def resume_hint(fn: Callable) -> str:
-    prog = getattr(fn, "prog", None) or fn.__module__.rsplit(".", 1)[-1]
-    return RESUME.get(prog, RESUME.get(f"seg-{prog.replace('_', '-')}", "run the same command again"))
