@@ -11,7 +11,8 @@ probe (net, width, levels, patch, batch, precision, memory format, channels; the
 dataset's fingerprint and the planned data settings), and plans from the **median of the kept figures**:
 
 - a probe with kept figures is not measured again: the same request on the same machine gives the same plan
-  (and plans in seconds);
+  (and plans in seconds). Only the chosen candidate's training step is timed once more (not kept), for the
+  steps the plan says the budget buys: the choice is the kept one, the step count today's;
 - a probe without one is measured and kept. A busy machine's figures are the load's as much as the
   machine's: they are kept apart and read only by busy plans, and only where no quiet figure is kept (so
   five plans beside the same load agree, and the first quiet plan measures again); a busy plan reads the
@@ -88,7 +89,9 @@ class ProbeMemory:
     used_busy: int = 0
     measured: int = 0
     oldest: float | None = None
+    timed_now: float | None = None  # the chosen candidate's training step, timed in this run (see time_now)
     _fresh: set = field(default_factory=set)  # keys measured in this run: a second call measures again
+    _read_keys: set = field(default_factory=set)  # keys read from the memory in this run
     _data: dict = field(default_factory=dict)
     _machine: str = ""
 
@@ -135,6 +138,7 @@ class ProbeMemory:
             for slot in slots:
                 if kept := self._kept(slot):
                     self.used += 1
+                    self._read_keys.add(key)
                     self.used_busy += slot != key
                     self.oldest = min(self.oldest or kept[0][0], kept[0][0])
                     return median([clean(v) for _, v in kept])
@@ -146,6 +150,17 @@ class ProbeMemory:
         self._data.setdefault(self._machine, {})[slot] = kept
         self._save()
         return median([clean(v) for _, v in kept])
+
+    def was_read(self, key: str) -> bool:
+        """Whether ``key``'s figure came from the memory in this run (not measured)."""
+        return key in self._read_keys
+
+    def time_now(self, measure: Callable):
+        """Measure once now, keep nothing: the chosen candidate's training step when the choice came from kept
+        figures, so that the plan's steps are this hour's (the machine drifts; the choice stays the kept one)."""
+        value = measure()
+        self.timed_now = value.step_s if hasattr(value, "step_s") else float(value)
+        return value
 
     def _save(self) -> None:
         from seg.io import write_text
@@ -168,4 +183,6 @@ class ProbeMemory:
         if self.used:
             busy = f", {self.used_busy} of them a busy machine's" if self.used_busy else ""
             parts.append(f"{self.used} read from the probe memory (the median of figures kept since {since}{busy})")
+        if self.timed_now is not None:
+            parts.append(f"the chosen step timed now ({self.timed_now:.3f} s) for the steps it buys")
         return "; ".join(parts) + "; seg-plan --reprobe measures again"

@@ -333,16 +333,19 @@ def _cand_key(cand: cost.Candidate) -> str:
     return f"width {cand.base} patch {list(cand.patch)} batch {cand.batch} {cand.precision} {layout}"
 
 
-def _training_probe(mem: ProbeMemory, fp_key, root, ids, data, net, c, channels, device) -> TrainingCost:
-    """The training probe of ``c``, through the probe memory (keyed by the dataset's fingerprint and ``data``)."""
-    key = f"train {net} levels {c.levels} {_cand_key(c.candidate)} fingerprint {fp_key} " + json.dumps(
+def _train_key(net: str, c: search.Choice, fp_key, data: dict) -> str:
+    return f"train {net} levels {c.levels} {_cand_key(c.candidate)} fingerprint {fp_key} " + json.dumps(
         data, sort_keys=True, default=str
     )
+
+
+def _training_probe(mem: ProbeMemory, fp_key, root, ids, data, net, c, channels, device) -> TrainingCost:
+    """The training probe of ``c``, through the probe memory (keyed by the dataset's fingerprint and ``data``)."""
 
     def measure() -> dict:
         return vars(training_probe(str(root), ids, data, net, c.candidate, c.levels, channels, device))
 
-    return TrainingCost(**mem.record(key, measure))
+    return TrainingCost(**mem.record(_train_key(net, c, fp_key, data), measure))
 
 
 def _calibrate(
@@ -370,6 +373,10 @@ def _calibrate(
         data = data_config(d, c, d["median"], pipeline, workers)
         tc = measured[c.candidate] = _training_probe(mem, fp_key, root, ids, data, net, c, channels, device)
     tc = measured[c.candidate]
+    data = data_config(d, c, d["median"], pipeline, workers)
+    if mem.was_read(_train_key(net, c, fp_key, data)):  # chosen from kept figures: its steps at today's speed
+        now = mem.time_now(lambda: training_probe(str(root), ids, data, net, c.candidate, c.levels, channels, device))
+        tc = replace(tc, step_s=now.step_s)
     acct = Budget(budget_s, c.members, tc.val_case_s * n_val, STARTUP_S + tc.cache_case_s * len(spec.cases))
     return replace(c, step_s=tc.step_s * LOOP_OVERHEAD, train_s=acct.train_s), acct
 

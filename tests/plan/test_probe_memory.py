@@ -105,11 +105,16 @@ def test_reprobe_measures_again_and_plans_from_the_median_of_the_kept_figures(sy
         assert calls["n"] > n  # measured again
     rows = next(iter(json.loads(memory.memory_path().read_text()).values()))
     assert rows and all(1 <= len(r) <= memory.KEEP for r in rows.values())
-    # a plan without --reprobe measures nothing and reads those medians
-    use_model(monkeypatch, counted(5.0))
+    # a plan without --reprobe reads those medians: it measures one thing, the chosen candidate's training step
+    # (not kept), so the choice is the kept one and the steps it says the budget buys are today's
+    use_model(monkeypatch, counted(1.0))
     n = calls["n"]
-    again, _ = _plan(synth_root, tmp_path)
-    assert calls["n"] == n and again.memory.startswith("no probe measured")
+    today, choice = _plan(synth_root, tmp_path)
+    assert calls["n"] == n + 1 and today.memory.startswith("no probe measured")
+    assert "the chosen step timed now" in today.memory
+    use_model(monkeypatch, counted(5.0))
+    slow, same = _plan(synth_root, tmp_path)
+    assert same == choice and slow.steps < today.steps / 3
 
 
 def test_reprobe_keeps_the_last_five_figures_and_returns_their_median(monkeypatch):
