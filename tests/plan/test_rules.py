@@ -151,3 +151,16 @@ def test_memory_gb_caps_the_width(monkeypatch, synth_root, tmp_path):
         synth_root, "unet", "20m", "cpu", cache=tmp_path / "fp.json", progress=False, memory_gb=(need8 + need16) / 2
     )
     assert wide.base == 32 and capped.base == 8
+
+
+def test_member_count_rounds_width8_steps_over_6000_with_a_case_on_each_side():
+    """round(S8 / 6000), clipped to 1..5: 9500 steps (1.58) make 2 members where a floor would make 1;
+    8500 (1.42) make 1; 40000 (6.7) make the maximum, 5."""
+    from seg.plan.search import MAX_MEMBERS, MEMBER_STEPS_W8, member_count
+
+    assert MEMBER_STEPS_W8 == 6000 and MAX_MEMBERS == 5
+    assert member_count(0.1, 950.0, 1200)[0] == 2
+    assert member_count(0.1, 850.0, 1200)[0] == 1
+    assert member_count(0.1, 4000.0, 1200)[0] == 5
+    members, why = member_count(0.1, 950.0, 1200)
+    assert "9500 steps of a width-8 net" in why and "2 members of 10 min" in why
