@@ -33,8 +33,11 @@ def mixed_input(synth_root, tmp_path):
     inp = tmp_path / "in"
     inp.mkdir()
     imgs = sorted((synth_root / "imagesTr").iterdir())
-    for f in imgs[:2]:
-        shutil.copy(f, inp / f.name)
+    shutil.copy(imgs[0], inp / imgs[0].name)
+    # the second good case on an anisotropic grid (1 x 1.5 x 2.5 mm): its report's volume is voxels x the
+    # product of the spacings, which an isotropic case cannot tell from the first spacing cubed
+    img = nib.load(str(imgs[1]))
+    nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), np.diag([1.0, 1.5, 2.5, 1.0])), str(inp / imgs[1].name))
     raw = imgs[2].read_bytes()
     (inp / "corrupt.nii.gz").write_bytes(raw[: len(raw) // 3])
     nib.save(nib.Nifti1Image(np.zeros((20, 20), np.float32), np.eye(4)), str(inp / "flat2d.nii.gz"))
@@ -42,6 +45,19 @@ def mixed_input(synth_root, tmp_path):
     a[3, 3, 3] = np.nan
     nib.save(nib.Nifti1Image(a, np.eye(4)), str(inp / "nan.nii"))
     return inp
+
+
+def test_case_report_volume_is_voxels_times_the_product_of_the_spacings():
+    from seg.inference.batch import case_report
+
+    m = np.zeros((10, 10, 10), np.uint8)
+    m[1:3, 1:3, 1:3] = 1  # 8 voxels
+    m[6:9, 6:9, 6:9] = 2  # 27 voxels, another label
+    m[5, 0, 0] = 1  # a second component of label 1
+    rep = case_report(m, {0: "background", 1: "a", 2: "b"}, (1.0, 1.5, 2.5))
+    assert (rep["a"]["label"], rep["a"]["components"], rep["b"]["label"], rep["b"]["components"]) == (1, 2, 2, 1)
+    assert rep["a"]["volume_ml"] == pytest.approx(9 * 3.75 / 1000, abs=1e-4)  # 1 x 1.5 x 2.5 mm voxels
+    assert rep["b"]["volume_ml"] == pytest.approx(27 * 3.75 / 1000, abs=1e-4)
 
 
 def test_bad_files_are_listed_good_ones_written(tiny_bundle, mixed_input, tmp_path, capsys):

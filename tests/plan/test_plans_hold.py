@@ -127,6 +127,12 @@ def test_the_same_plan_from_a_noisy_probe(synth_root, tmp_path, monkeypatch):
     assert len(plans) == 1, plans
 
 
+def test_a_probe_is_the_median_of_its_5_timed_steps():
+    """Not the minimum (a lucky step) nor the mean (one burst of load moves it)."""
+    assert cost.REPS == 5
+    assert cost.aggregate([0.30, 0.10, 0.20, 0.90, 0.25]) == 0.25
+
+
 def test_the_median_is_what_makes_it_hold(synth_root, tmp_path, monkeypatch):
     """Guard for the test above: with one sample per probe (the aggregate a single draw) the plans differ."""
     plans = set()
