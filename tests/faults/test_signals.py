@@ -20,7 +20,7 @@ import time
 import pytest
 import torch
 
-from tests.conftest import REPO, TINY
+from tests.conftest import REPO, TINY, tiny_cv
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
@@ -76,16 +76,7 @@ def test_training_stopped_by_a_signal_keeps_last_ckpt_and_resumes_to_the_end(syn
 
 def test_kfold_stopped_by_sigterm_says_how_to_resume(synth_root, tmp_path):
     run = tmp_path / "cv"
-    args = [
-        f"data.root={synth_root}",
-        *[o for o in TINY if not o.startswith("data.num_folds")],
-        "cv.folds=2",
-        "trainer.max_epochs=30",
-        f"cv.run_dir={run}",
-        "cv.surface_metrics=false",
-        "cv.worst_cases=0",
-        f"hydra.run.dir={run}",
-    ]
+    args = [*tiny_cv(synth_root, run, folds=2, epochs=30), f"hydra.run.dir={run}"]
     p = _start("seg.cli.kfold", args)
     _wait_for(run / "fold_0" / "checkpoints" / "last.ckpt", p)
     p.send_signal(signal.SIGTERM)

@@ -300,16 +300,7 @@ def test_cv_killed_mid_fold_resumes(synth_root, tmp_path):
     from tests.conftest import REPO
 
     run = tmp_path / "cv"
-    args = [
-        f"data.root={synth_root}",
-        *[o for o in TINY if not o.startswith("data.num_folds")],
-        "cv.folds=2",
-        "trainer.max_epochs=30",
-        f"cv.run_dir={run}",
-        "cv.surface_metrics=false",
-        "cv.worst_cases=0",
-        f"paths.log_dir={tmp_path / 'outputs'}",
-    ]
+    args = [*tiny_cv(synth_root, run, folds=2, epochs=30), f"paths.log_dir={tmp_path / 'outputs'}"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     p = subprocess.Popen(
         [sys.executable, "-m", "seg.cli.kfold", *args],
