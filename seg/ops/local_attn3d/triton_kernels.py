@@ -84,6 +84,49 @@ def _window_halo(
 
 
 @triton.jit
+def _key_block(
+    start,
+    total,
+    lo_d,
+    lo_h,
+    lo_w,
+    n_h,
+    n_w,
+    st_d,
+    st_h,
+    st_w,
+    q_ok,
+    base,
+    s_d,
+    s_h,
+    s_w,
+    KD: tl.constexpr,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    DD: tl.constexpr,
+    DH: tl.constexpr,
+    DW: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """The ``BLOCK_K`` keys from ``start`` of a query tile's window halo: which exist (``k_ok``), their offsets,
+    and which lie in each query's own window (``valid``, [BLOCK_Q, BLOCK_K])."""
+    kk = start + tl.arange(0, BLOCK_K)
+    k_ok = kk < total
+    kd = lo_d + kk // (n_h * n_w)
+    kh = lo_h + (kk // n_w) % n_h
+    kw = lo_w + kk % n_w
+    k_off = base + kd * s_d + kh * s_h + kw * s_w
+    valid = (
+        q_ok[:, None]
+        & k_ok[None, :]
+        & _in_window(kd[None, :], st_d[:, None], KD, DD)
+        & _in_window(kh[None, :], st_h[:, None], KH, DH)
+        & _in_window(kw[None, :], st_w[:, None], KW, DW)
+    )
+    return k_ok, k_off, valid
+
+
+@triton.jit
 def _load_tile(ptrs, mask, UPCAST: tl.constexpr):
     """Load a q/k/v/dO tile; UPCAST (bf16 under TRITON_INTERPRET only) converts it to fp32 on load, since
     the interpreter keeps bf16 as raw uint16 bits and its dot/arithmetic on them is wrong (Triton docs)."""
@@ -157,23 +200,34 @@ def _local_attn3d_fwd(
     l_i = tl.zeros([BLOCK_Q], tl.float32)
     acc = tl.zeros([BLOCK_Q, BLOCK_E], tl.float32)
     for start in range(0, total, BLOCK_K):
-        kk = start + tl.arange(0, BLOCK_K)
-        k_ok = kk < total
-        kd = lo_d + kk // (n_h * n_w)
-        kh = lo_h + (kk // n_w) % n_h
-        kw = lo_w + kk % n_w
-        k_off = base + kd * s_d + kh * s_h + kw * s_w
+        k_ok, k_off, valid = _key_block(
+            start,
+            total,
+            lo_d,
+            lo_h,
+            lo_w,
+            n_h,
+            n_w,
+            st_d,
+            st_h,
+            st_w,
+            q_ok,
+            base,
+            s_d,
+            s_h,
+            s_w,
+            KD,
+            KH,
+            KW,
+            DD,
+            DH,
+            DW,
+            BLOCK_K,
+        )
         kmask = k_ok[:, None] & e_ok[None, :]
         k = _load_tile(Kt + k_off[:, None] + e[None, :] * s_e, kmask, UPCAST)
         v = _load_tile(V + k_off[:, None] + e[None, :] * s_e, kmask, UPCAST)
         s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale
-        valid = (
-            q_ok[:, None]
-            & k_ok[None, :]
-            & _in_window(kd[None, :], st_d[:, None], KD, DD)
-            & _in_window(kh[None, :], st_h[:, None], KH, DH)
-            & _in_window(kw[None, :], st_w[:, None], KW, DW)
-        )
         s = tl.where(valid, s, -1.0e30)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.where(valid, tl.exp(s - m_new[:, None]), 0.0)
@@ -250,42 +304,64 @@ def _local_attn3d_bwd_dq(
     if EXACT:
         l2 = tl.zeros([BLOCK_Q], tl.float64)
         for start in range(0, total, BLOCK_K):
-            kk = start + tl.arange(0, BLOCK_K)
-            k_ok = kk < total
-            kd = lo_d + kk // (n_h * n_w)
-            kh = lo_h + (kk // n_w) % n_h
-            kw = lo_w + kk % n_w
-            k_off = base + kd * s_d + kh * s_h + kw * s_w
-            k = _load_tile(Kt + k_off[:, None] + e[None, :] * s_e, k_ok[:, None] & e_ok[None, :], UPCAST)
-            valid = (
-                q_ok[:, None]
-                & k_ok[None, :]
-                & _in_window(kd[None, :], st_d[:, None], KD, DD)
-                & _in_window(kh[None, :], st_h[:, None], KH, DH)
-                & _in_window(kw[None, :], st_w[:, None], KW, DW)
+            k_ok, k_off, valid = _key_block(
+                start,
+                total,
+                lo_d,
+                lo_h,
+                lo_w,
+                n_h,
+                n_w,
+                st_d,
+                st_h,
+                st_w,
+                q_ok,
+                base,
+                s_d,
+                s_h,
+                s_w,
+                KD,
+                KH,
+                KW,
+                DD,
+                DH,
+                DW,
+                BLOCK_K,
             )
+            k = _load_tile(Kt + k_off[:, None] + e[None, :] * s_e, k_ok[:, None] & e_ok[None, :], UPCAST)
             s = _scores(q, k, scale, EXACT)
             l2 += tl.sum(tl.where(valid, tl.exp(s - lse.to(tl.float64)[:, None]), 0.0), 1)
         lnorm = tl.where(l2 > 0, l2, 1.0)
         tl.store(LNORM + row, lnorm, mask=q_ok)
     dq = tl.zeros([BLOCK_Q, BLOCK_E], tl.float32)
     for start in range(0, total, BLOCK_K):
-        kk = start + tl.arange(0, BLOCK_K)
-        k_ok = kk < total
-        kd = lo_d + kk // (n_h * n_w)
-        kh = lo_h + (kk // n_w) % n_h
-        kw = lo_w + kk % n_w
-        k_off = base + kd * s_d + kh * s_h + kw * s_w
+        k_ok, k_off, valid = _key_block(
+            start,
+            total,
+            lo_d,
+            lo_h,
+            lo_w,
+            n_h,
+            n_w,
+            st_d,
+            st_h,
+            st_w,
+            q_ok,
+            base,
+            s_d,
+            s_h,
+            s_w,
+            KD,
+            KH,
+            KW,
+            DD,
+            DH,
+            DW,
+            BLOCK_K,
+        )
         kmask = k_ok[:, None] & e_ok[None, :]
         k = _load_tile(Kt + k_off[:, None] + e[None, :] * s_e, kmask, UPCAST)
         v = _load_tile(V + k_off[:, None] + e[None, :] * s_e, kmask, UPCAST)
-        valid = (
-            q_ok[:, None]
-            & k_ok[None, :]
-            & _in_window(kd[None, :], st_d[:, None], KD, DD)
-            & _in_window(kh[None, :], st_h[:, None], KH, DH)
-            & _in_window(kw[None, :], st_w[:, None], KW, DW)
-        )
         s = _scores(q, k, scale, EXACT)
         if EXACT:
             p = tl.where(valid, tl.exp(s - lse.to(tl.float64)[:, None]) / lnorm[:, None], 0.0).to(tl.float32)
