@@ -77,6 +77,17 @@ def aggregate(samples: list[float]) -> float:
     return statistics.median(samples)
 
 
+def train_step(model, opt, loss_fn, x, y, precision: str, device: torch.device) -> None:
+    """One optimiser step as training takes it (bf16 autocast when ``precision`` says so), waited for: what
+    both probes time (the bare one here, the training probe in ``seg.plan.probe``)."""
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        loss = loss_fn(model(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sync(device)
+
+
 def measure_step(
     net: str, cand: Candidate, levels: int, in_ch: int, out_ch: int, device: str = "cpu", reps: int | None = None
 ) -> float:
@@ -99,12 +110,7 @@ def measure_step(
     for i in range(reps + warmup):
         sync(dev)
         t0 = time.perf_counter()
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cand.precision == "bf16"):
-            loss = loss_fn(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sync(dev)
+        train_step(model, opt, loss_fn, x, y, cand.precision, dev)
         dt = time.perf_counter() - t0
         if dt > 30:
             return dt

@@ -26,7 +26,7 @@ from seg.lit.losses import SegLoss
 from seg.nn.inferer import InfererSpec, first_output, sliding_window
 from seg.nn.registry import build_sized
 from seg.nn.utils import cuda_hygiene
-from seg.plan.cost import Candidate, sync
+from seg.plan.cost import Candidate, sync, train_step
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +63,7 @@ def _training_steps(dm: SegDataModule, net, cand: Candidate, device: torch.devic
             y = batch["label"].as_tensor().to(device, non_blocking=True)
             if cand.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cand.precision == "bf16"):
-                loss = loss_fn(net(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sync(device)
+            train_step(net, opt, loss_fn, x, y, cand.precision, device)
             now = time.perf_counter()
             times.append(now - t_prev)
             t_prev = now
