@@ -20,6 +20,7 @@ from seg.errors import ExitCode, Interrupted, SegError, Signals
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+HELP_FLAGS = {"-h", "--help"}  # a command asked for its help only: no torch threads to set (2 s of import)
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -56,7 +57,7 @@ def command(fn: Callable[..., int | None]) -> Callable[..., int]:
         except ValueError:  # not the main thread: leave signals alone
             previous = None
         try:
-            if not {"-h", "--help", "--hydra-help"} & set(sys.argv[1:]):  # help needs no torch (2 s to import)
+            if not (HELP_FLAGS | {"--hydra-help"}) & set(sys.argv[1:]):
                 configure_threads()
             code = int(fn(*args, **kwargs) or 0)
             sys.stdout.flush()  # a closed pipe shows here, inside the rule, not at the interpreter's exit

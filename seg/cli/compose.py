@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from seg.cli.args import plan_overrides, register_resolvers, resume_line
-from seg.cli.common import command, report
+from seg.cli.common import HELP_FLAGS, command, report
 from seg.cli.explain import explain_composition
 from seg.cli.help import quick_help
 from seg.config import CONF_DIR, UserError
@@ -66,7 +66,7 @@ def hydra_main(config_name: str):
         def entry():
             args[:] = sys.argv[1:]
             sys.argv[1:] = plan_overrides(sys.argv[1:])
-            if {"-h", "--help"} & set(sys.argv[1:]):
+            if HELP_FLAGS & set(sys.argv[1:]):
                 print(quick_help(config_name, sys.argv[1:]))
                 return 0
             check_composition(config_name, sys.argv[1:])

@@ -144,7 +144,7 @@ class BundleMeta:
             raise BundleError(f"{path}: {one_line(e)}") from None
         _check_values(path, labels, meta, folds)
         known = set(REQUIRED) | {"format", "created", "inferer", "threshold", "members", "inverse", "postprocessing"}
-        known |= {"mirror_axes"}
+        known.add("mirror_axes")
         return cls(
             net=dict(meta["net"]),
             labels=labels,
