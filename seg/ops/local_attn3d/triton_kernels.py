@@ -83,31 +83,14 @@ def _window_halo(
     return lo_d, lo_h, lo_w, n_h, n_w, n_d * n_h * n_w
 
 
+# fmt: off
 @triton.jit
 def _key_block(
-    start,
-    total,
-    lo_d,
-    lo_h,
-    lo_w,
-    n_h,
-    n_w,
-    st_d,
-    st_h,
-    st_w,
-    q_ok,
-    base,
-    s_d,
-    s_h,
-    s_w,
-    KD: tl.constexpr,
-    KH: tl.constexpr,
-    KW: tl.constexpr,
-    DD: tl.constexpr,
-    DH: tl.constexpr,
-    DW: tl.constexpr,
+    start, total, lo_d, lo_h, lo_w, n_h, n_w, st_d, st_h, st_w, q_ok, base, s_d, s_h, s_w,
+    KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, DD: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
+    # fmt: on
     """The ``BLOCK_K`` keys from ``start`` of a query tile's window halo: which exist (``k_ok``), their offsets,
     and which lie in each query's own window (``valid``, [BLOCK_Q, BLOCK_K])."""
     kk = start + tl.arange(0, BLOCK_K)
@@ -200,30 +183,12 @@ def _local_attn3d_fwd(
     l_i = tl.zeros([BLOCK_Q], tl.float32)
     acc = tl.zeros([BLOCK_Q, BLOCK_E], tl.float32)
     for start in range(0, total, BLOCK_K):
+        # fmt: off
         k_ok, k_off, valid = _key_block(
-            start,
-            total,
-            lo_d,
-            lo_h,
-            lo_w,
-            n_h,
-            n_w,
-            st_d,
-            st_h,
-            st_w,
-            q_ok,
-            base,
-            s_d,
-            s_h,
-            s_w,
-            KD,
-            KH,
-            KW,
-            DD,
-            DH,
-            DW,
-            BLOCK_K,
+            start, total, lo_d, lo_h, lo_w, n_h, n_w, st_d, st_h, st_w, q_ok, base, s_d, s_h, s_w,
+            KD, KH, KW, DD, DH, DW, BLOCK_K,
         )
+        # fmt: on
         kmask = k_ok[:, None] & e_ok[None, :]
         k = _load_tile(Kt + k_off[:, None] + e[None, :] * s_e, kmask, UPCAST)
         v = _load_tile(V + k_off[:, None] + e[None, :] * s_e, kmask, UPCAST)
@@ -304,30 +269,12 @@ def _local_attn3d_bwd_dq(
     if EXACT:
         l2 = tl.zeros([BLOCK_Q], tl.float64)
         for start in range(0, total, BLOCK_K):
+            # fmt: off
             k_ok, k_off, valid = _key_block(
-                start,
-                total,
-                lo_d,
-                lo_h,
-                lo_w,
-                n_h,
-                n_w,
-                st_d,
-                st_h,
-                st_w,
-                q_ok,
-                base,
-                s_d,
-                s_h,
-                s_w,
-                KD,
-                KH,
-                KW,
-                DD,
-                DH,
-                DW,
-                BLOCK_K,
+                start, total, lo_d, lo_h, lo_w, n_h, n_w, st_d, st_h, st_w, q_ok, base, s_d, s_h, s_w,
+                KD, KH, KW, DD, DH, DW, BLOCK_K,
             )
+            # fmt: on
             k = _load_tile(Kt + k_off[:, None] + e[None, :] * s_e, k_ok[:, None] & e_ok[None, :], UPCAST)
             s = _scores(q, k, scale, EXACT)
             l2 += tl.sum(tl.where(valid, tl.exp(s - lse.to(tl.float64)[:, None]), 0.0), 1)
@@ -335,30 +282,12 @@ def _local_attn3d_bwd_dq(
         tl.store(LNORM + row, lnorm, mask=q_ok)
     dq = tl.zeros([BLOCK_Q, BLOCK_E], tl.float32)
     for start in range(0, total, BLOCK_K):
+        # fmt: off
         k_ok, k_off, valid = _key_block(
-            start,
-            total,
-            lo_d,
-            lo_h,
-            lo_w,
-            n_h,
-            n_w,
-            st_d,
-            st_h,
-            st_w,
-            q_ok,
-            base,
-            s_d,
-            s_h,
-            s_w,
-            KD,
-            KH,
-            KW,
-            DD,
-            DH,
-            DW,
-            BLOCK_K,
+            start, total, lo_d, lo_h, lo_w, n_h, n_w, st_d, st_h, st_w, q_ok, base, s_d, s_h, s_w,
+            KD, KH, KW, DD, DH, DW, BLOCK_K,
         )
+        # fmt: on
         kmask = k_ok[:, None] & e_ok[None, :]
         k = _load_tile(Kt + k_off[:, None] + e[None, :] * s_e, kmask, UPCAST)
         v = _load_tile(V + k_off[:, None] + e[None, :] * s_e, kmask, UPCAST)
