@@ -40,6 +40,16 @@ def dataset_key(spec: DatasetSpec) -> str:
     return h.hexdigest()[:16]
 
 
+def cost_key(fp: dict) -> str:
+    """What a training step's data cost depends on: the cases' shapes, spacings and channel counts, in order.
+    Not where the files lie or when they were written (as :func:`dataset_key` is): a dataset copied anew keeps
+    its kept training-probe figures (``seg.plan.memory``)."""
+    h = hashlib.sha256(f"v{VERSION}".encode())
+    for c in fp["cases"]:
+        h.update(json.dumps([c["shape"], c["spacing"], len(c["channels"])]).encode())
+    return h.hexdigest()[:16]
+
+
 def case_fingerprint(case: Case, label_ids: list[int], seed: int = 0, samples: bool = True) -> dict:
     """Statistics of one case (see the module docstring); ``samples``: keep the foreground intensity sample
     (the CT rule's dataset percentiles need it; nothing else reads it, and it is 96 % of the cache)."""

@@ -8,7 +8,8 @@ to the next. A median over more steps inside one run does not help against that:
 probe. So seg-plan keeps what it measures on a quiet machine (one file per user, :func:`memory_path`), keyed
 by the machine (CPU model, the cores this process may use, torch threads and version, the GPU) and by the
 probe (net, width, levels, patch, batch, precision, memory format, channels; the training probe also by the
-dataset's fingerprint and the planned data settings), and plans from the **median of the kept figures**:
+cases' shapes and spacings, ``fingerprint.cost_key``, and the planned data settings), and plans from the
+**median of the kept figures**:
 
 - a probe with kept figures is not measured again: the same request on the same machine gives the same plan
   (and plans in seconds). Only the chosen candidate's training step is timed once more (not kept), for the

@@ -33,7 +33,7 @@ from seg.data.check import check_dataset, errors
 from seg.data.datalist import load_dataset
 from seg.nn.registry import list_nets, net_card, plannable_nets
 from seg.plan import cost, machine, rules, search
-from seg.plan.fingerprint import compute_fingerprint
+from seg.plan.fingerprint import compute_fingerprint, cost_key
 from seg.plan.memory import ProbeMemory
 from seg.plan.probe import TrainingCost, training_probe
 from seg.plan.search import MIN_STEPS, TRAIN_SHARE
@@ -277,7 +277,7 @@ def make_plan(
     workers = max(1, min(4, load.cores - 1))
     acct = Budget(budget_s, c.members)
     if measured:
-        c, acct = _calibrate(probes, c, args, spec, d, net, device, pipeline, workers, root, mem, fp.get("key"))
+        c, acct = _calibrate(probes, c, args, spec, d, net, device, pipeline, workers, root, mem, cost_key(fp))
     reasons = {**d["reasons"], **c.reasons, "pipeline": pipeline_why}
     reasons.update(_choice_reasons(c, d["median"], acct, measured, min_steps, devices))
     return Plan(

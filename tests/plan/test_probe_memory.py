@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import time
 
 import yaml
 
 from seg.plan import cost, machine, memory
+from seg.plan.fingerprint import cost_key
 from seg.plan.planfile import plan_yaml
 from seg.plan.planner import make_plan
 from tests.plan.conftest import modelled_step, use_model
@@ -85,6 +87,28 @@ def test_busy_plans_agree_and_a_quiet_plan_replaces_their_figures(synth_root, tm
         p, key = plan(run, 3.0, busy)
         assert key == quiet and p.busy and p.memory.startswith("no probe measured")
     assert memory.memory_path().read_bytes() == kept
+
+
+def test_a_dataset_copied_anew_reads_its_kept_figures(synth_root, synth_copy, tmp_path, monkeypatch):
+    """The training probe is keyed by the cases' shapes and spacings, not by the files' paths or times: a
+    dataset copied anew (CI's data is, every session) plans from its kept figures; a dataset whose shapes
+    changed measures again."""
+    monkeypatch.setenv("SEG_PROBE_MEMORY", "1")
+    for d in "ab":
+        (tmp_path / d).mkdir()
+    use_model(monkeypatch, drifting(0))
+    first, choice = _plan(synth_root, tmp_path / "a")
+    later = time.time() + 3600
+    for f in synth_copy.rglob("*.nii.gz"):
+        os.utime(f, (later, later))
+    use_model(monkeypatch, drifting(1, 1.3))
+    again, same = _plan(synth_copy, tmp_path / "b")
+    assert same == choice and again.memory.startswith("no probe measured"), again.memory
+    fp_a = json.loads((tmp_path / "a" / "fp.json").read_text())
+    fp_b = json.loads((tmp_path / "b" / "fp.json").read_text())
+    assert fp_a["key"] != fp_b["key"] and cost_key(fp_a) == cost_key(fp_b)
+    fp_b["cases"][0]["shape"] = [32, 32, 33]
+    assert cost_key(fp_b) != cost_key(fp_a)
 
 
 def test_reprobe_measures_again_and_plans_from_the_median_of_the_kept_figures(synth_root, tmp_path, monkeypatch):
