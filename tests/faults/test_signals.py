@@ -25,6 +25,13 @@ from tests.conftest import REPO, TINY, tiny_cv
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
+def _foreground_signals() -> None:
+    """In the child, before exec: SIGINT as a foreground job has it. A shell without job control starts a
+    background job (``cmd &``, what a CI script may do) with SIGINT ignored, the child inherits that, and a
+    Ctrl-C test would then see the command, rightly, run on."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(module: str, args: list[str]) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", module, *args],
@@ -33,6 +40,7 @@ def _start(module: str, args: list[str]) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_foreground_signals,
     )
 
 
