@@ -83,6 +83,18 @@ def _window_halo(
     return lo_d, lo_h, lo_w, n_h, n_w, n_d * n_h * n_w
 
 
+@triton.jit
+def _halo_index(start, total, lo_d, lo_h, lo_w, n_h, n_w, base, s_d, s_h, s_w, BLOCK: tl.constexpr):
+    """The ``BLOCK`` positions from ``start`` of a halo box (origin ``lo_*``, ``n_h`` x ``n_w`` per slice,
+    ``total`` in all): which exist, their coordinates and their offsets. The keys a query tile sees and the
+    queries a key tile is seen by are both such boxes."""
+    i = start + tl.arange(0, BLOCK)
+    d = lo_d + i // (n_h * n_w)
+    h = lo_h + (i // n_w) % n_h
+    w = lo_w + i % n_w
+    return i < total, d, h, w, base + d * s_d + h * s_h + w * s_w
+
+
 # fmt: off
 @triton.jit
 def _key_block(
@@ -93,12 +105,7 @@ def _key_block(
     # fmt: on
     """The ``BLOCK_K`` keys from ``start`` of a query tile's window halo: which exist (``k_ok``), their offsets,
     and which lie in each query's own window (``valid``, [BLOCK_Q, BLOCK_K])."""
-    kk = start + tl.arange(0, BLOCK_K)
-    k_ok = kk < total
-    kd = lo_d + kk // (n_h * n_w)
-    kh = lo_h + (kk // n_w) % n_h
-    kw = lo_w + kk % n_w
-    k_off = base + kd * s_d + kh * s_h + kw * s_w
+    k_ok, kd, kh, kw, k_off = _halo_index(start, total, lo_d, lo_h, lo_w, n_h, n_w, base, s_d, s_h, s_w, BLOCK_K)
     valid = (
         q_ok[:, None]
         & k_ok[None, :]
@@ -368,12 +375,7 @@ def _local_attn3d_bwd_dkdv(
     dk = tl.zeros([BLOCK_KT, BLOCK_E], tl.float32)
     dv = tl.zeros([BLOCK_KT, BLOCK_E], tl.float32)
     for start in range(0, total, BLOCK_Q):
-        qq = start + tl.arange(0, BLOCK_Q)
-        q_ok = qq < total
-        qd = lo_d + qq // (n_h * n_w)
-        qh = lo_h + (qq // n_w) % n_h
-        qw = lo_w + qq % n_w
-        q_off = base + qd * s_d + qh * s_h + qw * s_w
+        q_ok, qd, qh, qw, q_off = _halo_index(start, total, lo_d, lo_h, lo_w, n_h, n_w, base, s_d, s_h, s_w, BLOCK_Q)
         qmask = q_ok[:, None] & e_ok[None, :]
         q = _load_tile(Q + q_off[:, None] + e[None, :] * s_e, qmask, UPCAST)
         do = _load_tile(DO + q_off[:, None] + e[None, :] * s_e, qmask, UPCAST)
