@@ -97,6 +97,23 @@ def _halo_index(start, total, lo_d, lo_h, lo_w, n_h, n_w, base, s_d, s_h, s_w, B
 
 # fmt: off
 @triton.jit
+def _window_mask(
+    q_ok, k_ok, kd, kh, kw, st_d, st_h, st_w,
+    KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, DD: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
+):
+    # fmt: on
+    """[queries, keys]: both exist and the key lies in the query's window (window starts ``st_*``)."""
+    return (
+        q_ok[:, None]
+        & k_ok[None, :]
+        & _in_window(kd[None, :], st_d[:, None], KD, DD)
+        & _in_window(kh[None, :], st_h[:, None], KH, DH)
+        & _in_window(kw[None, :], st_w[:, None], KW, DW)
+    )
+
+
+# fmt: off
+@triton.jit
 def _key_block(
     start, total, lo_d, lo_h, lo_w, n_h, n_w, st_d, st_h, st_w, q_ok, base, s_d, s_h, s_w,
     KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, DD: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
@@ -106,13 +123,7 @@ def _key_block(
     """The ``BLOCK_K`` keys from ``start`` of a query tile's window halo: which exist (``k_ok``), their offsets,
     and which lie in each query's own window (``valid``, [BLOCK_Q, BLOCK_K])."""
     k_ok, kd, kh, kw, k_off = _halo_index(start, total, lo_d, lo_h, lo_w, n_h, n_w, base, s_d, s_h, s_w, BLOCK_K)
-    valid = (
-        q_ok[:, None]
-        & k_ok[None, :]
-        & _in_window(kd[None, :], st_d[:, None], KD, DD)
-        & _in_window(kh[None, :], st_h[:, None], KH, DH)
-        & _in_window(kw[None, :], st_w[:, None], KW, DW)
-    )
+    valid = _window_mask(q_ok, k_ok, kd, kh, kw, st_d, st_h, st_w, KD, KH, KW, DD, DH, DW)
     return k_ok, k_off, valid
 
 
@@ -385,13 +396,7 @@ def _local_attn3d_bwd_dkdv(
         st_d = _start(qd, D, KD, DD)
         st_h = _start(qh, H, KH, DH)
         st_w = _start(qw, W, KW, DW)
-        valid = (
-            q_ok[:, None]
-            & k_ok[None, :]
-            & _in_window(kd[None, :], st_d[:, None], KD, DD)
-            & _in_window(kh[None, :], st_h[:, None], KH, DH)
-            & _in_window(kw[None, :], st_w[:, None], KW, DW)
-        )  # [BLOCK_Q, BLOCK_KT]
+        valid = _window_mask(q_ok, k_ok, kd, kh, kw, st_d, st_h, st_w, KD, KH, KW, DD, DH, DW)  # [BLOCK_Q, BLOCK_KT]
         s = _scores(q, k, scale, EXACT)
         if EXACT:
             lnorm = tl.load(LNORM + row, mask=q_ok, other=1.0)
