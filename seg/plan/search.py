@@ -35,7 +35,11 @@ from seg.plan import cost, rules
 log = logging.getLogger(__name__)
 
 BASES = (4, 8, 16, 32)
-MIN_STEPS = 4000
+# Why 3000: on the hippocampus cases every planned run with >= 3214 steps reached 0.891-0.896 (16..128 on a bf16
+# VM; 8..64 fp32 on the 2-core VM: 0.8928 and 0.8916 at 3895 and 4383 steps), while 4000 sent the same VM's plan
+# to width 4 whenever its width-8 step read slower than 0.27 s (3229-3900 steps): 5600-5900 steps of 4..32
+# scored 0.8809-0.8889. 2000 let a 32..256 net in with 2269 steps. docs/planning.md.
+MIN_STEPS = 3000
 TRAIN_SHARE = 0.85  # of a member's budget, where validation and start-up cannot be measured (estimates)
 # What a real training step costs beyond the bare probe, before the training probe has measured it (and for
 # an absent device): on the demo's synthetic data two planned runs made 77 % of the steps the bare probe
@@ -63,12 +67,16 @@ class Probes:
         label: the net's name, for the log.
         data_s_per_voxel: a real step's cost beyond the bare probe per voxel of its batch (measured by the
             training probe); None: the bare step times ``STEP_OVERHEAD``.
+        loop_overhead: the training loop's factor on a real step (bare + data), set with ``data_s_per_voxel``:
+            it scales with the whole step, so it is not counted as data (a wider net's loop overhead read as
+            data cost made every narrower candidate look slower than it is).
     """
 
     timer: StepTimer
     train_s: float
     label: str = ""
     data_s_per_voxel: float | None = None
+    loop_overhead: float = 1.0
     records: list[dict] = field(default_factory=list)
     remeasured: int = 0
 
@@ -76,7 +84,7 @@ class Probes:
         """A real training step from the bare probe's (see the module docstring)."""
         if self.data_s_per_voxel is None:
             return bare_s * STEP_OVERHEAD
-        return bare_s + self.data_s_per_voxel * cand.batch * math.prod(cand.patch)
+        return (bare_s + self.data_s_per_voxel * cand.batch * math.prod(cand.patch)) * self.loop_overhead
 
     def _find(self, cand: cost.Candidate) -> dict | None:
         key = (cand.base, list(cand.patch), cand.precision, cand.channels_last)

@@ -16,7 +16,7 @@ from seg.cli.args import plan_overrides
 from seg.config import CONF_DIR, as_max_time
 from seg.plan import cost
 from seg.plan.planfile import plan_yaml
-from seg.plan.planner import Budget, make_plan
+from seg.plan.planner import MIN_STEPS, Budget, make_plan
 from seg.run.train import train
 from tests.plan.conftest import use_model
 
@@ -188,6 +188,12 @@ def hippocampus_probe(net, cand, levels, in_ch, out_ch, device):  # bf16 steps a
     return HIPPOCAMPUS_PROBE[cand.base] * (0.785 if cand.precision == "bf16" else 1.0)
 
 
+def test_min_steps_pin():
+    """docs/planning.md: the widest width whose step buys 3000 steps (4000 sent this VM's hippocampus plan to
+    width 4, which scored lower; 2000 let a 32..256 net in with 2269 steps)."""
+    assert MIN_STEPS == 3000
+
+
 @pytest.mark.parametrize("budget, members, base", [("20m", 1, 16), ("60m", 3, 16), ("5h", 5, 32)])
 def test_a_budget_larger_than_one_net_uses_buys_ensemble_members(
     synth_root, tmp_path, monkeypatch, budget, members, base
@@ -201,10 +207,10 @@ def test_a_budget_larger_than_one_net_uses_buys_ensemble_members(
     w8 = next(p for p in plan.probes if p["base"] == 8 and p["precision"] == "bf16" and p["channels_last"])
     s8 = int(Budget(plan.budget_s, 1, plan.budget.val_s, plan.budget.startup_s).train_s / w8["step_s"])
     assert members == max(1, min(5, round(s8 / 6000)))
-    # the width rule plans one member's share: the chosen width buys >= 4000 steps in it, the next does not
+    # the width rule plans one member's share: the chosen width buys >= MIN_STEPS in it, the next does not
     share = plan.budget.train_s
-    assert plan.steps == int(share / plan.step_s) >= 4000
-    assert all(share / p["step_s"] < 4000 for p in plan.probes if p["base"] > base and p["precision"] == "bf16")
+    assert plan.steps == int(share / plan.step_s) >= MIN_STEPS
+    assert all(share / p["step_s"] < MIN_STEPS for p in plan.probes if p["base"] > base and p["precision"] == "bf16")
     path = tmp_path / "p.yaml"
     path.write_text(plan_yaml(plan, "seg-plan test"))
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):

@@ -21,7 +21,7 @@ from seg.cli.args import plan_overrides
 from seg.config import CONF_DIR
 from seg.data.datalist import load_dataset
 from seg.plan.planfile import plan_yaml
-from seg.plan.planner import make_plan
+from seg.plan.planner import MIN_STEPS, make_plan
 from seg.run.train import train
 from tests.conftest import shared
 
@@ -67,7 +67,7 @@ def test_t1_plan_is_a_runnable_config_for_train_and_kfold(modelled_probe, t1_dat
     assert plan.spacing == pytest.approx([2.0, 2.0, 2.0])  # two 2 mm volumes and one 1 mm: the median
     assert plan.median_shape == [120, 120, 90]
     assert plan.normalize["mode"] == "zscore" and plan.normalize["nonzero"]  # masked background, T1
-    assert not plan.whole_volume and plan.steps >= 4000  # 128x128x96 is too slow for the budget: shrunk
+    assert not plan.whole_volume and plan.steps >= MIN_STEPS  # 128x128x96 is too slow for the budget: shrunk
     assert plan.folds == 3
     path = tmp_path / "t1.yaml"
     path.write_text(plan_yaml(plan, "seg-plan test"))
@@ -97,9 +97,10 @@ def test_patches_predictably_too_slow_are_not_probed(modelled_probe, t1_dataset,
     from seg.plan import rules, search
 
     cache = tmp_path / "fp.json"
-    fast = make_plan(t1_dataset, "unet", "20m", "cpu", cache=cache, progress=False)
+    kw = dict(cache=cache, progress=False, min_steps=4000)  # the floor the figures below were measured with
+    fast = make_plan(t1_dataset, "unet", "20m", "cpu", **kw)
     monkeypatch.setattr(search, "next_patch", lambda patch, *a: rules.shrink_patch(patch))
-    every = make_plan(t1_dataset, "unet", "20m", "cpu", cache=cache, progress=False)
+    every = make_plan(t1_dataset, "unet", "20m", "cpu", **kw)
     assert (fast.patch, fast.base, fast.precision) == (every.patch, every.base, every.precision)
     probed = lambda plan: {tuple(p["patch"]) for p in plan.probes}  # noqa: E731
     # about half the probes (the fixed ones at the full patch, precision and memory format, count in both)
