@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="memory the training may use (default: 80%% of the GPU, half the free RAM)",
     )
-    p.add_argument("--min-steps", type=int, default=None, help="optimiser steps the budget must buy (default 3000)")
+    p.add_argument("--min-steps", type=int, default=None, help="optimiser steps the budget must buy (default 4000)")
     p.add_argument(
         "-o", "--output", default=None, help="plan file (default outputs/plans/<dataset>_<net>_<budget>.yaml)"
     )

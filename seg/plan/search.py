@@ -35,11 +35,10 @@ from seg.plan import cost, rules
 log = logging.getLogger(__name__)
 
 BASES = (4, 8, 16, 32)
-# Why 3000: on the hippocampus cases every planned run with >= 3214 steps reached 0.891-0.896 (16..128 on a bf16
-# VM; 8..64 fp32 on the 2-core VM: 0.8928 and 0.8916 at 3895 and 4383 steps), while 4000 sent the same VM's plan
-# to width 4 whenever its width-8 step read slower than 0.27 s (3229-3900 steps): 5600-5900 steps of 4..32
-# scored 0.8809-0.8889. 2000 let a 32..256 net in with 2269 steps. docs/planning.md.
-MIN_STEPS = 3000
+# 4000, not 3000: a floor of 3000 kept the hippocampus plan at width 8 in every hour measured on the 2-core VM
+# (4000 takes width 4 when its width-8 step reads slower than 0.27 s), but sent the demo's plan to a whole-volume
+# patch at width 4 (one run: unseen Dice 0.840 against 0.897-0.935 with 4000). docs/planning.md.
+MIN_STEPS = 4000
 TRAIN_SHARE = 0.85  # of a member's budget, where validation and start-up cannot be measured (estimates)
 # What a real training step costs beyond the bare probe, before the training probe has measured it (and for
 # an absent device): on the demo's synthetic data two planned runs made 77 % of the steps the bare probe

@@ -189,9 +189,8 @@ def hippocampus_probe(net, cand, levels, in_ch, out_ch, device):  # bf16 steps a
 
 
 def test_min_steps_pin():
-    """docs/planning.md: the widest width whose step buys 3000 steps (4000 sent this VM's hippocampus plan to
-    width 4, which scored lower; 2000 let a 32..256 net in with 2269 steps)."""
-    assert MIN_STEPS == 3000
+    """docs/planning.md: the widest width whose step buys 4000 steps (3000 and 2000 measured there)."""
+    assert MIN_STEPS == 4000
 
 
 @pytest.mark.parametrize("budget, members, base", [("20m", 1, 16), ("60m", 3, 16), ("5h", 5, 32)])

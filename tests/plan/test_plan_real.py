@@ -97,7 +97,7 @@ def test_patches_predictably_too_slow_are_not_probed(modelled_probe, t1_dataset,
     from seg.plan import rules, search
 
     cache = tmp_path / "fp.json"
-    kw = dict(cache=cache, progress=False, min_steps=4000)  # the floor the figures below were measured with
+    kw = dict(cache=cache, progress=False)
     fast = make_plan(t1_dataset, "unet", "20m", "cpu", **kw)
     monkeypatch.setattr(search, "next_patch", lambda patch, *a: rules.shrink_patch(patch))
     every = make_plan(t1_dataset, "unet", "20m", "cpu", **kw)
