@@ -35,9 +35,8 @@ from seg.plan import cost, rules
 log = logging.getLogger(__name__)
 
 BASES = (4, 8, 16, 32)
-# 4000, not 3000: a floor of 3000 kept the hippocampus plan at width 8 in every hour measured on the 2-core VM
-# (4000 takes width 4 when its width-8 step reads slower than 0.27 s), but sent the demo's plan to a whole-volume
-# patch at width 4 (one run: unseen Dice 0.840 against 0.897-0.935 with 4000). docs/planning.md.
+# 4000; 3000 would keep the hippocampus plan at width 8 in every hour measured on the 2-core VM (4000 takes width
+# 4 when its width-8 step reads slower than 0.27 s) but puts the demo's plan near the line: docs/planning.md.
 MIN_STEPS = 4000
 TRAIN_SHARE = 0.85  # of a member's budget, where validation and start-up cannot be measured (estimates)
 # What a real training step costs beyond the bare probe, before the training probe has measured it (and for
