@@ -366,8 +366,8 @@ def _calibrate(
         data = data_config(d, c, d["median"], pipeline, workers)
         tc = measured[c.candidate] = _training_probe(mem, fp_key, root, ids, data, net, c, channels, device)
         bare = _same_hour_bare(probes, mem, c, net, channels, device, fp_key, data)
-        probes.data_s_per_voxel = max(0.0, tc.step_s - bare) / (c.batch * math.prod(c.patch))
-        probes.loop_overhead = LOOP_OVERHEAD
+        extra = max(0.0, tc.step_s * LOOP_OVERHEAD - bare)
+        probes.data_s_per_voxel = extra / (c.batch * math.prod(c.patch))
         acct = Budget(budget_s, 1, tc.val_case_s * n_val, STARTUP_S + tc.cache_case_s * len(spec.cases))
         new = search.search(probes, *args, train_time=lambda m, a=acct: replace(a, members=m).train_s)
         if new.candidate == c.candidate:

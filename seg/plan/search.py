@@ -65,16 +65,12 @@ class Probes:
         label: the net's name, for the log.
         data_s_per_voxel: a real step's cost beyond the bare probe per voxel of its batch (measured by the
             training probe); None: the bare step times ``STEP_OVERHEAD``.
-        loop_overhead: the training loop's factor on a real step (bare + data), set with ``data_s_per_voxel``:
-            it scales with the whole step, so it is not counted as data (a wider net's loop overhead read as
-            data cost made every narrower candidate look slower than it is).
     """
 
     timer: StepTimer
     train_s: float
     label: str = ""
     data_s_per_voxel: float | None = None
-    loop_overhead: float = 1.0
     records: list[dict] = field(default_factory=list)
     remeasured: int = 0
 
@@ -82,7 +78,7 @@ class Probes:
         """A real training step from the bare probe's (see the module docstring)."""
         if self.data_s_per_voxel is None:
             return bare_s * STEP_OVERHEAD
-        return (bare_s + self.data_s_per_voxel * cand.batch * math.prod(cand.patch)) * self.loop_overhead
+        return bare_s + self.data_s_per_voxel * cand.batch * math.prod(cand.patch)
 
     def _find(self, cand: cost.Candidate) -> dict | None:
         key = (cand.base, list(cand.patch), cand.precision, cand.channels_last)

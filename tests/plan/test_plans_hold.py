@@ -203,14 +203,3 @@ def test_threads_are_the_cores_this_process_may_use_or_seg_threads(monkeypatch):
             configure_threads()
     finally:
         torch.set_num_threads(before)
-
-
-def test_the_loop_overhead_scales_each_candidates_step_and_is_not_counted_as_data():
-    """The training probe measured a width-16 step of 0.50 s (bare 0.40 s, data 0.10 s); a width-4 step of the
-    same patch (bare 0.10 s) then costs (0.10 + 0.10) x 1.10 s. Counting the loop's 10 % of the wide step as
-    data made the narrow one (0.10 + 0.15) s: 14 % slower than it is."""
-    probes = search.Probes(lambda cand, levels: 0.0, 1000.0)
-    cand = cost.Candidate(4, (32, 32, 32), 2, "fp32", True)
-    assert probes.real(0.10, cand) == pytest.approx(0.10 * search.STEP_OVERHEAD)  # before the training probe
-    probes.data_s_per_voxel, probes.loop_overhead = 0.10 / (2 * 32**3), planner.LOOP_OVERHEAD
-    assert probes.real(0.10, cand) == pytest.approx(0.20 * 1.10)
