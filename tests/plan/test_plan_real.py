@@ -97,10 +97,9 @@ def test_patches_predictably_too_slow_are_not_probed(modelled_probe, t1_dataset,
     from seg.plan import rules, search
 
     cache = tmp_path / "fp.json"
-    kw = dict(cache=cache, progress=False)
-    fast = make_plan(t1_dataset, "unet", "20m", "cpu", **kw)
+    fast = make_plan(t1_dataset, "unet", "20m", "cpu", cache=cache, progress=False)
     monkeypatch.setattr(search, "next_patch", lambda patch, *a: rules.shrink_patch(patch))
-    every = make_plan(t1_dataset, "unet", "20m", "cpu", **kw)
+    every = make_plan(t1_dataset, "unet", "20m", "cpu", cache=cache, progress=False)
     assert (fast.patch, fast.base, fast.precision) == (every.patch, every.base, every.precision)
     probed = lambda plan: {tuple(p["patch"]) for p in plan.probes}  # noqa: E731
     # about half the probes (the fixed ones at the full patch, precision and memory format, count in both)
