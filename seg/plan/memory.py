@@ -12,8 +12,10 @@ cases' shapes and spacings, ``fingerprint.cost_key``, and the planned data setti
 **median of the kept figures**:
 
 - a probe with kept figures is not measured again: the same request on the same machine gives the same plan
-  (and plans in seconds). Only the chosen candidate's training step is timed once more (not kept), for the
-  steps the plan says the budget buys: the choice is the kept one, the step count today's;
+  (and plans in seconds). Only the chosen candidate's training step is timed once more, for the steps the
+  plan says the budget buys: the choice is the kept one, the step count this hour's (the median of that
+  step's timings of the last :data:`NOW_HOURS`, kept apart from the figures the choice reads; see
+  :meth:`ProbeMemory.time_now`);
 - a probe without one is measured and kept. A busy machine's figures are the load's as much as the
   machine's: they are kept apart and read only by busy plans, and only where no quiet figure is kept (so
   five plans beside the same load agree, and the first quiet plan measures again); a busy plan reads the
@@ -46,6 +48,8 @@ KEEP = 5  # figures kept per probe (the newest); the plan reads their median
 MAX_AGE_DAYS = 30  # older figures are dropped (a new torch, BIOS or neighbour may have changed the machine)
 FILE_NAME = "probes.json"
 BUSY_SLOT = " | busy"  # a busy machine's figures are kept apart, read only where no quiet figure is kept
+NOW_SLOT = "now | "  # the chosen step's timings for the steps a plan buys (time_now), kept apart from the choice's
+NOW_HOURS = 3  # a plan's steps: the median of the chosen step's timings of the last 3 hours, this one included
 
 
 def memory_path() -> Path:
@@ -91,6 +95,7 @@ class ProbeMemory:
     measured: int = 0
     oldest: float | None = None
     timed_now: float | None = None  # the chosen candidate's training step, timed in this run (see time_now)
+    timed_recent: tuple[int, float] | None = None  # how many timings of the last NOW_HOURS, and their median
     _fresh: set = field(default_factory=set)  # keys measured in this run: a second call measures again
     _read_keys: set = field(default_factory=set)  # keys read from the memory in this run
     _data: dict = field(default_factory=dict)
@@ -156,12 +161,30 @@ class ProbeMemory:
         """Whether ``key``'s figure came from the memory in this run (not measured)."""
         return key in self._read_keys
 
-    def time_now(self, measure: Callable):
-        """Measure once now, keep nothing: the chosen candidate's training step when the choice came from kept
-        figures, so that the plan's steps are this hour's (the machine drifts; the choice stays the kept one)."""
+    def time_now(self, key: str, measure: Callable) -> float:
+        """The chosen candidate's training step for the steps a plan buys, when the choice came from kept figures.
+
+        Timed now, and set beside this machine's other timings of the same step in the last :data:`NOW_HOURS`
+        (this slot's, kept apart from the figures the choice reads, and the training probe's own): their
+        median. One timing of seconds reads the minute it ran in: on the development VM the same training probe
+        read 0.22 s and 0.285 s a minute apart, and a 20-minute run averages those minutes (0.232 s). Older
+        timings are another hour's speed and do not count (the same step read 0.233 s one night, 0.155 s the next
+        morning). A busy machine's timings are kept and read apart from a quiet one's."""
         value = measure()
-        self.timed_now = value.step_s if hasattr(value, "step_s") else float(value)
-        return value
+        step = float(value.step_s if hasattr(value, "step_s") else value)
+        self.timed_now = step
+        now, busy = time.time(), BUSY_SLOT if self.busy else ""
+        slot = NOW_SLOT + key + busy
+        kept = [*self._kept(slot), [now, step]][-KEEP:]
+        self._data.setdefault(self._machine, {})[slot] = kept
+        self._save()
+        probed = [float(v["step_s"]) if isinstance(v, dict) else float(v) for _, v in self._recent(key + busy, now)]
+        recent = [v for _, v in self._recent(slot, now)] + probed
+        self.timed_recent = (len(recent), statistics.median(recent))
+        return self.timed_recent[1]
+
+    def _recent(self, slot: str, now: float) -> list[list]:
+        return [r for r in self._kept(slot) if now - r[0] <= NOW_HOURS * 3600]
 
     def _save(self) -> None:
         from seg.io import write_text
@@ -185,5 +208,9 @@ class ProbeMemory:
             busy = f", {self.used_busy} of them a busy machine's" if self.used_busy else ""
             parts.append(f"{self.used} read from the probe memory (the median of figures kept since {since}{busy})")
         if self.timed_now is not None:
-            parts.append(f"the chosen step timed now ({self.timed_now:.3f} s) for the steps it buys")
+            n, med = self.timed_recent or (1, self.timed_now)
+            parts.append(
+                f"the chosen step timed now ({self.timed_now:.3f} s); the steps it buys from the median of its "
+                f"{n} timing{'s' if n > 1 else ''} of the last {NOW_HOURS} h ({med:.3f} s)"
+            )
         return "; ".join(parts) + "; seg-plan --reprobe measures again"

@@ -24,6 +24,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -379,9 +380,10 @@ def _calibrate(
         tc = measured[c.candidate] = _training_probe(mem, fp_key, root, ids, data, net, c, channels, device)
     tc = measured[c.candidate]
     data = data_config(d, c, d["median"], pipeline, workers)
-    if mem.was_read(_train_key(net, c, fp_key, data)):  # chosen from kept figures: its steps at today's speed
-        now = mem.time_now(lambda: training_probe(str(root), ids, data, net, c.candidate, c.levels, channels, device))
-        tc = replace(tc, step_s=now.step_s)
+    key = _train_key(net, c, fp_key, data)
+    if mem.was_read(key):  # chosen from kept figures: its steps at this hour's speed (memory.time_now)
+        now = partial(training_probe, str(root), ids, data, net, c.candidate, c.levels, channels, device)
+        tc = replace(tc, step_s=mem.time_now(key, now))
     acct = Budget(budget_s, c.members, tc.val_case_s * n_val, STARTUP_S + tc.cache_case_s * len(spec.cases))
     return replace(c, step_s=tc.step_s * LOOP_OVERHEAD, train_s=acct.train_s), acct
 

@@ -10,6 +10,7 @@ import os
 import random
 import time
 
+import pytest
 import yaml
 
 from seg.plan import cost, machine, memory
@@ -33,6 +34,23 @@ def drifting(run: int, factor: float = 1.0):
     return step
 
 
+def choice_figures() -> dict:
+    """The kept figures a plan's choice reads (not the timings of the chosen step, ``memory.NOW_SLOT``)."""
+    rows = next(iter(json.loads(memory.memory_path().read_text()).values()))
+    return {k: v for k, v in rows.items() if not k.startswith(memory.NOW_SLOT)}
+
+
+def age(seconds: float) -> None:
+    """Every kept figure ``seconds`` older."""
+    path = memory.memory_path()
+    data = json.loads(path.read_text())
+    for rows in data.values():
+        for kept in rows.values():
+            for row in kept:
+                row[0] -= seconds
+    path.write_text(json.dumps(data))
+
+
 def _plan(root, tmp_path, **kw):
     p = make_plan(root, "unet", "20m", "cpu", cache=tmp_path / "fp.json", progress=False, **kw)
     return p, (tuple(p.patch), p.base, p.members, p.precision, p.channels_last)
@@ -40,6 +58,29 @@ def _plan(root, tmp_path, **kw):
 
 def test_pins():
     assert memory.KEEP == 5 and memory.MAX_AGE_DAYS == 30 and memory.FILE_NAME == "probes.json"
+    assert memory.NOW_HOURS == 3 and memory.NOW_SLOT == "now | " and memory.BUSY_SLOT == " | busy"
+
+
+def test_the_steps_a_plan_buys_come_from_the_median_of_the_chosen_steps_timings_of_the_last_hours(monkeypatch):
+    """One timing of seconds reads the minute it ran in (the development VM read the same training step at 0.22
+    and 0.285 s a minute apart): a plan's steps come from the median of the chosen step's timings of the last
+    NOW_HOURS, the training probe's kept figure included; an older timing does not count; busy timings apart."""
+    monkeypatch.setenv("SEG_PROBE_MEMORY", "1")
+    mem = memory.ProbeMemory("cpu")
+    mem.record("train k", lambda: {"step_s": 0.22, "val_case_s": 1.0})  # the training probe, kept
+    got = [memory.ProbeMemory("cpu").time_now("train k", lambda v=v: v) for v in (0.24, 0.30, 0.23)]
+    # the median with the probe's 0.22: one slow minute (0.30) moves nothing
+    assert got == pytest.approx([0.23, 0.24, 0.235])
+    last = memory.ProbeMemory("cpu")
+    assert last.time_now("train k", lambda: 0.50) == 0.24 and last.timed_now == 0.50
+    assert "the chosen step timed now (0.500 s)" in last.describe() and "5 timings of the last 3 h (0.240 s)" in (
+        last.describe()
+    )
+    age(memory.NOW_HOURS * 3600 + 60)
+    assert memory.ProbeMemory("cpu").time_now("train k", lambda: 0.40) == 0.40  # the others are another hour's
+    busy = memory.ProbeMemory("cpu", busy=True)
+    assert busy.time_now("train k", lambda: 0.90) == 0.90  # a busy machine's timings are read apart
+    assert memory.ProbeMemory("cpu").time_now("train k", lambda: 0.44) == pytest.approx(0.42)
 
 
 def test_five_drifting_runs_give_one_plan_from_memory_and_several_without(synth_root, tmp_path, monkeypatch):
@@ -81,12 +122,15 @@ def test_busy_plans_agree_and_a_quiet_plan_replaces_their_figures(synth_root, tm
     # a quiet plan does not read busy figures: it measures, keeps its own, and plans for the quiet machine
     q, quiet = plan(5, 1.0, machine.Load(2, 0.0))
     assert quiet != slowed and not q.memory.startswith("no probe measured")
-    # busy plans after it read the quiet figures first: the quiet plan, nothing measured
-    kept = memory.memory_path().read_bytes()
+    # busy plans after it read the quiet figures first: the quiet plan, nothing measured; they keep only their
+    # timings of the chosen step for the steps they buy, apart (memory.time_now)
+    kept = choice_figures()
     for run in range(6, 9):
         p, key = plan(run, 3.0, busy)
         assert key == quiet and p.busy and p.memory.startswith("no probe measured")
-    assert memory.memory_path().read_bytes() == kept
+    assert choice_figures() == kept
+    now = [k for k in next(iter(json.loads(memory.memory_path().read_text()).values())) if k.startswith("now | ")]
+    assert now and all(k.endswith(memory.BUSY_SLOT) for k in now if "busy" in k)
 
 
 def test_a_dataset_copied_anew_reads_its_kept_figures(synth_root, synth_copy, tmp_path, monkeypatch):
@@ -129,13 +173,14 @@ def test_reprobe_measures_again_and_plans_from_the_median_of_the_kept_figures(sy
         assert calls["n"] > n  # measured again
     rows = next(iter(json.loads(memory.memory_path().read_text()).values()))
     assert rows and all(1 <= len(r) <= memory.KEEP for r in rows.values())
-    # a plan without --reprobe reads those medians: it measures one thing, the chosen candidate's training step
-    # (not kept), so the choice is the kept one and the steps it says the budget buys are today's
+    # a plan without --reprobe reads those medians: it measures one thing, the chosen candidate's training step,
+    # so the choice is the kept one and the steps it says the budget buys are this hour's
     use_model(monkeypatch, counted(1.0))
     n = calls["n"]
     today, choice = _plan(synth_root, tmp_path)
     assert calls["n"] == n + 1 and today.memory.startswith("no probe measured")
     assert "the chosen step timed now" in today.memory
+    age(memory.NOW_HOURS * 3600 + 60)  # hours later the machine is 5x slower: the steps follow it, not the choice
     use_model(monkeypatch, counted(5.0))
     slow, same = _plan(synth_root, tmp_path)
     assert same == choice and slow.steps < today.steps / 3
