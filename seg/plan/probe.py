@@ -4,7 +4,7 @@ The search's probes time the bare network on random tensors (cheap, so many cand
 run also loads, crops and augments its batches, moves them to the device and validates. For the chosen
 candidate this probe builds the planned ``SegDataModule`` (its pipeline, patch, batch, augmentation and
 workers) over a few training cases, and times real steps through its loader: forward, the loss, backward
-and the optimiser step, the data waiting included, as a median after a warm-up. It also times the
+and the optimiser step, the data waiting included, as a trimmed mean after a warm-up. It also times the
 sliding-window validation of a few whole cases and the caching of a case, so the planner can fit the
 periodic and the final validation and the start-up inside the budget.
 """
@@ -32,7 +32,12 @@ log = logging.getLogger(__name__)
 
 PROBE_CASES = 16  # training cases the probe caches (the step's cost does not depend on how many)
 PROBE_VAL_CASES = 2
-WARMUP, STEPS = 4, 24  # a median of 24 steps: of 8, two probes of patches 20 % apart read 0.061 and 0.090 s
+# the mean of 72 steps, the fastest and slowest tenth left out. Of 8 steps two probes of patches 20 % apart
+# read 0.061 and 0.090 s. The 2-core development VM switches between two speeds every 10-40 s (12-step medians
+# of the hippocampus width-8 step: 0.22-0.24 and 0.28-0.29 s): a median of 24 steps (7 s) read one of them
+# (0.285 s three plans in a row), a 20-minute run steps at their mixture (0.262 s a step, the loop included),
+# and 72 steps' trimmed mean read 0.260-0.268 s.
+WARMUP, STEPS, TRIM = 4, 72, 0.1
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,8 @@ def _datamodule(root: str, data: dict, cases: list[str], val: list[str], tmp: Pa
 
 
 def _training_steps(dm: SegDataModule, net, cand: Candidate, device: torch.device) -> float:
-    """Median seconds per step over ``STEPS`` steps after ``WARMUP``, through the datamodule's own loader."""
+    """Seconds per step: the mean of ``STEPS`` steps after ``WARMUP`` through the datamodule's own loader, the
+    fastest and the slowest ``TRIM`` of them left out (an epoch's first batch waits for its data)."""
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     loss_fn = SegLoss({"name": "dice_ce", "batch": True})
     times: list[float] = []
@@ -67,7 +73,14 @@ def _training_steps(dm: SegDataModule, net, cand: Candidate, device: torch.devic
             now = time.perf_counter()
             times.append(now - t_prev)
             t_prev = now
-    return statistics.median(times[WARMUP:])
+    return trimmed_mean(times[WARMUP:], TRIM)
+
+
+def trimmed_mean(values: list[float], trim: float) -> float:
+    """The mean of ``values`` without the lowest and highest ``trim`` share of them."""
+    values = sorted(values)
+    k = int(len(values) * trim)
+    return statistics.fmean(values[k : len(values) - k])
 
 
 @torch.no_grad()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from seg.plan import cost
+from seg.plan import cost, probe
 from seg.plan.probe import training_probe
 
 
@@ -20,3 +20,13 @@ def test_training_probe_times_a_real_step_validation_and_caching(synth_root, pip
     bare = cost.measure_step("unet", cand, 3, 1, 2, "cpu")
     assert tc.step_s > 0.5 * bare  # the same network's step (with its data): never far below the bare one
     assert 0 < tc.val_case_s < 30 and 0 < tc.cache_case_s < 10
+
+
+def test_the_probe_step_is_a_trimmed_mean_of_72_steps_after_4():
+    """Pinned (docs/planning.md): a median of 24 steps read one of the two speeds the development VM switches
+    between every 10-40 s; 72 steps' mean, the fastest and slowest tenth left out, reads their mixture."""
+    assert (probe.WARMUP, probe.STEPS, probe.TRIM) == (4, 72, 0.1)
+    # two speeds, 60/40, and one epoch-start step ten times slower: the mixture, not either speed or the outlier
+    steps = [0.22] * 43 + [0.285] * 28 + [2.5]
+    assert probe.trimmed_mean(steps, probe.TRIM) == pytest.approx((0.22 * 36 + 0.285 * 22) / 58)
+    assert probe.trimmed_mean([1.0, 2.0, 3.0], 0.1) == 2.0  # too few to leave any out
