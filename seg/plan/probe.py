@@ -32,11 +32,12 @@ log = logging.getLogger(__name__)
 
 PROBE_CASES = 16  # training cases the probe caches (the step's cost does not depend on how many)
 PROBE_VAL_CASES = 2
-# the mean of 72 steps, the fastest and slowest tenth left out. Of 8 steps two probes of patches 20 % apart
-# read 0.061 and 0.090 s. The 2-core development VM switches between two speeds every 10-40 s (12-step medians
-# of the hippocampus width-8 step: 0.22-0.24 and 0.28-0.29 s): a median of 24 steps (7 s) read one of them
-# (0.285 s three plans in a row), a 20-minute run steps at their mixture (0.262 s a step, the loop included),
-# and 72 steps' trimmed mean read 0.260-0.268 s.
+# the mean of 72 steps after 4, the fastest and slowest tenth left out: a run's step count follows the mean
+# step. The 2-core development VM switches between two speeds every 10-40 s (12-step medians of the
+# hippocampus width-8 step: 0.22-0.24 and 0.28-0.29 s), and a median of 24 steps (7 s) read one of them. The
+# longer mean does not remove the drift between minutes: eleven such probes in one half hour read 0.230-0.295
+# s (memory.time_now's median over the last hours is for that). Of 8 steps, two probes of patches 20 % apart
+# read 0.061 and 0.090 s.
 WARMUP, STEPS, TRIM = 4, 72, 0.1
 
 
