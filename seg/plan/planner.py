@@ -8,7 +8,7 @@ The steps, in order (each one's reason goes into the plan file as a comment):
    its tensors) when the cached training cases fit in its memory, else ``workers``;
 3. the probe search (``seg.plan.search``): precision, memory format, ensemble members, width and patch;
 4. on the present device, the training probe (``seg.plan.probe``): the chosen candidate's real step through
-   the planned pipeline (times ``LOOP_OVERHEAD``, Lightning's loop around it), the cost of validating a
+   the planned pipeline (plus ``LOOP_OVERHEAD_S``, Lightning's loop around it), the cost of validating a
    case and of caching one; the search is run again with what it measured until the choice holds (at most
    ``CALIBRATION_ROUNDS`` probes), so that the planned steps are the steps a run makes;
 5. the budget (:class:`Budget`): start-up, periodic validation and the final validation are paid out of it, so
@@ -46,10 +46,13 @@ __all__ = ["MIN_STEPS", "TRAIN_SHARE", "Budget", "Plan", "make_plan", "parse_bud
 MIN_BUDGET_S = 60  # a plan trains for at least a minute
 VALIDATION_EVERY_MIN_S = 60  # validation every tenth of a member's budget, at most once a minute
 STARTUP_S = 12.0  # a run's fixed start-up: imports, config, the trainer (measured here: 8-12 s on 2 cores)
-# Lightning's loop around the probe's step (logging, the LR schedule, callbacks, checkpoints at epoch ends):
-# seg-train's step over the training probe's, alternating in one process on the demo plan: 1.04, 1.43, 1.09,
-# 1.10 (median 1.10), with no progress bar (a log, not a terminal) and progress.png's redraw bounded to 2 %
-LOOP_OVERHEAD = 1.10
+# Lightning's loop around the probe's step (logging, the LR schedule, callbacks, checkpoints at epoch ends), in
+# seconds a step: a cost per step, not a share of it. seg-train's step over the training probe's, alternating in
+# one process on the demo plan (a 0.063 s step): 1.04, 1.43, 1.09, 1.10 (median 1.10: 0.006 s), with no progress
+# bar (a log, not a terminal) and progress.png's redraw bounded to 2 %. As a share (1.10) it overcharged the
+# hippocampus' 0.22-0.29 s step: in five undisturbed 20-minute runs the run's step, its loop included
+# (0.256-0.268 s), was 0.90-1.16x the training probe's (median 0.92x).
+LOOP_OVERHEAD_S = 0.006
 CALIBRATION_ROUNDS = 3  # training probes at most before the choice is taken as it stands
 DEVICE_CACHE_SHARE = 0.5  # the device pipeline is chosen when the cached cases take at most this share of memory
 
@@ -367,7 +370,7 @@ def _calibrate(
         data = data_config(d, c, d["median"], pipeline, workers)
         tc = measured[c.candidate] = _training_probe(mem, fp_key, root, ids, data, net, c, channels, device)
         bare = _same_hour_bare(probes, mem, c, net, channels, device, fp_key, data)
-        extra = max(0.0, tc.step_s * LOOP_OVERHEAD - bare)
+        extra = max(0.0, tc.step_s + LOOP_OVERHEAD_S - bare)
         probes.data_s_per_voxel = extra / (c.batch * math.prod(c.patch))
         acct = Budget(budget_s, 1, tc.val_case_s * n_val, STARTUP_S + tc.cache_case_s * len(spec.cases))
         new = search.search(probes, *args, train_time=lambda m, a=acct: replace(a, members=m).train_s)
@@ -385,7 +388,7 @@ def _calibrate(
         now = partial(training_probe, str(root), ids, data, net, c.candidate, c.levels, channels, device)
         tc = replace(tc, step_s=mem.time_now(key, now))
     acct = Budget(budget_s, c.members, tc.val_case_s * n_val, STARTUP_S + tc.cache_case_s * len(spec.cases))
-    return replace(c, step_s=tc.step_s * LOOP_OVERHEAD, train_s=acct.train_s), acct
+    return replace(c, step_s=tc.step_s + LOOP_OVERHEAD_S, train_s=acct.train_s), acct
 
 
 def _same_hour_bare(probes, mem: ProbeMemory, c: search.Choice, net, channels, device, fp_key, data) -> float:
