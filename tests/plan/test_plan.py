@@ -25,6 +25,10 @@ from tests.plan.conftest import use_model
 def planned(synth_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("plan")
     with pytest.MonkeyPatch.context() as mp:
+        # module-scoped, so outside conftest's autouse fixture: its own memory settings, or the modelled figures
+        # land in the user's real probe memory (~/.cache/seg/probes.json) and real plans may read them
+        mp.setenv("SEG_PROBE_MEMORY", "0")
+        mp.setenv("SEG_CACHE_DIR", str(out / "seg_cache"))
         use_model(mp)
         # 32^3 synthetic cases; a tiny budget so that the width/patch search has to trade
         cache = out / "p.fingerprint.json"
