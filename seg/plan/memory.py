@@ -167,7 +167,7 @@ class ProbeMemory:
         Timed now, and set beside this machine's other timings of the same step in the last :data:`NOW_HOURS`
         (this slot's, kept apart from the figures the choice reads, and the training probe's own): their
         median. One timing of seconds reads the minute it ran in: on the development VM the same training probe
-        read 0.22 s and 0.285 s a minute apart, and a 20-minute run averages those minutes (0.232 s). Older
+        read 0.22 s and 0.285 s a minute apart, and a 20-minute run steps at their mixture. Older
         timings are another hour's speed and do not count (the same step read 0.233 s one night, 0.155 s the next
         morning). A busy machine's timings are kept and read apart from a quiet one's."""
         value = measure()

@@ -50,8 +50,8 @@ STARTUP_S = 12.0  # a run's fixed start-up: imports, config, the trainer (measur
 # seconds a step: a cost per step, not a share of it. seg-train's step over the training probe's, alternating in
 # one process on the demo plan (a 0.063 s step): 1.04, 1.43, 1.09, 1.10 (median 1.10: 0.006 s), with no progress
 # bar (a log, not a terminal) and progress.png's redraw bounded to 2 %. As a share (1.10) it overcharged the
-# hippocampus' 0.22-0.29 s step: in five undisturbed 20-minute runs the run's step, its loop included
-# (0.256-0.268 s), was 0.90-1.16x the training probe's (median 0.92x).
+# hippocampus' 0.22-0.29 s step: in six undisturbed 20-minute runs the run's step, its loop included
+# (0.256-0.269 s), was 0.90-1.16x the training probe's (median 0.92x).
 LOOP_OVERHEAD_S = 0.006
 CALIBRATION_ROUNDS = 3  # training probes at most before the choice is taken as it stands
 DEVICE_CACHE_SHARE = 0.5  # the device pipeline is chosen when the cached cases take at most this share of memory

@@ -207,7 +207,7 @@ def test_threads_are_the_cores_this_process_may_use_or_seg_threads(monkeypatch):
 
 def test_the_planned_step_is_the_training_probes_plus_the_loops_seconds(synth_root, tmp_path, monkeypatch):
     """Lightning's loop costs seconds a step (``LOOP_OVERHEAD_S``), not a share of it: as 10 % of the step it
-    overcharged the hippocampus' 0.22-0.29 s step (five runs stepped at 0.90-1.16x the probe's step, the loop
+    overcharged the hippocampus' 0.22-0.29 s step (six runs stepped at 0.90-1.16x the probe's step, the loop
     included)."""
     monkeypatch.setenv("SEG_PROBE_MEMORY", "0")
     use_model(monkeypatch)
