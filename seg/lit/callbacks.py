@@ -243,3 +243,41 @@ class EpochLog(Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
         if trainer.is_global_zero:
             log.info(self.line(trainer, pl_module), extra={"seg_epoch": True})
+
+
+class StepClock(Callback):
+    """A run's training seconds per optimiser step, validation left out (its data waiting, Lightning's loop,
+    checkpoints and epoch ends included): what the steps a budget buys follow. Written here because Lightning's
+    ``Timer`` counts validation inside training, and its throughput monitor counts batches, not time between
+    validations."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.steps = 0
+        self._since: float | None = None  # training's clock runs since then
+        self._paused = False  # a validation inside training stopped it
+        self._first_step = 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module) -> None:
+        self._first_step = trainer.global_step
+        self._since = time.perf_counter()
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module) -> None:
+        if self._since is not None:  # (the sanity check runs before on_train_start)
+            self.seconds += time.perf_counter() - self._since
+            self._since, self._paused = None, True
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module) -> None:
+        if self._paused:
+            self._since, self._paused = time.perf_counter(), False
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
+        if self._since is not None:
+            self.seconds += time.perf_counter() - self._since
+        self._since, self._paused = None, False
+        self.steps = trainer.global_step - self._first_step
+
+    @property
+    def step_s(self) -> float | None:
+        """Seconds per step over the run's training, or None before a step was made."""
+        return self.seconds / self.steps if self.steps else None

@@ -63,6 +63,13 @@ def measure_load(seconds: float = SAMPLE_S) -> Load:
     return Load(cores, (b[0] - a[0]) / (b[1] - a[1]) * n_cpu)
 
 
+def present(device: str) -> bool:
+    """Whether probes can be timed on ``device``: the CPU, or CUDA when a GPU is present (else they are estimated)."""
+    import torch
+
+    return device == "cpu" or (device == "cuda" and torch.cuda.is_available())
+
+
 def memory_gb(device: str) -> float:
     """Memory a run may use on ``device``: 80 % of the GPU's, half of the available RAM on the CPU."""
     import torch

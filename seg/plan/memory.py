@@ -15,7 +15,8 @@ cases' shapes and spacings, ``fingerprint.cost_key``, and the planned data setti
   (and plans in seconds). Only the chosen candidate's training step is timed once more, for the steps the
   plan says the budget buys: the choice is the kept one, the step count this hour's (the median of that
   step's timings of the last :data:`NOW_HOURS`, kept apart from the figures the choice reads; see
-  :meth:`ProbeMemory.time_now`);
+  :meth:`ProbeMemory.time_now`), or, when runs of that plan ended in those hours, the median of the
+  runs' own steps (:meth:`ProbeMemory.keep_run_step`: what the steps a run makes follow);
 - a probe without one is measured and kept. A busy machine's figures are the load's as much as the
   machine's: they are kept apart and read only by busy plans, and only where no quiet figure is kept (so
   five plans beside the same load agree, and the first quiet plan measures again); a busy plan reads the
@@ -50,6 +51,15 @@ FILE_NAME = "probes.json"
 BUSY_SLOT = " | busy"  # a busy machine's figures are kept apart, read only where no quiet figure is kept
 NOW_SLOT = "now | "  # the chosen step's timings for the steps a plan buys (time_now), kept apart from the choice's
 NOW_HOURS = 3  # a plan's steps: the median of the chosen step's timings of the last 3 hours, this one included
+RUN_SLOT = "run | "  # seg-train's own step of a plan it trained as written (keep_run_step), by the plan's step id
+
+
+def step_id(key: str) -> str:
+    """A short id of a training probe's key, which a plan file carries (``planned.step_id``) so that seg-train
+    can keep its own step under it."""
+    import hashlib
+
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def memory_path() -> Path:
@@ -96,6 +106,7 @@ class ProbeMemory:
     oldest: float | None = None
     timed_now: float | None = None  # the chosen candidate's training step, timed in this run (see time_now)
     timed_recent: tuple[int, float] | None = None  # how many timings of the last NOW_HOURS, and their median
+    ran: tuple[int, float] | None = None  # how many runs' own steps of the last NOW_HOURS, and their median
     _fresh: set = field(default_factory=set)  # keys measured in this run: a second call measures again
     _read_keys: set = field(default_factory=set)  # keys read from the memory in this run
     _data: dict = field(default_factory=dict)
@@ -183,6 +194,31 @@ class ProbeMemory:
         self.timed_recent = (len(recent), statistics.median(recent))
         return self.timed_recent[1]
 
+    def keep_run_step(self, sid: str, step_s: float) -> None:
+        """Keep a run's own step (seconds per optimiser step over its training, validation left out, Lightning's
+        loop included) of the plan whose step id is ``sid``; a busy machine's apart."""
+        if not self.on:
+            return
+        slot = RUN_SLOT + sid + (BUSY_SLOT if self.busy else "")
+        self._data.setdefault(self._machine, {})[slot] = [*self._kept(slot), [time.time(), float(step_s)]][-KEEP:]
+        self._save()
+
+    def run_step(self, sid: str) -> float | None:
+        """The median of the steps runs of the plan ``sid`` made on this machine in the last :data:`NOW_HOURS`
+        (a busy plan reads a busy machine's runs), or None without one. A run's step is the mean of thousands
+        of steps over its whole training, where a plan's timing is seconds of one minute: on the development VM
+        six 20-minute runs of one plan stepped at 0.256-0.269 s while the plans' timings of that step read
+        0.22-0.295 s. So when a run of the plan ended in the last hours, its step, not a new timing, gives the
+        steps the next plan buys."""
+        if not self.on:
+            return None
+        now = time.time()
+        steps = [float(v) for _, v in self._recent(RUN_SLOT + sid + (BUSY_SLOT if self.busy else ""), now)]
+        if not steps:
+            return None
+        self.ran = (len(steps), statistics.median(steps))
+        return self.ran[1]
+
     def _recent(self, slot: str, now: float) -> list[list]:
         return [r for r in self._kept(slot) if now - r[0] <= NOW_HOURS * 3600]
 
@@ -207,7 +243,13 @@ class ProbeMemory:
         if self.used:
             busy = f", {self.used_busy} of them a busy machine's" if self.used_busy else ""
             parts.append(f"{self.used} read from the probe memory (the median of figures kept since {since}{busy})")
-        if self.timed_now is not None:
+        if self.ran is not None:
+            n, med = self.ran
+            parts.append(
+                f"the steps it buys from the median of {n} run{'s' if n > 1 else ''} of this plan in the last "
+                f"{NOW_HOURS} h ({med:.3f} s a step, Lightning's loop included)"
+            )
+        elif self.timed_now is not None:
             n, med = self.timed_recent or (1, self.timed_now)
             parts.append(
                 f"the chosen step timed now ({self.timed_now:.3f} s); the steps it buys from the median of its "

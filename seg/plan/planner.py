@@ -10,7 +10,9 @@ The steps, in order (each one's reason goes into the plan file as a comment):
 4. on the present device, the training probe (``seg.plan.probe``): the chosen candidate's real step through
    the planned pipeline (plus ``LOOP_OVERHEAD_S``, Lightning's loop around it), the cost of validating a
    case and of caching one; the search is run again with what it measured until the choice holds (at most
-   ``CALIBRATION_ROUNDS`` probes), so that the planned steps are the steps a run makes;
+   ``CALIBRATION_ROUNDS`` probes), so that the planned steps are the steps a run makes; when runs of the
+   same plan ended on this machine in the last hours, the steps come from their own steps instead
+   (``seg.plan.memory``: seg-train keeps its step under the plan's ``planned.step_id``);
 5. the budget (:class:`Budget`): start-up, periodic validation and the final validation are paid out of it, so
    that ``trainer.max_time`` plus the final validation ends within the budget; the learning-rate schedule
    runs on the fraction of ``max_time`` elapsed (``seg.lit.schedules``).
@@ -35,7 +37,7 @@ from seg.data.datalist import load_dataset
 from seg.nn.registry import list_nets, net_card, plannable_nets
 from seg.plan import cost, machine, rules, search
 from seg.plan.fingerprint import compute_fingerprint, cost_key
-from seg.plan.memory import ProbeMemory
+from seg.plan.memory import ProbeMemory, step_id
 from seg.plan.probe import TrainingCost, training_probe
 from seg.plan.search import MIN_STEPS, TRAIN_SHARE
 
@@ -138,6 +140,7 @@ class Plan:
     steps: int
     busy: bool = False  # other processes kept the CPU busy while probing (see seg.plan.machine)
     memory: str = ""  # which probes came from the probe memory (seg.plan.memory)
+    step_id: str = ""  # the chosen training step's id in the probe memory (seg-train keeps its own step under it)
     probes: list[dict] = field(default_factory=list)
     reasons: dict = field(default_factory=dict)
 
@@ -263,12 +266,10 @@ def make_plan(
     reprobe: bool = False,
 ) -> Plan:
     """Plan ``net`` on ``root`` for ``budget`` on ``device`` (module docstring); ``reprobe``: see seg.plan.memory."""
-    import torch
-
     spec = load_dataset(root)
     budget_s = budget if isinstance(budget, int) else parse_budget(budget)
     check_request(spec, net, root, memory_gb, devices)
-    measured = device == "cpu" or (device == "cuda" and torch.cuda.is_available())
+    measured = machine.present(device)
     memory_gb = machine.memory_gb(device) if memory_gb is None else memory_gb
     fp = compute_fingerprint(spec, cache, progress=progress)
     d = data_rules(spec, fp["cases"])
@@ -279,9 +280,9 @@ def make_plan(
     args = (d["full"], budget_s, cost.bf16_supported(device) or not measured, measured, memory_gb, min_steps)
     c = search.search(probes, *args, train_time=lambda m: Budget(budget_s, m).train_s)
     workers = max(1, min(4, load.cores - 1))
-    acct = Budget(budget_s, c.members)
+    acct, sid = Budget(budget_s, c.members), ""
     if measured:
-        c, acct = _calibrate(probes, c, args, spec, d, net, device, pipeline, workers, root, mem, cost_key(fp))
+        c, acct, sid = _calibrate(probes, c, args, spec, d, net, device, pipeline, workers, root, mem, cost_key(fp))
     reasons = {**d["reasons"], **c.reasons, "pipeline": pipeline_why}
     reasons.update(_choice_reasons(c, d["median"], acct, measured, min_steps, devices))
     return Plan(
@@ -307,6 +308,7 @@ def make_plan(
         steps=c.steps,
         busy=load.busy,
         memory=mem.describe() if measured else "",
+        step_id=sid,
         probes=probes.table(acct.train_s),
         reasons=reasons,
     )
@@ -358,9 +360,10 @@ def _training_probe(mem: ProbeMemory, fp_key, root, ids, data, net, c, channels,
 
 def _calibrate(
     probes, c, args, spec, d, net, device, pipeline, workers, root, mem: ProbeMemory, fp_key
-) -> tuple[search.Choice, Budget]:
+) -> tuple[search.Choice, Budget, str]:
     """Steps 4-5: the training probe at the choice, the search again with the data cost and budget it measured,
-    until the choice holds (at most ``CALIBRATION_ROUNDS`` probes); the final choice's step is the measured one."""
+    until the choice holds (at most ``CALIBRATION_ROUNDS`` probes); the final choice's step is the measured one
+    (or its runs', see seg.plan.memory). Also the step's id in the probe memory (``planned.step_id``)."""
     budget_s = args[1]
     n_val = max(1, math.ceil(len(spec.cases) / min(5, len(spec.cases))))
     ids = [case.case_id for case in spec.cases]
@@ -384,11 +387,13 @@ def _calibrate(
     tc = measured[c.candidate]
     data = data_config(d, c, d["median"], pipeline, workers)
     key = _train_key(net, c, fp_key, data)
-    if mem.was_read(key):  # chosen from kept figures: its steps at this hour's speed (memory.time_now)
+    step = tc.step_s + LOOP_OVERHEAD_S
+    if mem.was_read(key):  # chosen from kept figures: the steps of the runs of this plan, else this hour's speed
+        ran = mem.run_step(step_id(key))  # a run's own step: its loop included
         now = partial(training_probe, str(root), ids, data, net, c.candidate, c.levels, channels, device)
-        tc = replace(tc, step_s=mem.time_now(key, now))
+        step = ran if ran is not None else mem.time_now(key, now) + LOOP_OVERHEAD_S
     acct = Budget(budget_s, c.members, tc.val_case_s * n_val, STARTUP_S + tc.cache_case_s * len(spec.cases))
-    return replace(c, step_s=tc.step_s + LOOP_OVERHEAD_S, train_s=acct.train_s), acct
+    return replace(c, step_s=step, train_s=acct.train_s), acct, step_id(key)
 
 
 def _same_hour_bare(probes, mem: ProbeMemory, c: search.Choice, net, channels, device, fp_key, data) -> float:

@@ -35,9 +35,10 @@ def drifting(run: int, factor: float = 1.0):
 
 
 def choice_figures() -> dict:
-    """The kept figures a plan's choice reads (not the timings of the chosen step, ``memory.NOW_SLOT``)."""
+    """The kept figures a plan's choice reads (not the timings of the chosen step, ``memory.NOW_SLOT``, nor the
+    runs' steps, ``memory.RUN_SLOT``)."""
     rows = next(iter(json.loads(memory.memory_path().read_text()).values()))
-    return {k: v for k, v in rows.items() if not k.startswith(memory.NOW_SLOT)}
+    return {k: v for k, v in rows.items() if not k.startswith((memory.NOW_SLOT, memory.RUN_SLOT))}
 
 
 def age(seconds: float) -> None:
@@ -59,6 +60,35 @@ def _plan(root, tmp_path, **kw):
 def test_pins():
     assert memory.KEEP == 5 and memory.MAX_AGE_DAYS == 30 and memory.FILE_NAME == "probes.json"
     assert memory.NOW_HOURS == 3 and memory.NOW_SLOT == "now | " and memory.BUSY_SLOT == " | busy"
+    assert memory.RUN_SLOT == "run | " and memory.step_id("k") == memory.step_id("k") != memory.step_id("k2")
+    assert len(memory.step_id("k")) == 16
+
+
+def test_the_runs_steps_of_a_plan_in_the_last_hours_give_their_median(monkeypatch):
+    """seg-train keeps a planned run's own step (seg.run.steps); the next plan reads the median of the runs of
+    the last NOW_HOURS, a busy machine's apart, none older; with the memory off nothing is kept or read."""
+    monkeypatch.setenv("SEG_PROBE_MEMORY", "1")
+    assert memory.ProbeMemory("cpu").run_step("abc") is None
+    for s in (0.26, 0.30, 0.25):
+        memory.ProbeMemory("cpu").keep_run_step("abc", s)
+    mem = memory.ProbeMemory("cpu")
+    assert mem.run_step("abc") == 0.26 and mem.ran == (3, 0.26) and mem.run_step("other") is None
+    assert "the median of 3 runs of this plan in the last 3 h (0.260 s a step" in mem.describe()
+    assert memory.ProbeMemory("cpu", busy=True).run_step("abc") is None  # a busy plan reads a busy machine's runs
+    memory.ProbeMemory("cpu", busy=True).keep_run_step("abc", 0.9)
+    assert (
+        memory.ProbeMemory("cpu", busy=True).run_step("abc") == 0.9
+        and memory.ProbeMemory("cpu").run_step("abc") == 0.26
+    )
+    age(memory.NOW_HOURS * 3600 + 60)
+    assert memory.ProbeMemory("cpu").run_step("abc") is None  # another hour's speed
+    memory.ProbeMemory("cpu").keep_run_step("abc", 0.27)
+    assert memory.ProbeMemory("cpu").run_step("abc") == 0.27
+    monkeypatch.setenv("SEG_PROBE_MEMORY", "0")
+    before = memory.memory_path().read_text()
+    off = memory.ProbeMemory("cpu")
+    off.keep_run_step("abc", 5.0)
+    assert off.run_step("abc") is None and memory.memory_path().read_text() == before
 
 
 def test_the_steps_a_plan_buys_come_from_the_median_of_the_chosen_steps_timings_of_the_last_hours(monkeypatch):
