@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 
 import pytest
+import pytorch_lightning as pl
+import torch
 
 from seg.lit.callbacks import share_terminal_console
 
@@ -67,40 +70,28 @@ def test_a_one_epoch_progress_plot_has_real_axes(tmp_path, monkeypatch):
     assert (e0, e1) == (0, 2.5) and m0 == 0 and m1 == pytest.approx(0.21)
 
 
-class _Sleeper(__import__("pytorch_lightning").LightningModule):
+class _Sleeper(pl.LightningModule):
     """Training steps of ``train_s`` and validation batches of ``val_s`` seconds (sleeps), a real optimiser."""
 
     def __init__(self, train_s: float, val_s: float) -> None:
-        import torch
-
         super().__init__()
         self.w = torch.nn.Parameter(torch.zeros(1))
         self.train_s, self.val_s = train_s, val_s
 
     def training_step(self, batch, batch_idx):
-        import time
-
         time.sleep(self.train_s)
         return (self.w - batch[0]).pow(2).mean()
 
     def validation_step(self, batch, batch_idx):
-        import time
-
         time.sleep(self.val_s)
 
     def configure_optimizers(self):
-        import torch
-
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
 def test_the_step_clock_counts_training_seconds_per_step_and_leaves_validation_out():
     """A run's step for the next plan (seg.run.steps): 20 steps of 0.02 s, validated twice for 0.4 s each (and
     sanity-checked before): the clock reads ~0.02 s a step, not the ~0.06 s of the run's wall time per step."""
-    import time
-
-    import pytorch_lightning as pl
-    import torch
     from torch.utils.data import DataLoader, TensorDataset
 
     from seg.lit.callbacks import StepClock
