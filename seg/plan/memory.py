@@ -162,10 +162,7 @@ class ProbeMemory:
         value = measure()
         self.measured += 1
         self._fresh.add(key)
-        slot = slots[-1]
-        kept = [*self._kept(slot), [time.time(), value]][-KEEP:]
-        self._data.setdefault(self._machine, {})[slot] = kept
-        self._save()
+        kept = self._add(slots[-1], value, time.time())
         return median([clean(v) for _, v in kept])
 
     def was_read(self, key: str) -> bool:
@@ -184,11 +181,9 @@ class ProbeMemory:
         value = measure()
         step = float(value.step_s if hasattr(value, "step_s") else value)
         self.timed_now = step
-        now, busy = time.time(), BUSY_SLOT if self.busy else ""
+        now, busy = time.time(), self._busy_suffix
         slot = NOW_SLOT + key + busy
-        kept = [*self._kept(slot), [now, step]][-KEEP:]
-        self._data.setdefault(self._machine, {})[slot] = kept
-        self._save()
+        self._add(slot, step, now)
         probed = [float(v["step_s"]) if isinstance(v, dict) else float(v) for _, v in self._recent(key + busy, now)]
         recent = [v for _, v in self._recent(slot, now)] + probed
         self.timed_recent = (len(recent), statistics.median(recent))
@@ -197,11 +192,8 @@ class ProbeMemory:
     def keep_run_step(self, sid: str, step_s: float) -> None:
         """Keep a run's own step (seconds per optimiser step over its training, validation left out, Lightning's
         loop included) of the plan whose step id is ``sid``; a busy machine's apart."""
-        if not self.on:
-            return
-        slot = RUN_SLOT + sid + (BUSY_SLOT if self.busy else "")
-        self._data.setdefault(self._machine, {})[slot] = [*self._kept(slot), [time.time(), float(step_s)]][-KEEP:]
-        self._save()
+        if self.on:
+            self._add(RUN_SLOT + sid + self._busy_suffix, float(step_s), time.time())
 
     def run_step(self, sid: str) -> float | None:
         """The median of the steps runs of the plan ``sid`` made on this machine in the last :data:`NOW_HOURS`
@@ -213,11 +205,24 @@ class ProbeMemory:
         if not self.on:
             return None
         now = time.time()
-        steps = [float(v) for _, v in self._recent(RUN_SLOT + sid + (BUSY_SLOT if self.busy else ""), now)]
+        steps = [float(v) for _, v in self._recent(RUN_SLOT + sid + self._busy_suffix, now)]
         if not steps:
             return None
         self.ran = (len(steps), statistics.median(steps))
         return self.ran[1]
+
+    @property
+    def _busy_suffix(self) -> str:
+        """A busy machine's slots are its key's plus :data:`BUSY_SLOT`."""
+        return BUSY_SLOT if self.busy else ""
+
+    def _add(self, slot: str, value, now: float) -> list[list]:
+        """Keep ``value`` (timed ``now``) in ``slot`` beside its last figures (at most :data:`KEEP`), save the
+        memory, and return the slot's figures."""
+        kept = [*self._kept(slot), [now, value]][-KEEP:]
+        self._data.setdefault(self._machine, {})[slot] = kept
+        self._save()
+        return kept
 
     def _recent(self, slot: str, now: float) -> list[list]:
         return [r for r in self._kept(slot) if now - r[0] <= NOW_HOURS * 3600]

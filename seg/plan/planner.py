@@ -387,13 +387,14 @@ def _calibrate(
     tc = measured[c.candidate]
     data = data_config(d, c, d["median"], pipeline, workers)
     key = _train_key(net, c, fp_key, data)
-    step = tc.step_s + LOOP_OVERHEAD_S
+    sid, step = step_id(key), tc.step_s + LOOP_OVERHEAD_S
     if mem.was_read(key):  # chosen from kept figures: the steps of the runs of this plan, else this hour's speed
-        ran = mem.run_step(step_id(key))  # a run's own step: its loop included
-        now = partial(training_probe, str(root), ids, data, net, c.candidate, c.levels, channels, device)
-        step = ran if ran is not None else mem.time_now(key, now) + LOOP_OVERHEAD_S
+        step = mem.run_step(sid)  # a run's own step: its loop included
+        if step is None:
+            now = partial(training_probe, str(root), ids, data, net, c.candidate, c.levels, channels, device)
+            step = mem.time_now(key, now) + LOOP_OVERHEAD_S
     acct = Budget(budget_s, c.members, tc.val_case_s * n_val, STARTUP_S + tc.cache_case_s * len(spec.cases))
-    return replace(c, step_s=step, train_s=acct.train_s), acct, step_id(key)
+    return replace(c, step_s=step, train_s=acct.train_s), acct, sid
 
 
 def _same_hour_bare(probes, mem: ProbeMemory, c: search.Choice, net, channels, device, fp_key, data) -> float:
