@@ -47,7 +47,7 @@ def main() -> None:
             for name, fn in (("probe every shrink step (baseline)", every), ("skip predictably slow patches", skip)):
                 search.next_patch = fn
                 t0 = time.perf_counter()
-                p = planner.make_plan(a.dataset, a.net, a.budget, "cpu", cache=cache, progress=False)
+                p = planner.make_plan(a.dataset, net=a.net, budget=a.budget, cache=cache, progress=False)
                 rows[name].append((time.perf_counter() - t0, len(p.probes), p))
         search.next_patch = skip
     base = min(r[0] for r in rows["probe every shrink step (baseline)"])

@@ -164,7 +164,7 @@ def pipeline_table(a, root, overrides, tmp) -> None:
 
 
 def _cpu_bf16() -> bool:
-    from seg.plan.cost import cpu_has_bf16
+    from seg.plan.machine import cpu_has_bf16
 
     return cpu_has_bf16()
 

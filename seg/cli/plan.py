@@ -3,7 +3,7 @@
 Fingerprints the dataset, measures the cost of candidate widths and patches on this device (or estimates
 them for one that is not present), and writes an experiment config that ``seg-train plan=PLAN.yaml`` and
 ``seg-kfold plan=PLAN.yaml`` take as is (command-line overrides win). The runner is
-:func:`seg.plan.planner.make_plan`.
+:class:`seg.plan.planner.Planner`.
 """
 
 from __future__ import annotations
@@ -24,10 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: cuda when present")
     p.add_argument("--devices", type=int, default=1, help="GPUs to train on: more than 1 plans DDP (default 1)")
     p.add_argument(
-        "--memory-gb",
-        type=float,
-        default=None,
-        help="memory the training may use (default: 80%% of the GPU, half the free RAM)",
+        "--memory-gb", type=float, help="memory the training may use (default: 80%% of the GPU, half the free RAM)"
     )
     p.add_argument("--min-steps", type=int, default=None, help="optimiser steps the budget must buy (default 4000)")
     p.add_argument(
@@ -54,15 +51,20 @@ def _plan(a: argparse.Namespace, argv: list[str] | None) -> int:
     from seg.cli.common import setup_logging
     from seg.io import write_text
     from seg.plan.planfile import plan_table, plan_yaml
-    from seg.plan.planner import MIN_STEPS, make_plan
+    from seg.plan.planner import Planner, PlanRequest, parse_budget
+    from seg.plan.settings import SETTINGS
 
     setup_logging()
     name = Path(a.dataset).resolve().name
     out = Path(a.output or f"outputs/plans/{name}_{a.net}_{a.budget.replace(':', '-')}.yaml")
     cache = Path(a.fingerprint) if a.fingerprint else out.with_suffix(".fingerprint.json")
     device = "cuda" if a.device == "auto" and torch.cuda.is_available() else "cpu" if a.device == "auto" else a.device
-    steps = a.min_steps or MIN_STEPS
-    plan = make_plan(a.dataset, a.net, a.budget, device, a.memory_gb, cache, steps, not a.quiet, a.devices, a.reprobe)
+    request = PlanRequest(
+        root=Path(a.dataset), net=a.net, budget_s=parse_budget(a.budget), device=device, devices=a.devices,
+        memory_gb=a.memory_gb, min_steps=SETTINGS.min_steps if a.min_steps is None else a.min_steps,
+        reprobe=a.reprobe, cache=cache, progress=not a.quiet,
+    )  # fmt: skip
+    plan = Planner(request).plan()
     command = "seg-plan " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
     write_text(out, plan_yaml(plan, command, dataset_as(plan.dataset), out.stem))
     print(plan_table(plan))

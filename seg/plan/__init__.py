@@ -1,1 +1,1 @@
-"""Planning for the data, the time budget and the machine: fingerprint, rules, cost model, the plan."""
+"""Planning for the data, the time budget and the machine: settings, fingerprint, rules, timing, search, the plan."""

@@ -1,23 +1,20 @@
 """The machine a plan is made for: its cores, how busy other processes keep them, and the memory a run may use.
 
-A probe is a timing, and a timing on a shared CPU follows whatever else runs: with one CPU-bound process
-beside it, a 2-thread training step on 2 cores took 3-4x its quiet time here (its threads wait for each
-other at every barrier). seg-plan therefore measures the other processes' load just before probing and
-says once when the machine is busy, and what the plan may lose by it.
-"""
+A probe is a timing, and a timing on a shared CPU follows whatever else runs (a multi-threaded step's threads wait
+for each other at every barrier; docs/planning.md has the figures). seg-plan therefore measures the other processes'
+load just before probing and says once when the machine is busy, and what the plan may lose by it."""
 
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from seg.config import available_cores
+from seg.plan.settings import SETTINGS
 
 log = logging.getLogger(__name__)
-
-BUSY_CORES = 0.5  # other processes using this many cores or more make the machine busy for planning
-SAMPLE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -27,7 +24,7 @@ class Load:
 
     @property
     def busy(self) -> bool:
-        return self.others >= BUSY_CORES
+        return self.others >= SETTINGS.busy_cores
 
     def warning(self) -> str:
         return (
@@ -49,13 +46,13 @@ def _cpu_times() -> tuple[float, float] | None:
     return sum(fields) - idle, sum(fields)
 
 
-def measure_load(seconds: float = SAMPLE_S) -> Load:
+def measure_load(seconds: float | None = None) -> Load:
     """Other processes' CPU use over ``seconds`` in which this process sleeps (so all of it is theirs)."""
     import os
 
     cores = available_cores()
     a = _cpu_times()
-    time.sleep(seconds)
+    time.sleep(SETTINGS.load_sample_s if seconds is None else seconds)
     b = _cpu_times()
     if a is None or b is None or b[1] <= a[1]:
         return Load(cores, 0.0)
@@ -71,16 +68,34 @@ def present(device: str) -> bool:
 
 
 def memory_gb(device: str) -> float:
-    """Memory a run may use on ``device``: 80 % of the GPU's, half of the available RAM on the CPU."""
+    """Memory a run may use on ``device``: ``gpu_memory_share`` of the GPU's, ``ram_share`` of the available RAM."""
     import torch
 
     if device == "cuda" and torch.cuda.is_available():
-        return torch.cuda.get_device_properties(0).total_memory / 1e9 * 0.8
+        return torch.cuda.get_device_properties(0).total_memory / 1e9 * SETTINGS.gpu_memory_share
     if device == "cuda":
-        return 24.0  # an absent GPU: planned from the cost table, memory of a common 32 GB card
+        return SETTINGS.absent_gpu_gb  # an absent GPU: planned from the cost table
     try:
         with open("/proc/meminfo") as f:
             kb = int(next(line.split()[1] for line in f if line.startswith("MemAvailable")))
-        return kb / 1e6 * 0.5
+        return kb / 1e6 * SETTINGS.ram_share
     except (OSError, StopIteration, ValueError):
         return 8.0
+
+
+def cpu_has_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls and convolutions run natively (oneDNN), faster than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def bf16_supported(device: str) -> bool:
+    """Whether ``device`` has fast bf16 (the search probes bf16 only there)."""
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return cpu_has_bf16()

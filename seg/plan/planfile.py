@@ -84,26 +84,15 @@ def _data(plan: Plan, root: str) -> CommentedMap:
     return _map(rows)
 
 
-def _step_rows(plan: Plan, root: str) -> list[tuple[str, object, str | None]]:
-    """``step_id`` and ``timed_with``: a run whose config has every ``timed_with`` value keeps its own step in the
-    probe memory under ``step_id`` (seg.run.steps), for the steps the next plan of this data buys."""
-    if not plan.step_id:
-        return []
-    dc = plan.data
-    data = [("root", Quoted(root), None)] + [
-        (k, _plain(dc[k]), None)
-        for k in ("spacing", "patch_size", "batch_size", "num_samples", "pos_neg", "pipeline", "num_workers")
-    ]
-    data += [("normalize", _map([(k, v, None) for k, v in dc["normalize"].items()]), None)]
-    data += [("augment", _map([("flip_axes", _flow(dc["augment"]["flip_axes"]), None)]), None)]
-    net = [("name", plan.net, None), *[(k, _plain(v), None) for k, v in plan.width.items()]]
-    trainer = [("accelerator", plan.device, None), ("devices", plan.devices, None), ("precision", plan.precision, None)]
-    model = [("net", _map(net), None), ("channels_last", plan.channels_last, None)]
-    timed = _map([("data", _map(data), None), ("model", _map(model), None), ("trainer", _map(trainer), None)])
-    return [
-        ("step_id", Quoted(plan.step_id), "the step's id in the probe memory: a run of this plan keeps its step"),
-        ("timed_with", timed, "what the step was timed with: a run with other values keeps nothing"),
-    ]
+def _forecast_comment(plan: Plan) -> str:
+    """What the forecast rests on: the kept timings of the step (their median and range), or an estimate."""
+    each = " per member" if plan.members > 1 else ""
+    if not plan.measured:
+        return f"estimated{each}"
+    n = plan.timings
+    return (
+        f"a forecast{each}: the median of {n} kept timing{'s' if n != 1 else ''} of the step; steps_range their range"
+    )
 
 
 def _trainer(plan: Plan) -> CommentedMap:
@@ -167,12 +156,12 @@ def plan_document(plan: Plan, root_as: str | None = None, name: str | None = Non
                         *([("probes", Quoted(plan.memory), None)] if plan.memory else []),
                         ("median_shape", _flow(plan.median_shape), None),
                         ("step_seconds", plan.step_s, None),
-                        ("steps_in_budget", plan.steps, "per member" if plan.members > 1 else None),
+                        ("steps_in_budget", plan.steps, _forecast_comment(plan)),
+                        ("steps_range", _flow(list(plan.steps_range)), None),
                         ("budget_seconds", plan.budget_s, None),
-                        *_step_rows(plan, root),
                     ]
                 ),
-                "what the planner saw and chose (for people; seg-train reads only step_id and timed_with)",
+                "what the planner saw and chose, for people: seg-train reads none of it",
             ),
             ("data", _data(plan, root), None),
             (
@@ -272,8 +261,7 @@ def plan_table(plan: Plan) -> str:
     out.append(
         "probes (s/step): "
         + "; ".join(
-            f"w{p['base']} {'x'.join(map(str, p['patch']))} {p['precision']}{'' if p['channels_last'] else ' cf'} "
-            f"{p['step_s']:.3f}"
+            f"w{p.base} {'x'.join(map(str, p.patch))} {p.precision}{'' if p.channels_last else ' cf'} {p.step_s:.3f}"
             for p in plan.probes
         )
     )

@@ -1,23 +1,26 @@
-"""``make_plan``: from a dataset's fingerprint and the cost model to a :class:`Plan` for a time budget.
+"""The planner: from a :class:`PlanRequest` (dataset, net, budget, device) to a :class:`Plan`.
 
 The steps, in order (each one's reason goes into the plan file as a comment):
 
 1. the data's own rules (``seg.plan.rules``): spacing, normalisation, pooling, the full patch (whole volumes
    when the median case fits), mirroring and patch sampling;
-2. the data pipeline (``data.pipeline``): ``device`` (the cached cases on the training device, augmentation on
-   its tensors) when the cached training cases fit in its memory, else ``workers``;
-3. the probe search (``seg.plan.search``): precision, memory format, ensemble members, width and patch;
-4. on the present device, the training probe (``seg.plan.probe``): the chosen candidate's real step through
-   the planned pipeline (plus ``LOOP_OVERHEAD_S``, Lightning's loop around it), the cost of validating a
-   case and of caching one; the search is run again with what it measured until the choice holds (at most
-   ``CALIBRATION_ROUNDS`` probes), so that the planned steps are the steps a run makes; when runs of the
-   same plan ended on this machine in the last hours, the steps come from their own steps instead
-   (``seg.plan.memory``: seg-train keeps its step under the plan's ``planned.step_id``);
+2. the data pipeline: ``device`` (the cached cases on the training device, augmentation on its tensors) when
+   the cached training cases fit in ``device_cache_share`` of its memory, else ``workers``;
+3. the search (``seg.plan.search``) over bare steps (``seg.plan.timing``, or ``seg.plan.estimate`` for an
+   absent device): precision, memory format, ensemble members, width and patch;
+4. on the present device, the training probe (``seg.plan.timing``): the chosen candidate's real step through
+   the planned pipeline (plus ``loop_overhead_s``, Lightning's loop around it), the cost of validating a case
+   and of caching one; the search runs again with what it measured until the choice holds (at most
+   ``calibration_rounds`` training probes);
 5. the budget (:class:`Budget`): start-up, periodic validation and the final validation are paid out of it, so
    that ``trainer.max_time`` plus the final validation ends within the budget; the learning-rate schedule
    runs on the fraction of ``max_time`` elapsed (``seg.lit.schedules``).
 
-The plan file is written by ``seg.plan.planfile``.
+Every probe goes through the probe memory (``seg.plan.memory``): the same request on the same machine gives the
+same plan. The steps a plan says the budget buys are a forecast: the median of the chosen training step's kept
+timings, printed with the range those timings give (``docs/results.md`` sets forecasts against the steps runs
+made: ``scripts/bench_forecast.py``). Every number here is in ``seg.plan.settings``; the plan file is
+written by ``seg.plan.planfile``.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ import json
 import logging
 import math
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -35,36 +37,26 @@ from seg.config import UserError, human_duration, parse_duration
 from seg.data.check import check_dataset, errors
 from seg.data.datalist import load_dataset
 from seg.nn.registry import list_nets, net_card, plannable_nets
-from seg.plan import cost, machine, rules, search
+from seg.plan import machine, rules
+from seg.plan.estimate import estimate_step
 from seg.plan.fingerprint import compute_fingerprint, cost_key
-from seg.plan.memory import ProbeMemory, step_id
-from seg.plan.probe import TrainingCost, training_probe
-from seg.plan.search import MIN_STEPS, TRAIN_SHARE
+from seg.plan.memory import ProbeMemory
+from seg.plan.records import Candidate, ProbeRow, TrainingCost
+from seg.plan.search import BareSteps, Choice, SearchInput, StepModel, search
+from seg.plan.settings import SETTINGS, Settings
+from seg.plan.timing import Instruments
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MIN_STEPS", "TRAIN_SHARE", "Budget", "Plan", "make_plan", "parse_budget"]
-
-MIN_BUDGET_S = 60  # a plan trains for at least a minute
-VALIDATION_EVERY_MIN_S = 60  # validation every tenth of a member's budget, at most once a minute
-STARTUP_S = 12.0  # a run's fixed start-up: imports, config, the trainer (measured here: 8-12 s on 2 cores)
-# Lightning's loop around the probe's step (logging, the LR schedule, callbacks, checkpoints at epoch ends), in
-# seconds a step: a cost per step, not a share of it. seg-train's step over the training probe's, alternating in
-# one process on the demo plan (a 0.063 s step): 1.04, 1.43, 1.09, 1.10 (median 1.10: 0.006 s), with no progress
-# bar (a log, not a terminal) and progress.png's redraw bounded to 2 %. As a share (1.10) it overcharged the
-# hippocampus' 0.22-0.29 s step: in six undisturbed 20-minute runs the run's step, its loop included
-# (0.256-0.269 s), was 0.90-1.16x the training probe's (median 0.92x).
-LOOP_OVERHEAD_S = 0.006
-CALIBRATION_ROUNDS = 3  # training probes at most before the choice is taken as it stands
-DEVICE_CACHE_SHARE = 0.5  # the device pipeline is chosen when the cached cases take at most this share of memory
+__all__ = ["Budget", "Plan", "PlanRequest", "Planner", "make_plan", "parse_budget"]
 
 
-def parse_budget(text: str) -> int:
-    """``--budget``: see :func:`seg.config.parse_duration`; at least ``MIN_BUDGET_S``."""
-    s = parse_duration(text, "--budget")
-    if s < MIN_BUDGET_S:
-        raise UserError(f"--budget {text!r}: a plan needs at least {MIN_BUDGET_S} s of training")
-    return s
+def parse_budget(text: str, s: Settings = SETTINGS) -> int:
+    """``--budget``: see :func:`seg.config.parse_duration`; at least ``min_budget_s``."""
+    seconds = parse_duration(text, "--budget")
+    if seconds < s.min_budget_s:
+        raise UserError(f"--budget {text!r}: a plan needs at least {s.min_budget_s} s of training")
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -72,19 +64,21 @@ class Budget:
     """How one member's share of the budget is spent: start-up, training with its periodic validations, and
     the final validation after ``trainer.max_time`` (Lightning validates when the time is up), so that the
     run ends within the budget. Without measurements (a device that is not present) training gets
-    ``TRAIN_SHARE`` of it, as before the training probe existed.
+    ``train_share`` of it.
 
     Args:
         budget_s: the whole budget.
         members: ensemble members (each gets ``budget_s / members``).
         val_s: one validation pass over the validation cases; None = unmeasured.
         startup_s: one run's start-up (caching its cases included).
+        settings: the planner's settings.
     """
 
     budget_s: int
     members: int = 1
     val_s: float | None = None
-    startup_s: float = STARTUP_S
+    startup_s: float = SETTINGS.startup_s
+    settings: Settings = SETTINGS
 
     @property
     def member_s(self) -> int:
@@ -92,7 +86,7 @@ class Budget:
 
     @property
     def interval_s(self) -> int:
-        return max(VALIDATION_EVERY_MIN_S, self.member_s // 10)
+        return max(self.settings.validation_every_min_s, self.member_s // self.settings.validation_parts)
 
     @property
     def max_time_s(self) -> int:
@@ -100,7 +94,7 @@ class Budget:
             return self.member_s
         # the ensemble validates its members' mean twice at the end: each member pays its share of that
         ensemble = 2 * self.val_s if self.members > 1 else 0.0
-        return max(30, int(self.member_s - self.startup_s - self.val_s - ensemble))
+        return max(self.settings.min_max_time_s, int(self.member_s - self.startup_s - self.val_s - ensemble))
 
     @property
     def validations(self) -> int:
@@ -110,13 +104,42 @@ class Budget:
     @property
     def train_s(self) -> float:
         if self.val_s is None:
-            return self.member_s * TRAIN_SHARE
+            return self.member_s * self.settings.train_share
         return max(1.0, self.max_time_s - self.validations * self.val_s)
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """What a plan is asked for (``seg-plan``'s flags), built by keywords.
+
+    Args:
+        root: the dataset.
+        net: a registered, plannable network.
+        budget_s: the training budget (seconds; :func:`parse_budget` reads ``--budget``).
+        device: "cpu" or "cuda"; a device that is not present is planned from estimates.
+        devices: GPUs (more than one plans DDP).
+        memory_gb: the memory a run may use (None: ``machine.memory_gb``).
+        min_steps: the step floor a member's training must buy.
+        reprobe: measure every probe again instead of reading the probe memory.
+        cache: the fingerprint cache.
+        progress: a progress bar while fingerprinting.
+    """
+
+    root: Path
+    net: str = "unet"
+    budget_s: int = 1200
+    device: str = "cpu"
+    devices: int = 1
+    memory_gb: float | None = None
+    min_steps: int = SETTINGS.min_steps
+    reprobe: bool = False
+    cache: Path | None = None
+    progress: bool = True
 
 
 @dataclass
 class Plan:
-    """What ``seg-plan`` decided for one dataset, network, budget and device (built with keywords)."""
+    """What the planner decided for one request (built with keywords)."""
 
     dataset: str
     net: str
@@ -125,6 +148,7 @@ class Plan:
     devices: int
     measured: bool  # probes timed on the device (else estimated from FLOPs and the cost table)
     n_cases: int
+    folds: int  # k of the plan's k-fold split
     modalities: list[str]
     spacing: list[float]
     normalize: dict
@@ -137,11 +161,12 @@ class Plan:
     precision: str
     channels_last: bool
     step_s: float
-    steps: int
+    steps: int  # the forecast: the steps a member's training buys at the median kept step
+    steps_range: tuple[int, int] = (0, 0)  # the forecast's range over the kept timings of the step
+    timings: int = 0  # how many kept timings the forecast rests on (0: estimated)
     busy: bool = False  # other processes kept the CPU busy while probing (see seg.plan.machine)
     memory: str = ""  # which probes came from the probe memory (seg.plan.memory)
-    step_id: str = ""  # the chosen training step's id in the probe memory (seg-train keeps its own step under it)
-    probes: list[dict] = field(default_factory=list)
+    probes: list[ProbeRow] = field(default_factory=list)
     reasons: dict = field(default_factory=dict)
 
     @property
@@ -161,36 +186,47 @@ class Plan:
         return all(p >= m for p, m in zip(self.patch, self.median_shape))
 
     @property
-    def folds(self) -> int:
-        """K of the plan's k-fold split: 5, or one fold per case for a dataset of fewer cases."""
-        return min(5, self.n_cases)
-
-    @property
     def width(self) -> dict:
         """The network's width kwargs (its card's rule at ``base`` and ``levels``)."""
         return net_card(self.net).width_kwargs(self.base, self.levels)
 
 
-def check_request(spec, net: str, root, memory_gb: float | None = None, devices: int = 1) -> None:
+@dataclass(frozen=True)
+class DataRules:
+    """Step 1's outcome: the data's spacing, normalisation, median and full patch, mirroring, with reasons."""
+
+    spacing: list[float]
+    normalize: dict
+    median: list[int]
+    full: list[int]
+    flip_axes: list[int]
+    voxels: list[int]  # each case's voxels after resampling
+    channels: int
+    reasons: dict
+
+
+def check_request(spec, r: PlanRequest) -> None:
     """Refusals before any work: an unknown or unsizable net, a dataset of one case, a broken dataset, a memory
     or device count that cannot be."""
-    if memory_gb is not None and not memory_gb > 0:
-        raise UserError(f"--memory-gb {memory_gb:g}: give the memory a run may use, in GB (> 0)")
-    if devices < 1:
-        raise UserError(f"--devices {devices}: give 1 or more")
-    if net not in list_nets():
-        raise UserError(f"seg-plan: --net {net!r} is not a registered network")
-    if net not in plannable_nets():
-        raise UserError(f"seg-plan: no width rule for net {net!r} (planned nets: {', '.join(plannable_nets())})")
+    if r.memory_gb is not None and not r.memory_gb > 0:
+        raise UserError(f"--memory-gb {r.memory_gb:g}: give the memory a run may use, in GB (> 0)")
+    if r.devices < 1:
+        raise UserError(f"--devices {r.devices}: give 1 or more")
+    if r.min_steps < 1:
+        raise UserError(f"--min-steps {r.min_steps}: give the optimiser steps a member must make (1 or more)")
+    if r.net not in list_nets():
+        raise UserError(f"seg-plan: --net {r.net!r} is not a registered network")
+    if r.net not in plannable_nets():
+        raise UserError(f"seg-plan: no width rule for net {r.net!r} (planned nets: {', '.join(plannable_nets())})")
     if len(spec.cases) < 2:
-        raise UserError(f"seg-plan: {root}: {len(spec.cases)} case, a plan needs 2 at least (one to validate on)")
+        raise UserError(f"seg-plan: {r.root}: {len(spec.cases)} case, a plan needs 2 at least (one to validate on)")
     bad = errors(check_dataset(spec))
     if bad:
         lines = "\n".join(str(p) for p in bad)
         raise UserError(f"{lines}\n{len(bad)} dataset errors in {spec.root}: fix them (seg-check-data) and plan again")
 
 
-def data_rules(spec, cases: list[dict]) -> dict:
+def data_rules(spec, cases: list[dict]) -> DataRules:
     """Step 1: spacing, normalisation, median shape, full patch, mirroring, sampling, with reasons."""
     spacing = rules.target_spacing([c["spacing"] for c in cases])
     shapes = rules.resampled_shapes([c["shape"] for c in cases], [c["spacing"] for c in cases], spacing)
@@ -212,221 +248,266 @@ def data_rules(spec, cases: list[dict]) -> dict:
         "sampling": f"half the patches centred on foreground ({fg:.2%} of the median case)",
     }
     voxels = [int(np.prod(s)) for s in shapes]
-    return {
-        "spacing": spacing,
-        "normalize": normalize,
-        "median": median,
-        "full": rules.round_patch(median),
-        "flip_axes": flip_axes,
-        "voxels": voxels,
-        "channels": len(spec.channel_names),
-        "reasons": reasons,
-    }
+    full = rules.round_patch(median)
+    return DataRules(spacing, normalize, median, full, flip_axes, voxels, len(spec.channel_names), reasons)
 
 
-def choose_pipeline(d: dict, memory_gb: float, device: str) -> tuple[str, str]:
+def choose_pipeline(
+    full: list[int], voxels: list[int], channels: int, memory_gb: float, device: str, share: float
+) -> tuple[str, str]:
     """``device`` when the cached, pre-processed cases (image channels and label as float32, padded to the
-    patch at least) fit in ``DEVICE_CACHE_SHARE`` of the run's memory, else ``workers``."""
-    patch = math.prod(d["full"])
-    gb = sum(max(v, patch) for v in d["voxels"]) * (d["channels"] + 1) * 4 / 1e9
+    patch at least) fit in ``share`` of the run's memory, else ``workers``."""
+    patch = math.prod(full)
+    gb = sum(max(v, patch) for v in voxels) * (channels + 1) * 4 / 1e9
     where = "GPU" if device == "cuda" else "RAM"
-    if gb <= DEVICE_CACHE_SHARE * memory_gb:
+    if gb <= share * memory_gb:
         why = f"the cached cases take {gb:.2f} GB of the {memory_gb:.0f} GB of {where} a run may use"
         return "device", why + ": cached on the device, augmented there, no worker processes"
-    why = f"the cached cases would take {gb:.1f} GB, over {DEVICE_CACHE_SHARE:.0%} of the {memory_gb:.0f} GB"
+    why = f"the cached cases would take {gb:.1f} GB, over {share:.0%} of the {memory_gb:.0f} GB"
     return "workers", why + " a run may use: worker processes"
 
 
-def data_config(d: dict, c: search.Choice, median: list[int], pipeline: str, workers: int) -> dict:
-    """The ``SegDataModule`` keywords of the plan (what the training probe builds and the plan file writes)."""
-    whole = all(p >= m for p, m in zip(c.patch, median))
-    return {
-        "spacing": list(d["spacing"]),
-        "normalize": dict(d["normalize"]),
-        "patch_size": list(c.patch),
-        "batch_size": c.batch if whole else c.batch // 2,
-        "num_samples": 1 if whole else 2,
-        "pos_neg": [1, 1],
-        "augment": {"flip_axes": list(d["flip_axes"])},
-        "pipeline": pipeline,
-        "num_workers": 0 if pipeline == "device" else workers,
-    }
+class Planner:
+    """Plans one :class:`PlanRequest` (single use: :meth:`plan` keeps what it found on the instance).
+
+    Args:
+        request: what is planned.
+        instruments: how the machine is measured (``seg.plan.timing.Instruments``; tests pass modelled ones).
+        settings: the planner's settings (``seg.plan.settings``).
+    """
+
+    def __init__(self, request: PlanRequest, instruments: Instruments | None = None, settings: Settings = SETTINGS):
+        self.request, self.instruments, self.settings = request, instruments or Instruments(), settings
+
+    # -- one builder each for the budget and the data config ------------------------------------------------
+    def budget(self, members: int, cost: TrainingCost | None = None) -> Budget:
+        """The budget of ``members`` members: unmeasured, or paying the training probe's validation and
+        caching (one fold's validation cases, every case cached at start-up)."""
+        r, s = self.request, self.settings
+        if cost is None:
+            return Budget(r.budget_s, members, settings=s)
+        n = len(self.spec.cases)
+        n_val = max(1, math.ceil(n / min(s.folds, n)))
+        return Budget(r.budget_s, members, cost.val_case_s * n_val, s.startup_s + cost.cache_case_s * n, s)
+
+    def data_config(self, c: Choice) -> dict:
+        """The ``SegDataModule`` keywords of the plan (what the training probe builds and the plan file writes)."""
+        d = self.rules
+        whole = all(p >= m for p, m in zip(c.patch, d.median))
+        return {
+            "spacing": list(d.spacing),
+            "normalize": dict(d.normalize),
+            "patch_size": list(c.patch),
+            "batch_size": c.batch if whole else c.batch // 2,
+            "num_samples": 1 if whole else 2,
+            "pos_neg": [1, 1],
+            "augment": {"flip_axes": list(d.flip_axes)},
+            "pipeline": self.pipeline,
+            "num_workers": 0 if self.pipeline == "device" else self.workers,
+        }
+
+    # -- the plan ---------------------------------------------------------------------------------------------
+    def plan(self) -> Plan:
+        """Steps 1-5 of the module docstring."""
+        r, s = self.request, self.settings
+        self.spec = load_dataset(r.root)
+        check_request(self.spec, r)
+        measured = machine.present(r.device)
+        memory_gb = machine.memory_gb(r.device) if r.memory_gb is None else r.memory_gb
+        fp = compute_fingerprint(self.spec, r.cache, progress=r.progress)
+        self.fp_key, d = cost_key(fp), data_rules(self.spec, fp["cases"])
+        self.rules = d
+        self.pipeline, pipeline_why = choose_pipeline(
+            d.full, d.voxels, d.channels, memory_gb, r.device, s.device_cache_share
+        )
+        load = self._load(measured)
+        self.workers = max(1, min(s.max_workers, load.cores - 1))
+        self.mem = ProbeMemory(r.device, busy=load.busy, reprobe=r.reprobe, on=measured)
+        self.steps = BareSteps(self._timer(measured), r.net, s.monotone_slack)
+        bf16 = self.instruments.bf16(r.device) or not measured
+        inp = SearchInput(d.full, r.budget_s, bf16, measured, memory_gb, r.min_steps, lambda m: self.budget(m).train_s)
+        inp = replace(inp, model=StepModel(None, s.step_overhead), settings=s)
+        c, timings = search(self.steps, inp), []
+        acct = self.budget(c.members)
+        if measured:
+            c, acct, inp, timings = self._calibrate(c, inp)
+        reasons = {**d.reasons, **c.reasons, "pipeline": pipeline_why}
+        span = _span(acct.train_s, timings) if timings else (c.steps, c.steps)
+        reasons.update(_choice_reasons(c, d.median, acct, measured, r.min_steps, r.devices, span, len(timings), s))
+        return Plan(
+            dataset=str(Path(r.root).resolve()),
+            net=r.net,
+            budget=acct,
+            device=r.device,
+            devices=r.devices,
+            measured=measured,
+            n_cases=len(fp["cases"]),
+            folds=min(s.folds, len(fp["cases"])),
+            modalities=list(self.spec.channel_names),
+            spacing=d.spacing,
+            normalize=d.normalize,
+            median_shape=d.median,
+            data=self.data_config(c),
+            patch=list(c.patch),
+            levels=c.levels,
+            base=c.base,
+            batch=c.batch,
+            precision=c.precision,
+            channels_last=c.channels_last,
+            step_s=round(c.step_s, 4),
+            steps=c.steps,
+            steps_range=span,
+            timings=len(timings),
+            busy=load.busy,
+            memory=self.mem.describe() if measured else "",
+            probes=self.steps.rows(inp.model, acct.train_s),
+            reasons=reasons,
+        )
+
+    def _load(self, measured: bool) -> machine.Load:
+        """The other processes' load on a probed CPU (said once when busy); none on a GPU or an estimate."""
+        if measured and self.request.device == "cpu":
+            load = self.instruments.load()
+        else:
+            load = machine.Load(machine.available_cores(), 0.0)
+        if load.busy:
+            log.warning("%s", load.warning())
+        return load
+
+    def _timer(self, measured: bool):
+        r, spec = self.request, self.spec
+        in_ch, out_ch = spec.in_channels, spec.out_channels
+
+        def timer(cand: Candidate, levels: int) -> float:
+            if measured:
+                key = _bare_key(r.net, levels, (in_ch, out_ch), cand)
+                bare = self.instruments.bare_step
+                return self.mem.figure(key, lambda: bare(r.net, cand, levels, in_ch, out_ch, r.device))
+            return estimate_step(r.net, cand, levels, in_ch, out_ch, r.device)
+
+        return timer
+
+    def _train_key(self, c: Choice) -> str:
+        data = json.dumps(self.data_config(c), sort_keys=True, default=str)
+        return f"train {self.request.net} levels {c.levels} {_cand_key(c.candidate)} fingerprint {self.fp_key} " + data
+
+    def _training_cost(self, c: Choice) -> TrainingCost:
+        """The training probe of ``c``, through the probe memory (keyed by the cases' shapes and ``data``)."""
+        r, spec = self.request, self.spec
+        ids, channels, data = (
+            [case.case_id for case in spec.cases],
+            (spec.in_channels, spec.out_channels),
+            self.data_config(c),
+        )
+
+        def measure() -> dict:
+            tc = self.instruments.training_step(
+                str(r.root), ids, data, r.net, c.candidate, c.levels, channels, r.device
+            )
+            return vars(tc)
+
+        return TrainingCost(**self.mem.record(self._train_key(c), measure))
+
+    def _calibrate(self, c: Choice, inp: SearchInput) -> tuple[Choice, Budget, SearchInput, list[float]]:
+        """Step 4: the training probe at the choice, the search again with the data cost and budget it measured,
+        until the choice holds (at most ``calibration_rounds`` probes). Returns the final choice (its step the
+        training probe's, Lightning's loop added), its budget, the search input of the last round and the
+        kept timings of its step (the forecast's range)."""
+        s = self.settings
+        measured: dict = {}  # candidate -> its TrainingCost
+        for _ in range(s.calibration_rounds):
+            tc = measured[c.candidate] = self._training_cost(c)
+            extra = max(0.0, tc.step_s + s.loop_overhead_s - self._same_hour_bare(c))
+            acct = self.budget(1, tc)
+            inp = replace(
+                inp,
+                model=StepModel(extra / (c.batch * math.prod(c.patch)), s.step_overhead),
+                train_time=lambda m, a=acct: replace(a, members=m).train_s,
+            )
+            new = search(self.steps, inp)
+            c, held = new, new.candidate == c.candidate
+            if held:
+                break
+        if c.candidate not in measured:  # the rounds ran out on a new choice: measure it for its own step
+            measured[c.candidate] = self._training_cost(c)
+        tc = measured[c.candidate]
+        acct = self.budget(c.members, tc)
+        timings = [float(v["step_s"]) + s.loop_overhead_s for v in self.mem.values(self._train_key(c))]
+        return replace(c, step_s=tc.step_s + s.loop_overhead_s, train_s=acct.train_s), acct, inp, timings
+
+    def _same_hour_bare(self, c: Choice) -> float:
+        """The bare step to set against a training probe: the search's figure, unless the training probe was
+        measured now and the bare figure read from the memory (a new dataset on a known machine): two hours'
+        speeds would meet and the data cost, their difference, could read below 0, so the bare step is timed
+        now too (kept nowhere)."""
+        r, spec = self.request, self.spec
+        channels = (spec.in_channels, spec.out_channels)
+        kept = self.mem.was_read(_bare_key(r.net, c.levels, channels, c.candidate))
+        if kept and not self.mem.was_read(self._train_key(c)):
+            return self.instruments.bare_step(r.net, c.candidate, c.levels, *channels, r.device)
+        return self.steps.bare(c.candidate, c.levels)
 
 
 def make_plan(
     root: str | Path,
+    *,
     net: str = "unet",
     budget: str | int = "20m",
     device: str = "cpu",
-    memory_gb: float | None = None,
-    cache: str | Path | None = None,
-    min_steps: int = MIN_STEPS,
-    progress: bool = True,
-    devices: int = 1,
-    reprobe: bool = False,
+    instruments: Instruments | None = None,
+    settings: Settings = SETTINGS,
+    **request,
 ) -> Plan:
-    """Plan ``net`` on ``root`` for ``budget`` on ``device`` (module docstring); ``reprobe``: see seg.plan.memory."""
-    spec = load_dataset(root)
-    budget_s = budget if isinstance(budget, int) else parse_budget(budget)
-    check_request(spec, net, root, memory_gb, devices)
-    measured = machine.present(device)
-    memory_gb = machine.memory_gb(device) if memory_gb is None else memory_gb
-    fp = compute_fingerprint(spec, cache, progress=progress)
-    d = data_rules(spec, fp["cases"])
-    pipeline, pipeline_why = choose_pipeline(d, memory_gb, device)
-    load = _load(measured, device)
-    mem = ProbeMemory(device, busy=load.busy, reprobe=reprobe, on=measured)
-    probes = search.Probes(_timer(net, spec, device, measured, mem), budget_s * TRAIN_SHARE, net)
-    args = (d["full"], budget_s, cost.bf16_supported(device) or not measured, measured, memory_gb, min_steps)
-    c = search.search(probes, *args, train_time=lambda m: Budget(budget_s, m).train_s)
-    workers = max(1, min(4, load.cores - 1))
-    acct, sid = Budget(budget_s, c.members), ""
-    if measured:
-        c, acct, sid = _calibrate(probes, c, args, spec, d, net, device, pipeline, workers, root, mem, cost_key(fp))
-    reasons = {**d["reasons"], **c.reasons, "pipeline": pipeline_why}
-    reasons.update(_choice_reasons(c, d["median"], acct, measured, min_steps, devices))
-    return Plan(
-        dataset=str(Path(root).resolve()),
-        net=net,
-        budget=acct,
-        device=device,
-        devices=devices,
-        measured=measured,
-        n_cases=len(fp["cases"]),
-        modalities=list(spec.channel_names),
-        spacing=d["spacing"],
-        normalize=d["normalize"],
-        median_shape=d["median"],
-        data=data_config(d, c, d["median"], pipeline, workers),
-        patch=list(c.patch),
-        levels=c.levels,
-        base=c.base,
-        batch=c.batch,
-        precision=c.precision,
-        channels_last=c.channels_last,
-        step_s=round(c.step_s, 4),
-        steps=c.steps,
-        busy=load.busy,
-        memory=mem.describe() if measured else "",
-        step_id=sid,
-        probes=probes.table(acct.train_s),
-        reasons=reasons,
-    )
+    """Plan ``net`` on ``root`` for ``budget`` (``"20m"`` or seconds) on ``device``; other keywords are
+    :class:`PlanRequest`'s."""
+    budget_s = budget if isinstance(budget, int) else parse_budget(budget, settings)
+    req = PlanRequest(root=Path(root), net=net, budget_s=budget_s, device=device, **request)
+    return Planner(req, instruments, settings).plan()
 
 
-def _load(measured: bool, device: str) -> machine.Load:
-    """The other processes' load on a probed CPU (said once when busy); none on a GPU or an estimate."""
-    load = machine.measure_load() if measured and device == "cpu" else machine.Load(machine.available_cores(), 0.0)
-    if load.busy:
-        log.warning("%s", load.warning())
-    return load
+def _span(train_s: float, timings: list[float]) -> tuple[int, int]:
+    """The steps ``train_s`` buys at the slowest and the fastest of ``timings``."""
+    return int(train_s / max(timings)), int(train_s / min(timings))
 
 
-def _timer(net: str, spec, device: str, measured: bool, mem: ProbeMemory):
-    in_ch, out_ch = spec.in_channels, spec.out_channels
-
-    def timer(cand: cost.Candidate, levels: int) -> float:
-        if measured:
-            key = _bare_key(net, levels, (in_ch, out_ch), cand)
-            return mem.figure(key, lambda: cost.measure_step(net, cand, levels, in_ch, out_ch, device))
-        return cost.estimate_step(net, cand, levels, in_ch, out_ch, device)
-
-    return timer
-
-
-def _bare_key(net: str, levels: int, channels: tuple[int, int], cand: cost.Candidate) -> str:
+def _bare_key(net: str, levels: int, channels: tuple[int, int], cand: Candidate) -> str:
     return f"bare {net} levels {levels} channels {channels[0]}/{channels[1]} {_cand_key(cand)}"
 
 
-def _cand_key(cand: cost.Candidate) -> str:
+def _cand_key(cand: Candidate) -> str:
     layout = "channels-last" if cand.channels_last else "channels-first"
     return f"width {cand.base} patch {list(cand.patch)} batch {cand.batch} {cand.precision} {layout}"
 
 
-def _train_key(net: str, c: search.Choice, fp_key, data: dict) -> str:
-    return f"train {net} levels {c.levels} {_cand_key(c.candidate)} fingerprint {fp_key} " + json.dumps(
-        data, sort_keys=True, default=str
-    )
-
-
-def _training_probe(mem: ProbeMemory, fp_key, root, ids, data, net, c, channels, device) -> TrainingCost:
-    """The training probe of ``c``, through the probe memory (keyed by the dataset's fingerprint and ``data``)."""
-
-    def measure() -> dict:
-        return vars(training_probe(str(root), ids, data, net, c.candidate, c.levels, channels, device))
-
-    return TrainingCost(**mem.record(_train_key(net, c, fp_key, data), measure))
-
-
-def _calibrate(
-    probes, c, args, spec, d, net, device, pipeline, workers, root, mem: ProbeMemory, fp_key
-) -> tuple[search.Choice, Budget, str]:
-    """Steps 4-5: the training probe at the choice, the search again with the data cost and budget it measured,
-    until the choice holds (at most ``CALIBRATION_ROUNDS`` probes); the final choice's step is the measured one
-    (or its runs', see seg.plan.memory). Also the step's id in the probe memory (``planned.step_id``)."""
-    budget_s = args[1]
-    n_val = max(1, math.ceil(len(spec.cases) / min(5, len(spec.cases))))
-    ids = [case.case_id for case in spec.cases]
-    channels = (spec.in_channels, spec.out_channels)
-    measured: dict = {}  # candidate -> its TrainingCost
-    for _ in range(CALIBRATION_ROUNDS):
-        data = data_config(d, c, d["median"], pipeline, workers)
-        tc = measured[c.candidate] = _training_probe(mem, fp_key, root, ids, data, net, c, channels, device)
-        bare = _same_hour_bare(probes, mem, c, net, channels, device, fp_key, data)
-        extra = max(0.0, tc.step_s + LOOP_OVERHEAD_S - bare)
-        probes.data_s_per_voxel = extra / (c.batch * math.prod(c.patch))
-        acct = Budget(budget_s, 1, tc.val_case_s * n_val, STARTUP_S + tc.cache_case_s * len(spec.cases))
-        new = search.search(probes, *args, train_time=lambda m, a=acct: replace(a, members=m).train_s)
-        if new.candidate == c.candidate:
-            c = new
-            break
-        c = new
-    if c.candidate not in measured:  # the rounds ran out on a new choice: measure it for its own step
-        data = data_config(d, c, d["median"], pipeline, workers)
-        tc = measured[c.candidate] = _training_probe(mem, fp_key, root, ids, data, net, c, channels, device)
-    tc = measured[c.candidate]
-    data = data_config(d, c, d["median"], pipeline, workers)
-    key = _train_key(net, c, fp_key, data)
-    sid, step = step_id(key), tc.step_s + LOOP_OVERHEAD_S
-    if mem.was_read(key):  # chosen from kept figures: the steps of the runs of this plan, else this hour's speed
-        step = mem.run_step(sid)  # a run's own step: its loop included
-        if step is None:
-            now = partial(training_probe, str(root), ids, data, net, c.candidate, c.levels, channels, device)
-            step = mem.time_now(key, now) + LOOP_OVERHEAD_S
-    acct = Budget(budget_s, c.members, tc.val_case_s * n_val, STARTUP_S + tc.cache_case_s * len(spec.cases))
-    return replace(c, step_s=step, train_s=acct.train_s), acct, sid
-
-
-def _same_hour_bare(probes, mem: ProbeMemory, c: search.Choice, net, channels, device, fp_key, data) -> float:
-    """The bare step to set against a training probe: the search's figure, unless the training probe was measured
-    now and the bare figure read from the memory (a new dataset on a known machine). Two hours' speeds then
-    meet (this VM's same step read 0.233 s one night, 0.155 s the next morning) and the data cost, their
-    difference, can read below 0 and be clamped at 0; so the bare step is timed now too (kept nowhere)."""
-    kept = mem.was_read(_bare_key(net, c.levels, channels, c.candidate))
-    if kept and not mem.was_read(_train_key(net, c, fp_key, data)):
-        return cost.measure_step(net, c.candidate, c.levels, *channels, device)
-    return probes.bare(c.candidate, c.levels)
+def _forecast(c: Choice, span: tuple[int, int], timings: int) -> str:
+    """``4139 steps (3600-4600 over 5 timings)``: the forecast and its range over the kept timings."""
+    if timings == 0:
+        return f"{c.steps} steps"
+    if timings == 1:
+        return f"{c.steps} steps (one timing)"
+    return f"{c.steps} steps ({span[0]}-{span[1]} over {timings} timings)"
 
 
 def _choice_reasons(
-    c: search.Choice, median: list[int], acct: Budget, measured: bool, min_steps: int, devices: int
-) -> dict:
+    c: Choice, median: list[int], acct: Budget, measured: bool, min_steps: int, devices: int,
+    span: tuple[int, int], timings: int, s: Settings,
+) -> dict:  # fmt: skip
     whole = all(p >= m for p, m in zip(c.patch, median))
     patch = f"median resampled case {'x'.join(map(str, median))} rounded up to 2^pools per axis" + (
         ": whole volumes (padded)"
         if whole
-        else f", shrunk to {'x'.join(map(str, c.patch))} so that a width of at least {search.BASES[0]} buys "
+        else f", shrunk to {'x'.join(map(str, c.patch))} so that a width of at least {s.bases[0]} buys "
         f"{min_steps} steps"
     )
     spent = (
         f"{acct.train_s / 60:.1f} of a member's {acct.member_s / 60:.1f} min train: the rest starts the run "
         f"({acct.startup_s:.0f} s) and validates it {acct.validations + 1} times ({acct.val_s:.1f} s each)"
         if acct.val_s is not None
-        else f"{TRAIN_SHARE:.0%} of a member's {human_duration(acct.member_s)} train (estimate)"
+        else f"{s.train_share:.0%} of a member's {human_duration(acct.member_s)} train (estimate)"
     )
     width = (
-        f"{c.step_s:.3f} s/step {'measured with its data' if measured else 'estimated'} -> {c.steps} steps; "
-        f"{spent}; the widest of {list(search.BASES)} with >= {min_steps}"
+        f"{c.step_s:.3f} s/step {'measured with its data' if measured else 'estimated'} -> "
+        f"{_forecast(c, span, timings)}; {spent}; the widest of {list(s.bases)} with >= {min_steps}"
     )
     out = {"patch": patch, "width": width}
     if devices > 1:

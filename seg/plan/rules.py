@@ -1,4 +1,4 @@
-"""Planning rules that depend on the data alone (the cost model in ``seg.plan.cost`` decides the rest).
+"""Planning rules that depend on the data alone (the search over timed steps, ``seg.plan.search``, decides the rest).
 
 Spacing and the pooling/patch arithmetic follow nnU-Net v2 (Isensee et al. 2021): the median spacing,
 with the low-resolution axis of anisotropic data taken at its 10th percentile; an axis is pooled while

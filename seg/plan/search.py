@@ -1,26 +1,24 @@
-"""The probe search: which precision and memory format, how many ensemble members, how wide a network and
-how large a patch the budget buys, decided from timed (or estimated) training steps. One function per
+"""The search: which precision and memory format, how many ensemble members, how wide a network and how large a
+patch the budget buys, decided from bare steps (timed, or estimated for an absent device). One function per
 decision, as nnU-Net's planner has one step per decision; :func:`search` runs them in order.
 
-1. precision: bf16 autocast when the device supports it and its probe is at least 15 % faster (``BF16_GAIN``);
-   channels-last 3D activations when their probe is at least 5 % faster (``CHANNELS_LAST_GAIN``);
-2. members: when the budget buys more than one network can use (``round(S8 / MEMBER_STEPS_W8)`` >= 2, S8
-   the optimiser steps of a width-8 net at the full patch in the whole budget), it is split into that many
-   members (at most ``MAX_MEMBERS``), each planned for its share. Why: on the hippocampus cases one planned
-   net gained nothing past ~20 minutes (6258 width-8 steps): 60 minutes of one wider net (32..256) scored
-   0.8914 on validation against 0.8945 +- 0.0020 for 20 minutes of 16..128;
-3. width: the widest first-level width of ``BASES`` whose step still buys ``min_steps`` optimiser steps in
-   a member's training time (and whose activations fit the memory);
+1. precision: bf16 autocast when the device supports it and its step takes at most ``bf16_gain`` of fp32's;
+   channels-last 3D activations when their step takes at most ``channels_last_gain`` of channels-first's;
+2. members: when the budget buys more than one network can use (``round(S8 / member_steps_w8)`` >= 2, S8 the
+   optimiser steps of a width-8 net at the full patch in the whole budget), it is split into that many members
+   (at most ``max_members``), each planned for its share;
+3. width: the widest of ``bases`` whose step still buys ``min_steps`` optimiser steps in a member's training
+   time (and whose activations fit the memory);
 4. patch: when even the narrowest width cannot, the patch shrinks (nnU-Net's reduction, ``rules.shrink_patch``)
-   and 1, 3 and 4 repeat; patches that the last probe shows to be far too slow are skipped unprobed.
+   and 1, 3 and 4 repeat; patches whose step, scaled by voxels from the last probe, is over ``skip_margin``
+   times the allowed one are skipped unprobed.
 
-A probe's figure is the median of ``cost.REPS`` timed steps; a thinner net or a smaller patch measured slower
-than a wider or larger one is measured again, and then taken as no slower (noise, not the machine). A real
-training step costs more than the bare probe: its batch is loaded, augmented and moved, and the loop has its
-own cost. Once the training probe (``seg.plan.probe``) has measured a real step, that extra is modelled as a
-cost per voxel of the batch (``Probes.data_s_per_voxel``: on the demo data 1.0e-6 and 1.15e-6 s at two
-patches, where a factor on the bare step read 1.37 and 1.47); before that, and for a device that is not
-present, the bare step is scaled by ``STEP_OVERHEAD``.
+A bare step is the median of ``bare_reps`` timed steps; a thinner net or a smaller patch measured slower than a
+wider or larger one is measured again, and then taken as no slower (noise, not the machine). A real training
+step costs more than the bare one (its batch is loaded, augmented and moved; the loop has its own cost):
+:class:`StepModel` adds the training probe's measured data cost per voxel of the batch, or, before it has
+measured one (and for an absent device), scales the bare step by ``step_overhead``. Every value named here is
+in ``seg.plan.settings``.
 """
 
 from __future__ import annotations
@@ -30,129 +28,98 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from seg.plan import cost, rules
+from seg.plan import rules
+from seg.plan.estimate import activation_gb
+from seg.plan.records import BareStep, Candidate, ProbeRow
+from seg.plan.settings import SETTINGS, Settings
 
 log = logging.getLogger(__name__)
 
-BASES = (4, 8, 16, 32)
-# 4000; 3000 would keep the hippocampus plan at width 8 in every hour measured on the 2-core VM (4000 takes width
-# 4 when its width-8 step reads slower than 0.27 s) but puts the demo's plan near the line: docs/planning.md.
-MIN_STEPS = 4000
-TRAIN_SHARE = 0.85  # of a member's budget, where validation and start-up cannot be measured (estimates)
-# What a real training step costs beyond the bare probe, before the training probe has measured it (and for
-# an absent device): on the demo's synthetic data two planned runs made 77 % of the steps the bare probe
-# predicted.
-STEP_OVERHEAD = 1.3
-BF16_GAIN = 0.85  # bf16 is used when its step takes at most this fraction of fp32's
-CHANNELS_LAST_GAIN = 0.95  # channels-last when its step takes at most this fraction of the default layout's
-MONOTONE_SLACK = 1.05  # a thinner net / smaller patch measured > 5 % slower than a wider / larger one: remeasure
-MEMBER_STEPS_W8 = 6000  # width-8 steps one member's training is worth (the 20-minute hippocampus plan's 6258)
-MAX_MEMBERS = 5
-PRECISION_BASE = 8  # the width at which precision, memory format and members are probed
+# (candidate, levels) -> seconds of one bare training step (timed, or estimated for an absent device)
+StepTimer = Callable[[Candidate, int], float]
 
 
-# (candidate, levels) -> seconds of one bare training step (measured, or estimated for an absent device)
-StepTimer = Callable[[cost.Candidate, int], float]
+@dataclass(frozen=True)
+class StepModel:
+    """A real training step from a bare one: plus ``data_s_per_voxel`` per voxel of the batch (the training
+    probe's measure), or times ``step_overhead`` where that is not measured (None)."""
+
+    data_s_per_voxel: float | None = None
+    step_overhead: float = SETTINGS.step_overhead
+
+    def real(self, bare_s: float, cand: Candidate) -> float:
+        if self.data_s_per_voxel is None:
+            return bare_s * self.step_overhead
+        return bare_s + self.data_s_per_voxel * cand.batch * math.prod(cand.patch)
 
 
 @dataclass
-class Probes:
-    """Every probe the search takes, each candidate timed once (twice when it broke monotonicity).
+class BareSteps:
+    """Every bare step the search takes, each candidate timed once (twice when it broke monotonicity).
 
     Args:
-        timer: times one bare step of a candidate.
-        train_s: seconds of training one network gets (each record's ``steps_in_budget``).
+        timer: times (or estimates) one bare step of a candidate.
         label: the net's name, for the log.
-        data_s_per_voxel: a real step's cost beyond the bare probe per voxel of its batch (measured by the
-            training probe); None: the bare step times ``STEP_OVERHEAD``.
+        monotone_slack: see the module docstring.
     """
 
     timer: StepTimer
-    train_s: float
     label: str = ""
-    data_s_per_voxel: float | None = None
-    records: list[dict] = field(default_factory=list)
+    monotone_slack: float = SETTINGS.monotone_slack
+    records: list[BareStep] = field(default_factory=list)
     remeasured: int = 0
 
-    def real(self, bare_s: float, cand: cost.Candidate) -> float:
-        """A real training step from the bare probe's (see the module docstring)."""
-        if self.data_s_per_voxel is None:
-            return bare_s * STEP_OVERHEAD
-        return bare_s + self.data_s_per_voxel * cand.batch * math.prod(cand.patch)
+    def find(self, cand: Candidate) -> BareStep | None:
+        key = (cand.base, tuple(cand.patch), cand.precision, cand.channels_last)
+        return next((r for r in self.records if _key(r.candidate) == key), None)
 
-    def _find(self, cand: cost.Candidate) -> dict | None:
-        key = (cand.base, list(cand.patch), cand.precision, cand.channels_last)
-        return next((r for r in self.records if _key(r) == key), None)
-
-    def bare(self, cand: cost.Candidate, levels: int) -> float:
-        """The bare step of ``cand``: recorded, else probed now (and checked against its neighbours)."""
-        rec = self._find(cand)
+    def bare(self, cand: Candidate, levels: int) -> float:
+        """The bare step of ``cand``: recorded, else timed now (and checked against its neighbours)."""
+        rec = self.find(cand)
         if rec is None:
-            rec = {
-                "base": cand.base,
-                "patch": list(cand.patch),
-                "batch": cand.batch,
-                "precision": cand.precision,
-                "channels_last": cand.channels_last,
-                "levels": levels,
-                "bare_s": self.timer(cand, levels),
-            }
+            rec = BareStep(replace(cand, patch=tuple(cand.patch)), levels, self.timer(cand, levels))
             self.records.append(rec)
+            layout = "" if cand.channels_last else " channels-first"
             log.info(
-                "probe %s base %d patch %s %s: %.4f s/step (bare)",
-                self.label,
-                cand.base,
-                cand.patch,
-                cand.precision + ("" if cand.channels_last else " channels-first"),
-                rec["bare_s"],
+                "bare step %s base %d patch %s %s: %.4f s",
+                *(self.label, cand.base, list(cand.patch), cand.precision + layout, rec.bare_s),
             )
             self._monotone(rec)
-        return rec["bare_s"]
+        return rec.bare_s
 
-    def step(self, cand: cost.Candidate, levels: int) -> float:
-        """Seconds of a real training step of ``cand`` (:meth:`real` of its bare probe)."""
-        return self.real(self.bare(cand, levels), cand)
-
-    def cached(self, cand: cost.Candidate) -> float | None:
-        rec = self._find(cand)
-        return None if rec is None else self.real(rec["bare_s"], cand)
-
-    def _monotone(self, new: dict) -> None:
-        """A thinner net, or a smaller patch, is never slower: a record that says otherwise is measured again
+    def _monotone(self, new: BareStep) -> None:
+        """A thinner net, or a smaller patch, is never slower: a record that says otherwise is timed again
         (both sides), and if it still does, the smaller one is taken as fast as the larger."""
+        a = new.candidate
         for old in self.records:
-            if old is new or (old["precision"], old["channels_last"]) != (new["precision"], new["channels_last"]):
+            b = old.candidate
+            if old is new or (b.precision, b.channels_last) != (a.precision, a.channels_last):
                 continue
-            if old["patch"] == new["patch"] and old["base"] != new["base"]:
-                small, large = sorted((old, new), key=lambda r: r["base"])
-            elif old["base"] == new["base"] and math.prod(old["patch"]) != math.prod(new["patch"]):
-                small, large = sorted((old, new), key=lambda r: math.prod(r["patch"]))
+            if b.patch == a.patch and b.base != a.base:
+                small, large = sorted((old, new), key=lambda r: r.candidate.base)
+            elif b.base == a.base and math.prod(b.patch) != math.prod(a.patch):
+                small, large = sorted((old, new), key=lambda r: math.prod(r.candidate.patch))
             else:
                 continue
-            if small["bare_s"] > large["bare_s"] * MONOTONE_SLACK:
+            if small.bare_s > large.bare_s * self.monotone_slack:
                 self.remeasured += 1
                 for r in (small, large):
-                    r["bare_s"] = self.timer(_cand(r), r["levels"])
-                small["bare_s"] = min(small["bare_s"], large["bare_s"])
+                    r.bare_s = self.timer(r.candidate, r.levels)
+                small.bare_s = min(small.bare_s, large.bare_s)
 
-    def table(self, train_s: float) -> list[dict]:
+    def rows(self, model: StepModel, train_s: float) -> list[ProbeRow]:
         """The records as the plan file lists them: real step seconds and the steps they buy in ``train_s``."""
         out = []
         for r in self.records:
-            t = self.real(r["bare_s"], _cand(r))
+            c, t = r.candidate, model.real(r.bare_s, r.candidate)
             out.append(
-                {k: r[k] for k in ("base", "patch", "batch", "precision", "channels_last")}
-                | {"step_s": round(t, 4), "steps_in_budget": int(train_s / t)}
+                ProbeRow(c.base, list(c.patch), c.batch, c.precision, c.channels_last, round(t, 4), int(train_s / t))
             )
         return out
 
 
-def _key(r: dict) -> tuple:
-    return r["base"], r["patch"], r["precision"], r["channels_last"]
-
-
-def _cand(r: dict) -> cost.Candidate:
-    return cost.Candidate(r["base"], tuple(r["patch"]), r["batch"], r["precision"], r["channels_last"])
+def _key(c: Candidate) -> tuple:
+    return c.base, tuple(c.patch), c.precision, c.channels_last
 
 
 @dataclass
@@ -167,7 +134,7 @@ class Choice:
     step_s: float  # a real training step (overhead included)
     members: int
     train_s: float  # seconds of training of one member
-    batch: int = 2
+    batch: int = SETTINGS.batch
     reasons: dict = field(default_factory=dict)
 
     @property
@@ -175,8 +142,36 @@ class Choice:
         return int(self.train_s / self.step_s)
 
     @property
-    def candidate(self) -> cost.Candidate:
-        return cost.Candidate(self.base, tuple(self.patch), self.batch, self.precision, self.channels_last)
+    def candidate(self) -> Candidate:
+        return Candidate(self.base, tuple(self.patch), self.batch, self.precision, self.channels_last)
+
+
+@dataclass(frozen=True)
+class SearchInput:
+    """What the search decides from (built by the planner; each calibration round replaces ``model`` and
+    ``train_time``).
+
+    Args:
+        full_patch: the data's full patch (the median case, rounded).
+        budget_s: the whole budget.
+        bf16: whether bf16 is worth probing on the device.
+        measured: whether the steps are timed (else estimated).
+        memory_gb: the memory a run may use.
+        min_steps: the step floor.
+        train_time: ``train_time(m)``: the seconds of training each of ``m`` members gets from the budget.
+        model: how a real step follows from a bare one.
+        settings: the planner's settings.
+    """
+
+    full_patch: list[int]
+    budget_s: int
+    bf16: bool
+    measured: bool
+    memory_gb: float
+    min_steps: int
+    train_time: Callable[[int], float]
+    model: StepModel = StepModel()
+    settings: Settings = SETTINGS
 
 
 def levels_for(patch: Sequence[int]) -> int:
@@ -184,101 +179,94 @@ def levels_for(patch: Sequence[int]) -> int:
     return max(3, 1 + max(rules.pools_per_axis(patch)))
 
 
-def choose_precision(probes: Probes, c8: cost.Candidate, levels: int, measured: bool) -> tuple[str, str]:
-    """bf16 when its width-8 step takes at most ``BF16_GAIN`` of fp32's: ``(precision, reason)``."""
-    t32 = probes.bare(replace(c8, precision="fp32"), levels)
-    t16 = probes.bare(replace(c8, precision="bf16"), levels)
-    precision = "bf16" if t16 <= BF16_GAIN * t32 else "fp32"
-    why = f"probe at width 8: bf16 {t16:.3f} s vs fp32 {t32:.3f} s per bare step" + ("" if measured else " (estimate)")
-    return precision, why
+def choose_precision(steps: BareSteps, c8: Candidate, levels: int, inp: SearchInput) -> tuple[str, str]:
+    """bf16 when its width-8 step takes at most ``bf16_gain`` of fp32's: ``(precision, reason)``."""
+    t32 = steps.bare(replace(c8, precision="fp32"), levels)
+    t16 = steps.bare(replace(c8, precision="bf16"), levels)
+    precision = "bf16" if t16 <= inp.settings.bf16_gain * t32 else "fp32"
+    why = f"probe at width 8: bf16 {t16:.3f} s vs fp32 {t32:.3f} s per bare step"
+    return precision, why + ("" if inp.measured else " (estimate)")
 
 
-def choose_channels_last(probes: Probes, c8: cost.Candidate, levels: int) -> tuple[bool, str]:
-    """Channels-last 3D activations when their width-8 step takes at most ``CHANNELS_LAST_GAIN`` of the default
-    layout's: ``(channels_last, reason)``."""
-    t_cl = probes.bare(replace(c8, channels_last=True), levels)
-    t_cf = probes.bare(replace(c8, channels_last=False), levels)
-    cl = t_cl <= CHANNELS_LAST_GAIN * t_cf
+def choose_channels_last(steps: BareSteps, c8: Candidate, levels: int, inp: SearchInput) -> tuple[bool, str]:
+    """Channels-last 3D activations when their width-8 step takes at most ``channels_last_gain`` of
+    channels-first's: ``(channels_last, reason)``."""
+    t_cl = steps.bare(replace(c8, channels_last=True), levels)
+    t_cf = steps.bare(replace(c8, channels_last=False), levels)
+    cl = t_cl <= inp.settings.channels_last_gain * t_cf
     return cl, f"probe at width 8: channels-last {t_cl:.3f} s vs channels-first {t_cf:.3f} s per bare step"
 
 
-def member_count(t8: float, train_one_s: float, budget_s: int) -> tuple[int, str]:
+def member_count(t8: float, train_one_s: float, budget_s: int, s: Settings = SETTINGS) -> tuple[int, str]:
     """How many networks the budget is worth, from the width-8 step ``t8`` at the full patch and the training
     time one network would get from the whole budget."""
     s8 = int(train_one_s / t8)
-    members = max(1, min(MAX_MEMBERS, round(s8 / MEMBER_STEPS_W8)))
-    why = f"the budget buys {s8} steps of a width-8 net; {MEMBER_STEPS_W8} are one network's worth" + (
+    members = max(1, min(s.max_members, round(s8 / s.member_steps_w8)))
+    why = f"the budget buys {s8} steps of a width-8 net; {s.member_steps_w8} are one network's worth" + (
         f" -> {members} members of {budget_s // members // 60} min, mean softmax" if members > 1 else " -> one network"
     )
     return members, why
 
 
 def widest_width(
-    probes: Probes, c: cost.Candidate, levels: int, memory_gb: float, min_steps: int
+    steps: BareSteps, c: Candidate, levels: int, train_s: float, inp: SearchInput
 ) -> tuple[int, float] | None:
-    """The widest base of ``BASES`` that fits ``memory_gb`` and still buys ``min_steps``: ``(base, step)``."""
+    """The widest base of ``bases`` that fits the memory and still buys ``min_steps`` in ``train_s``:
+    ``(base, real step)``."""
     best = None
-    for base in BASES:
-        if cost.activation_gb(base, levels, c.patch, c.batch, c.precision) > memory_gb:
+    for base in inp.settings.bases:
+        if activation_gb(base, levels, c.patch, c.batch, c.precision) > inp.memory_gb:
             break
-        t = probes.step(replace(c, base=base), levels)
-        if probes.train_s / t < min_steps:
+        cand = replace(c, base=base)
+        t = inp.model.real(steps.bare(cand, levels), cand)
+        if train_s / t < inp.min_steps:
             break
         best = (base, t)
     return best
 
 
-def next_patch(patch: list[int], probes: Probes, c: cost.Candidate, need_s: float) -> list[int]:
+def next_patch(patch: list[int], steps: BareSteps, c: Candidate, need_s: float, inp: SearchInput) -> list[int]:
     """The next patch worth a probe after ``patch`` failed: shrink once, then keep shrinking (unprobed) while
-    the narrowest width's step measured at ``patch``, scaled by voxels, is still over twice the ``need_s``
-    seconds a step may take. In the probes measured here step time falls no faster than the voxel count
-    (slower on small patches, where fixed costs weigh more), so a skipped patch would have failed its probe
-    too; the 2x margin leaves room for the probe's noise and keeps a measured probe at every patch near the
-    line. Without it the whole-head T1 volumes walked 10 patch sizes at three probes each (89 s of probing
-    for a 20-minute budget, 42 s with it: scripts/bench_plan.py)."""
-    t = probes.cached(replace(c, base=BASES[0], patch=tuple(patch)))
+    the narrowest width's step at ``patch``, scaled by voxels, is still over ``skip_margin`` times the
+    ``need_s`` seconds a step may take (step time falls no faster than the voxel count: a skipped patch would
+    have failed its probe too)."""
+    s = inp.settings
+    cand = replace(c, base=s.bases[0], patch=tuple(patch))
+    rec = steps.find(cand)
+    t = None if rec is None else inp.model.real(rec.bare_s, cand)
     nxt = rules.shrink_patch(patch)
-    while t is not None and not smallest(nxt) and t * math.prod(nxt) / math.prod(patch) > 2 * need_s:
+    while t is not None and not smallest(nxt, s) and t * math.prod(nxt) / math.prod(patch) > s.skip_margin * need_s:
         nxt = rules.shrink_patch(nxt)
     return nxt
 
 
-def smallest(patch: Sequence[int]) -> bool:
+def smallest(patch: Sequence[int], s: Settings = SETTINGS) -> bool:
     """The floor of the patch search: it is planned there at the narrowest width, fast enough or not."""
-    return min(patch) <= 2 * rules.MIN_FEATURE or math.prod(patch) <= 16**3
+    return min(patch) <= 2 * rules.MIN_FEATURE or math.prod(patch) <= s.smallest_voxels
 
 
-def search(
-    probes: Probes,
-    full_patch: list[int],
-    budget_s: int,
-    bf16: bool,
-    measured: bool,
-    memory_gb: float,
-    min_steps: int,
-    train_time: Callable[[int], float],
-    batch: int = 2,
-) -> Choice:
-    """Run the decisions in order from ``full_patch`` down (see the module docstring). ``train_time(m)``:
-    the seconds of training each of ``m`` members gets from the budget."""
-    reasons: dict = {}
-    patch, members, cl = list(full_patch), 0, True
+def search(steps: BareSteps, inp: SearchInput) -> Choice:
+    """Run the decisions in order from ``inp.full_patch`` down (see the module docstring)."""
+    s, reasons = inp.settings, {}
+    patch, members, cl, train_s = list(inp.full_patch), 0, True, 0.0
     while True:
         levels = levels_for(patch)
-        c8 = cost.Candidate(PRECISION_BASE, tuple(patch), batch, "fp32", cl)
+        c8 = Candidate(s.precision_base, tuple(patch), s.batch, "fp32", cl)
         precision = "fp32"
-        if bf16:
-            precision, reasons["precision"] = choose_precision(probes, c8, levels, measured)
+        if inp.bf16:
+            precision, reasons["precision"] = choose_precision(steps, c8, levels, inp)
         c8 = replace(c8, precision=precision)
         if not members:  # once, at the full patch: the memory format, and how many networks the budget is worth
-            if measured:
-                cl, reasons["channels_last"] = choose_channels_last(probes, c8, levels)
+            if inp.measured:
+                cl, reasons["channels_last"] = choose_channels_last(steps, c8, levels, inp)
                 c8 = replace(c8, channels_last=cl)
-            members, reasons["members"] = member_count(probes.step(c8, levels), train_time(1), budget_s)
-            probes.train_s = train_time(members)
-        best = widest_width(probes, c8, levels, memory_gb, min_steps)
-        if best is None and smallest(patch):  # the smallest there is; the budget is short
-            best = (BASES[0], probes.step(replace(c8, base=BASES[0]), levels))
+            t8 = inp.model.real(steps.bare(c8, levels), c8)
+            members, reasons["members"] = member_count(t8, inp.train_time(1), inp.budget_s, s)
+            train_s = inp.train_time(members)
+        best = widest_width(steps, c8, levels, train_s, inp)
+        if best is None and smallest(patch, s):  # the smallest there is; the budget is short
+            narrow = replace(c8, base=s.bases[0])
+            best = (s.bases[0], inp.model.real(steps.bare(narrow, levels), narrow))
         if best is not None:
-            return Choice(best[0], patch, levels, precision, cl, best[1], members, probes.train_s, batch, reasons)
-        patch = next_patch(patch, probes, c8, probes.train_s / min_steps)
+            return Choice(best[0], patch, levels, precision, cl, best[1], members, train_s, s.batch, reasons)
+        patch = next_patch(patch, steps, c8, train_s / inp.min_steps, inp)

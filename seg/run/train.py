@@ -32,7 +32,6 @@ from seg.lit.module import ensemble_validation
 from seg.lit.progress import draw_combined
 from seg.nn.inferer import InfererSpec
 from seg.nn.utils import cuda_hygiene
-from seg.run import steps
 from seg.run.checks import validate_config
 
 log = logging.getLogger("seg.train")
@@ -365,8 +364,7 @@ def train_one(cfg, extra_callbacks: list | None = None) -> TrainResult:
     dm = prepare_data(cfg)
     warn_without_plan(cfg)
     model = build_module(cfg, dm)
-    run_step = steps.start(cfg, training_device(cfg).type)  # a plan's run keeps its step for the next plan
-    trainer = _trainer(cfg, [*(extra_callbacks or []), *([run_step.clock] if run_step else [])])
+    trainer = _trainer(cfg, list(extra_callbacks or []))
     cuda_hygiene(trainer.strategy.root_device, fixed_shapes=dm.mode == "patch")
     if trainer.is_global_zero:
         write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -384,7 +382,6 @@ def train_one(cfg, extra_callbacks: list | None = None) -> TrainResult:
             Signals.deferred = False
             raise StopOnSignal.interrupted(trainer, ExitCode.TERMINATED, "terminated (SIGTERM)") from None
         raise
-    steps.finish(run_step, trainer.world_size)
     return _finish(cfg, trainer, model, dm, out, t0)
 
 

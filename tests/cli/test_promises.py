@@ -57,11 +57,10 @@ def test_an_sgd_override_trains_with_sgd(synth_root, tmp_path):
 
 def test_seg_plan_fingerprint_cache_is_written_where_asked_and_reused(synth_root, tmp_path, monkeypatch):
     from seg.plan import fingerprint, planner
-    from tests.plan.conftest import use_model
+    from tests.plan.conftest import modelled
 
-    use_model(monkeypatch)
     cache = tmp_path / "elsewhere" / "fp.json"
-    planner.make_plan(synth_root, "unet", "2m", "cpu", cache=cache, progress=False)
+    planner.make_plan(synth_root, budget="2m", device="cpu", instruments=modelled(), cache=cache, progress=False)
     assert cache.is_file()
 
     def never(*a, **k):
@@ -69,7 +68,10 @@ def test_seg_plan_fingerprint_cache_is_written_where_asked_and_reused(synth_root
 
     monkeypatch.setattr(fingerprint, "_one", never)  # the worker function, in this process and in forked ones
     monkeypatch.setattr(fingerprint, "ProcessPoolExecutor", never)
-    planner.make_plan(synth_root, "unet", "2m", "cpu", cache=cache, progress=False)  # every case from the cache
+    m = modelled()
+    planner.make_plan(
+        synth_root, budget="2m", device="cpu", instruments=m, cache=cache, progress=False
+    )  # from the cache
 
 
 def test_seg_synth_overwrite_replaces_a_dataset(tmp_path):

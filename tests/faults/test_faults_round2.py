@@ -453,13 +453,13 @@ def test_plan_for_a_path_with_hash_trains_that_folder(synth_root, tmp_path, monk
     from seg.config import CONF_DIR
     from seg.plan.planfile import plan_yaml
     from seg.plan.planner import make_plan
-    from tests.plan.conftest import use_model
+    from tests.plan.conftest import modelled
 
     ds = tmp_path / "my #data: x"
     shutil.copytree(synth_root, ds)
-    use_model(monkeypatch)
     path = tmp_path / "p.yaml"
-    path.write_text(plan_yaml(make_plan(ds, "unet", "2m", "cpu", cache=tmp_path / "fp.json", progress=False), "x"))
+    plan = make_plan(ds, budget="2m", device="cpu", instruments=modelled(), cache=tmp_path / "fp.json", progress=False)
+    path.write_text(plan_yaml(plan, "x"))
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
         cfg = compose("train", overrides=plan_overrides([f"plan={path}", f"paths.output_dir={tmp_path}"]))
     assert cfg.data.root == str(ds) and cfg.planned.dataset == str(ds)

@@ -40,6 +40,7 @@ def trained(tmp_path_factory):
             "experiment=hippocampus_planned",
             f"data.root={root}",
             "trainer.max_time=00:00:03:00",
+            "ensemble.members=1",
             "~callbacks.rich_progress_bar",
         ],
         run,

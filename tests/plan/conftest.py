@@ -1,20 +1,21 @@
-"""Modelled probes for the planner's tests: deterministic and quick, so a test of the search does not depend
-on the machine's speed or load (a real probe is timed in tests/plan/test_probe.py only)."""
+"""Modelled instruments for the planner's tests: deterministic and quick, so a test of the search does not
+depend on the machine's speed or load (real probes are timed in tests/plan/test_probe.py only). A test passes
+them to the planner as its one seam: ``make_plan(root, instruments=modelled(...))``."""
 
 from __future__ import annotations
 
 import math
 
-import pytest
-
-from seg.plan import cost, machine, planner
-from seg.plan.probe import TrainingCost
+from seg.plan import machine
+from seg.plan.records import TrainingCost
+from seg.plan.timing import Instruments
 
 # the modelled real step costs this much more than the bare one (the calibrated data cost), and validating a
 # case and caching one take these seconds
 DATA_S_PER_VOXEL = 0.5e-6
 VAL_CASE_S = 0.5
 CACHE_CASE_S = 0.02
+QUIET = machine.Load(2, 0.0)
 
 
 def modelled_step(net, cand, levels, in_ch, out_ch, device):
@@ -29,14 +30,20 @@ def modelled_training(root, case_ids, data, net, cand, levels, channels, device,
     return TrainingCost(bare + DATA_S_PER_VOXEL * cand.batch * math.prod(cand.patch), VAL_CASE_S, CACHE_CASE_S)
 
 
-def use_model(monkeypatch, step=modelled_step, bf16: bool = True) -> None:
-    """The planner's probes replaced by ``step`` (and the training probe by its model), a quiet machine."""
-    monkeypatch.setattr(cost, "measure_step", step)
-    monkeypatch.setattr(cost, "bf16_supported", lambda device: bf16)
-    monkeypatch.setattr(planner, "training_probe", lambda *a, **k: modelled_training(*a, **k, step=step))
-    monkeypatch.setattr(machine, "measure_load", lambda seconds=0: machine.Load(2, 0.0))
+def modelled(step=modelled_step, bf16: bool = True, load: machine.Load = QUIET, training=None) -> Instruments:
+    """Instruments whose bare probe is ``step``, whose training probe is its model (or ``training``), on a
+    machine with ``load`` and (not) fast bf16."""
+    return Instruments(
+        bare_step=step,
+        training_step=training or (lambda *a, **k: modelled_training(*a, **k, step=step)),
+        load=lambda: load,
+        bf16=lambda device: bf16,
+    )
 
 
-@pytest.fixture
-def modelled_probe(monkeypatch):
-    use_model(monkeypatch)
+def commands_use(monkeypatch, instruments: Instruments) -> None:
+    """For a test of a command (seg-plan in process), which builds its planner itself: ``instruments`` become
+    the planner's default."""
+    from seg.plan import planner
+
+    monkeypatch.setattr(planner, "Instruments", lambda: instruments)

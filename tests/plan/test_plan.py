@@ -6,6 +6,7 @@ of the search must not depend on the machine's speed or load; tests/plan/test_pr
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,11 +15,12 @@ from hydra import compose, initialize_config_dir
 
 from seg.cli.args import plan_overrides
 from seg.config import CONF_DIR, as_max_time
-from seg.plan import cost
+from seg.nn.registry import build_sized
 from seg.plan.planfile import plan_yaml
-from seg.plan.planner import MIN_STEPS, Budget, make_plan
+from seg.plan.planner import Budget, make_plan
+from seg.plan.settings import SETTINGS
 from seg.run.train import train
-from tests.plan.conftest import use_model
+from tests.plan.conftest import commands_use, modelled
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +31,12 @@ def planned(synth_root, tmp_path_factory):
         # land in the user's real probe memory (~/.cache/seg/probes.json) and real plans may read them
         mp.setenv("SEG_PROBE_MEMORY", "0")
         mp.setenv("SEG_CACHE_DIR", str(out / "seg_cache"))
-        use_model(mp)
         # 32^3 synthetic cases; a tiny budget so that the width/patch search has to trade
         cache = out / "p.fingerprint.json"
-        plan = make_plan(synth_root, "unet", "2m", "cpu", cache=cache, min_steps=300, progress=False)
+        m = modelled()
+        plan = make_plan(
+            synth_root, budget="2m", device="cpu", instruments=m, cache=cache, min_steps=300, progress=False
+        )
     path = out / "p.yaml"
     path.write_text(plan_yaml(plan, "seg-plan test"))
     return plan, path
@@ -46,11 +50,11 @@ def test_plan_choices_follow_the_data_and_the_probes(planned, synth_root):
     assert plan.data["augment"]["flip_axes"] == [0, 1, 2]  # one label, anywhere: every axis mirrored
     # the chosen width is the widest whose step buys min_steps in the training time; the next one up did not
     train_s = plan.budget.train_s
-    chosen = [p for p in plan.probes if p["base"] == plan.base and p["precision"] == plan.precision]
-    assert chosen and train_s / chosen[0]["step_s"] >= 300
-    wider = [p for p in plan.probes if p["base"] > plan.base and p["precision"] == plan.precision]
-    assert all(train_s / p["step_s"] < 300 for p in wider) or plan.base == 32
-    t = {p["precision"]: p["step_s"] for p in plan.probes if p["base"] == 8 and p["channels_last"]}
+    chosen = [p for p in plan.probes if p.base == plan.base and p.precision == plan.precision]
+    assert chosen and train_s / chosen[0].step_s >= 300
+    wider = [p for p in plan.probes if p.base > plan.base and p.precision == plan.precision]
+    assert all(train_s / p.step_s < 300 for p in wider) or plan.base == 32
+    t = {p.precision: p.step_s for p in plan.probes if p.base == 8 and p.channels_last}
     assert plan.precision == ("bf16" if t["bf16"] <= 0.85 * t["fp32"] else "fp32") == "bf16"  # the model: 0.75x
     assert plan.channels_last  # the model's channels-first steps are 1.2x
 
@@ -85,7 +89,7 @@ def test_plan_yaml_composes_through_plan_and_overrides_win(planned, synth_root, 
 def test_plan_for_an_absent_gpu_is_an_estimate(synth_root, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("CUDA is present here: the plan would be measured")
-    plan = make_plan(synth_root, "unet", "1h", "cuda", cache=tmp_path / "fp.json", progress=False)
+    plan = make_plan(synth_root, budget="1h", device="cuda", cache=tmp_path / "fp.json", progress=False)
     assert not plan.measured
     text = plan_yaml(plan, "x")
     assert "ESTIMATE" in text and "(estimate)" in plan.reasons["precision"]
@@ -99,7 +103,7 @@ def test_seg_plan_command_writes_plan_and_fingerprint_cache(synth_root, tmp_path
     """The command in-process, its probes modelled (the planning itself is timed in tests/plan/test_probe.py)."""
     from seg.cli.plan import main
 
-    use_model(monkeypatch)
+    commands_use(monkeypatch, modelled())
     out = tmp_path / "plans" / "x.yaml"
     assert main([str(synth_root), "--budget", "1m", "--min-steps", "50", "-o", str(out), "-q"]) == 0
     printed = capsys.readouterr().out
@@ -134,8 +138,8 @@ def test_every_registered_net_has_a_width_rule_that_builds():
     from seg.nn import list_nets
 
     for net in list_nets():
-        small = sum(p.numel() for p in cost.build(net, 4, 3, 1, 2).parameters())
-        large = sum(p.numel() for p in cost.build(net, 16, 3, 1, 2).parameters())
+        small = sum(p.numel() for p in build_sized(net, 4, 3, 1, 2).parameters())
+        large = sum(p.numel() for p in build_sized(net, 16, 3, 1, 2).parameters())
         assert 0 < small < large, net  # a wider base gives a wider net
 
 
@@ -194,7 +198,7 @@ def hippocampus_probe(net, cand, levels, in_ch, out_ch, device):  # bf16 steps a
 
 def test_min_steps_pin():
     """docs/planning.md: the widest width whose step buys 4000 steps (3000 and 2000 measured there)."""
-    assert MIN_STEPS == 4000
+    assert SETTINGS.min_steps == 4000
 
 
 # 60m: 4 members of width 8 since the loop's cost is seconds a step (LOOP_OVERHEAD_S), not 10 % of it: the
@@ -203,19 +207,19 @@ def test_min_steps_pin():
 def test_a_budget_larger_than_one_net_uses_buys_ensemble_members(
     synth_root, tmp_path, monkeypatch, budget, members, base
 ):
-    use_model(monkeypatch, hippocampus_probe)
-    plan = make_plan(synth_root, "unet", budget, "cpu", cache=tmp_path / "fp.json", progress=False)
+    m = modelled(hippocampus_probe)
+    plan = make_plan(synth_root, budget=budget, device="cpu", instruments=m, cache=tmp_path / "fp.json", progress=False)
     assert plan.precision == "bf16"
     assert plan.members == members and plan.base == base
     assert plan.member_s * members == plan.budget_s
     # members: round(width-8 steps in the whole budget / 6000), at most 5 (the rule's rounding, not floor)
-    w8 = next(p for p in plan.probes if p["base"] == 8 and p["precision"] == "bf16" and p["channels_last"])
-    s8 = int(Budget(plan.budget_s, 1, plan.budget.val_s, plan.budget.startup_s).train_s / w8["step_s"])
+    w8 = next(p for p in plan.probes if p.base == 8 and p.precision == "bf16" and p.channels_last)
+    s8 = int(Budget(plan.budget_s, 1, plan.budget.val_s, plan.budget.startup_s).train_s / w8.step_s)
     assert members == max(1, min(5, round(s8 / 6000)))
-    # the width rule plans one member's share: the chosen width buys >= MIN_STEPS in it, the next does not
+    # the width rule plans one member's share: the chosen width buys >= SETTINGS.min_steps in it, the next does not
     share = plan.budget.train_s
-    assert abs(plan.steps - share / plan.step_s) <= 1 and plan.steps >= MIN_STEPS  # step_s rounded to 4 places
-    assert all(share / p["step_s"] < MIN_STEPS for p in plan.probes if p["base"] > base and p["precision"] == "bf16")
+    assert abs(plan.steps - share / plan.step_s) <= 1 and plan.steps >= SETTINGS.min_steps  # step_s rounded to 4 places
+    assert all(share / p.step_s < SETTINGS.min_steps for p in plan.probes if p.base > base and p.precision == "bf16")
     path = tmp_path / "p.yaml"
     path.write_text(plan_yaml(plan, "seg-plan test"))
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
@@ -223,3 +227,26 @@ def test_a_budget_larger_than_one_net_uses_buys_ensemble_members(
     assert cfg.ensemble.members == members
     assert cfg.trainer.max_time == as_max_time(plan.budget.max_time_s)
     assert ("members of" in plan.reasons["members"]) == (members > 1)
+
+
+def _paths(node, prefix: str = "") -> set[str]:
+    """The dotted key paths of a YAML document (the leaves and the mappings above them)."""
+    if not isinstance(node, dict):
+        return set()
+    out = set()
+    for k, v in node.items():
+        out |= {f"{prefix}{k}"} | _paths(v, f"{prefix}{k}.")
+    return out
+
+
+def test_the_committed_plans_have_the_format_seg_plan_writes(planned):
+    """Every plan committed in conf/experiment/ (written by seg-plan) has the keys a plan of today's seg-plan
+    has, no more and no fewer: a format change regenerates them (docs/planning.md says how)."""
+    _, path = planned
+    fresh = _paths(yaml.safe_load(path.read_text()))
+    assert {"planned.steps_in_budget", "planned.steps_range", "data.patch_size", "trainer.max_time"} <= fresh
+    assert not {"planned.step_id", "planned.timed_with", "planned.budget_minutes"} & fresh
+    committed = [p for p in (Path(CONF_DIR) / "experiment").glob("*.yaml") if "Generated by seg-plan" in p.read_text()]
+    assert committed, "no committed plan found"
+    for p in committed:
+        assert _paths(yaml.safe_load(p.read_text())) == fresh, p.name

@@ -21,9 +21,11 @@ from seg.cli.args import plan_overrides
 from seg.config import CONF_DIR
 from seg.data.datalist import load_dataset
 from seg.plan.planfile import plan_yaml
-from seg.plan.planner import MIN_STEPS, make_plan
+from seg.plan.planner import make_plan
+from seg.plan.settings import SETTINGS
 from seg.run.train import train
 from tests.conftest import shared
+from tests.plan.conftest import modelled
 
 FAST = ["debug=fast_dev_run", "~callbacks.rich_progress_bar", "data.num_workers=0", "check_data=false"]
 FAST += ["trainer.precision=fp32"]  # a plan may pick bf16 on a CPU that has it; slow on one that has not
@@ -51,8 +53,11 @@ def t1_dataset(tmp_path_factory):
     return root
 
 
-def test_hippocampus_plan_lands_where_nnunets_does(modelled_probe, tmp_path):
-    plan = make_plan(shared("hippocampus"), "unet", "20m", "cpu", cache=tmp_path / "fp.json", progress=False)
+def test_hippocampus_plan_lands_where_nnunets_does(tmp_path):
+    m = modelled()
+    plan = make_plan(
+        shared("hippocampus"), budget="20m", device="cpu", instruments=m, cache=tmp_path / "fp.json", progress=False
+    )
     assert plan.n_cases == len(load_dataset(shared("hippocampus")).cases)
     assert plan.spacing == pytest.approx([1.0, 1.0, 1.0])
     assert plan.patch == [40, 56, 40] and plan.whole_volume  # nnU-Net v2's plan for Task04
@@ -61,13 +66,15 @@ def test_hippocampus_plan_lands_where_nnunets_does(modelled_probe, tmp_path):
     assert plan.folds == 5 and "num_folds" not in plan_yaml(plan, "x")
 
 
-def test_t1_plan_is_a_runnable_config_for_train_and_kfold(modelled_probe, t1_dataset, tmp_path):
-    plan = make_plan(t1_dataset, "unet", "20m", "cpu", cache=tmp_path / "fp.json", progress=False)
+def test_t1_plan_is_a_runnable_config_for_train_and_kfold(t1_dataset, tmp_path):
+    plan = make_plan(
+        t1_dataset, budget="20m", device="cpu", instruments=modelled(), cache=tmp_path / "fp.json", progress=False
+    )
     assert plan.n_cases == 3
     assert plan.spacing == pytest.approx([2.0, 2.0, 2.0])  # two 2 mm volumes and one 1 mm: the median
     assert plan.median_shape == [120, 120, 90]
     assert plan.normalize["mode"] == "zscore" and plan.normalize["nonzero"]  # masked background, T1
-    assert not plan.whole_volume and plan.steps >= MIN_STEPS  # 128x128x96 is too slow for the budget: shrunk
+    assert not plan.whole_volume and plan.steps >= SETTINGS.min_steps  # 128x128x96 is too slow for the budget: shrunk
     assert plan.folds == 3
     path = tmp_path / "t1.yaml"
     path.write_text(plan_yaml(plan, "seg-plan test"))
@@ -90,17 +97,17 @@ def test_committed_hippocampus_plan_trains_a_batch(tmp_path):
         cfg = compose("train", overrides=["experiment=hippocampus_planned", f"paths.output_dir={tmp_path}", *FAST])
     assert list(cfg.data.patch_size) == [40, 56, 40]
     r = train(cfg)
-    assert r.metrics["global_step"] == 1
+    assert r.metrics["global_step"] == cfg.ensemble.members  # a batch for each member
 
 
-def test_patches_predictably_too_slow_are_not_probed(modelled_probe, t1_dataset, tmp_path, monkeypatch):
+def test_patches_predictably_too_slow_are_not_probed(t1_dataset, tmp_path, monkeypatch):
     from seg.plan import rules, search
 
     cache = tmp_path / "fp.json"
-    fast = make_plan(t1_dataset, "unet", "20m", "cpu", cache=cache, progress=False)
+    fast = make_plan(t1_dataset, budget="20m", device="cpu", instruments=modelled(), cache=cache, progress=False)
     monkeypatch.setattr(search, "next_patch", lambda patch, *a: rules.shrink_patch(patch))
-    every = make_plan(t1_dataset, "unet", "20m", "cpu", cache=cache, progress=False)
+    every = make_plan(t1_dataset, budget="20m", device="cpu", instruments=modelled(), cache=cache, progress=False)
     assert (fast.patch, fast.base, fast.precision) == (every.patch, every.base, every.precision)
-    probed = lambda plan: {tuple(p["patch"]) for p in plan.probes}  # noqa: E731
+    probed = lambda plan: {tuple(p.patch) for p in plan.probes}  # noqa: E731
     # about half the probes (the fixed ones at the full patch, precision and memory format, count in both)
     assert probed(fast) < probed(every) and len(fast.probes) <= 0.55 * len(every.probes)

@@ -13,10 +13,11 @@ from hydra import compose, initialize_config_dir
 
 from seg.cli.args import plan_overrides
 from seg.config import CONF_DIR, UserError, available_cores, configure_threads
-from seg.plan import cost, machine, planner, search
+from seg.plan import machine, planner, timing
 from seg.plan.planfile import plan_yaml
 from seg.plan.planner import Budget, choose_pipeline, make_plan
-from tests.plan.conftest import modelled_step, use_model
+from seg.plan.settings import SETTINGS
+from tests.plan.conftest import modelled, modelled_step, modelled_training
 
 
 # -- the budget ------------------------------------------------------------------------------------------
@@ -30,9 +31,11 @@ def test_budget_pays_start_up_and_every_validation_out_of_the_budget():
 
 
 def test_budget_pins():
-    assert planner.VALIDATION_EVERY_MIN_S == 60 and Budget(300).interval_s == 60  # at most once a minute
-    assert planner.MIN_BUDGET_S == 60 and planner.STARTUP_S == 12.0 and planner.LOOP_OVERHEAD_S == 0.006
-    assert search.TRAIN_SHARE == 0.85 and Budget(600).train_s == 510  # unmeasured: the old share
+    assert SETTINGS.validation_every_min_s == 60 and Budget(300).interval_s == 60  # at most once a minute
+    assert SETTINGS.validation_parts == 10 and Budget(6000).interval_s == 600  # a tenth of the budget
+    assert SETTINGS.min_budget_s == 60 and SETTINGS.startup_s == 12.0 and SETTINGS.loop_overhead_s == 0.006
+    assert SETTINGS.train_share == 0.85 and Budget(600).train_s == 510  # unmeasured: the old share
+    assert SETTINGS.min_max_time_s == 30 and Budget(100, val_s=60.0, startup_s=30.0).max_time_s == 30
     # an ensemble's members each pay a share of its two validations of the mean softmax
     e = Budget(3600, 3, val_s=10.0, startup_s=20.0)
     assert e.member_s == 1200 and e.max_time_s == 1200 - 20 - 10 - 20
@@ -52,8 +55,10 @@ def test_budget_below_a_minute_is_refused():
         planner.parse_budget("30s")
 
 
-def test_planned_steps_are_the_budgets_training_time_over_the_measured_step(modelled_probe, synth_root, tmp_path):
-    plan = make_plan(synth_root, "unet", "10m", "cpu", cache=tmp_path / "fp.json", progress=False)
+def test_planned_steps_are_the_budgets_training_time_over_the_measured_step(synth_root, tmp_path):
+    plan = make_plan(
+        synth_root, budget="10m", device="cpu", instruments=modelled(), cache=tmp_path / "fp.json", progress=False
+    )
     b = plan.budget
     assert b.val_s == pytest.approx(0.5 * math.ceil(8 / 5))  # the modelled 0.5 s per validation case
     assert plan.steps == pytest.approx(b.train_s / plan.step_s, rel=1e-3)  # step_s is rounded to 0.1 ms
@@ -73,14 +78,14 @@ def test_a_plan_for_cuda_composes_to_the_gpu(synth_root, tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip("CUDA present: the plan would be measured")
-    plan = make_plan(synth_root, "unet", "20m", "cuda", cache=tmp_path / "fp.json", progress=False)
+    plan = make_plan(synth_root, budget="20m", device="cuda", cache=tmp_path / "fp.json", progress=False)
     cfg = _compose(plan, tmp_path)
     assert cfg.trainer.accelerator == "cuda" and cfg.trainer.devices == 1 and "strategy" not in cfg.trainer
     assert cfg.planned.device == "cuda" and cfg.data.pipeline == "device"  # 8 tiny cases fit any GPU
 
 
 def test_devices_plans_ddp_and_says_so(synth_root, tmp_path):
-    plan = make_plan(synth_root, "unet", "20m", "cuda", cache=tmp_path / "fp.json", progress=False, devices=2)
+    plan = make_plan(synth_root, budget="20m", device="cuda", cache=tmp_path / "fp.json", progress=False, devices=2)
     cfg = _compose(plan, tmp_path)
     assert cfg.trainer.devices == 2 and cfg.trainer.strategy == "ddp" and "DDP over 2 GPUs" in plan.reasons["devices"]
 
@@ -96,24 +101,25 @@ def test_the_default_trainer_uses_a_gpu_when_one_is_present(tmp_path):
 
 def test_pipeline_is_device_when_the_cached_cases_fit():
     d = {"full": [40, 56, 40], "voxels": [36 * 50 * 35] * 200, "channels": 1}
-    pipe, why = choose_pipeline(d, memory_gb=100.0, device="cuda")
+    share = SETTINGS.device_cache_share
+    pipe, why = choose_pipeline(*d.values(), memory_gb=100.0, device="cuda", share=share)
     assert pipe == "device" and "GB" in why
-    assert choose_pipeline(d, memory_gb=0.1, device="cuda")[0] == "workers"
+    assert choose_pipeline(*d.values(), memory_gb=0.1, device="cuda", share=share)[0] == "workers"
     # 200 cases padded to the 40x56x40 patch, image + label float32: 0.14 GB, against half the memory
-    assert choose_pipeline(d, memory_gb=0.29, device="cpu")[0] == "device"
-    assert choose_pipeline(d, memory_gb=0.28, device="cpu")[0] == "workers"
+    assert share == 0.5 and choose_pipeline(*d.values(), memory_gb=0.29, device="cpu", share=share)[0] == "device"
+    assert choose_pipeline(*d.values(), memory_gb=0.28, device="cpu", share=share)[0] == "workers"
 
 
 # -- noise and load ---------------------------------------------------------------------------------------
-def noisy(seed: int):
+def noisy(seed: int, reps: int = SETTINGS.bare_reps):
     """The modelled step, each timed sample off by up to +-10 % (a quiet machine's jitter measured here was
     +-5 %) and one in six a burst of load at 3x, aggregated as the real probe aggregates its samples."""
     rng = random.Random(seed)
 
     def step(net, cand, levels, in_ch, out_ch, device):
         true = modelled_step(net, cand, levels, in_ch, out_ch, device)
-        samples = [true * (3.0 if rng.random() < 1 / 6 else rng.uniform(0.9, 1.1)) for _ in range(cost.REPS)]
-        return cost.aggregate(samples)
+        samples = [true * (3.0 if rng.random() < 1 / 6 else rng.uniform(0.9, 1.1)) for _ in range(reps)]
+        return timing.aggregate(samples)
 
     return step
 
@@ -121,25 +127,24 @@ def noisy(seed: int):
 def test_the_same_plan_from_a_noisy_probe(synth_root, tmp_path, monkeypatch):
     plans = set()
     for seed in range(5):
-        use_model(monkeypatch, noisy(seed))
-        p = make_plan(synth_root, "unet", "20m", "cpu", cache=tmp_path / "fp.json", progress=False)
+        m = modelled(noisy(seed))
+        p = make_plan(synth_root, budget="20m", device="cpu", instruments=m, cache=tmp_path / "fp.json", progress=False)
         plans.add((tuple(p.patch), p.base, p.members, p.precision, p.channels_last))
     assert len(plans) == 1, plans
 
 
 def test_a_probe_is_the_median_of_its_5_timed_steps():
     """Not the minimum (a lucky step) nor the mean (one burst of load moves it)."""
-    assert cost.REPS == 5
-    assert cost.aggregate([0.30, 0.10, 0.20, 0.90, 0.25]) == 0.25
+    assert SETTINGS.bare_reps == 5
+    assert timing.aggregate([0.30, 0.10, 0.20, 0.90, 0.25]) == 0.25
 
 
 def test_the_median_is_what_makes_it_hold(synth_root, tmp_path, monkeypatch):
     """Guard for the test above: with one sample per probe (the aggregate a single draw) the plans differ."""
     plans = set()
-    monkeypatch.setattr(cost, "REPS", 1)
     for seed in range(5):
-        use_model(monkeypatch, noisy(seed))
-        p = make_plan(synth_root, "unet", "20m", "cpu", cache=tmp_path / "fp.json", progress=False)
+        m = modelled(noisy(seed, reps=1))
+        p = make_plan(synth_root, budget="20m", device="cpu", instruments=m, cache=tmp_path / "fp.json", progress=False)
         plans.add((tuple(p.patch), p.base, p.members, p.precision))
     assert len(plans) > 1
 
@@ -155,23 +160,23 @@ def test_a_thinner_net_measured_slower_is_measured_again(synth_root, tmp_path, m
             return 4 * t
         return t
 
-    use_model(monkeypatch)
-    quiet = make_plan(synth_root, "unet", "20m", "cpu", cache=tmp_path / "fp.json", progress=False)
-    use_model(monkeypatch, step)
-    bumpy = make_plan(synth_root, "unet", "20m", "cpu", cache=tmp_path / "fp.json", progress=False)
+    fp = tmp_path / "fp.json"
+    quiet = make_plan(synth_root, budget="20m", device="cpu", instruments=modelled(), cache=fp, progress=False)
+    bumpy = make_plan(synth_root, budget="20m", device="cpu", instruments=modelled(step), cache=fp, progress=False)
     assert calls["n"] == 1 and (bumpy.patch, bumpy.base) == (quiet.patch, quiet.base)
-    assert search.MONOTONE_SLACK == 1.05
+    assert SETTINGS.monotone_slack == 1.05
 
 
 def test_a_busy_machine_is_named_once_with_what_the_plan_may_lose(synth_root, tmp_path, monkeypatch, caplog):
-    use_model(monkeypatch)
-    monkeypatch.setattr(machine, "measure_load", lambda seconds=0: machine.Load(2, 1.0))
+    m = modelled(load=machine.Load(2, 1.0))
     with caplog.at_level(logging.WARNING):
-        plan = make_plan(synth_root, "unet", "20m", "cpu", cache=tmp_path / "fp.json", progress=False)
+        plan = make_plan(
+            synth_root, budget="20m", device="cpu", instruments=m, cache=tmp_path / "fp.json", progress=False
+        )
     lines = [r.getMessage() for r in caplog.records if "busy" in r.getMessage()]
     assert len(lines) == 1 and "narrower net" in lines[0] and "Re-plan when it is quiet" in lines[0]
     assert plan.busy and yaml.safe_load(plan_yaml(plan, "x"))["planned"]["busy"] is True
-    assert machine.BUSY_CORES == 0.5 and not machine.Load(2, 0.49).busy and machine.Load(2, 0.5).busy
+    assert SETTINGS.busy_cores == 0.5 and not machine.Load(2, 0.49).busy and machine.Load(2, 0.5).busy
 
 
 def test_measure_load_sees_a_busy_process():
@@ -210,14 +215,12 @@ def test_the_planned_step_is_the_training_probes_plus_the_loops_seconds(synth_ro
     overcharged the hippocampus' 0.22-0.29 s step (six runs stepped at 0.90-1.16x the probe's step, the loop
     included)."""
     monkeypatch.setenv("SEG_PROBE_MEMORY", "0")
-    use_model(monkeypatch)
     seen = []
-    modelled = planner.training_probe
 
     def probe(*a, **k):
-        seen.append(modelled(*a, **k))
+        seen.append(modelled_training(*a, **k))
         return seen[-1]
 
-    monkeypatch.setattr(planner, "training_probe", probe)
-    p = make_plan(synth_root, "unet", "20m", "cpu", cache=tmp_path / "fp.json", progress=False)
+    m = modelled(training=probe)
+    p = make_plan(synth_root, budget="20m", device="cpu", instruments=m, cache=tmp_path / "fp.json", progress=False)
     assert seen and p.step_s == pytest.approx(seen[-1].step_s + 0.006, abs=1e-4)

@@ -104,51 +104,62 @@ def test_anisotropy_threshold_is_3x_with_a_case_on_each_side():
 
 def test_bf16_is_chosen_only_when_at_least_15_percent_faster(monkeypatch, synth_root, tmp_path):
     """BF16_GAIN 0.85: bf16 at 0.84x fp32's step is chosen, at 0.86x it is not."""
-    from seg.plan import search
     from seg.plan.planner import make_plan
-    from tests.plan.conftest import modelled_step, use_model
+    from seg.plan.settings import SETTINGS
+    from tests.plan.conftest import modelled, modelled_step
 
-    assert search.BF16_GAIN == 0.85
+    assert SETTINGS.bf16_gain == 0.85
     for ratio, expected in ((0.84, "bf16"), (0.86, "fp32")):
 
         def step(net, cand, *args, r=ratio):
             t = modelled_step(net, replace(cand, precision="fp32"), *args)
             return t * (r if cand.precision == "bf16" else 1.0)
 
-        use_model(monkeypatch, step)
-        plan = make_plan(synth_root, "unet", "20m", "cpu", cache=tmp_path / "fp.json", progress=False)
+        m = modelled(step)
+        plan = make_plan(
+            synth_root, budget="20m", device="cpu", instruments=m, cache=tmp_path / "fp.json", progress=False
+        )
         assert plan.precision == expected, ratio
 
 
 def test_channels_last_only_when_at_least_5_percent_faster(monkeypatch, synth_root, tmp_path):
-    from seg.plan import search
     from seg.plan.planner import make_plan
-    from tests.plan.conftest import modelled_step, use_model
+    from seg.plan.settings import SETTINGS
+    from tests.plan.conftest import modelled, modelled_step
 
-    assert search.CHANNELS_LAST_GAIN == 0.95
+    assert SETTINGS.channels_last_gain == 0.95
     for ratio, expected in ((0.94, True), (0.96, False)):
 
         def step(net, cand, *args, r=ratio):
             t = modelled_step(net, replace(cand, channels_last=True), *args)
             return t * (r if cand.channels_last else 1.0)
 
-        use_model(monkeypatch, step)
-        plan = make_plan(synth_root, "unet", "20m", "cpu", cache=tmp_path / "fp.json", progress=False)
+        m = modelled(step)
+        plan = make_plan(
+            synth_root, budget="20m", device="cpu", instruments=m, cache=tmp_path / "fp.json", progress=False
+        )
         assert plan.channels_last is expected, ratio
 
 
 def test_memory_gb_caps_the_width(monkeypatch, synth_root, tmp_path):
     """--memory-gb: a width whose activations exceed it is never chosen, whatever time it buys."""
-    from seg.plan import cost
+    from seg.plan.estimate import activation_gb
     from seg.plan.planner import make_plan
-    from tests.plan.conftest import use_model
+    from tests.plan.conftest import modelled
 
-    use_model(monkeypatch, lambda *a: 1e-4)  # every step instant: only memory limits the width
-    wide = make_plan(synth_root, "unet", "20m", "cpu", cache=tmp_path / "fp.json", progress=False, memory_gb=100)
-    need8 = cost.activation_gb(8, wide.levels, wide.patch, 2, wide.precision)
-    need16 = cost.activation_gb(16, wide.levels, wide.patch, 2, wide.precision)
+    m = modelled(lambda *a: 1e-4)  # every step instant: only memory limits the width
+    fp = tmp_path / "fp.json"
+    wide = make_plan(synth_root, budget="20m", device="cpu", instruments=m, cache=fp, progress=False, memory_gb=100)
+    need8 = activation_gb(8, wide.levels, wide.patch, 2, wide.precision)
+    need16 = activation_gb(16, wide.levels, wide.patch, 2, wide.precision)
     capped = make_plan(
-        synth_root, "unet", "20m", "cpu", cache=tmp_path / "fp.json", progress=False, memory_gb=(need8 + need16) / 2
+        synth_root,
+        budget="20m",
+        device="cpu",
+        instruments=m,
+        cache=tmp_path / "fp.json",
+        progress=False,
+        memory_gb=(need8 + need16) / 2,
     )
     assert wide.base == 32 and capped.base == 8
 
@@ -156,9 +167,10 @@ def test_memory_gb_caps_the_width(monkeypatch, synth_root, tmp_path):
 def test_member_count_rounds_width8_steps_over_6000_with_a_case_on_each_side():
     """round(S8 / 6000), clipped to 1..5: 9500 steps (1.58) make 2 members where a floor would make 1;
     8500 (1.42) make 1; 40000 (6.7) make the maximum, 5."""
-    from seg.plan.search import MAX_MEMBERS, MEMBER_STEPS_W8, member_count
+    from seg.plan.search import member_count
+    from seg.plan.settings import SETTINGS
 
-    assert MEMBER_STEPS_W8 == 6000 and MAX_MEMBERS == 5
+    assert SETTINGS.member_steps_w8 == 6000 and SETTINGS.max_members == 5
     assert member_count(0.1, 950.0, 1200)[0] == 2
     assert member_count(0.1, 850.0, 1200)[0] == 1
     assert member_count(0.1, 4000.0, 1200)[0] == 5

@@ -1,0 +1,49 @@
+"""Estimates for what is not timed: a step on a device that is not present (FLOPs over a documented rate), and
+the training memory of a candidate. Nothing here runs a network: FLOPs are counted on the meta device."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from seg.nn.registry import build_sized, doubling_widths
+from seg.plan.records import Candidate
+
+# Effective training throughput (useful FLOP/s of 3D U-Net forward+backward, not peak) for planning a
+# device that is not present. Estimates: a datacenter GPU of the A100 class sustains ~30-40 % of its
+# dense peak on 3D convolutions (fp32 via TF32 ~50 TFLOP/s, bf16 ~100 TFLOP/s, with cuDNN); the CPU row is
+# an estimate for a 2-core AVX512-BF16 VM (on the present CPU the planner measures instead).
+COST_TABLE = {
+    "cuda": {"fp32": 20e12, "bf16": 35e12},
+    "cpu": {"fp32": 60e9, "bf16": 90e9},
+}
+
+
+def step_flops(net: str, cand: Candidate, levels: int, in_ch: int, out_ch: int) -> float:
+    """FLOPs of one training step (forward + backward), counted on the meta device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = build_sized(net, cand.base, levels, in_ch, out_ch).train()
+        x = torch.randn(cand.batch, in_ch, *cand.patch)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        out = model(x)
+        out = out if isinstance(out, torch.Tensor) else sum(o.sum() for o in out)
+        out.sum().backward()
+    return float(counter.get_total_flops())
+
+
+def estimate_step(net: str, cand: Candidate, levels: int, in_ch: int, out_ch: int, device: str) -> float:
+    """Seconds of one bare training step on a device that is not present (from :data:`COST_TABLE`)."""
+    return step_flops(net, cand, levels, in_ch, out_ch) / COST_TABLE[device][cand.precision]
+
+
+def activation_gb(base: int, levels: int, patch: Sequence[int], batch: int, precision: str, in_ch: int = 1) -> float:
+    """A rough training memory estimate of a U-Net: ~12 stored tensors of each level's features (two convs,
+    their norms and activations, the skip and the decoder's), plus their gradients."""
+    voxels = float(torch.tensor(patch).prod())
+    per_level = sum(w * voxels / 8**i for i, w in enumerate(doubling_widths(base, levels)))
+    bytes_per = 2 if precision == "bf16" else 4
+    return 2 * 12 * per_level * batch * bytes_per / 1e9
