@@ -1,4 +1,4 @@
-"""``seg-plan DATASET [--net unet] [--budget 20m] [--device auto|cpu|cuda] [--devices N] [--reprobe] [-o PLAN.yaml]``.
+"""``seg-plan DATASET [--net unet] [--budget 20m] [--device auto|cpu|cuda] [--devices N] [--resolution R] [-o PLAN]``.
 
 Fingerprints the dataset, measures the cost of candidate widths and patches on this device (or estimates
 them for one that is not present), and writes an experiment config that ``seg-train plan=PLAN.yaml`` and
@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="measure every probe again instead of reading the figures kept from earlier plans on this machine",
     )
+    p.add_argument("--resolution", choices=["auto", "full", "low"], default="auto", help="auto: by the rule")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     from seg.cli.common import command
@@ -62,7 +63,7 @@ def _plan(a: argparse.Namespace, argv: list[str] | None) -> int:
     request = PlanRequest(
         root=Path(a.dataset), net=a.net, budget_s=parse_budget(a.budget), device=device, devices=a.devices,
         memory_gb=a.memory_gb, min_steps=SETTINGS.min_steps if a.min_steps is None else a.min_steps,
-        reprobe=a.reprobe, cache=cache, progress=not a.quiet,
+        reprobe=a.reprobe, cache=cache, progress=not a.quiet, resolution=a.resolution,
     )  # fmt: skip
     plan = Planner(request).plan()
     command = "seg-plan " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))

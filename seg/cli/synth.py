@@ -18,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shape", type=int, nargs=3, default=[64, 64, 64], metavar=("X", "Y", "Z"))
     p.add_argument("--layout", choices=["msd", "nnunet"], default="msd")
+    p.add_argument("--target", choices=["lesions", "ventricles"], default="lesions", help="the labelled structure")
     p.add_argument("--overwrite", action="store_true", help="write into a folder that holds a dataset already")
     from seg.cli.common import command
 
@@ -38,7 +39,7 @@ def _synth(a: argparse.Namespace) -> int:
     if (out / "dataset.json").exists() and not a.overwrite:
         raise UserError(f"{out}: holds a dataset already (dataset.json); --overwrite to replace it, or another -o")
     check_space(out, a.num_cases * 5 * a.shape[0] * a.shape[1] * a.shape[2])  # float32 image + uint8 label
-    out = write_dataset(out, a.num_cases, a.seed, tuple(a.shape), a.layout)
+    out = write_dataset(out, a.num_cases, a.seed, tuple(a.shape), a.layout, a.target)
     print(f"wrote {a.num_cases} synthetic cases to {out}")
     print(f"next: seg-check-data {out}")
     return 0

@@ -21,6 +21,10 @@ from scipy import ndimage
 from seg.io import save_nifti, write_text
 
 LABELS = {0: "background", 1: "meningioma"}
+# target "ventricles": the ventricles, enlarged 1.6x (~45 ml, a large smooth structure as a cardiac atrium is),
+# are the label; the lesions stay in the image, unlabelled (the whole-scan proxy of docs/results.md)
+TARGETS = {"lesions": LABELS, "ventricles": {0: "background", 1: "ventricles"}}
+VENTRICLE_SCALE = 1.6
 FOV_MM = 200.0
 INNER_SKULL = 0.86
 
@@ -46,8 +50,8 @@ def _smooth_noise(rng: np.random.Generator, shape, sigma: float) -> np.ndarray:
     return n / (n.std() + 1e-8)
 
 
-def make_case(seed: int, index: int, shape=(64, 64, 64)) -> SynthCase:
-    """Generate case ``index`` of the dataset with ``seed``."""
+def make_case(seed: int, index: int, shape=(64, 64, 64), target: str = "lesions") -> SynthCase:
+    """Generate case ``index`` of the dataset with ``seed``; ``target``: which structure is labelled (TARGETS)."""
     rng = np.random.default_rng([seed, index])
     shape = tuple(int(s) for s in shape)
     spacing = np.array([FOV_MM / s for s in shape])
@@ -64,7 +68,8 @@ def make_case(seed: int, index: int, shape=(64, 64, 64)) -> SynthCase:
     img[brain] = 0.42  # grey matter
     wm = brain & (r < 0.72) & (_smooth_noise(rng, shape, 6.0 / spacing.mean()) > -0.6)
     img[wm] = 0.62
-    vent = np.sqrt((grids[0] / 10) ** 2 + (grids[1] / 22) ** 2 + ((grids[2] - 5) / 12) ** 2) < 1.0
+    k = VENTRICLE_SCALE if target == "ventricles" else 1.0
+    vent = np.sqrt((grids[0] / (10 * k)) ** 2 + (grids[1] / (22 * k)) ** 2 + ((grids[2] - 5) / (12 * k)) ** 2) < 1.0
     img[vent & brain] = 0.12
 
     label = np.zeros(shape, np.uint8)
@@ -90,6 +95,8 @@ def make_case(seed: int, index: int, shape=(64, 64, 64)) -> SynthCase:
         volumes.append(float(mask.sum() * spacing.prod() / 1000))
     lesion = label > 0
     img[lesion] = 0.9 + 0.05 * _smooth_noise(rng, shape, 1.0)[lesion]
+    if target == "ventricles":
+        label = ((vent & brain) & ~lesion).astype(np.uint8)
 
     img = ndimage.gaussian_filter(img, 0.6)
     bias = np.exp(0.15 * _smooth_noise(rng, shape, shape[0] / 4))
@@ -107,14 +114,18 @@ def make_case(seed: int, index: int, shape=(64, 64, 64)) -> SynthCase:
     return SynthCase(img, label, affine, volumes)
 
 
-def write_dataset(out: str | Path, n: int, seed: int = 0, shape=(64, 64, 64), layout: str = "msd") -> Path:
-    """Write ``n`` synthetic cases and ``dataset.json`` (MSD or nnU-Net raw layout) under ``out``."""
+def write_dataset(
+    out: str | Path, n: int, seed: int = 0, shape=(64, 64, 64), layout: str = "msd", target: str = "lesions"
+) -> Path:
+    """Write ``n`` synthetic cases and ``dataset.json`` (MSD or nnU-Net raw layout) under ``out``; ``target``:
+    the labelled structure (``TARGETS``)."""
+    labels = TARGETS[target]
     out = Path(out)
     (out / "imagesTr").mkdir(parents=True, exist_ok=True)
     (out / "labelsTr").mkdir(parents=True, exist_ok=True)
     training, lesions = [], {}
     for i in range(n):
-        case = make_case(seed, i, shape)
+        case = make_case(seed, i, shape, target)
         cid = f"synth_{i:03d}"
         img_name = f"{cid}_0000.nii.gz" if layout == "nnunet" else f"{cid}.nii.gz"
         for arr, path in ((case.image, out / "imagesTr" / img_name), (case.label, out / "labelsTr" / f"{cid}.nii.gz")):
@@ -127,7 +138,7 @@ def write_dataset(out: str | Path, n: int, seed: int = 0, shape=(64, 64, 64), la
     if layout == "nnunet":
         meta = {
             "channel_names": {"0": "T1"},
-            "labels": {name: i for i, name in LABELS.items()},
+            "labels": {name: i for i, name in labels.items()},
             "numTraining": n,
             "file_ending": ".nii.gz",
         }
@@ -137,10 +148,10 @@ def write_dataset(out: str | Path, n: int, seed: int = 0, shape=(64, 64, 64), la
             "description": f"seg synthetic head T1 volumes with meningioma-like lesions (seed {seed})",
             "tensorImageSize": "3D",
             "modality": {"0": "T1"},
-            "labels": {str(i): name for i, name in LABELS.items()},
+            "labels": {str(i): name for i, name in labels.items()},
             "numTraining": n,
             "training": training,
         }
-    meta["seg_synthetic"] = {"seed": seed, "shape": list(shape), "lesion_ml": lesions}
+    meta["seg_synthetic"] = {"seed": seed, "shape": list(shape), "target": target, "lesion_ml": lesions}
     write_text(out / "dataset.json", json.dumps(meta, indent=2))
     return out

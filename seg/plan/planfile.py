@@ -57,7 +57,7 @@ def _data(plan: Plan, root: str) -> CommentedMap:
     whole = plan.whole_volume
     rows: list[tuple[str, object, str | None]] = [
         ("root", Quoted(root), None),
-        ("spacing", _flow(dc["spacing"]), r["spacing"]),
+        ("spacing", _flow(dc["spacing"]), r["spacing"] + (f"; {r['resolution']}" if "resolution" in r else "")),
         ("normalize", norm, r["normalize"]),
         ("patch_size", _flow(dc["patch_size"]), r["patch"]),
         ("batch_size", dc["batch_size"], "nnU-Net's 3D batch" if whole else "loaded cases per step"),
@@ -154,6 +154,7 @@ def plan_document(plan: Plan, root_as: str | None = None, name: str | None = Non
                         ("measured", plan.measured, None),
                         ("busy", plan.busy, BUSY if plan.busy else None),
                         *([("probes", Quoted(plan.memory), None)] if plan.memory else []),
+                        ("resolution", plan.resolution, None),
                         ("median_shape", _flow(plan.median_shape), None),
                         ("step_seconds", plan.step_s, None),
                         ("steps_in_budget", plan.steps, _forecast_comment(plan)),
@@ -238,7 +239,8 @@ def plan_table(plan: Plan) -> str:
         ("net", plan.net),
         ("budget", f"{human_duration(plan.budget_s)} on {plan.device}" + ("" if plan.measured else " (estimated)")),
         ("ensemble", plan.reasons["members"]),
-        ("spacing (mm)", "x".join(f"{s:g}" for s in plan.spacing)),
+        ("spacing (mm)", "x".join(f"{s:g}" for s in plan.spacing) + f" ({plan.resolution} resolution)"),
+        *([("resolution", plan.reasons["resolution"])] if "resolution" in plan.reasons else []),
         ("median case (voxels)", "x".join(map(str, plan.median_shape))),
         ("normalisation", plan.reasons["normalize"]),
         ("patch", "x".join(map(str, plan.patch)) + (" (whole volumes)" if plan.whole_volume else "")),

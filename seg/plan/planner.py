@@ -42,7 +42,7 @@ from seg.plan.estimate import estimate_step
 from seg.plan.fingerprint import compute_fingerprint, cost_key
 from seg.plan.memory import ProbeMemory
 from seg.plan.records import Candidate, ProbeRow, TrainingCost
-from seg.plan.search import BareSteps, Choice, SearchInput, StepModel, search
+from seg.plan.search import BareSteps, Choice, SearchInput, StepModel, estimated, levels_for, search
 from seg.plan.settings import SETTINGS, Settings
 from seg.plan.timing import Instruments
 
@@ -123,6 +123,7 @@ class PlanRequest:
         reprobe: measure every probe again instead of reading the probe memory.
         cache: the fingerprint cache.
         progress: a progress bar while fingerprinting.
+        resolution: "auto" (the low-resolution rule decides), "full" or "low".
     """
 
     root: Path
@@ -135,6 +136,10 @@ class PlanRequest:
     reprobe: bool = False
     cache: Path | None = None
     progress: bool = True
+    resolution: str = "auto"
+
+
+RESOLUTIONS = ("auto", "full", "low")
 
 
 @dataclass
@@ -153,6 +158,7 @@ class Plan:
     spacing: list[float]
     normalize: dict
     median_shape: list[int]
+    resolution: str  # "full", or "low": the data's spacing times a factor (seg.plan.planner.Planner._resolution)
     data: dict  # the SegDataModule keywords the plan sets (patch, batch, pipeline, augmentation, ...)
     patch: list[int]
     levels: int
@@ -203,6 +209,7 @@ class DataRules:
     voxels: list[int]  # each case's voxels after resampling
     channels: int
     reasons: dict
+    scale: float = 1.0  # the spacing over the data's (> 1: low resolution)
 
 
 def check_request(spec, r: PlanRequest) -> None:
@@ -212,6 +219,8 @@ def check_request(spec, r: PlanRequest) -> None:
         raise UserError(f"--memory-gb {r.memory_gb:g}: give the memory a run may use, in GB (> 0)")
     if r.devices < 1:
         raise UserError(f"--devices {r.devices}: give 1 or more")
+    if r.resolution not in RESOLUTIONS:
+        raise UserError(f"--resolution {r.resolution!r}: give one of {', '.join(RESOLUTIONS)}")
     if r.min_steps < 1:
         raise UserError(f"--min-steps {r.min_steps}: give the optimiser steps a member must make (1 or more)")
     if r.net not in list_nets():
@@ -226,9 +235,10 @@ def check_request(spec, r: PlanRequest) -> None:
         raise UserError(f"{lines}\n{len(bad)} dataset errors in {spec.root}: fix them (seg-check-data) and plan again")
 
 
-def data_rules(spec, cases: list[dict]) -> DataRules:
-    """Step 1: spacing, normalisation, median shape, full patch, mirroring, sampling, with reasons."""
-    spacing = rules.target_spacing([c["spacing"] for c in cases])
+def data_rules(spec, cases: list[dict], scale: float = 1.0) -> DataRules:
+    """Step 1: spacing (the data's, times ``scale`` for a low-resolution configuration), normalisation, median
+    shape, full patch, mirroring, sampling, with reasons."""
+    spacing = [round(x * scale, 4) for x in rules.target_spacing([c["spacing"] for c in cases])]
     shapes = rules.resampled_shapes([c["shape"] for c in cases], [c["spacing"] for c in cases], spacing)
     median = [int(x) for x in np.median(shapes, 0)]
     normalize = rules.normalization(spec.channel_names, [c["channels"] for c in cases])
@@ -237,7 +247,8 @@ def data_rules(spec, cases: list[dict]) -> DataRules:
     fg = float(np.median([c["foreground_fraction"] or 0.0 for c in cases]))
     reasons = {
         "spacing": f"median spacing of {len(cases)} cases"
-        + (" (coarse axis at its 10th percentile: anisotropic)" if anisotropic else ""),
+        + (" (coarse axis at its 10th percentile: anisotropic)" if anisotropic else "")
+        + (f", x {scale:g}: low resolution" if scale != 1 else ""),
         "normalize": (
             "CT: clip to the foreground's 0.5-99.5 percentiles, z-score with its mean/std"
             if normalize["mode"] == "ct"
@@ -249,7 +260,21 @@ def data_rules(spec, cases: list[dict]) -> DataRules:
     }
     voxels = [int(np.prod(s)) for s in shapes]
     full = rules.round_patch(median)
-    return DataRules(spacing, normalize, median, full, flip_axes, voxels, len(spec.channel_names), reasons)
+    return DataRules(spacing, normalize, median, full, flip_axes, voxels, len(spec.channel_names), reasons, scale)
+
+
+def smallest_label_voxels(cases: list[dict], spacing: list[float]) -> float | None:
+    """The median object of the smallest label, in voxels of ``spacing`` (None without labelled voxels)."""
+    per: dict[str, list[float]] = {}
+    for c in cases:
+        for k, lab in c["labels"].items():
+            if lab["voxels"]:
+                per.setdefault(k, []).append(lab["voxels"] * math.prod(c["spacing"]) / math.prod(spacing))
+    return min(float(np.median(v)) for v in per.values()) if per else None
+
+
+def _whole(patch: list[int], median: list[int]) -> bool:
+    return all(p >= m for p, m in zip(patch, median))
 
 
 def choose_pipeline(
@@ -315,23 +340,25 @@ class Planner:
         measured = machine.present(r.device)
         memory_gb = machine.memory_gb(r.device) if r.memory_gb is None else r.memory_gb
         fp = compute_fingerprint(self.spec, r.cache, progress=r.progress)
-        self.fp_key, d = cost_key(fp), data_rules(self.spec, fp["cases"])
-        self.rules = d
-        self.pipeline, pipeline_why = choose_pipeline(
-            d.full, d.voxels, d.channels, memory_gb, r.device, s.device_cache_share
-        )
+        self.fp_key, self.cases = cost_key(fp), fp["cases"]
         load = self._load(measured)
         self.workers = max(1, min(s.max_workers, load.cores - 1))
         self.mem = ProbeMemory(r.device, busy=load.busy, reprobe=r.reprobe, on=measured)
         self.steps = BareSteps(self._timer(measured), r.net, s.monotone_slack)
         bf16 = self.instruments.bf16(r.device) or not measured
-        inp = SearchInput(d.full, r.budget_s, bf16, measured, memory_gb, r.min_steps, lambda m: self.budget(m).train_s)
-        inp = replace(inp, model=StepModel(None, s.step_overhead), settings=s)
-        c, timings = search(self.steps, inp), []
+        inp = SearchInput([], r.budget_s, bf16, measured, memory_gb, r.min_steps, lambda m: self.budget(m).train_s)
+        inp = replace(inp, model=StepModel(None, s.step_overhead), settings=s, estimate=self._estimator(measured))
+        d, c, resolution_why = self._resolution(inp)
+        self.rules, inp, timings = d, replace(inp, full_patch=d.full), []
+        self.pipeline, pipeline_why = choose_pipeline(
+            d.full, d.voxels, d.channels, memory_gb, r.device, s.device_cache_share
+        )
         acct = self.budget(c.members)
         if measured:
             c, acct, inp, timings = self._calibrate(c, inp)
         reasons = {**d.reasons, **c.reasons, "pipeline": pipeline_why}
+        if resolution_why:
+            reasons["resolution"] = resolution_why
         span = _span(acct.train_s, timings) if timings else (c.steps, c.steps)
         reasons.update(_choice_reasons(c, d.median, acct, measured, r.min_steps, r.devices, span, len(timings), s))
         return Plan(
@@ -347,6 +374,7 @@ class Planner:
             spacing=d.spacing,
             normalize=d.normalize,
             median_shape=d.median,
+            resolution="full" if d.scale == 1 else "low",
             data=self.data_config(c),
             patch=list(c.patch),
             levels=c.levels,
@@ -363,6 +391,75 @@ class Planner:
             probes=self.steps.rows(inp.model, acct.train_s),
             reasons=reasons,
         )
+
+    def _estimator(self, measured: bool):
+        """The cost model's bare-step estimate (FLOPs at the cost table's rate) where steps are timed; None where
+        they are estimates already."""
+        if not measured:
+            return None
+        r, spec = self.request, self.spec
+        return lambda cand, levels: estimate_step(r.net, cand, levels, spec.in_channels, spec.out_channels, r.device)
+
+    def _resolution(self, inp: SearchInput) -> tuple[DataRules, Choice, str | None]:
+        """Full or low resolution (docs/planning.md, "Resolution"): the data's spacing, unless the narrowest width
+        cannot train whole cases there in the budget and a coarser spacing (``lowres_factors``) can, without making
+        the smallest label's median object smaller than ``lowres_min_label_voxels``. Returns the data rules, the
+        choice and why (None where the data's spacing trains whole cases)."""
+        r = self.request
+        full = data_rules(self.spec, self.cases)
+        finp = replace(inp, full_patch=full.full)
+        if r.resolution == "full":
+            return full, search(self.steps, finp), None
+        narrow = self._narrow(full.full)
+        need = inp.train_time(1) / inp.min_steps
+        t_full = self._estimated(finp, narrow)  # the machine's rate is measured against the data's spacing
+        if r.resolution == "auto" and t_full <= need:
+            return full, search(self.steps, finp), None
+        low = self._lowres(finp)
+        if isinstance(low, str):
+            return full, search(self.steps, finp), low
+        dl, cl = low
+        at = f"at {'x'.join(f'{x:g}' for x in dl.spacing)} mm ({dl.scale:g}x the data's spacing)"
+        if r.resolution == "low" or _whole(cl.patch, dl.median):
+            why = (
+                f"low resolution: at the data's spacing a width-{narrow.base} step on whole cases "
+                f"({'x'.join(map(str, full.full))}) takes {t_full:.2f} s, over the {need:.3f} s the floor allows; "
+                f"{at} whole cases at width {cl.base}"
+            )
+            return dl, cl, why + (" (asked: --resolution low)" if r.resolution == "low" else "")
+        c = search(self.steps, finp)
+        return full, c, f"full resolution: {at} the plan would be {'x'.join(map(str, cl.patch))}, not whole cases"
+
+    def _narrow(self, patch: list[int]) -> Candidate:
+        """The narrowest candidate at ``patch``, at its best precision (the cost model's question: can it fit?)."""
+        s = self.settings
+        bf16 = self.instruments.bf16(self.request.device) or not machine.present(self.request.device)
+        return Candidate(s.bases[0], tuple(patch), s.batch, "bf16" if bf16 else "fp32", True)
+
+    def _lowres(self, inp: SearchInput) -> tuple[DataRules, Choice] | str:
+        """The low-resolution configuration: the first of ``lowres_factors`` at which the cost model puts the
+        narrowest width on whole resampled cases within the step the floor allows, planned as any spacing is;
+        or why there is none."""
+        s = self.settings
+        need = inp.train_time(1) / inp.min_steps
+        for f in s.lowres_factors:
+            dl = data_rules(self.spec, self.cases, scale=f)
+            small = smallest_label_voxels(self.cases, dl.spacing)
+            if small is not None and small < s.lowres_min_label_voxels:
+                return (
+                    f"full resolution: at {f:g}x the data's spacing the smallest label's median object would have "
+                    f"{small:.0f} voxels (fewer than {s.lowres_min_label_voxels})"
+                )
+            if self._estimated(inp, self._narrow(dl.full)) <= need:
+                return dl, search(self.steps, replace(inp, full_patch=dl.full))
+        top = s.lowres_factors[-1]
+        return f"full resolution: no spacing up to {top:g}x the data's trains whole cases at width {s.bases[0]}"
+
+    def _estimated(self, inp: SearchInput, cand: Candidate) -> float:
+        """A real step of ``cand`` from the cost model (measured rate) or, for an absent device, the estimate."""
+        if inp.estimate is not None:
+            return estimated(self.steps, inp, cand)
+        return inp.model.real(self.steps.timer(cand, levels_for(cand.patch)), cand)
 
     def _load(self, measured: bool) -> machine.Load:
         """The other processes' load on a probed CPU (said once when busy); none on a GPU or an estimate."""
@@ -409,10 +506,11 @@ class Planner:
         return TrainingCost(**self.mem.record(self._train_key(c), measure))
 
     def _calibrate(self, c: Choice, inp: SearchInput) -> tuple[Choice, Budget, SearchInput, list[float]]:
-        """Step 4: the training probe at the choice, the search again with the data cost and budget it measured,
-        until the choice holds (at most ``calibration_rounds`` probes). Returns the final choice (its step the
-        training probe's, Lightning's loop added), its budget, the search input of the last round and the
-        kept timings of its step (the forecast's range)."""
+        """Step 4: the training probe at the choice, the search again with the data cost and budget it
+        measured, until the choice holds or comes back to one measured already (at most
+        ``calibration_rounds`` probes). Returns the final choice (its step the training probe's, Lightning's
+        loop added), its budget, the search input of the last round and the kept timings of its step (the
+        forecast's range)."""
         s = self.settings
         measured: dict = {}  # candidate -> its TrainingCost
         for _ in range(s.calibration_rounds):
@@ -425,7 +523,7 @@ class Planner:
                 train_time=lambda m, a=acct: replace(a, members=m).train_s,
             )
             new = search(self.steps, inp)
-            c, held = new, new.candidate == c.candidate
+            c, held = new, new.candidate in measured  # it holds, or it came back to a choice measured already
             if held:
                 break
         if c.candidate not in measured:  # the rounds ran out on a new choice: measure it for its own step

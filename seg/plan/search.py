@@ -2,6 +2,9 @@
 patch the budget buys, decided from bare steps (timed, or estimated for an absent device). One function per
 decision, as nnU-Net's planner has one step per decision; :func:`search` runs them in order.
 
+0. the cost model first (:func:`screen`): a patch whose narrowest step, estimated from its FLOPs and this
+   machine's measured rate, is over ``skip_margin`` times the step the floor allows is skipped unprobed (a
+   whole 192x160x96 cardiac volume was timed at 6.5 s a step before; the floor allowed 0.25 s);
 1. precision: bf16 autocast when the device supports it and its step takes at most ``bf16_gain`` of fp32's;
    channels-last 3D activations when their step takes at most ``channels_last_gain`` of channels-first's;
 2. members: when the budget buys more than one network can use (``round(S8 / member_steps_w8)`` >= 2, S8 the
@@ -68,6 +71,7 @@ class BareSteps:
     monotone_slack: float = SETTINGS.monotone_slack
     records: list[BareStep] = field(default_factory=list)
     remeasured: int = 0
+    rate: float | None = None  # a timed bare step over its FLOP estimate (see machine_rate)
 
     def find(self, cand: Candidate) -> BareStep | None:
         key = (cand.base, tuple(cand.patch), cand.precision, cand.channels_last)
@@ -161,6 +165,7 @@ class SearchInput:
         train_time: ``train_time(m)``: the seconds of training each of ``m`` members gets from the budget.
         model: how a real step follows from a bare one.
         settings: the planner's settings.
+        estimate: a bare step's FLOP estimate (``seg.plan.estimate``) for the cost model; None: no screening.
     """
 
     full_patch: list[int]
@@ -172,6 +177,7 @@ class SearchInput:
     train_time: Callable[[int], float]
     model: StepModel = StepModel()
     settings: Settings = SETTINGS
+    estimate: StepTimer | None = None
 
 
 def levels_for(patch: Sequence[int]) -> int:
@@ -245,10 +251,63 @@ def smallest(patch: Sequence[int], s: Settings = SETTINGS) -> bool:
     return min(patch) <= 2 * rules.MIN_FEATURE or math.prod(patch) <= s.smallest_voxels
 
 
+def _shrinks(patch: Sequence[int], s: Settings) -> list[list[int]]:
+    """``patch`` and every patch the search may shrink it to, largest first."""
+    out = [list(patch)]
+    while not smallest(out[-1], s):
+        out.append(rules.shrink_patch(out[-1]))
+    return out
+
+
+def estimated(steps: BareSteps, inp: SearchInput, cand: Candidate) -> float:
+    """The cost model: a real step of ``cand`` from its FLOP estimate and this machine's rate."""
+    levels = levels_for(cand.patch)
+    return inp.model.real(machine_rate(steps, inp) * inp.estimate(cand, levels), cand)
+
+
+def machine_rate(steps: BareSteps, inp: SearchInput) -> float:
+    """A timed bare step over its FLOP estimate, once per plan: the narrowest width's fp32 channels-last step (the
+    width the screen asks about: a narrow net does less per FLOP than a wide one) at the largest patch the FLOP
+    estimate puts within ``skip_margin`` times the step the floor allows."""
+    if steps.rate is None:
+        s = inp.settings
+        need = inp.train_time(1) / inp.min_steps
+        at = lambda p: Candidate(s.bases[0], tuple(p), s.batch, "fp32", True)  # noqa: E731
+        patches = _shrinks(inp.full_patch, s)
+        patch = next((p for p in patches if inp.estimate(at(p), levels_for(p)) <= s.skip_margin * need), patches[-1])
+        steps.rate = steps.bare(at(patch), levels_for(patch)) / inp.estimate(at(patch), levels_for(patch))
+    return steps.rate
+
+
+def screen(steps: BareSteps, inp: SearchInput) -> tuple[list[int], str | None]:
+    """Step 0: the largest patch from ``full_patch`` down whose narrowest step (best precision, estimated) is
+    within ``skip_margin`` times the step the floor allows if one network had the whole budget, and why the
+    larger ones were skipped (None when none was)."""
+    s, patches = inp.settings, _shrinks(inp.full_patch, inp.settings)
+    if inp.estimate is None or len(patches) == 1:
+        return list(inp.full_patch), None
+    need = inp.train_time(1) / inp.min_steps
+    precision = "bf16" if inp.bf16 else "fp32"
+    for patch in patches:
+        t = estimated(steps, inp, Candidate(s.bases[0], tuple(patch), s.batch, precision, True))
+        if t <= s.skip_margin * need or patch == patches[-1]:
+            break
+    if patch == patches[0]:
+        return patch, None
+    why = (
+        f"larger patches skipped unprobed: the cost model (FLOPs x this machine's measured rate) puts width "
+        f"{s.bases[0]} at {'x'.join(map(str, patches[0]))} over {s.skip_margin:g}x the {need:.3f} s a step may take"
+    )
+    return patch, why
+
+
 def search(steps: BareSteps, inp: SearchInput) -> Choice:
     """Run the decisions in order from ``inp.full_patch`` down (see the module docstring)."""
     s, reasons = inp.settings, {}
-    patch, members, cl, train_s = list(inp.full_patch), 0, True, 0.0
+    patch, screened = screen(steps, inp)
+    if screened:
+        reasons["screen"] = screened
+    members, cl, train_s = 0, True, 0.0
     while True:
         levels = levels_for(patch)
         c8 = Candidate(s.precision_base, tuple(patch), s.batch, "fp32", cl)

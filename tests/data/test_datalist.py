@@ -51,3 +51,31 @@ def test_real_hippocampus_datalist():
     spec = load_dataset(shared("hippocampus"))
     assert len(spec.cases) == 200
     assert spec.foreground_names == ["Anterior", "Posterior"]
+
+
+def test_seg_synth_target_ventricles_labels_the_large_structure(tmp_path):
+    """The whole-scan proxy's label (docs/results.md): the enlarged ventricles, ~45 ml (an ellipsoid of
+    1.6 x 10/22/12 mm semi-axes, inside the brain), not the lesions, which stay in the image unlabelled."""
+    import json
+    import math
+
+    import nibabel as nib
+    import numpy as np
+
+    from seg.cli.synth import main
+    from seg.data.synthetic import VENTRICLE_SCALE, make_case
+
+    assert (
+        main(
+            ["-o", str(tmp_path / "v"), "-n", "1", "--seed", "4", "--shape", "48", "48", "48", "--target", "ventricles"]
+        )
+        == 0
+    )
+    meta = json.loads((tmp_path / "v" / "dataset.json").read_text())
+    assert meta["labels"] == {"0": "background", "1": "ventricles"} and meta["seg_synthetic"]["target"] == "ventricles"
+    lab = np.asanyarray(nib.load(tmp_path / "v" / "labelsTr" / "synth_000.nii.gz").dataobj)
+    ml = lab.sum() * (200 / 48) ** 3 / 1000
+    expected = 4 / 3 * math.pi * 10 * 22 * 12 * VENTRICLE_SCALE**3 / 1000
+    assert VENTRICLE_SCALE == 1.6 and 0.7 * expected < ml < 1.2 * expected  # 44 ml, voxelised at 4.2 mm
+    lesions = make_case(4, 0, (48, 48, 48))  # the same case with its lesions labelled: they are elsewhere
+    assert not (lesions.label.astype(bool) & lab.astype(bool)).any()

@@ -67,9 +67,8 @@ def test_hippocampus_plan_lands_where_nnunets_does(tmp_path):
 
 
 def test_t1_plan_is_a_runnable_config_for_train_and_kfold(t1_dataset, tmp_path):
-    plan = make_plan(
-        t1_dataset, budget="20m", device="cpu", instruments=modelled(), cache=tmp_path / "fp.json", progress=False
-    )
+    m, fp = modelled(), tmp_path / "fp.json"
+    plan = make_plan(t1_dataset, budget="20m", instruments=m, cache=fp, progress=False, resolution="full")
     assert plan.n_cases == 3
     assert plan.spacing == pytest.approx([2.0, 2.0, 2.0])  # two 2 mm volumes and one 1 mm: the median
     assert plan.median_shape == [120, 120, 90]
@@ -89,6 +88,10 @@ def test_t1_plan_is_a_runnable_config_for_train_and_kfold(t1_dataset, tmp_path):
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
         r = train(compose("train", overrides=args))
     assert r.metrics["global_step"] == 1  # the planned config trains a batch on the three volumes
+    # by the resolution rule: whole heads (a large structure) at a coarser spacing, not 2 mm patches of a head
+    auto = make_plan(t1_dataset, budget="20m", instruments=m, cache=fp, progress=False)
+    assert auto.resolution == "low" and auto.whole_volume and auto.spacing[0] > plan.spacing[0]
+    assert auto.reasons["resolution"].startswith("low resolution: at the data's spacing a width-4 step")
 
 
 def test_committed_hippocampus_plan_trains_a_batch(tmp_path):
@@ -103,10 +106,13 @@ def test_committed_hippocampus_plan_trains_a_batch(tmp_path):
 def test_patches_predictably_too_slow_are_not_probed(t1_dataset, tmp_path, monkeypatch):
     from seg.plan import rules, search
 
+    from seg.plan.planner import Planner
+
+    monkeypatch.setattr(Planner, "_estimator", lambda self, measured: None)  # the cost model's screen is tested apart
     cache = tmp_path / "fp.json"
-    fast = make_plan(t1_dataset, budget="20m", device="cpu", instruments=modelled(), cache=cache, progress=False)
+    fast = make_plan(t1_dataset, budget="20m", instruments=modelled(), cache=cache, progress=False, resolution="full")
     monkeypatch.setattr(search, "next_patch", lambda patch, *a: rules.shrink_patch(patch))
-    every = make_plan(t1_dataset, budget="20m", device="cpu", instruments=modelled(), cache=cache, progress=False)
+    every = make_plan(t1_dataset, budget="20m", instruments=modelled(), cache=cache, progress=False, resolution="full")
     assert (fast.patch, fast.base, fast.precision) == (every.patch, every.base, every.precision)
     probed = lambda plan: {tuple(p.patch) for p in plan.probes}  # noqa: E731
     # about half the probes (the fixed ones at the full patch, precision and memory format, count in both)

@@ -1,0 +1,128 @@
+"""Whole scans: the cost model skips patches that cannot buy the step floor before timing them, and resolution
+is a planned choice (docs/planning.md, "Resolution"): a coarser spacing where the data's plan cannot train whole
+cases, refused where it would shrink the smallest label's objects too far; a low-resolution plan trains and
+predicts on the input's own grid, its probabilities (not its labels) resampled."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import nibabel as nib
+import numpy as np
+import pytest
+import yaml
+
+from seg.plan import planner
+from seg.plan.planfile import plan_yaml
+from seg.plan.planner import make_plan, smallest_label_voxels
+from seg.plan.settings import SETTINGS
+from tests.plan.conftest import modelled
+
+LOW_OK = replace(SETTINGS, lowres_min_label_voxels=0)  # the synthetic lesions are small: the label rule off
+
+
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory):
+    """Six whole-scan-like cases, 96x72x44 (a modelled width-8 step at the full patch takes 4x what the floor
+    allows in 20 minutes)."""
+    from seg.data.synthetic import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("scans") / "ds", n=6, seed=5, shape=(96, 72, 44))
+
+
+def _plan(root, tmp_path, settings=SETTINGS, budget="20m", **kw):
+    m = modelled()
+    return make_plan(
+        root, budget=budget, instruments=m, cache=tmp_path / "fp.json", progress=False, settings=settings, **kw
+    )
+
+
+def test_patches_that_cannot_buy_the_floor_are_not_timed(scans, tmp_path, monkeypatch):
+    plan = _plan(scans, tmp_path, budget="10m", resolution="full")  # width 4 at the full patch: 4x too slow
+    full = planner.data_rules(_spec(scans), _cases(tmp_path)).full
+    timed = {tuple(p.patch) for p in plan.probes}
+    assert tuple(full) not in timed and "skipped unprobed" in plan.reasons["screen"]
+    # the same choice as a search that times every patch from the full one down
+    monkeypatch.setattr(planner.Planner, "_estimator", lambda self, measured: None)
+    every = _plan(scans, tmp_path, budget="10m", resolution="full")
+    assert tuple(full) in {tuple(p.patch) for p in every.probes} and "screen" not in every.reasons
+    assert (plan.patch, plan.base, plan.precision) == (every.patch, every.base, every.precision)
+    assert len(plan.probes) < len(every.probes)
+
+
+def _spec(root):
+    from seg.data.datalist import load_dataset
+
+    return load_dataset(root)
+
+
+def _cases(tmp_path):
+    import json
+
+    return json.loads((tmp_path / "fp.json").read_text())["cases"]
+
+
+def test_a_plan_that_cannot_train_whole_cases_takes_a_coarser_spacing(scans, tmp_path):
+    full = _plan(scans, tmp_path, settings=LOW_OK, resolution="full")
+    low = _plan(scans, tmp_path, settings=LOW_OK)
+    assert full.resolution == "full" and not full.whole_volume
+    assert low.resolution == "low" and low.whole_volume and low.base >= full.base
+    factor = next(f for f in SETTINGS.lowres_factors if low.spacing[0] == pytest.approx(full.spacing[0] * f, rel=1e-3))
+    assert low.spacing == pytest.approx([x * factor for x in full.spacing], rel=1e-3)
+    assert low.reasons["resolution"].startswith("low resolution: at the data's spacing the budget buys a")
+    doc = yaml.safe_load(plan_yaml(low, "x"))
+    assert doc["planned"]["resolution"] == "low" and doc["data"]["spacing"] == low.spacing
+    spacing_line = next(x for x in plan_yaml(low, "x").splitlines() if x.startswith("  spacing:"))
+    assert "low resolution: at the data" in spacing_line  # the reason, beside the value
+
+
+def test_low_resolution_is_refused_where_the_smallest_label_would_shrink_too_far(scans, tmp_path):
+    plan = _plan(scans, tmp_path)  # the default rule: 500 voxels at least
+    assert plan.resolution == "full" and not plan.whole_volume
+    assert "smallest label's median object would have" in plan.reasons["resolution"]
+    assert SETTINGS.lowres_min_label_voxels == 500 and SETTINGS.lowres_factors[0] == 1.25
+    # the boundary: the smallest label's median object at 1.25x, in voxels, against the setting
+    small = smallest_label_voxels(_cases(tmp_path), [round(x * 1.25, 4) for x in plan.spacing])
+    above = _plan(scans, tmp_path, settings=replace(SETTINGS, lowres_min_label_voxels=int(small) + 1))
+    assert "at 1.25x the data's spacing" in above.reasons["resolution"]
+    at = _plan(scans, tmp_path, settings=replace(SETTINGS, lowres_min_label_voxels=int(small)))
+    assert "at 1.25x the data's spacing the smallest" not in at.reasons["resolution"]
+
+
+def test_whole_cases_at_the_datas_spacing_stay_at_full_resolution(synth_root, tmp_path):
+    plan = _plan(synth_root, tmp_path, settings=LOW_OK)
+    assert plan.resolution == "full" and plan.whole_volume and "resolution" not in plan.reasons
+    low = _plan(synth_root, tmp_path, settings=LOW_OK, resolution="low")  # asked for
+    assert low.resolution == "low" and "(asked: --resolution low)" in low.reasons["resolution"]
+
+
+def test_a_low_resolution_plan_trains_and_predicts_on_the_inputs_grid(scans, tmp_path, capsys):
+    """The plan composes and trains a batch; seg-predict writes masks on each input's own grid (shape, affine),
+    each the argmax of the probabilities resampled to that grid (not labels resampled)."""
+    from seg.cli.args import plan_overrides
+    from seg.cli.predict import main as predict
+    from seg.run.train import train
+    from tests.conftest import compose_train
+
+    low = _plan(scans, tmp_path, settings=LOW_OK)
+    path = tmp_path / "low.yaml"
+    path.write_text(plan_yaml(low, "x"))
+    short = ["trainer.max_epochs=1", "+trainer.limit_train_batches=1", "+trainer.limit_val_batches=1"]
+    short += ["~callbacks.rich_progress_bar", "data.num_workers=0", "trainer.precision=fp32", "ensemble.members=1"]
+    r = train(compose_train(plan_overrides([f"plan={path}", *short]), tmp_path / "run"))
+    assert r.metrics["global_step"] == 1
+    src = sorted((scans / "imagesTr").glob("*.nii.gz"))[:2]
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for f in src:
+        (inp / f.name).symlink_to(f)
+    out = tmp_path / "out"
+    assert (
+        predict(["-i", str(inp), "-o", str(out), "-m", str(tmp_path / "run" / "model"), "-q", "--save-probabilities"])
+        == 0
+    )
+    for f in src:
+        ref, mask = nib.load(f), nib.load(out / f.name)
+        prob = np.asanyarray(nib.load(out / f.name.replace(".nii.gz", "_prob.nii.gz")).dataobj)
+        assert mask.shape == ref.shape and np.allclose(mask.affine, ref.affine)
+        assert prob.shape == (*ref.shape, 2) and np.array_equal(np.asanyarray(mask.dataobj), prob.argmax(-1))
