@@ -3,7 +3,7 @@
 Runs, on small synthetic data in a scratch folder: seg-synth, seg-plan (``--device cuda`` on a machine
 without CUDA: the FLOP-count estimate, deterministic), seg-train (a few epochs), seg-kfold (2 folds),
 seg-predict, seg-export (ONNX) and seg-predict with ONNX Runtime; then prints one sha256 per output
-(metrics rounded to 6 digits, masks by their voxels and affine, the plan without its date line).
+(metrics rounded to 6 digits, masks by their voxels and affine, the plan's values without its forecast).
 Run it on two commits (e.g. a ``git worktree`` of the base) and compare the lines:
 
     python scripts/behaviour_fingerprint.py --work /tmp/fp_new > new.txt
@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+FORECAST = ("steps_in_budget", "steps_range", "step_id", "timed_with", "probes")
 METRIC_KEYS = ("val/dice", "val/dice_best", "val/loss", "train/loss_epoch", "epochs", "global_step")
 
 
@@ -107,7 +108,10 @@ def produce(work: Path) -> None:
 
 
 def report(work: Path) -> None:
-    plan = yaml.safe_load((work / "plan.yaml").read_text())  # the values (comments and layout may change)
+    # the values (comments and layout may change), the scratch folder's name left out
+    plan = yaml.safe_load((work / "plan.yaml").read_text().replace(str(work), "<work>"))
+    for k in FORECAST:  # the forecast is printed, not trained with: how it is said may change
+        plan.get("planned", {}).pop(k, None)
     cv_summary = json.loads((work / "cv" / "cv_summary.json").read_text())
     rows = {
         "plan.yaml": digest(plan),
