@@ -3,8 +3,7 @@ patch the budget buys, decided from bare steps (timed, or estimated for an absen
 decision, as nnU-Net's planner has one step per decision; :func:`search` runs them in order.
 
 0. the cost model first (:func:`screen`): a patch whose narrowest step, estimated from its FLOPs and this
-   machine's measured rate, is over ``skip_margin`` times the step the floor allows is skipped unprobed (a
-   whole 192x160x96 cardiac volume was timed at 6.5 s a step before; the floor allowed 0.25 s);
+   machine's measured rate, is over ``skip_margin`` times the step the floor allows is skipped unprobed;
 1. precision: bf16 autocast when the device supports it and its step takes at most ``bf16_gain`` of fp32's;
    channels-last 3D activations when their step takes at most ``channels_last_gain`` of channels-first's;
 2. members: when the budget buys more than one network can use (``round(S8 / member_steps_w8)`` >= 2, S8 the

@@ -83,7 +83,8 @@ def time_bare_step(
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loss_fn = SegLoss({"name": "dice_ce"})
     x = torch.randn(cand.batch, in_ch, *cand.patch, device=dev).contiguous(memory_format=fmt)
-    y = torch.randint(0, out_ch, (cand.batch, 1, *cand.patch), device=dev)
+    # float labels, as training's loader gives them (deep supervision resizes them; nearest is not for int64 on a CPU)
+    y = torch.randint(0, out_ch, (cand.batch, 1, *cand.patch), device=dev).float()
     warmup = 2 if dev.type == "cuda" else 1
     reps = reps or SETTINGS.bare_reps
     times = []

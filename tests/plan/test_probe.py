@@ -33,3 +33,11 @@ def test_the_probe_step_is_a_trimmed_mean_of_72_steps_after_4():
     steps = [0.22] * 43 + [0.285] * 28 + [2.5]
     assert timing.trimmed_mean(steps, s.training_trim) == pytest.approx((0.22 * 36 + 0.285 * 22) / 58)
     assert timing.trimmed_mean([1.0, 2.0, 3.0], 0.1) == 2.0  # too few to leave any out
+
+
+@pytest.mark.parametrize("net", ["agunet", "daunet"])
+def test_the_papers_nets_take_a_bare_step_on_a_cpu(net):
+    """Their deep supervision resizes the labels: the bare probe's labels are float, as the loader's are (int64
+    labels stopped `seg-plan --net agunet` on a CPU with a traceback)."""
+    t = timing.time_bare_step(net, Candidate(4, (16, 16, 16), 1, "fp32", True), 3, 1, 2, "cpu", reps=1)
+    assert 0 < t < SETTINGS.bare_too_slow_s
