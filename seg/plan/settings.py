@@ -27,7 +27,7 @@ class Settings:
     smallest_voxels: int = 16**3  # the patch search stops at this many voxels (or an axis of 2 * MIN_FEATURE)
     step_overhead: float = 1.3  # a real step over the bare probe's, before the training probe measured it
     # the resolution (seg.plan.planner: the low-resolution configuration)
-    lowres_factors: tuple[float, ...] = (1.25, 1.5, 2.0, 2.5, 3.0, 4.0)  # coarser spacings tried, x the data's
+    lowres_factors: tuple[float, ...] = (1.25, 1.5, 2.0)  # coarser spacings tried, x the data's
     lowres_min_label_voxels: int = 500  # no spacing at which a label's median object has fewer voxels
     # the budget (seg.plan.planner.Budget)
     min_budget_s: int = 60  # a plan trains for at least a minute

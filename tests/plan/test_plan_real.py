@@ -88,10 +88,11 @@ def test_t1_plan_is_a_runnable_config_for_train_and_kfold(t1_dataset, tmp_path):
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
         r = train(compose("train", overrides=args))
     assert r.metrics["global_step"] == 1  # the planned config trains a batch on the three volumes
-    # by the resolution rule: whole heads (a large structure) at a coarser spacing, not 2 mm patches of a head
+    # the resolution rule: whole heads at 2 mm cost too much for the floor, and so they would at 4 mm (2x, the
+    # coarsest spacing tried): full resolution, and the plan says why
     auto = make_plan(t1_dataset, budget="20m", instruments=m, cache=fp, progress=False)
-    assert auto.resolution == "low" and auto.whole_volume and auto.spacing[0] > plan.spacing[0]
-    assert auto.reasons["resolution"].startswith("low resolution: at the data's spacing a width-4 step")
+    assert auto.resolution == "full" and (auto.patch, auto.base) == (plan.patch, plan.base)
+    assert auto.reasons["resolution"] == "full resolution: no spacing up to 2x the data's trains whole cases at width 4"
 
 
 def test_committed_hippocampus_plan_trains_a_batch(tmp_path):
@@ -105,7 +106,6 @@ def test_committed_hippocampus_plan_trains_a_batch(tmp_path):
 
 def test_patches_predictably_too_slow_are_not_probed(t1_dataset, tmp_path, monkeypatch):
     from seg.plan import rules, search
-
     from seg.plan.planner import Planner
 
     monkeypatch.setattr(Planner, "_estimator", lambda self, measured: None)  # the cost model's screen is tested apart

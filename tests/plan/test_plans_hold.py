@@ -113,11 +113,15 @@ def test_pipeline_is_device_when_the_cached_cases_fit():
 # -- noise and load ---------------------------------------------------------------------------------------
 def noisy(seed: int, reps: int = SETTINGS.bare_reps):
     """The modelled step, each timed sample off by up to +-10 % (a quiet machine's jitter measured here was
-    +-5 %) and one in six a burst of load at 3x, aggregated as the real probe aggregates its samples."""
-    rng = random.Random(seed)
+    +-5 %) and one in six a burst of load at 3x, aggregated as the real probe aggregates its samples. Each
+    timing draws from its own stream (the seed, the candidate, how often it was timed), so which probes a plan
+    takes, and in which order, changes no other probe's noise."""
+    counts: dict = {}
 
     def step(net, cand, levels, in_ch, out_ch, device):
         true = modelled_step(net, cand, levels, in_ch, out_ch, device)
+        counts[cand] = counts.get(cand, 0) + 1
+        rng = random.Random(f"{seed} {cand} {counts[cand]}")
         samples = [true * (3.0 if rng.random() < 1 / 6 else rng.uniform(0.9, 1.1)) for _ in range(reps)]
         return timing.aggregate(samples)
 

@@ -69,7 +69,7 @@ def test_a_plan_that_cannot_train_whole_cases_takes_a_coarser_spacing(scans, tmp
     assert low.resolution == "low" and low.whole_volume and low.base >= full.base
     factor = next(f for f in SETTINGS.lowres_factors if low.spacing[0] == pytest.approx(full.spacing[0] * f, rel=1e-3))
     assert low.spacing == pytest.approx([x * factor for x in full.spacing], rel=1e-3)
-    assert low.reasons["resolution"].startswith("low resolution: at the data's spacing the budget buys a")
+    assert low.reasons["resolution"].startswith("low resolution: at the data's spacing a width-4 step on whole cases")
     doc = yaml.safe_load(plan_yaml(low, "x"))
     assert doc["planned"]["resolution"] == "low" and doc["data"]["spacing"] == low.spacing
     spacing_line = next(x for x in plan_yaml(low, "x").splitlines() if x.startswith("  spacing:"))
@@ -80,7 +80,7 @@ def test_low_resolution_is_refused_where_the_smallest_label_would_shrink_too_far
     plan = _plan(scans, tmp_path)  # the default rule: 500 voxels at least
     assert plan.resolution == "full" and not plan.whole_volume
     assert "smallest label's median object would have" in plan.reasons["resolution"]
-    assert SETTINGS.lowres_min_label_voxels == 500 and SETTINGS.lowres_factors[0] == 1.25
+    assert SETTINGS.lowres_min_label_voxels == 500 and SETTINGS.lowres_factors == (1.25, 1.5, 2.0)
     # the boundary: the smallest label's median object at 1.25x, in voxels, against the setting
     small = smallest_label_voxels(_cases(tmp_path), [round(x * 1.25, 4) for x in plan.spacing])
     above = _plan(scans, tmp_path, settings=replace(SETTINGS, lowres_min_label_voxels=int(small) + 1))
