@@ -71,6 +71,7 @@ class BareSteps:
     records: list[BareStep] = field(default_factory=list)
     remeasured: int = 0
     rate: float | None = None  # a timed bare step over its FLOP estimate (see machine_rate)
+    screened: dict = field(default_factory=dict)  # full patch -> screen's answer, taken once per plan
 
     def find(self, cand: Candidate) -> BareStep | None:
         key = (cand.base, tuple(cand.patch), cand.precision, cand.channels_last)
@@ -281,10 +282,19 @@ def machine_rate(steps: BareSteps, inp: SearchInput) -> float:
 def screen(steps: BareSteps, inp: SearchInput) -> tuple[list[int], str | None]:
     """Step 0: the largest patch from ``full_patch`` down whose narrowest step (best precision, estimated) is
     within ``skip_margin`` times the step the floor allows if one network had the whole budget, and why the
-    larger ones were skipped (None when none was)."""
-    s, patches = inp.settings, _shrinks(inp.full_patch, inp.settings)
+    larger ones were skipped (None when none was). Answered once per full patch and plan: a calibration round's
+    search starts where the first one did (its new data cost would move the line, and time patches again)."""
+    patches = _shrinks(inp.full_patch, inp.settings)
     if inp.estimate is None or len(patches) == 1:
         return list(inp.full_patch), None
+    key = tuple(inp.full_patch)
+    if key not in steps.screened:
+        steps.screened[key] = _screen(steps, inp, patches)
+    return steps.screened[key]
+
+
+def _screen(steps: BareSteps, inp: SearchInput, patches: list[list[int]]) -> tuple[list[int], str | None]:
+    s = inp.settings
     need = inp.train_time(1) / inp.min_steps
     precision = "bf16" if inp.bf16 else "fp32"
     for patch in patches:

@@ -5,6 +5,7 @@ predicts on the input's own grid, its probabilities (not its labels) resampled."
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import nibabel as nib
@@ -126,3 +127,18 @@ def test_a_low_resolution_plan_trains_and_predicts_on_the_inputs_grid(scans, tmp
         prob = np.asanyarray(nib.load(out / f.name.replace(".nii.gz", "_prob.nii.gz")).dataobj)
         assert mask.shape == ref.shape and np.allclose(mask.affine, ref.affine)
         assert prob.shape == (*ref.shape, 2) and np.array_equal(np.asanyarray(mask.dataobj), prob.argmax(-1))
+
+
+def test_the_screen_is_answered_once_a_plan(scans, tmp_path):
+    """A calibration round's search starts where the first search did: with a training step as fast as the bare
+    one (no data cost), the calibrated step model would admit larger patches and time them all again."""
+    from seg.plan.records import TrainingCost
+    from tests.plan.conftest import modelled_step
+
+    def no_data_cost(root, ids, data, net, cand, levels, channels, device):
+        return TrainingCost(modelled_step(net, cand, levels, *channels, device), 0.5, 0.02)
+
+    m = modelled(training=no_data_cost)
+    plan = make_plan(scans, budget="10m", instruments=m, cache=tmp_path / "fp.json", progress=False, resolution="full")
+    searched = [tuple(p.patch) for p in plan.probes][1:]  # the machine-rate probe aside
+    assert all(math.prod(p) <= math.prod(searched[0]) for p in searched), searched
