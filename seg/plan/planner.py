@@ -189,7 +189,7 @@ class Plan:
 
     @property
     def whole_volume(self) -> bool:
-        return all(p >= m for p, m in zip(self.patch, self.median_shape))
+        return _whole(self.patch, self.median_shape)
 
     @property
     def width(self) -> dict:
@@ -318,7 +318,7 @@ class Planner:
     def data_config(self, c: Choice) -> dict:
         """The ``SegDataModule`` keywords of the plan (what the training probe builds and the plan file writes)."""
         d = self.rules
-        whole = all(p >= m for p, m in zip(c.patch, d.median))
+        whole = _whole(c.patch, d.median)
         return {
             "spacing": list(d.spacing),
             "normalize": dict(d.normalize),
@@ -346,8 +346,11 @@ class Planner:
         self.mem = ProbeMemory(r.device, busy=load.busy, reprobe=r.reprobe, on=measured)
         self.steps = BareSteps(self._timer(measured), r.net, s.monotone_slack)
         bf16 = self.instruments.bf16(r.device) or not measured
-        inp = SearchInput([], r.budget_s, bf16, measured, memory_gb, r.min_steps, lambda m: self.budget(m).train_s)
-        inp = replace(inp, model=StepModel(None, s.step_overhead), settings=s, estimate=self._estimator(measured))
+        inp = SearchInput(
+            full_patch=[], budget_s=r.budget_s, bf16=bf16, measured=measured, memory_gb=memory_gb,
+            min_steps=r.min_steps, train_time=lambda m: self.budget(m).train_s,
+            model=StepModel(None, s.step_overhead), settings=s, estimate=self._estimator(measured),
+        )  # fmt: skip
         d, c, resolution_why = self._resolution(inp)
         self.rules, inp, timings = d, replace(inp, full_patch=d.full), []
         self.pipeline, pipeline_why = choose_pipeline(
@@ -410,8 +413,7 @@ class Planner:
         finp = replace(inp, full_patch=full.full)
         if r.resolution == "full":
             return full, search(self.steps, finp), None
-        narrow = self._narrow(full.full)
-        need = inp.train_time(1) / inp.min_steps
+        narrow, need = finp.narrowest(full.full), finp.floor_step_s
         t_full = self._estimated(finp, narrow)  # the machine's rate is measured against the data's spacing
         if r.resolution == "auto" and t_full <= need:
             return full, search(self.steps, finp), None
@@ -430,18 +432,11 @@ class Planner:
         c = search(self.steps, finp)
         return full, c, f"full resolution: {at} the plan would be {'x'.join(map(str, cl.patch))}, not whole cases"
 
-    def _narrow(self, patch: list[int]) -> Candidate:
-        """The narrowest candidate at ``patch``, at its best precision (the cost model's question: can it fit?)."""
-        s = self.settings
-        bf16 = self.instruments.bf16(self.request.device) or not machine.present(self.request.device)
-        return Candidate(s.bases[0], tuple(patch), s.batch, "bf16" if bf16 else "fp32", True)
-
     def _lowres(self, inp: SearchInput) -> tuple[DataRules, Choice] | str:
         """The low-resolution configuration: the first of ``lowres_factors`` at which the cost model puts the
         narrowest width on whole resampled cases within the step the floor allows, planned as any spacing is;
         or why there is none."""
-        s = self.settings
-        need = inp.train_time(1) / inp.min_steps
+        s, need = self.settings, inp.floor_step_s
         for f in s.lowres_factors:
             dl = data_rules(self.spec, self.cases, scale=f)
             small = smallest_label_voxels(self.cases, dl.spacing)
@@ -450,7 +445,7 @@ class Planner:
                     f"full resolution: at {f:g}x the data's spacing the smallest label's median object would have "
                     f"{small:.0f} voxels (fewer than {s.lowres_min_label_voxels})"
                 )
-            if self._estimated(inp, self._narrow(dl.full)) <= need:
+            if self._estimated(inp, inp.narrowest(dl.full)) <= need:
                 return dl, search(self.steps, replace(inp, full_patch=dl.full))
         top = s.lowres_factors[-1]
         return f"full resolution: no spacing up to {top:g}x the data's trains whole cases at width {s.bases[0]}"
@@ -590,7 +585,7 @@ def _choice_reasons(
     c: Choice, median: list[int], acct: Budget, measured: bool, min_steps: int, devices: int,
     span: tuple[int, int], timings: int, s: Settings,
 ) -> dict:  # fmt: skip
-    whole = all(p >= m for p, m in zip(c.patch, median))
+    whole = _whole(c.patch, median)
     patch = f"median resampled case {'x'.join(map(str, median))} rounded up to 2^pools per axis" + (
         ": whole volumes (padded)"
         if whole

@@ -179,6 +179,16 @@ class SearchInput:
     settings: Settings = SETTINGS
     estimate: StepTimer | None = None
 
+    @property
+    def floor_step_s(self) -> float:
+        """The step that buys ``min_steps`` if one network had the whole budget's training time."""
+        return self.train_time(1) / self.min_steps
+
+    def narrowest(self, patch: Sequence[int], precision: str | None = None) -> Candidate:
+        """The narrowest width at ``patch``, channels-last, at ``precision`` (default: the best the device has)."""
+        s = self.settings
+        return Candidate(s.bases[0], tuple(patch), s.batch, precision or ("bf16" if self.bf16 else "fp32"), True)
+
 
 def levels_for(patch: Sequence[int]) -> int:
     """A U-Net deep enough for the patch's pooling (at least 3 levels)."""
@@ -270,9 +280,8 @@ def machine_rate(steps: BareSteps, inp: SearchInput) -> float:
     width the screen asks about: a narrow net does less per FLOP than a wide one) at the largest patch the FLOP
     estimate puts within ``skip_margin`` times the step the floor allows."""
     if steps.rate is None:
-        s = inp.settings
-        need = inp.train_time(1) / inp.min_steps
-        at = lambda p: Candidate(s.bases[0], tuple(p), s.batch, "fp32", True)  # noqa: E731
+        s, need = inp.settings, inp.floor_step_s
+        at = lambda p: inp.narrowest(p, "fp32")  # noqa: E731
         patches = _shrinks(inp.full_patch, s)
         patch = next((p for p in patches if inp.estimate(at(p), levels_for(p)) <= s.skip_margin * need), patches[-1])
         steps.rate = steps.bare(at(patch), levels_for(patch)) / inp.estimate(at(patch), levels_for(patch))
@@ -294,11 +303,9 @@ def screen(steps: BareSteps, inp: SearchInput) -> tuple[list[int], str | None]:
 
 
 def _screen(steps: BareSteps, inp: SearchInput, patches: list[list[int]]) -> tuple[list[int], str | None]:
-    s = inp.settings
-    need = inp.train_time(1) / inp.min_steps
-    precision = "bf16" if inp.bf16 else "fp32"
+    s, need = inp.settings, inp.floor_step_s
     for patch in patches:
-        t = estimated(steps, inp, Candidate(s.bases[0], tuple(patch), s.batch, precision, True))
+        t = estimated(steps, inp, inp.narrowest(patch))
         if t <= s.skip_margin * need or patch == patches[-1]:
             break
     if patch == patches[0]:
