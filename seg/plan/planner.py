@@ -345,12 +345,7 @@ class Planner:
         self.workers = max(1, min(s.max_workers, load.cores - 1))
         self.mem = ProbeMemory(r.device, busy=load.busy, reprobe=r.reprobe, on=measured)
         self.steps = BareSteps(self._timer(measured), r.net, s.monotone_slack)
-        bf16 = self.instruments.bf16(r.device) or not measured
-        inp = SearchInput(
-            full_patch=[], budget_s=r.budget_s, bf16=bf16, measured=measured, memory_gb=memory_gb,
-            min_steps=r.min_steps, train_time=lambda m: self.budget(m).train_s,
-            model=StepModel(None, s.step_overhead), settings=s, estimate=self._estimator(measured),
-        )  # fmt: skip
+        inp = self._search_input(measured, memory_gb)
         d, c, resolution_why = self._resolution(inp)
         self.rules, inp, timings = d, replace(inp, full_patch=d.full), []
         self.pipeline, pipeline_why = choose_pipeline(
@@ -394,6 +389,15 @@ class Planner:
             probes=self.steps.rows(inp.model, acct.train_s),
             reasons=reasons,
         )
+
+    def _search_input(self, measured: bool, memory_gb: float) -> SearchInput:
+        """The search's inputs before the training probe (its ``full_patch`` is set per resolution)."""
+        r, s = self.request, self.settings
+        return SearchInput(
+            full_patch=[], budget_s=r.budget_s, bf16=self.instruments.bf16(r.device) or not measured,
+            measured=measured, memory_gb=memory_gb, min_steps=r.min_steps, train_time=lambda m: self.budget(m).train_s,
+            model=StepModel(None, s.step_overhead), settings=s, estimate=self._estimator(measured),
+        )  # fmt: skip
 
     def _estimator(self, measured: bool):
         """The cost model's bare-step estimate (FLOPs at the cost table's rate) where steps are timed; None where
