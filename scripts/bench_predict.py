@@ -12,6 +12,15 @@ Baseline: LoadImaged ->
 EnsureChannelFirstd -> Orientationd -> NormalizeIntensityd -> sliding_window_inference (Gaussian) ->
 softmax (mean over folds) -> Invertd -> AsDiscreted(argmax) -> SaveImaged, the same windows and overlap.
 seg: seg.inference.Predictor + save_mask (conv+BN folded, channels-last, inference_mode).
+
+    python scripts/bench_predict.py --whole-scans     (~20 minutes)
+
+Whole scans (#45): the 1-mm 256^3 T1 predicted by a model of 0.625-mm spacing (resampled to 410^3, 69 M
+voxels, as a whole-scan cardiac plan's model would see it) and a generated 512x512x300 CT-like volume
+(int16, 0.8x0.8x1.5 mm, predicted at its own spacing: 79 M voxels). Network: a U-Net of filters 4..64 and
+64x80x80 windows (the whole-scan proxy's full-resolution plan). Baseline: the MONAI pipeline above (with
+its ``Spacingd`` where the model resamples), then seg fp32 and seg bf16, in the same process. "peak / input"
+is the peak RSS over the input volume's float32 size.
 """
 
 from __future__ import annotations
@@ -44,15 +53,15 @@ def nets(filters, n):
     return out
 
 
-def monai_pipeline(files, models, roi, overlap, out_dir):
+def monai_pipeline(files, models, roi, overlap, out_dir, spacing=None):
     from monai import transforms as T
-    from monai.inferers import sliding_window_inference
 
     pre = T.Compose(
         [
             T.LoadImaged("image", image_only=True),
             T.EnsureChannelFirstd("image"),
             T.Orientationd("image", axcodes="RAS", labels=None),
+            *([T.Spacingd("image", pixdim=spacing, mode="bilinear")] if spacing else []),
             T.NormalizeIntensityd("image", nonzero=True, channel_wise=True),
         ]
     )
@@ -70,6 +79,19 @@ def monai_pipeline(files, models, roi, overlap, out_dir):
             ),
         ]
     )
+    from monai.networks.layers import AffineTransform
+    from monai.transforms.spatial import functional
+
+    installed, functional.AffineTransform = functional.AffineTransform, AffineTransform  # MONAI as shipped
+    try:
+        return _monai_cases(files, models, roi, overlap, pre, post)
+    finally:
+        functional.AffineTransform = installed
+
+
+def _monai_cases(files, models, roi, overlap, pre, post):
+    from monai.inferers import sliding_window_inference
+
     times = {"preprocess": 0.0, "infer": 0.0, "invert+write": 0.0}
     for f in files:
         t0 = time.perf_counter()
@@ -91,12 +113,13 @@ def monai_pipeline(files, models, roi, overlap, out_dir):
     return times
 
 
-def seg_pipeline(files, models, roi, overlap, out_dir, precision="fp32"):
+def seg_pipeline(files, models, roi, overlap, out_dir, precision="fp32", spacing=None):
     from seg.inference.predictor import Predictor, save_mask
     from seg.nn.inferer import InfererSpec
 
     spec = InfererSpec(roi_size=roi, overlap=overlap)
-    pred = Predictor(models, {0: "background", 1: "fg"}, ["T1"], PRE, spec, precision=precision)
+    pre = PRE | {"spacing": list(spacing) if spacing else None}
+    pred = Predictor(models, {0: "background", 1: "fg"}, ["T1"], pre, spec, precision=precision)
     times = {"preprocess": 0.0, "infer": 0.0, "invert+write": 0.0}
     for f in files:
         p = pred.predict(f)
@@ -147,6 +170,51 @@ def warmup_volume(folder: str) -> str:
     return path
 
 
+def ct_volume(folder: str, shape=(512, 512, 300)) -> str:
+    """A CT-like int16 volume (HU): air, a body ellipse with lungs and a spine, 0.8x0.8x1.5 mm."""
+    import nibabel as nib
+    import numpy as np
+
+    x, y = np.ogrid[: shape[0], : shape[1]]
+    cx, cy = shape[0] / 2, shape[1] / 2
+    body = ((x - cx) / (0.42 * shape[0])) ** 2 + ((y - cy) / (0.3 * shape[1])) ** 2 <= 1
+    lungs = (((abs(x - cx) - 0.17 * shape[0]) / (0.12 * shape[0])) ** 2 + ((y - cy) / (0.2 * shape[1])) ** 2) <= 1
+    spine = ((x - cx) / 20) ** 2 + ((y - cy - 0.2 * shape[1]) / 20) ** 2 <= 1
+    plane = np.full(shape[:2], -1000, np.int16)
+    plane[body] = 40
+    plane[lungs & body] = -850
+    plane[spine] = 700
+    rng = np.random.default_rng(0)
+    vol = plane[..., None] + rng.integers(-30, 30, size=shape, dtype=np.int16)
+    path = str(Path(folder) / "ct_512x512x300.nii.gz")
+    nib.save(nib.Nifti1Image(vol, np.diag([0.8, 0.8, 1.5, 1.0])), path)
+    return path
+
+
+def whole_scan_workloads(folder: str) -> list:
+    """(name, files, filters, roi, spacing, pipelines) of the whole-scan rows."""
+    import functools
+
+    t1 = SHARED / "brain_t1" / "brainchop_t1_crop_1mm_256.nii.gz"
+    pipes = (
+        ("MONAI pipeline (baseline)", monai_pipeline),
+        ("seg fp32", seg_pipeline),
+        ("seg bf16", functools.partial(seg_pipeline, precision="bf16")),
+    )
+    small, roi = [4, 8, 16, 32, 64], [64, 80, 80]
+    out = [("CT 512x512x300", [ct_volume(folder)], small, roi, None, pipes)]
+    if t1.exists():
+        out.insert(0, ("T1 256^3 -> 0.625 mm", [str(t1)], small, roi, (0.625, 0.625, 0.625), pipes))
+    return out
+
+
+def input_gb(files) -> float:
+    import nibabel as nib
+    import numpy as np
+
+    return sum(int(np.prod(nib.load(f).shape)) * 4 for f in files) / len(files) / 2**30
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--hippocampus", type=int, default=20)
@@ -158,7 +226,10 @@ def main() -> None:
         action="store_true",
         help="seg's engines instead: torch fp32 (baseline), torch bf16, ONNX Runtime fp32 (sessions, exports counted)",
     )
+    ap.add_argument("--whole-scans", action="store_true", help="the whole-scan rows only (256^3 at 0.625 mm, CT)")
     a = ap.parse_args()
+    if a.whole_scans:
+        return run_rows(whole_scan_workloads(tempfile.mkdtemp(prefix="bench_ct.")), [1], a.overlap)
     workloads = []
     t1 = SHARED / "brain_t1" / "brainchop_t1_crop_1mm_256.nii.gz"
     if t1.exists():
@@ -175,18 +246,28 @@ def main() -> None:
         )
     if not workloads:
         sys.exit(f"no data under {SHARED}")
+    pick = engine_pipelines if a.engines else (lambda _models: PIPELINES)
+    run_rows([(name, files, filters, roi, None, pick) for name, files, filters, roi in workloads], a.folds, a.overlap)
+    if EXPORT_SECONDS:
+        print(f"ONNX export (once per fold, parity check included): {sum(EXPORT_SECONDS) / len(EXPORT_SECONDS):.1f} s")
+
+
+def run_rows(workloads: list, folds: list[int], overlap: float) -> None:
+    """Each workload's pipelines in turn (the first is the baseline), then the table."""
     rows = []
-    for name, files, filters, roi in workloads:
-        for n in a.folds:
+    for name, files, filters, roi, spacing, pipes in workloads:
+        gb_in = input_gb(files)
+        for n in folds:
             models = nets(filters, n)
-            pipelines = engine_pipelines(models) if a.engines else PIPELINES
+            pipelines = pipes(models) if callable(pipes) else pipes
             for impl, fn in pipelines:
+                kw = {"spacing": spacing} if spacing else {}
                 with tempfile.TemporaryDirectory() as d:
-                    fn([warmup_volume(d)], models, roi, a.overlap, d)  # warm-up (imports, allocator, oneDNN)
+                    fn([warmup_volume(d)], models, roi, overlap, d, **kw)  # warm-up (imports, allocator, oneDNN)
                     res = {}
 
                     def go():
-                        res.update(fn(files, models, roi, a.overlap, d))
+                        res.update(fn(files, models, roi, overlap, d, **kw))
 
                     t = time.perf_counter()
                     mem = peak_memory_mb(go)
@@ -201,13 +282,16 @@ def main() -> None:
                         "infer": res["infer"] / total,
                         "inv": res["invert+write"] / total,
                         "mem": mem / 1024,
+                        "ratio": mem / 1024 / gb_in,
                         "total": total,
                     }
                 )
-            base = rows[-len(pipelines)]["s_case"]
+                print(f"{name} {impl}: {total:.1f} s, {mem / 1024:.2f} GB", flush=True)
+            base = rows[-len(pipelines)]
             for r in rows[-len(pipelines) :]:
-                r["x"] = r["s_case"] / base
-    print(f"\n{threads_note()}; overlap {a.overlap}; untrained paper U-Nets (speed only)")
+                r["x"] = r["s_case"] / base["s_case"]
+                r["xmem"] = r["mem"] / base["mem"]
+    print(f"\n{threads_note()}; overlap {overlap}; untrained U-Nets (speed only)")
     print_table(
         rows,
         [
@@ -220,10 +304,10 @@ def main() -> None:
             ("infer", "infer", ".0%"),
             ("inv", "invert+write", ".0%"),
             ("mem", "peak GB", ".2f"),
+            ("xmem", "x baseline", ".2f"),
+            ("ratio", "peak / input", ".1f"),
         ],
     )
-    if EXPORT_SECONDS:
-        print(f"ONNX export (once per fold, parity check included): {sum(EXPORT_SECONDS) / len(EXPORT_SECONDS):.1f} s")
     print(
         "shares are of the end-to-end time; invert+write = resampling back to the input grid, argmax, writing the mask"
     )

@@ -20,10 +20,11 @@ from seg.config import Precision
 from seg.data.datalist import DatasetSpec
 from seg.data.inverse import invert_to_original
 from seg.data.postprocess import Postprocessing
+from seg.data.resample import slabs
 from seg.data.transforms import Preprocessing, deterministic_transforms
 from seg.inference.engines import TorchNet, as_engine_net
 from seg.io import on_grid_of, save_nifti
-from seg.nn.inferer import InfererSpec, sliding_window
+from seg.nn.inferer import InfererSpec, class_index, sliding_window
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,14 @@ class Prediction:
 def label_dtype(label_ids) -> type:
     """The smallest unsigned type that holds every label id: uint8 up to 255, else uint16."""
     return np.uint8 if max(label_ids, default=0) <= 255 else np.uint16
+
+
+def softmax_(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over classes ``[B, K, *S]`` in place, a slab of the first spatial axis at a time (the whole
+    volume's softmax would allocate a second copy of the largest tensor in prediction)."""
+    for a, b in slabs(logits.shape[2:]):
+        logits[:, :, a:b] = torch.softmax(logits[:, :, a:b], 1)
+    return logits
 
 
 class Predictor:
@@ -126,19 +135,25 @@ class Predictor:
         for net in self.nets:
             for f in flips:
                 xi = torch.flip(x, f) if f else x
-                p = torch.softmax(self._forward(net, xi).float(), 1)
+                p = softmax_(self._forward(net, xi).float())
                 p = torch.flip(p, f) if f else p
-                acc = p if acc is None else acc + p
-        return (acc / (len(self.nets) * len(flips)))[0].cpu()
+                acc = p if acc is None else acc.add_(p)
+                del p
+        return acc.div_(len(self.nets) * len(flips))[0].cpu()
 
     def labels_from(self, prob: torch.Tensor) -> np.ndarray:
-        """Class probabilities ``[K, *S]`` -> label ids ``[*S]`` (:func:`label_dtype` of the largest id)."""
-        if self.threshold is not None and prob.shape[0] == 2:
-            cls = (prob[1] >= self.threshold).to(torch.int64)
-        else:
-            cls = prob.argmax(0)
+        """Class probabilities ``[K, *S]`` -> label ids ``[*S]`` (:func:`label_dtype` of the largest id), a slab
+        of the first axis at a time (an int64 argmax of the whole volume would be 8 bytes a voxel)."""
         lut = torch.tensor(self.label_ids, dtype=torch.int64)
-        return lut[cls].numpy().astype(label_dtype(self.label_ids))
+        out = np.empty(prob.shape[1:], dtype=label_dtype(self.label_ids))
+        for a, b in slabs(prob.shape[1:]):
+            p = prob[:, a:b]
+            if self.threshold is not None and prob.shape[0] == 2:
+                cls = (p[1] >= self.threshold).to(torch.int64)
+            else:
+                cls = class_index(p, 0)
+            out[a:b] = lut[cls].numpy()
+        return out
 
     def predict(self, image_paths: str | Sequence[str]) -> Prediction:
         """Predict one case from its channel file(s)."""
@@ -150,6 +165,7 @@ class Predictor:
         prob = self.probabilities(image)
         t["infer"] = time.perf_counter()
         prob_orig = invert_to_original(prob, image, self.transform).as_tensor().float()
+        del data, image, prob  # the pre-processed grid's tensors: the largest of a finer-resolution model
         t["invert"] = time.perf_counter()
         ref = nib.load(paths[0])
         if tuple(prob_orig.shape[1:]) != tuple(ref.shape[:3]):

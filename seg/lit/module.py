@@ -17,7 +17,7 @@ from seg.config import to_plain
 from seg.lit.losses import SegLoss
 from seg.lit.schedules import ProgressLR
 from seg.nn import create_net
-from seg.nn.inferer import InfererSpec, first_output, sliding_window
+from seg.nn.inferer import InfererSpec, class_index, first_output, sliding_window
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def dice_terms(scores: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, tor
     ``sum / count``, as validation logs it.
     """
     k = scores.shape[1]
-    pred = one_hot(scores.argmax(1, keepdim=True), k)
+    pred = one_hot(class_index(scores, 1, keepdim=True), k)
     dice = compute_dice(pred, one_hot(y.long(), k), include_background=False, ignore_empty=True)  # [B, K-1]
     valid = ~torch.isnan(dice)
     return torch.where(valid, dice, 0).sum(0).double(), valid.sum(0).double()

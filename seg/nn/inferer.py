@@ -107,3 +107,10 @@ def sliding_window(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, 
 def first_output(out: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
     """The full-resolution head of a deep-supervision output (a list in training), else the tensor."""
     return out[0] if isinstance(out, (list, tuple)) else out
+
+
+def class_index(scores: torch.Tensor, dim: int, keepdim: bool = False) -> torch.Tensor:
+    """The argmax over the class axis ``dim`` (the first maximum on ties, as ``argmax``). ``max(dim).indices``:
+    PyTorch's CPU ``argmax`` over a short class axis is ~30x slower (0.46 s against 0.012 s for 2 classes of
+    2 M voxels on 2 cores), 15 s of a 512x512x300 prediction."""
+    return scores.max(dim, keepdim=keepdim).indices

@@ -28,7 +28,7 @@ import torch
 
 from seg.data.datamodule import SegDataModule
 from seg.lit.losses import SegLoss
-from seg.nn.inferer import InfererSpec, first_output, sliding_window
+from seg.nn.inferer import InfererSpec, class_index, first_output, sliding_window
 from seg.nn.registry import build_sized
 from seg.nn.utils import cuda_hygiene
 from seg.plan import machine
@@ -137,7 +137,7 @@ def _validation_s(dm: SegDataModule, net, cand: Candidate, device: torch.device)
         x = batch["image"].as_tensor().to(device)
         t0 = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cand.precision == "bf16"):
-            sliding_window(lambda t: first_output(net(t)).float(), x, spec).argmax(1)
+            class_index(sliding_window(lambda t: first_output(net(t)).float(), x, spec), 1)
         sync(device)
         times.append(time.perf_counter() - t0)
     net.train()
