@@ -110,6 +110,25 @@ class Precision(str, Enum):
         raise UserError(f"{name}={value!r}: give fp32 or bf16")
 
 
+def cpu_has_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls and convolutions run natively (oneDNN), faster than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def bf16_supported(device: str) -> bool:
+    """Whether ``device`` has fast bf16 (the planner probes bf16 only there; seg-predict's ``auto`` uses it
+    only there)."""
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return cpu_has_bf16()
+
+
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([hms])")
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from seg.config import check_option
+from seg.config import Precision, check_option
 from seg.data.postprocess import Postprocessing
 from seg.data.transforms import Preprocessing
 from seg.errors import one_line
@@ -376,10 +376,12 @@ def export_run_bundle(
     preprocessing: Preprocessing,
     fold: int,
     mirror_axes: Sequence[int] | None = None,
+    precision: str = "fp32",
 ) -> Path:
     """Write fold ``fold``'s final weights (the network as training left it), its best checkpoint's weights
     beside them when there is one, and ``model.yaml``. The network's ``{name, kwargs}`` and the inferer spec
-    come from the module's own hyper-parameters, so the bundle describes exactly what was trained."""
+    come from the module's own hyper-parameters, so the bundle describes exactly what was trained; ``precision``
+    (the training's, ``extra.precision``) is what ``seg-predict --precision auto`` starts from."""
     model_dir = Path(model_dir)
     save_weights(final_state, model_dir / f"fold_{fold}" / WEIGHTS["final"])
     if best_ckpt is not None:
@@ -392,7 +394,10 @@ def export_run_bundle(
         inferer=InfererSpec.from_mapping(hparams.get("inferer")),
         folds=[fold],
         mirror_axes=None if mirror_axes is None else sorted(int(a) for a in mirror_axes),
-        extra={"weights": dict(WEIGHTS) if best_ckpt is not None else {"final": WEIGHTS["final"]}},
+        extra={
+            "weights": dict(WEIGHTS) if best_ckpt is not None else {"final": WEIGHTS["final"]},
+            "precision": Precision.parse(precision).value,
+        },
     )
     return write_bundle_meta(model_dir, meta)
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-from seg.config import available_cores
+from seg.config import available_cores, bf16_supported, cpu_has_bf16  # noqa: F401  (the planner's names)
 from seg.plan.settings import SETTINGS
 
 log = logging.getLogger(__name__)
@@ -81,21 +80,3 @@ def memory_gb(device: str) -> float:
         return kb / 1e6 * SETTINGS.ram_share
     except (OSError, StopIteration, ValueError):
         return 8.0
-
-
-def cpu_has_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 matmuls and convolutions run natively (oneDNN), faster than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
-def bf16_supported(device: str) -> bool:
-    """Whether ``device`` has fast bf16 (the search probes bf16 only there)."""
-    import torch
-
-    if device == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return cpu_has_bf16()

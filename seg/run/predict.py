@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from seg.config import Precision, UserError, bf16_supported
 from seg.inference.agreement import check_bf16
 from seg.inference.batch import BatchOptions, BatchResult, predict_cases
 from seg.inference.bundle import load_bundle
@@ -37,7 +38,7 @@ class PredictRequest:
     output: str
     model: str
     engine: str = "torch"
-    precision: str = "fp32"
+    precision: str = "auto"  # auto | fp32 | bf16 (see choose_precision)
     folds: str = "all"
     device: str = "auto"
     tta: bool = False
@@ -76,6 +77,31 @@ def tta_note(axes: list[int], unrecorded: bool) -> str:
     return f"TTA: the mean over {2 ** len(axes)} mirrorings of axes {axes} ({why})"
 
 
+def choose_precision(asked: str, trained: str | None, engine: str, device: str) -> tuple[str, str]:
+    """``(precision, why)``: ``fp32``/``bf16`` as asked; ``auto`` takes bf16 only where the bundle trained in
+    bf16 (``extra.precision``), the engine is torch and the device runs bf16 natively, else fp32."""
+    if asked != "auto":
+        return Precision.parse(asked, "--precision").value, "asked"
+    if trained != "bf16" or engine != "torch" or not bf16_supported(device):
+        return "fp32", ""
+    return "bf16", "auto"
+
+
+def bf16_note(predictor, model: str, cases, why: str) -> str | None:
+    """The bf16 check's line. Asked for (``--precision bf16``), a failed check refuses the run; chosen by
+    ``auto``, it falls back to fp32 and says so."""
+    try:
+        line = check_bf16(predictor, model, cases)
+    except UserError as e:
+        if why != "auto":
+            raise
+        predictor.precision = "fp32"
+        return f"precision: fp32, though the model trained in bf16: {str(e).split('refused for this net: ', 1)[-1]}"
+    if line and why == "auto":
+        return f"precision: bf16, as the model trained (--precision fp32 turns it off); {line}"
+    return line
+
+
 def prepare(r: PredictRequest) -> PredictRun:
     """Every check before any case is predicted; a problem is a one-line :class:`~seg.errors.SegError`."""
     inp, out = check_paths(r.input, r.output)
@@ -83,18 +109,17 @@ def prepare(r: PredictRequest) -> PredictRun:
     bundle = load_bundle(r.model)
     folds = parse_folds(r.folds, bundle.folds)
     device = resolve_device(r.device)
-    check_engine(r.engine, device, r.precision)
+    precision, why = choose_precision(r.precision, bundle.meta.extra.get("precision"), r.engine, device)
+    check_engine(r.engine, device, precision)
     cases = discover(inp, bundle.meta.in_channels)
     if not cases:
         raise FileNotFoundError(f"{inp}: no NIfTI files (.nii, .nii.gz) found")
     cases = existing_outputs(cases, out, r.overwrite, r.resume)
     checkpoint = r.checkpoint or str(bundle.meta.extra.get("checkpoint") or "final")
     predictor = bundle.predictor(
-        folds, device, r.tta, r.overlap, r.threshold, r.engine, r.precision, checkpoint, r.postprocess
+        folds, device, r.tta, r.overlap, r.threshold, r.engine, precision, checkpoint, r.postprocess
     )
-    notes = []
-    if r.precision == "bf16":
-        notes.append(check_bf16(predictor, r.model, cases))
+    notes = [bf16_note(predictor, r.model, cases, why) if precision == "bf16" else None]
     notes.append(f"operating point: {operating_point(bundle.labels, predictor.threshold, r.threshold)}")
     if r.tta:
         notes.append(tta_note(predictor.mirror_axes, bundle.meta.mirror_axes is None))
@@ -109,7 +134,7 @@ def prepare(r: PredictRequest) -> PredictRun:
         folds,
         device,
         r.engine,
-        r.precision,
+        predictor.precision,
         " TTA" * r.tta,
     )
     return PredictRun(r, cases, predictor, bundle, out, [n for n in notes if n])

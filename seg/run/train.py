@@ -418,6 +418,7 @@ def _finish(cfg, trainer: pl.Trainer, model, dm, out: Path, t0: float) -> TrainR
                 dm.preprocessing,
                 int(dm.fold),
                 dm.augment.mirror_axes,
+                Precision.parse(cfg.trainer.get("precision") or "fp32").value,
             ).parent
             metrics["model_bundle"] = str(bundle)
         write_text(out / "metrics.json", json.dumps(metrics, indent=2))

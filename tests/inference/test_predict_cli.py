@@ -20,8 +20,9 @@ import scipy.ndimage
 import torch
 
 from seg.cli.predict import main
+from seg.inference.bundle import load_bundle
 from tests.conftest import REPO, shared
-from tests.inference.conftest import make_bundle
+from tests.inference.conftest import PATCH, bundle_meta, make_bundle
 
 
 def _digest(folder):
@@ -331,3 +332,56 @@ def test_a_bundle_with_mirror_axes_outside_0_to_2_is_one_line(tmp_path):
     (root / "model.yaml").write_text(yaml.safe_dump(meta))
     with pytest.raises(BundleError, match="mirror_axes"):
         load_bundle(root)
+
+
+@pytest.mark.parametrize(
+    "asked, trained, engine, fast, want",
+    [
+        ("auto", "bf16", "torch", True, ("bf16", "auto")),
+        ("auto", "bf16", "torch", False, ("fp32", "")),  # no native bf16 here: emulated bf16 is slower
+        ("auto", "bf16", "onnxruntime", True, ("fp32", "")),
+        ("auto", "fp32", "torch", True, ("fp32", "")),
+        ("auto", None, "torch", True, ("fp32", "")),  # a bundle from before the record
+        ("fp32", "bf16", "torch", True, ("fp32", "asked")),
+        ("bf16", "fp32", "torch", False, ("bf16", "asked")),
+    ],
+)
+def test_precision_auto_follows_the_training_and_the_machine(monkeypatch, asked, trained, engine, fast, want):
+    from seg.run import predict as run_predict
+
+    monkeypatch.setattr(run_predict, "bf16_supported", lambda device: fast)
+    assert run_predict.choose_precision(asked, trained, engine, "cpu") == want
+
+
+def test_auto_bf16_falls_back_to_fp32_where_asked_bf16_is_refused(tiny_bundle, synth_root, monkeypatch):
+    from seg.errors import UserError
+    from seg.inference import agreement
+    from seg.inference.cases import discover
+    from seg.run.predict import bf16_note
+
+    cases = discover(synth_root / "imagesTr", 1)[:1]
+    predictor = load_bundle(tiny_bundle).predictor([0], precision="bf16")
+    monkeypatch.setattr(agreement, "bf16_agreement", lambda p, files: 0.9)
+    line = bf16_note(predictor, "M", cases, "auto")
+    assert predictor.precision == "fp32"
+    assert line.startswith("precision: fp32, though the model trained in bf16: Dice between its fp32 and bf16")
+    predictor.precision = "bf16"
+    with pytest.raises(UserError, match="--precision bf16 refused"):
+        bf16_note(predictor, "M", cases, "asked")
+    monkeypatch.setattr(agreement, "bf16_agreement", lambda p, files: 0.9995)
+    assert bf16_note(predictor, "M", cases, "auto").startswith("precision: bf16, as the model trained")
+    assert predictor.precision == "bf16"
+
+
+def test_a_run_bundle_records_its_training_precision(tmp_path):
+    from seg.inference.bundle import export_run_bundle
+    from seg.nn import create_net
+
+    net = {"name": "unet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2, "filters": [4, 8, 8]}
+    kw = dict(net)
+    state = create_net(kw.pop("name"), **kw).state_dict()
+    meta = bundle_meta(net, {0: "bg", 1: "fg"}, ["T1"], PATCH, [0])
+    hp = {"net": net, "inferer": meta.inferer.as_dict()}
+    for precision in ("bf16-mixed", "fp32"):
+        export_run_bundle(tmp_path / precision, state, None, hp, meta, meta.preprocessing, 0, None, precision)
+        assert load_bundle(tmp_path / precision).meta.extra["precision"] == precision[:4]

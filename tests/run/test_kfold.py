@@ -74,6 +74,7 @@ def test_two_fold_cv_end_to_end_and_resume(synth_root, tmp_path):
     b = load_bundle(run / "model")
     assert b.folds == [0, 1] and b.labels == {0: "background", 1: "meningioma"}
     assert b.meta.net["name"] == "unet" and b.meta.net["in_channels"] == 1
+    assert b.meta.extra["precision"] == "fp32"  # the training's, which seg-predict --precision auto follows
     w = torch.load(run / "model" / "fold_0" / "weights.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in w.values())
     nets = b.load_nets()
