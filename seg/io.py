@@ -93,6 +93,13 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def cache_root() -> Path:
+    """seg's own cache folder: ``$SEG_CACHE_DIR``, else ``$XDG_CACHE_HOME/seg``, else ``~/.cache/seg`` (the
+    probe memory and the pre-processed data cache live there, never in a dataset's folder)."""
+    root = os.environ.get("SEG_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "seg"
+    return Path(root)
+
+
 def current_umask() -> int:
     """The process umask, read without changing it (``os.umask`` sets it, racing other threads)."""
     try:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from monai import transforms as T
-from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset, ThreadDataLoader, partition_dataset
+from monai.data import CacheDataset, DataLoader, Dataset, ThreadDataLoader, partition_dataset
 
 from seg.config import check_option
 from seg.data.datalist import DatasetError, DatasetSpec, load_dataset
@@ -34,6 +34,7 @@ class CacheMode(str, Enum):
     NONE = "none"
     CACHE = "cache"
     PERSISTENT = "persistent"
+    DISK = "disk"
 
 
 class Pipeline(str, Enum):
@@ -75,9 +76,11 @@ class SegDataModule(pl.LightningDataModule):
         augment: an :class:`~seg.data.transforms.Augment` or its mapping (missing or null keys: its defaults).
         batch_size: training batch size (volumes x ``num_samples`` patches).
         num_workers: DataLoader workers (None: ``DEFAULT_NUM_WORKERS``).
-        cache: "none", "cache" (in memory) or "persistent" (on disk in ``cache_dir``).
+        cache: "none", "cache" (in memory) or "disk" (pre-processed once into ``cache_dir``, read memory-mapped:
+            :mod:`seg.data.diskcache`; the workers pipeline only). "persistent", the old name of an on-disk
+            cache (MONAI's, keyed by the input paths only: it trained on stale tensors), is now "disk".
         cache_rate: fraction of cases cached in memory.
-        cache_dir: folder for the persistent cache.
+        cache_dir: folder of the on-disk cache (None: ``$SEG_CACHE_DIR/preprocessed``; never the dataset's).
         fold: which fold of the splits is validation.
         num_folds: K of the k-fold split.
         split_seed: seed of the split (the one seed key: seg-kfold uses it too).
@@ -224,9 +227,28 @@ class SegDataModule(pl.LightningDataModule):
         if self.pipeline == Pipeline.DEVICE:
             self._device_datasets(det, train, val)
             return
+        if self.cache in ("disk", "persistent"):  # persistent: the old name, once MONAI's path-keyed cache
+            self._disk_datasets(det, train, val)
+            return
         rnd = random_transforms(self.mode, self.patch_size, self.pos_neg, self.num_samples, self.augment)
         self.train_ds = self._dataset(train, T.Compose(det + rnd), "train")
         self.val_ds = self._dataset(val, T.Compose(det), "val")
+
+    def _disk_datasets(self, det: list, train: list[dict], val: list[dict]) -> None:
+        """The workers pipeline over :class:`~seg.data.diskcache.DiskCacheDataset`: training entries hold the
+        pad and the sampler's indices too (as the device pipeline caches them), validation entries the volume."""
+        from seg.data.diskcache import DiskCacheDataset
+
+        patch = self.mode == "patch"
+        base = {"pre": self.preprocessing.as_dict(), "labels": self.spec.labels, "channels": self.spec.channel_names}
+        sampling = {"sampling_pad": self.patch_size if patch else None}
+        rnd = random_transforms(
+            self.mode, self.patch_size, self.pos_neg, self.num_samples, self.augment, cached_indices=patch
+        )
+        cached = det + (sampling_cache(self.patch_size) if patch else [])
+        kw = {"folder": self.cache_dir, "workers": max(1, self.num_workers)}
+        self.train_ds = DiskCacheDataset(train, cached, rnd, base | sampling, **kw)
+        self.val_ds = DiskCacheDataset(val, det, None, base | {"sampling_pad": None}, **kw)
 
     @property
     def device(self) -> torch.device:
@@ -251,10 +273,6 @@ class SegDataModule(pl.LightningDataModule):
             return CacheDataset(
                 items, transform, cache_rate=self.cache_rate, num_workers=max(1, self.num_workers), progress=False
             )
-        if self.cache == "persistent":
-            cache_dir = Path(self.cache_dir or Path(self.root) / ".seg_cache") / name
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            return PersistentDataset(items, transform, cache_dir=cache_dir)
         return Dataset(items, transform)
 
     def train_dataloader(self) -> DataLoader:

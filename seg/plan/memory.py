@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from seg.config import available_cores
+from seg.io import cache_root
 from seg.plan.settings import SETTINGS
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,7 @@ BUSY_SLOT = " | busy"  # a busy machine's figures are kept apart, read only wher
 
 def memory_path() -> Path:
     """The probe memory's file: ``$SEG_CACHE_DIR/probes.json`` (default ``$XDG_CACHE_HOME/seg`` or ``~/.cache/seg``)."""
-    root = os.environ.get("SEG_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "seg"
-    return Path(root) / FILE_NAME
+    return cache_root() / FILE_NAME
 
 
 def enabled() -> bool:

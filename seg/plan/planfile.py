@@ -78,6 +78,8 @@ def _data(plan: Plan, root: str) -> CommentedMap:
             else "worker processes: the cores this process may use, less the one that trains",
         ),
     ]
+    if dc.get("cache") == "disk":
+        rows.append(("cache", "disk", "each case pre-processed once, read memory-mapped: no case held in RAM"))
     if plan.folds < 5:
         rows.append(("num_folds", plan.folds, f"{plan.n_cases} cases: one validation case per fold"))
     rows.append(("augment", _map([("flip_axes", _flow(dc["augment"]["flip_axes"]), r["mirror"])]), None))

@@ -5,7 +5,8 @@ The steps, in order (each one's reason goes into the plan file as a comment):
 1. the data's own rules (``seg.plan.rules``): spacing, normalisation, pooling, the full patch (whole volumes
    when the median case fits), mirroring and patch sampling;
 2. the data pipeline: ``device`` (the cached cases on the training device, augmentation on its tensors) when
-   the cached training cases fit in ``device_cache_share`` of its memory, else ``workers``;
+   the cached training cases fit in ``device_cache_share`` of its memory, else ``workers`` reading the
+   on-disk cache (``data.cache: disk``, :mod:`seg.data.diskcache`: a dataset larger than memory trains);
 3. the search (``seg.plan.search``) over bare steps (``seg.plan.timing``, or ``seg.plan.estimate`` for an
    absent device): precision, memory format, ensemble members, width and patch;
 4. on the present device, the training probe (``seg.plan.timing``): the chosen candidate's real step through
@@ -289,7 +290,7 @@ def choose_pipeline(
         why = f"the cached cases take {gb:.2f} GB of the {memory_gb:.0f} GB of {where} a run may use"
         return "device", why + ": cached on the device, augmented there, no worker processes"
     why = f"the cached cases would take {gb:.1f} GB, over {share:.0%} of the {memory_gb:.0f} GB"
-    return "workers", why + " a run may use: worker processes"
+    return "workers", why + " a run may use: worker processes reading the on-disk cache (data.cache=disk)"
 
 
 class Planner:
@@ -328,6 +329,7 @@ class Planner:
             "pos_neg": [1, 1],
             "augment": {"flip_axes": list(d.flip_axes)},
             "pipeline": self.pipeline,
+            **({"cache": "disk"} if self.pipeline == "workers" else {}),
             "num_workers": 0 if self.pipeline == "device" else self.workers,
         }
 

@@ -64,7 +64,10 @@ def test_datamodule_batches(synth_root, tmp_path, mode, kwargs, expected):
     assert json.loads((tmp_path / "splits.json").read_text())[0]["val"] == dm.val_cases
 
 
-def test_persistent_cache(synth_root, tmp_path):
+def test_persistent_is_the_content_keyed_disk_cache(synth_root, tmp_path):
+    """data.cache=persistent (once MONAI's path-keyed cache, R3 of round three) reads seg's disk cache."""
+    from seg.data.diskcache import DiskCacheDataset
+
     dm = SegDataModule(
         str(synth_root),
         patch_size=[16, 16, 16],
@@ -76,7 +79,8 @@ def test_persistent_cache(synth_root, tmp_path):
     )
     dm.setup("fit")
     next(iter(dm.train_dataloader()))
-    assert any((tmp_path / "cache" / "train").iterdir())
+    assert isinstance(dm.train_ds, DiskCacheDataset) and isinstance(dm.val_ds, DiskCacheDataset)
+    assert len([p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]) == 8
 
 
 def test_orientation_zscore_and_label_remap(tmp_path):

@@ -107,7 +107,8 @@ def test_pipeline_is_device_when_the_cached_cases_fit():
     assert choose_pipeline(*d.values(), memory_gb=0.1, device="cuda", share=share)[0] == "workers"
     # 200 cases padded to the 40x56x40 patch, image + label float32: 0.14 GB, against half the memory
     assert share == 0.5 and choose_pipeline(*d.values(), memory_gb=0.29, device="cpu", share=share)[0] == "device"
-    assert choose_pipeline(*d.values(), memory_gb=0.28, device="cpu", share=share)[0] == "workers"
+    pipe, why = choose_pipeline(*d.values(), memory_gb=0.28, device="cpu", share=share)
+    assert pipe == "workers" and why.endswith("worker processes reading the on-disk cache (data.cache=disk)")
 
 
 # -- noise and load ---------------------------------------------------------------------------------------
