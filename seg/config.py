@@ -45,6 +45,41 @@ def _conf_dir() -> str:
 CONF_DIR = _conf_dir()
 
 
+PLAN_KEYS = ("defaults", "task_name", "planned", "data", "model", "ensemble", "trainer", "callbacks", "cv", "seed")
+HYDRA_CALL_KEYS = ("_target_", "_partial_", "_args_", "_recursive_", "_convert_")
+
+
+def check_plan_file(plan: Any, path: Path) -> None:
+    """A plan file is data: a mapping of the keys seg-plan writes (:data:`PLAN_KEYS`), no Hydra call key
+    (``_target_`` ... : a plan names registered configs, never code), ``defaults`` entries that override a config
+    group with one of seg's own configs, and ``callbacks`` entries that only turn a callback off (null).
+    One line naming the file and the key, else nothing."""
+    if not isinstance(plan, dict):
+        raise UserError(f"{path}: not a plan (a YAML mapping written by seg-plan)")
+    unknown = sorted(str(k) for k in plan if k not in PLAN_KEYS)
+    if unknown:
+        raise UserError(f"{path}: {', '.join(unknown)}: not a key of a plan (a plan sets {', '.join(PLAN_KEYS)})")
+
+    def walk(node: Any, where: str) -> None:
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for k, v in items:
+            at = f"{where}.{k}" if where else str(k)
+            if k in HYDRA_CALL_KEYS:
+                raise UserError(f"{path}: {at}: a plan file names no code to run (plans use seg's registered configs)")
+            walk(v, at)
+
+    walk(plan, "")
+    for entry in plan.get("defaults") or []:
+        group, name = next(iter(entry.items())) if isinstance(entry, dict) and len(entry) == 1 else (None, None)
+        group = str(group).removeprefix("override ").strip("/ ") if group else ""
+        plain = re.fullmatch(r"[\w-]+(/[\w-]+)*", group) and re.fullmatch(r"[\w-]+", str(name))
+        if entry != "_self_" and not (plain and (Path(CONF_DIR) / group / f"{name}.yaml").is_file()):
+            raise UserError(f"{path}: defaults entry {entry!r} is not one of seg's configs (conf/GROUP/NAME.yaml)")
+    for name, value in (plan.get("callbacks") or {}).items():
+        if value is not None:
+            raise UserError(f"{path}: callbacks.{name}: a plan may only turn a callback off (null)")
+
+
 def shared_data(name: str = "") -> str:
     """Where the project's real data lie: ``SEG_SHARED_DATA``, else ``../shared/data`` beside a checkout
     (an absolute path, whatever the working folder; the committed experiments resolve theirs with it)."""

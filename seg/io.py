@@ -211,7 +211,12 @@ class FolderLock:
         from seg.errors import UserError
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "a+")
+        try:  # never through a link: a planted .lock symlink would have its target truncated
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as e:
+            why = "a symbolic link (a lock file is never followed)" if self.path.is_symlink() else one_line(e)
+            raise UserError(f"{self.path}: {why}: remove it and run again") from None
+        self._f = os.fdopen(fd, "r+")
         try:
             fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from seg.config import UserError
+from seg.config import UserError, check_plan_file
 from seg.errors import Interrupted
 
 
 def plan_overrides(args: list[str]) -> list[str]:
     """``plan=PLAN.yaml`` (a file written by seg-plan) -> Hydra overrides that compose it as an experiment.
 
-    The plan is linked as ``experiment/<name>.yaml`` into a folder added to Hydra's search path, so it
-    composes exactly like the experiments in ``conf/experiment`` and later command-line overrides win. The
-    folder is one per plan file (named by its path's hash, reused by every run of it), not one per run.
+    The plan is read as data (:func:`seg.config.check_plan_file`: no key that runs code) and copied, as read,
+    as ``experiment/<name>.yaml`` into a private temporary folder (``mkdtemp``: unpredictable, the user's
+    only; removed at exit) added to Hydra's search path, so it composes exactly like the experiments in
+    ``conf/experiment`` and later command-line overrides win.
     """
-    import hashlib
+    import atexit
+    import shutil
     import tempfile
 
     import yaml
@@ -28,20 +30,18 @@ def plan_overrides(args: list[str]) -> list[str]:
     path = Path(plans[0].split("=", 1)[1]).expanduser().resolve()
     if not path.is_file():
         raise UserError(f"{path}: plan file does not exist (write one with seg-plan)")
+    text = path.read_text(errors="replace")
     try:
-        if not isinstance(yaml.safe_load(path.read_text()), dict):
-            raise UserError(f"{path}: not a plan (a YAML mapping written by seg-plan)")
+        check_plan_file(yaml.safe_load(text), path)
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
         raise UserError(f"{path}: plan file is not valid YAML{at} (write one with seg-plan)") from None
-    key = hashlib.sha256(str(path).encode()).hexdigest()[:12]
-    search = Path(tempfile.gettempdir()) / f"seg_plan_{key}"
-    (search / "experiment").mkdir(parents=True, exist_ok=True)
+    search = Path(tempfile.mkdtemp(prefix="seg_plan_"))
+    atexit.register(shutil.rmtree, search, True)
     name = "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in path.stem)
-    link = search / "experiment" / f"{name}.yaml"
-    link.unlink(missing_ok=True)
-    link.symlink_to(path)
+    (search / "experiment").mkdir()
+    (search / "experiment" / f"{name}.yaml").write_text(text)
     rest = [a for a in args if not a.startswith("plan=")]
     return [f"hydra.searchpath=[file://{search}]", f"experiment={name}", *rest]
 

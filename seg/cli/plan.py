@@ -51,7 +51,7 @@ def _plan(a: argparse.Namespace, argv: list[str] | None) -> int:
 
     from seg.cli.common import setup_logging
     from seg.io import write_text
-    from seg.plan.planfile import plan_table, plan_yaml
+    from seg.plan.planfile import check_outputs, plan_table, plan_yaml
     from seg.plan.planner import Planner, PlanRequest, parse_budget
     from seg.plan.settings import SETTINGS
 
@@ -59,6 +59,7 @@ def _plan(a: argparse.Namespace, argv: list[str] | None) -> int:
     name = Path(a.dataset).resolve().name
     out = Path(a.output or f"outputs/plans/{name}_{a.net}_{a.budget.replace(':', '-')}.yaml")
     cache = Path(a.fingerprint) if a.fingerprint else out.with_suffix(".fingerprint.json")
+    check_outputs(Path(a.dataset), out, cache)
     device = "cuda" if a.device == "auto" and torch.cuda.is_available() else "cpu" if a.device == "auto" else a.device
     request = PlanRequest(
         root=Path(a.dataset), net=a.net, budget_s=parse_budget(a.budget), device=device, devices=a.devices,

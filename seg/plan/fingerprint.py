@@ -120,11 +120,13 @@ def compute_fingerprint(
     if cache is not None and Path(cache).is_file():
         try:
             cached = json.loads(Path(cache).read_text())
+            if not isinstance(cached, dict) or not isinstance(cached.get("cases"), list):
+                raise ValueError("not a fingerprint")
             if cached.get("key") == key:
                 log.info("fingerprint: reusing %s", cache)
                 return cached
-        except json.JSONDecodeError:
-            pass
+        except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+            log.warning("%s: unreadable fingerprint cache (%s): computed again", cache, str(e).splitlines()[0])
     workers = workers or min(len(spec.cases), os.cpu_count() or 1)
     samples = is_ct(spec.channel_names)
     jobs = [(c, spec.label_ids, i, samples) for i, c in enumerate(spec.cases)]

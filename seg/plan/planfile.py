@@ -17,11 +17,34 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString as Quoted
 
-from seg.config import as_max_time, human_duration
+from seg.config import UserError, as_max_time, human_duration
+from seg.io import check_writable
 from seg.plan.planner import Plan
 
 BUSY = "other processes kept the CPU busy while it was probed"
 DICE_OVER_BATCH = "Dice over the whole batch (nnU-Net's 3D choice): empty patches still count"
+
+
+def check_outputs(dataset: Path, out: Path, fingerprint: Path) -> None:
+    """Before any probe: seg-plan writes no file inside the dataset it reads; ``-o`` replaces only a plan (a
+    YAML mapping with ``planned:``); the fingerprint cache is a ``*.fingerprint.json``; both folders take a
+    file. One line naming the path, else nothing."""
+    import yaml
+
+    ds = dataset.resolve()
+    for path, what in ((out, "plan file (-o)"), (fingerprint, "fingerprint cache (--fingerprint)")):
+        if path.resolve().is_relative_to(ds):
+            raise UserError(f"{path}: {what} inside the dataset folder {ds}: seg-plan writes nothing where it reads")
+        check_writable(path.parent, f"folder of the {what}")
+    if not fingerprint.name.endswith(".fingerprint.json"):
+        raise UserError(f"{fingerprint}: a fingerprint cache is named *.fingerprint.json (seg-plan replaces it)")
+    if out.exists():
+        try:
+            plan = yaml.safe_load(out.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError, OSError):
+            plan = None
+        if not (isinstance(plan, dict) and "planned" in plan):
+            raise UserError(f"{out}: exists and is not a plan seg-plan wrote: give -o a new file (or remove it)")
 
 
 def _flow(xs) -> CommentedSeq:

@@ -151,13 +151,13 @@ def test_seg_plan_missing_dataset_is_one_line(tmp_path, capsys):
     assert "nope" in err and len(err.strip().splitlines()) == 1
 
 
-def test_a_dataset_of_one_case_is_refused_in_one_line(synth_copy, capsys):
+def test_a_dataset_of_one_case_is_refused_in_one_line(synth_copy, tmp_path, capsys):
     from seg.cli.plan import main
 
     meta = json.loads((synth_copy / "dataset.json").read_text())
     meta["training"] = meta["training"][:1]
     (synth_copy / "dataset.json").write_text(json.dumps(meta))
-    assert main([str(synth_copy), "-q", "-o", str(synth_copy / "p.yaml")]) == 2
+    assert main([str(synth_copy), "-q", "-o", str(tmp_path / "p.yaml")]) == 2
     err = capsys.readouterr().err
     assert "2 at least" in err and str(synth_copy) in err and len(err.strip().splitlines()) == 1
 

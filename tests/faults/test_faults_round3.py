@@ -1,0 +1,186 @@
+"""Faults, round three (#40): any file a command reads is data, any cache knows its inputs, no command writes
+where it reads or through a planted link. Rows as in round two: what is broken, the command, the exit code,
+the one line (naming the file at fault) and what holds afterwards. Rows recorded with SEG_FAULTS_REPORT.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import yaml
+
+from seg.errors import ExitCode
+from tests.conftest import REPO
+from tests.faults.test_faults import Env, _record, env, predict  # noqa: F401  (env: the fixture)
+from tests.faults.test_faults_round2 import _run
+
+
+# -- any file a command reads is data: a hostile plan (R1) -------------------------------------------------
+def _plan(tmp: Path, **top) -> Path:
+    """The committed planned experiment with ``top`` merged over it (a plan as seg-plan writes it)."""
+    plan = yaml.safe_load((REPO / "conf" / "experiment" / "hippocampus_planned.yaml").read_text())
+    for k, v in top.items():
+        plan[k] = {**plan.get(k, {}), **v} if isinstance(v, dict) and isinstance(plan.get(k), dict) else v
+    path = tmp / "hostile.yaml"
+    path.write_text(yaml.safe_dump(plan, sort_keys=False))
+    return path
+
+
+def _write_text_target(tmp: Path) -> dict:
+    return {"optimizer": {"_target_": "pathlib.Path.write_text", "self": str(tmp / "planted.txt"), "data": "x"}}
+
+
+HOSTILE_PLANS = [
+    ("plan-target-writes-a-file", lambda t: {"model": _write_text_target(t)}, "model.optimizer._target_"),
+    ("plan-partial-key", lambda t: {"data": {"_partial_": True}}, "data._partial_"),
+    ("plan-callback-with-target", lambda t: {"callbacks": {"x": {"_target_": "os.system"}}}, "callbacks.x._target_"),
+    ("plan-callback-turned-on", lambda t: {"callbacks": {"early_stopping": {"patience": 1}}}, "only turn a callback"),
+    ("plan-hydra-key", lambda t: {"hydra": {"run": {"dir": str(t / "elsewhere")}}}, "hydra: not a key of a plan"),
+    ("plan-defaults-foreign", lambda t: {"defaults": [{"override /data": "../../x"}]}, "not one of seg's configs"),
+    ("plan-not-a-mapping", None, "not a plan"),
+]
+
+
+@pytest.mark.parametrize("name, top, needle", HOSTILE_PLANS, ids=[r[0] for r in HOSTILE_PLANS])
+def test_a_plan_file_is_data(tmp_path, name, top, needle):
+    if top is None:
+        plan = tmp_path / "hostile.yaml"
+        plan.write_text("- a\n- list\n")
+    else:
+        plan = _plan(tmp_path, **top(tmp_path))
+    r = _run("seg.cli.train", f"plan={plan}", f"hydra.run.dir={tmp_path / 'run'}", "trainer.max_epochs=1")
+    lines = [x for x in r.stderr.splitlines() if needle in x]
+    assert r.returncode == ExitCode.REFUSED and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert lines and "hostile.yaml" in lines[0], r.stderr[-3000:]
+    assert not (tmp_path / "planted.txt").exists() and not (tmp_path / "run").exists()
+    _record(name, r.returncode, lines[0], tmp_path)
+
+
+def test_the_committed_plans_pass_the_plan_rule():
+    from seg.config import check_plan_file
+
+    for path in sorted((REPO / "conf" / "experiment").glob("*planned*.yaml")):
+        check_plan_file(yaml.safe_load(path.read_text()), path)
+
+
+def test_a_plan_is_composed_from_a_private_copy_not_a_predictable_folder(tmp_path, monkeypatch):
+    """R7: the folder Hydra searches is made by mkdtemp (0700, a new name each run), and holds a copy: a link
+    planted where the old predictable folder was is neither followed nor deleted through."""
+    import hashlib
+    import tempfile
+
+    from seg.cli.args import plan_overrides
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    plan = _plan(tmp_path)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "hostile.yaml").write_text("keep me")
+    old = tmp_path / "tmp" / f"seg_plan_{hashlib.sha256(str(plan).encode()).hexdigest()[:12]}"
+    old.mkdir()
+    (old / "experiment").symlink_to(victim)
+    first, second = (plan_overrides([f"plan={plan}"])[0] for _ in range(2))
+    assert (victim / "hostile.yaml").read_text() == "keep me"
+    folders = [Path(x.split("file://", 1)[1].rstrip("]")) for x in (first, second)]
+    assert folders[0] != folders[1] and all(f != old for f in folders)
+    for f in folders:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o700
+        copy = f / "experiment" / "hostile.yaml"
+        assert not copy.is_symlink() and copy.read_text() == plan.read_text()
+
+
+# -- no command writes where it reads: seg-plan's outputs (R2, R13) ---------------------------------------
+def _o_dataset_json(ds, t):
+    return ds / "dataset.json", ["-o", str(ds / "dataset.json")]
+
+
+def _fingerprint_dataset_json(ds, t):
+    return ds / "dataset.json", ["--fingerprint", str(ds / "dataset.json")]
+
+
+def _o_not_a_plan(ds, t):
+    notes = t / "notes.yaml"
+    notes.write_text("my: notes\n")
+    return notes, ["-o", str(notes)]
+
+
+def _fingerprint_misnamed(ds, t):
+    return t / "fp.json", ["--fingerprint", str(t / "fp.json")]
+
+
+def _o_under_a_file(ds, t):
+    (t / "afile").write_text("x")
+    return t / "afile", ["-o", str(t / "afile" / "p.yaml")]
+
+
+PLAN_OUTPUT_ROWS = [
+    ("plan-o-dataset-json", _o_dataset_json, "inside the dataset folder"),
+    ("plan-fingerprint-dataset-json", _fingerprint_dataset_json, "inside the dataset folder"),
+    ("plan-o-replaces-a-non-plan", _o_not_a_plan, "is not a plan seg-plan wrote"),
+    ("plan-fingerprint-not-a-fingerprint-name", _fingerprint_misnamed, "*.fingerprint.json"),
+    ("plan-o-under-a-file", _o_under_a_file, "not a folder"),
+]
+
+
+@pytest.mark.parametrize("name, setup, needle", PLAN_OUTPUT_ROWS, ids=[r[0] for r in PLAN_OUTPUT_ROWS])
+def test_plan_outputs_are_checked_before_any_probe(synth_copy, tmp_path, capsys, monkeypatch, name, setup, needle):
+    from seg.cli.plan import main
+    from seg.plan import planner
+
+    monkeypatch.setattr(planner.Planner, "plan", lambda self: pytest.fail("probed before the outputs were checked"))
+    named, args = setup(synth_copy, tmp_path)
+    before = {p: p.read_bytes() for p in [*synth_copy.rglob("*"), *tmp_path.glob("*")] if p.is_file()}
+    rc = main([str(synth_copy), *args, "-q"])
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if needle in x]
+    assert rc == ExitCode.REFUSED and "Traceback" not in err, err[-2000:]
+    assert lines and named.name in lines[0], err[-2000:]
+    assert {p: p.read_bytes() for p in before} == before  # nothing replaced
+    _record(name, rc, lines[0], tmp_path)
+
+
+def test_plan_o_replaces_its_own_earlier_plan(synth_copy, tmp_path, monkeypatch):
+    """The rule's other side: a file that is a plan (``planned:``) may be replaced by -o."""
+    from seg.plan.planfile import check_outputs
+
+    earlier = tmp_path / "p.yaml"
+    earlier.write_text("planned: {dataset: x}\ndata: {}\n")
+    check_outputs(synth_copy, earlier, tmp_path / "p.fingerprint.json")  # no refusal
+
+
+# -- caches know their inputs: a garbage fingerprint cache (R15) ------------------------------------------
+@pytest.mark.parametrize(
+    "garbage", ["[1, 2]", '{"key": 5}', "not json", "\udcff"], ids=["list", "no-cases", "text", "bytes"]
+)
+def test_a_garbage_fingerprint_cache_is_computed_again_with_one_warning(synth_root, tmp_path, caplog, garbage):
+    from seg.data.datalist import load_dataset
+    from seg.plan.fingerprint import compute_fingerprint
+
+    cache = tmp_path / "x.fingerprint.json"
+    cache.write_bytes(garbage.encode("utf-8", "surrogateescape"))
+    with caplog.at_level(logging.WARNING):
+        fp = compute_fingerprint(load_dataset(synth_root), cache, workers=1, progress=False)
+    assert len(fp["cases"]) == 8 and json.loads(cache.read_text())["key"] == fp["key"]
+    warned = [r.getMessage() for r in caplog.records if "unreadable fingerprint cache" in r.getMessage()]
+    assert len(warned) == 1 and cache.name in warned[0]
+
+
+# -- locks are never followed (R6) ------------------------------------------------------------------------
+def test_a_planted_lock_link_is_refused_and_its_target_kept(env, capsys):  # noqa: F811
+    victim = env.tmp / "victim.txt"
+    victim.write_text("keep me")
+    env.out.mkdir()
+    (env.out / ".seg-predict.lock").symlink_to(victim)
+    rc = predict(env)
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if "symbolic link" in x]
+    assert rc == ExitCode.REFUSED and lines and ".seg-predict.lock" in lines[0], err
+    assert victim.read_text() == "keep me" and not list(env.out.glob("*.nii.gz"))
+    _record("predict-lock-is-a-planted-link", rc, lines[0], env.tmp)
+    assert os.path.islink(env.out / ".seg-predict.lock")  # left for the user to look at, not removed
