@@ -142,3 +142,16 @@ def test_the_screen_is_answered_once_a_plan(scans, tmp_path):
     plan = make_plan(scans, budget="10m", instruments=m, cache=tmp_path / "fp.json", progress=False, resolution="full")
     searched = [tuple(p.patch) for p in plan.probes][1:]  # the machine-rate probe aside
     assert all(math.prod(p) <= math.prod(searched[0]) for p in searched), searched
+
+
+@pytest.mark.parametrize(
+    "net, tol", [("unet", 0.0), ("agunet", 0.0), ("daunet", 0.002)], ids=["unet", "agunet", "daunet"]
+)
+def test_flops_scaled_per_voxel_equal_the_counted_ones(net, tol):
+    from seg.plan import estimate
+    from seg.plan.records import Candidate
+
+    for base, patch, batch in ((4, (64, 64, 80), 2), (8, (64, 48, 160), 1), (4, (32, 64, 64), 2)):
+        scaled = estimate.step_flops(net, Candidate(base, patch, batch, "bf16"), 5, 1, 2)
+        counted = estimate._count_flops(net, base, 5, 1, 2, batch, patch)
+        assert scaled == pytest.approx(counted, rel=tol, abs=0), (net, patch)
