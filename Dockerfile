@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# seg-predict in a container: NIfTI volumes in /input -> uint8 NIfTI masks in /output, model in /model.
+# seg-predict in a container: NIfTI volumes or DICOM series in /input -> NIfTI masks (and/or DICOM SEG) in
+# /output, model in /model. DICOM: `docker run -v /pacs/export:/input:ro ... seg --output-format both`
 #
 #   CPU (default):  docker build -t seg .
 #   CUDA:           docker build -t seg:cuda --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu126 .

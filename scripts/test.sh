@@ -5,6 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh test
+# the independent DICOM checker the SEG tests run (Debian's dicom3tools): installed where apt can, else skipped
+if ! command -v dciodvfy >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  echo "[test] installing dicom3tools (dciodvfy) for the DICOM SEG tests"
+  (apt-get install -y -q dicom3tools >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 \
+    && apt-get install -y -q dicom3tools >/dev/null 2>&1; }) || echo "[test] no dicom3tools: those checks skip"
+fi
 VENV="${SEG_VENV:-.venv}"
 echo "[test] ruff check"
 "$VENV/bin/ruff" check seg tests scripts

@@ -26,6 +26,11 @@ HELP_FLAGS = {"-h", "--help"}  # a command asked for its help only: no torch thr
 def setup_logging(level: int = logging.INFO) -> None:
     """The one log format of every command (Hydra's job logging uses the same: conf/hydra/default.yaml)."""
     logging.basicConfig(level=level, format=LOG_FORMAT, datefmt=DATE_FORMAT, stream=sys.stderr)
+    for name in QUIET_LOGGERS:  # libraries narrating their routine work at INFO, or a missing optional GPU codec
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+QUIET_LOGGERS = ("highdicom", "monai.data.nvimgcodec_pydicom_plugin")
 
 
 def report(e: BaseException) -> None:

@@ -13,7 +13,7 @@ import os
 import sys
 
 PATHS = (  # -i/-o/-m default to $SEG_INPUT/$SEG_OUTPUT/$SEG_MODEL (the Docker image sets them)
-    ("-i", "--input", "SEG_INPUT", "a NIfTI file, a folder of them, or nnU-Net CASE_0000 channel files"),
+    ("-i", "--input", "SEG_INPUT", "a NIfTI file, a folder of them, nnU-Net CASE_0000 files, or DICOM (folder, zip)"),
     ("-o", "--output", "SEG_OUTPUT", "output folder (masks as OUTPUT/<case>.nii.gz)"),
     ("-m", "--model", "SEG_MODEL", "model bundle folder (model.yaml + fold_<k>/weights.pt)"),
 )
@@ -25,6 +25,7 @@ OPTIONS = (  # (flags, kwargs) of the plain options
     (("--device",), dict(choices=["auto", "cpu", "cuda"], default="auto")),
     (("--tta",), dict(action="store_true", help="test-time augmentation: mean over all mirrorings")),
     (("--overlap",), dict(type=float, default=None, help="sliding-window overlap (default: the bundle's)")),
+    (("--output-format",), dict(choices=["nifti", "dicom-seg", "both"], default="nifti", help="DICOM input: SEG")),
     (("--save-probabilities",), dict(action="store_true", help="also <case>_prob.nii.gz (float32, per class)")),
     (("--threshold",), dict(default=None, help="foreground probability threshold, or argmax (default: bundle's)")),
     (("--png",), dict(action="store_true", help="an overlay montage per case (<case>.png)")),

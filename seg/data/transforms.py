@@ -7,6 +7,7 @@ the random suffix (crops and augmentation) runs every epoch.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
@@ -285,6 +286,8 @@ def deterministic_transforms(
 
 
 _install_slab_resampling()  # MONAI resampling in bounded slabs (seg.data.resample says why)
+# with pydicom installed (seg's DICOM input), every LoadImage says that its optional GPU DICOM codec is absent
+warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader", category=UserWarning)
 
 FG, BG = "label_fg_indices", "label_bg_indices"  # FgBgToIndicesd's keys (device pipeline)
 

@@ -59,6 +59,8 @@ class BatchOptions:
     progress: bool = False
     progress_log: bool = False  # a log line per case done (logs without a terminal: k-fold's out-of-fold pass)
     keep_summary: bool = False  # add to an existing summary.csv (seg-predict --continue) instead of replacing it
+    output_format: str = "nifti"  # nifti | dicom-seg | both (the SEG for DICOM cases: seg.inference.dicom)
+    algorithm: tuple[str, str] = ("seg", "")  # the SEG's algorithm name and version
 
     def __post_init__(self) -> None:
         self.probabilities = check_option("probabilities", self.probabilities, ProbabilityFormat)
@@ -73,8 +75,8 @@ class BatchResult:
 
 
 def stem(output_name: str) -> str:
-    """``case.nii.gz`` / ``case.nii`` -> ``case``."""
-    return output_name.split(".nii")[0]
+    """``case.nii.gz`` / ``case.nii`` / ``case.seg.dcm`` -> ``case``."""
+    return output_name.removesuffix(".seg.dcm").split(".nii")[0]
 
 
 def case_report(labels_map: np.ndarray, names: Mapping[int, str], spacing: Sequence[float]) -> dict:
@@ -165,7 +167,13 @@ def predict_one(
         write_case_json(report, out / f"{stem(case.output_name)}.json")
     if options.overlay:
         write_overlay(pr, out / f"{stem(case.output_name)}.png", case.case_id, labels)
-    save_mask(pr.labels, pr.reference, target)
+    series = case.extra.get("dicom")
+    if series is not None and options.output_format != "nifti":
+        from seg.inference.dicom import write_seg
+
+        write_seg(series, pr.labels, dict(labels), out / f"{case.case_id}.seg.dcm", options.algorithm)
+    if not case.output_name.endswith(".seg.dcm"):
+        save_mask(pr.labels, pr.reference, target)
     secs = report["seconds"]
     post = "; ".join(f"{k} {v}" for k, v in report["postprocessing"].items())
     log.info(
@@ -243,7 +251,7 @@ def predict_cases(
                         problem = one_line(e)
                 if problem is not None:
                     result.failures.append((c.case_id, problem))
-                    log.error("%s: %s", c.files[0], problem)
+                    log.error("%s: %s", c.extra.get("source", c.files[0]), problem)
                 if progress is not None:
                     progress.advance(task)
                 if options.progress_log:

@@ -1,8 +1,13 @@
-"""Input discovery for ``seg-predict``: a NIfTI file, a folder of them, or nnU-Net channel files."""
+"""Input discovery for ``seg-predict``: a NIfTI file, a folder of them, nnU-Net channel files, or DICOM series
+(a folder or zip of DICOM files: :mod:`seg.inference.dicom`)."""
 
 from __future__ import annotations
 
+import atexit
+import logging
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,6 +15,8 @@ import numpy as np
 
 from seg.data.datalist import NIFTI_ENDINGS, case_id_from_path
 from seg.io import GRID_TOL, NiftiError, read_nifti
+
+log = logging.getLogger(__name__)
 
 CHANNEL = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
 
@@ -100,11 +107,50 @@ def _group(files: list[Path], n_channels: int) -> list[InputCase]:
     return sorted(cases, key=lambda c: (c.case_id, c.files[0]))
 
 
-def discover(input_path: str | Path, n_channels: int) -> list[InputCase]:
+def dicom_cases(path: Path, n_channels: int, output_format: str = "nifti") -> list[InputCase]:
+    """One case per DICOM series of ``path`` (a folder or a zip), each converted to NIfTI in a private folder
+    removed at exit; ``extra["dicom"]`` keeps the series for the SEG. A series that cannot be read as one
+    regular volume (or referenced by a SEG, when one is asked for) is a case with its ``problem`` set."""
+    from seg.config import UserError
+    from seg.inference import dicom
+
+    work = Path(tempfile.mkdtemp(prefix="seg_dicom_"))
+    atexit.register(shutil.rmtree, work, True)
+    series, notes = dicom.series_of(dicom.unzip(path, work / "zip") if path.is_file() else path)
+    for note in notes:
+        log.warning("%s", note)
+    if not series:
+        raise UserError(f"{path}: no DICOM image series found ({len(notes)} objects skipped)")
+    cases = []
+    for s in series:
+        cid = dicom.case_id(s)
+        problem = s.problem or (
+            f"the model needs {n_channels} channels, a DICOM series is one" if n_channels != 1 else None
+        )
+        if problem is None and output_format != "nifti":
+            problem = dicom.seg_problem(s)
+        nifti = work / f"{cid}.nii.gz"
+        if problem is None:
+            try:
+                dicom.to_nifti(s, nifti)
+            except ValueError as e:
+                problem = str(e)
+        name = f"{cid}.seg.dcm" if output_format == "dicom-seg" else f"{cid}.nii.gz"
+        extra = {"dicom": s, "source": str(s.files[0].parent)}
+        cases.append(InputCase(cid, [str(nifti)], problem, name, extra))
+    return cases
+
+
+def discover(input_path: str | Path, n_channels: int, output_format: str = "nifti") -> list[InputCase]:
     """Group the input into cases. Files named ``CASE_0000`` ... ``CASE_{n-1:04d}`` form one multi-channel
-    case (nnU-Net's habit); any other NIfTI file is a single-channel case. A case that cannot be predicted
-    (a channel missing, two inputs with one case id or one output name, an image in another format, an entry
-    that is no regular file) is returned with its ``problem`` set, so the batch reports it beside the others."""
+    case (nnU-Net's habit); any other NIfTI file is a single-channel case; a folder or zip of DICOM files is
+    a case per series (:func:`dicom_cases`). A case that cannot be predicted (a channel missing, two inputs
+    with one case id or one output name, an image in another format, an entry that is no regular file) is
+    returned with its ``problem`` set, so the batch reports it beside the others."""
+    from seg.inference.dicom import has_dicom
+
+    if has_dicom(Path(input_path)):
+        return dicom_cases(Path(input_path), n_channels, output_format)
     files, named = _listing(Path(input_path))
     cases = _group(files, n_channels)
     for key in ("case_id", "output_name"):  # one case per id, one output file per case

@@ -45,6 +45,7 @@ class PredictRequest:
     overlap: float | None = None
     threshold: float | str | None = None
     save_probabilities: bool = False
+    output_format: str = "nifti"  # nifti | dicom-seg | both (DICOM input only: a DICOM SEG per series)
     png: bool = False
     workers: int = 1
     overwrite: bool = False
@@ -111,7 +112,9 @@ def prepare(r: PredictRequest) -> PredictRun:
     device = resolve_device(r.device)
     precision, why = choose_precision(r.precision, bundle.meta.extra.get("precision"), r.engine, device)
     check_engine(r.engine, device, precision)
-    cases = discover(inp, bundle.meta.in_channels)
+    cases = discover(inp, bundle.meta.in_channels, r.output_format)
+    if r.output_format != "nifti" and not any("dicom" in c.extra for c in cases):
+        raise UserError(f"{inp}: --output-format {r.output_format} is for DICOM input; this input is NIfTI")
     if not cases:
         raise FileNotFoundError(f"{inp}: no NIfTI files (.nii, .nii.gz) found")
     cases = existing_outputs(cases, out, r.overwrite, r.resume)
@@ -145,9 +148,12 @@ def run(p: PredictRun) -> BatchResult:
     into the same folder stops before writing (and so does one that finds masks a run wrote meanwhile)."""
     r = p.request
     probs = "nifti" if r.save_probabilities else "none"
+    import seg
+
     opts = BatchOptions(
-        probabilities=probs, overlay=r.png, workers=r.workers, progress=r.progress, keep_summary=r.resume
-    )
+        probabilities=probs, overlay=r.png, workers=r.workers, progress=r.progress, keep_summary=r.resume,
+        output_format=r.output_format, algorithm=(f"seg {p.bundle.meta.net_name}", seg.__version__),
+    )  # fmt: skip
     with FolderLock(p.output, "seg-predict"):
         cases = existing_outputs(p.cases, p.output, r.overwrite, r.resume)
         return predict_cases(cases, p.predictor, p.output, opts, p.bundle.labels)
