@@ -144,15 +144,22 @@ def test_seg_frames_hold_the_nifti_mask_and_pass_dciodvfy(tmp_path, name):
     assert _dciodvfy_errors(seg_path) == []
 
 
-def test_predict_writes_nifti_and_seg_for_a_series(bundle, tmp_path):
-    folder = write_series(tmp_path / "in", _volume(), *ORIENTATIONS["oblique"])
-    out = tmp_path / "out"
+def _predict_both_and_check(bundle, folder: Path, out: Path) -> str:
+    """seg-predict --output-format both on one series: the SEG reads back equal to the NIfTI mask and passes
+    dciodvfy. Returns the case id."""
     assert main(["-i", str(folder), "-o", str(out), "-m", str(bundle), "-q", "--output-format", "both"]) == 0
     [series], _ = dicom.series_of(folder)
     cid = dicom.case_id(series)
     mask = np.asarray(nib.load(out / f"{cid}.nii.gz").dataobj)
     np.testing.assert_array_equal(_read_back(out / f"{cid}.seg.dcm", series, [1, 2]), np.transpose(mask, (2, 1, 0)))
     assert _dciodvfy_errors(out / f"{cid}.seg.dcm") == []
+    return cid
+
+
+def test_predict_writes_nifti_and_seg_for_a_series(bundle, tmp_path):
+    folder = write_series(tmp_path / "in", _volume(), *ORIENTATIONS["oblique"])
+    out = tmp_path / "out"
+    cid = _predict_both_and_check(bundle, folder, out)
     raw = (out / f"{cid}.seg.dcm").read_bytes()
     assert str(tmp_path).encode() not in raw and b"/tmp" not in raw  # no local path leaks
     only = tmp_path / "seg_only"
@@ -221,13 +228,7 @@ def test_real_series_with_its_uids_gives_a_valid_seg(bundle, tmp_path):
         ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.save_as(src / f.name)
-    out = tmp_path / "out"
-    assert main(["-i", str(src), "-o", str(out), "-m", str(bundle), "-q", "--output-format", "both"]) == 0
-    [series], _ = dicom.series_of(src)
-    cid = dicom.case_id(series)
-    mask = np.asarray(nib.load(out / f"{cid}.nii.gz").dataobj)
-    np.testing.assert_array_equal(_read_back(out / f"{cid}.seg.dcm", series, [1, 2]), np.transpose(mask, (2, 1, 0)))
-    assert _dciodvfy_errors(out / f"{cid}.seg.dcm") == []
+    _predict_both_and_check(bundle, src, tmp_path / "out")
 
 
 # -- refusals: one line each, the batch goes on -------------------------------------------------------------
