@@ -46,6 +46,14 @@ def plan_overrides(args: list[str]) -> list[str]:
     return [f"hydra.searchpath=[file://{search}]", f"experiment={name}", *rest]
 
 
+def add_version(p):
+    """``--version`` on a command: its name and seg's version (returns the parser)."""
+    import seg
+
+    p.add_argument("--version", action="version", version=f"{p.prog} {seg.__version__}")
+    return p
+
+
 def resume_line(config_name: str, args: list[str], e: Interrupted) -> str:
     """How to continue an interrupted run: seg-kfold resumes its folds in the same run folder by itself;
     seg-train starts from the kept ``last.ckpt``, in the same folder."""

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from seg.cli.args import add_version
 from seg.data.check import check_dataset, errors
 from seg.data.datalist import load_dataset
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="seg-check-data", description=__doc__)
+    p = add_version(argparse.ArgumentParser(prog="seg-check-data", description=__doc__))
     p.add_argument("root", help="dataset folder (MSD or nnU-Net raw, with dataset.json)")
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--allow-outside-root", action="store_true", help="accept entries outside the dataset folder")

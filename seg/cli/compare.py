@@ -8,9 +8,11 @@ from __future__ import annotations
 import argparse
 import json
 
+from seg.cli.args import add_version
+
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="seg-eval compare", description="paired comparison of two evaluated runs")
+    p = add_version(argparse.ArgumentParser(prog="seg-eval compare", description="paired comparison of two runs"))
     p.add_argument("run_a")
     p.add_argument("run_b")
     p.add_argument("-o", "--output", default=None, help="write the comparison as JSON here")

@@ -66,6 +66,11 @@ def hydra_main(config_name: str):
         def entry():
             args[:] = sys.argv[1:]
             sys.argv[1:] = plan_overrides(sys.argv[1:])
+            if "--version" in sys.argv[1:]:
+                import seg
+
+                print(f"seg-{config_name} {seg.__version__}")
+                return 0
             if HELP_FLAGS & set(sys.argv[1:]):
                 print(quick_help(config_name, sys.argv[1:]))
                 return 0

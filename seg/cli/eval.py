@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from seg.cli.args import add_version
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
@@ -17,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
         from seg.cli.compare import main as compare_main
 
         return compare_main(argv[1:])
-    p = argparse.ArgumentParser(prog="seg-eval", description=__doc__)
+    p = add_version(argparse.ArgumentParser(prog="seg-eval", description=__doc__))
     p.add_argument("-p", "--pred", required=True, help="folder of predicted label maps (NIfTI)")
     p.add_argument("-l", "--labels", required=True, help="folder of reference label maps, same file names")
     p.add_argument("-o", "--output", default=None, help="folder for summary.json (default: PRED_DIR)")

@@ -16,8 +16,9 @@ def explain_composition(e: Exception, config_name: str, overrides: list[str]) ->
         parent, _, leaf = key.rpartition(".")
         known = _keys_at(config_name, overrides, parent, key)
         close = difflib.get_close_matches(leaf, known, n=1)
-        hint = f"; did you mean {parent + '.' if parent else ''}{close[0]}?" if close else ""
-        return f"{key}: no such key{hint} (+{key}=... adds a new one)"
+        if close:  # the typo it most likely is, and no hint to add it as a new key
+            return f"{key}: no such key; did you mean {parent + '.' if parent else ''}{close[0]}?"
+        return f"{key}: no such key (+{key}=... adds a new one)"
     m = re.search(r"Could not find '([^']+)/([^'/]+)'", text)
     if m:
         group, name = m.groups()

@@ -12,10 +12,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from seg.cli.args import add_version
+
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="seg-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    p = add_version(
+        argparse.ArgumentParser(
+            prog="seg-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
     )
     p.add_argument("-m", "--model", dest="model_opt", help="model bundle folder (model.yaml + fold_<k>/weights.pt)")
     p.add_argument("model", nargs="?", help=argparse.SUPPRESS)  # seg-export MODEL_DIR, as before -m

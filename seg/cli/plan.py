@@ -13,19 +13,18 @@ import shlex
 import sys
 from pathlib import Path
 
+from seg.cli.args import add_version
+
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="seg-plan", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    raw = argparse.RawDescriptionHelpFormatter
+    p = add_version(argparse.ArgumentParser(prog="seg-plan", description=__doc__, formatter_class=raw))
     p.add_argument("dataset", help="dataset folder (MSD or nnU-Net raw, with dataset.json)")
     p.add_argument("--net", default="unet", help="registered network to plan (default unet)")
     p.add_argument("--budget", default="20m", help="training time: 20m, 1h, 1h30m, DD:HH:MM:SS (default 20m)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: cuda when present")
     p.add_argument("--devices", type=int, default=1, help="GPUs to train on: more than 1 plans DDP (default 1)")
-    p.add_argument(
-        "--memory-gb", type=float, help="memory the training may use (default: 80%% of the GPU, half the free RAM)"
-    )
+    p.add_argument("--memory-gb", type=float, help="memory a run may use (default: 80%% of the GPU, half the RAM)")
     p.add_argument("--min-steps", type=int, default=None, help="optimiser steps the budget must buy (default 4000)")
     p.add_argument(
         "-o", "--output", default=None, help="plan file (default outputs/plans/<dataset>_<net>_<budget>.yaml)"
@@ -70,7 +69,8 @@ def _plan(a: argparse.Namespace, argv: list[str] | None) -> int:
     command = "seg-plan " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
     write_text(out, plan_yaml(plan, command, dataset_as(plan.dataset), out.stem))
     print(plan_table(plan))
-    print(f"\nplan: {out}\nnext: seg-train plan={out}")
+    where = "" if device == "cpu" or torch.cuda.is_available() else f" (on a machine with {device.upper()})"
+    print(f"\nplan: {out}\nnext{where}: seg-train plan={out}")
     return 0
 
 

@@ -12,6 +12,8 @@ import argparse
 import os
 import sys
 
+from seg.cli.args import add_version
+
 PATHS = (  # -i/-o/-m default to $SEG_INPUT/$SEG_OUTPUT/$SEG_MODEL (the Docker image sets them)
     ("-i", "--input", "SEG_INPUT", "a NIfTI file, a folder of them, nnU-Net CASE_0000 files, or DICOM (folder, zip)"),
     ("-o", "--output", "SEG_OUTPUT", "output folder (masks as OUTPUT/<case>.nii.gz)"),
@@ -36,9 +38,8 @@ OPTIONS = (  # (flags, kwargs) of the plain options
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="seg-predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    raw = argparse.RawDescriptionHelpFormatter
+    p = add_version(argparse.ArgumentParser(prog="seg-predict", description=__doc__, formatter_class=raw))
     for short, long, var, text in PATHS:
         value = os.environ.get(var)
         p.add_argument(short, long, default=value, required=not value, help=f"{text} (default: ${var})")

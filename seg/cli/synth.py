@@ -6,13 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from seg.cli.args import add_version
 from seg.data.synthetic import write_dataset
 
 MIN_SHAPE, MAX_SHAPE = 16, 512  # the head model needs room for scalp, skull and lesions
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="seg-synth", description=__doc__)
+    p = add_version(argparse.ArgumentParser(prog="seg-synth", description=__doc__))
     p.add_argument("-o", "--output", required=True, help="output dataset folder")
     p.add_argument("-n", "--num-cases", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)

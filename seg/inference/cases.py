@@ -80,9 +80,11 @@ def _group(files: list[Path], n_channels: int) -> list[InputCase]:
     """Files named ``CASE_0000`` ... form one multi-channel case; any other file is a single-channel case."""
     grouped: dict[str, dict[int, Path]] = {}
     cases = []
-    for f in files:
-        m = CHANNEL.match(case_id_from_path(f))
-        if m and (n_channels > 1 or m.group("ch") == "0000"):
+    matches = [CHANNEL.match(case_id_from_path(f)) for f in files]
+    firsts = {m.group("case") for m in matches if m and m.group("ch") == "0000"}
+    for f, m in zip(files, matches):
+        # a 1-channel model: CASE_0001 beside CASE_0000 is a second channel (refused), not a second patient
+        if m and (n_channels > 1 or m.group("case") in firsts):
             grouped.setdefault(m.group("case"), {})[int(m.group("ch"))] = f
         else:
             cid = case_id_from_path(f)
@@ -102,7 +104,10 @@ def _group(files: list[Path], n_channels: int) -> list[InputCase]:
             problem = f"channel file(s) {names} missing (the model needs {n_channels})"
         elif extra:
             names = ", ".join(f"{cid}_{c:04d}" for c in extra)
-            problem = f"unexpected channel file(s) {names} (the model takes {n_channels})"
+            what = "channel" if n_channels == 1 else "channels"
+            problem = (
+                f"unexpected channel file(s) {names}: the model takes {n_channels} {what} (is it another model's?)"
+            )
         cases.append(InputCase(cid, [str(chans[c]) for c in sorted(chans)], problem, cid + _ending(first)))
     return sorted(cases, key=lambda c: (c.case_id, c.files[0]))
 

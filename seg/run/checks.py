@@ -104,6 +104,16 @@ def _vocabulary(values: dict) -> list[str]:
     return out
 
 
+def _device(values: dict) -> list[str]:
+    """A GPU asked for on a machine without one: one line (Lightning's is six, from inside instantiation)."""
+    import torch
+
+    acc = str(values.get("accelerator") or "auto").lower()
+    if acc in ("gpu", "cuda") and not torch.cuda.is_available():
+        return [f"trainer.accelerator={acc}: no CUDA device on this machine (trainer.accelerator=cpu or auto trains)"]
+    return []
+
+
 def validate_config(cfg) -> None:
     """Raise one :class:`UserError` listing every problem (one line each), before data is loaded."""
     import pytorch_lightning as pl
@@ -134,6 +144,6 @@ def validate_config(cfg) -> None:
         skip = {"model": ("net",), "trainer": tuple(VOCABULARY)}.get(name, ())
         problems += check_kwargs(fn, values, name, skip=("_target_", "_partial_", *skip))
         if name == "trainer":
-            problems += _vocabulary(values)
+            problems += _vocabulary(values) + _device(values)
     if problems:
         raise UserError("\n".join(problems) + f"\n{len(problems)} config problem(s): nothing was loaded or trained")

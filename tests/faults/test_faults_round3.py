@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -184,3 +185,32 @@ def test_a_planted_lock_link_is_refused_and_its_target_kept(env, capsys):  # noq
     assert victim.read_text() == "keep me" and not list(env.out.glob("*.nii.gz"))
     _record("predict-lock-is-a-planted-link", rc, lines[0], env.tmp)
     assert os.path.islink(env.out / ".seg-predict.lock")  # left for the user to look at, not removed
+
+
+# -- GPU requests on a machine without one (R20, #41) -----------------------------------------------------
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_a_gpu_request_without_a_gpu_is_one_line(synth_root, tmp_path, capsys):
+    r = _run("seg.cli.train", f"data.root={synth_root}", "trainer.accelerator=cuda", f"hydra.run.dir={tmp_path / 'r'}")
+    lines = [x for x in r.stderr.splitlines() if "trainer.accelerator=cuda" in x]
+    assert r.returncode == ExitCode.REFUSED and "Traceback" not in r.stderr and "Misconfiguration" not in r.stderr
+    assert lines and "no CUDA device on this machine" in lines[0], r.stderr[-2000:]
+    _record("train-accelerator-cuda-without-gpu", r.returncode, lines[0], tmp_path)
+    from seg.cli.plan import main
+
+    assert main([str(synth_root), "--device", "cuda", "--budget", "2m", "-o", str(tmp_path / "p.yaml"), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert f"next (on a machine with CUDA): seg-train plan={tmp_path / 'p.yaml'}" in out  # not a command for here
+
+
+# -- a second channel file is no second patient (R9, #41) -------------------------------------------------
+def test_a_second_channel_file_for_a_one_channel_model_is_named(env, capsys):  # noqa: F811
+    shutil.copy(env.inp / "case1.nii.gz", env.inp / "x_0000.nii.gz")
+    shutil.copy(env.inp / "case2.nii.gz", env.inp / "x_0001.nii.gz")
+    rc = predict(env)
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if "x_0001" in x]
+    assert rc == ExitCode.FAILED and lines, err
+    assert "unexpected channel file(s) x_0001: the model takes 1 channel" in lines[0]
+    assert not (env.out / "x_0001.nii.gz").exists() and not (env.out / "x.nii.gz").exists()
+    assert len(list(env.out.glob("case*.nii.gz"))) == 3  # the batch goes on
+    _record("predict-second-channel-for-a-one-channel-model", rc, lines[0], env.tmp)
