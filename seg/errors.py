@@ -22,6 +22,7 @@ class ExitCode(IntEnum):
     OK = 0
     FAILED = 1  # some cases or folds failed, each named
     REFUSED = 2  # refused before any work
+    LEARNED_NOTHING = 3  # a training or k-fold run ended, everything written, but it learned nothing (seg.run.learned)
     INTERRUPTED = 130  # SIGINT (128 + 2)
     BROKEN_PIPE = 141  # the reader of stdout went away (`| head`): SIGPIPE's 128 + 13, quietly
     TERMINATED = 143  # SIGTERM (128 + 15)
@@ -70,3 +71,10 @@ def first_line(e: BaseException | str) -> str:
     """The first line of a message (a list of problems prints whole; a refusal's summary is its first)."""
     text = str(e)
     return text.splitlines()[0] if text else ""
+
+
+class LearnedNothing(SegError):
+    """A run that ended and wrote everything but learned nothing: its lines are a warning block, its exit code
+    :attr:`ExitCode.LEARNED_NOTHING` (``code``)."""
+
+    code = 3

@@ -53,7 +53,7 @@ def hydra_main(config_name: str):
             except SegError as e:
                 logging.getLogger("seg").debug("user error", exc_info=True)
                 report(e)
-                raise SystemExit(int(ExitCode.REFUSED)) from None
+                raise SystemExit(int(getattr(e, "code", ExitCode.REFUSED))) from None
 
         register_resolvers()
         if not Path(CONF_DIR).is_dir():

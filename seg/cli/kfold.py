@@ -20,6 +20,10 @@ def main(cfg) -> None:
     run = Path(cfg.cv.get("run_dir") or cfg.paths.output_dir)
     print(closing_line(s, run))
     print(f"next: seg-predict -m {run / 'model'} -i INPUT -o OUTPUT")
+    if s.get("learned_nothing") is not None:
+        from seg.run.learned import say
+
+        say(s["learned_nothing"], "fold-mean out-of-fold Dice", run / "model")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from seg.inference.cases import InputCase
 from seg.io import write_text
 from seg.lit.progress import draw_combined
 from seg.run.checks import validate_config
+from seg.run.learned import learned_nothing, mark
 from seg.run.train import prepare_data, train, training_device
 
 log = logging.getLogger("seg.kfold")
@@ -181,5 +182,22 @@ def kfold(cfg) -> dict:
     meta.postprocessing = Postprocessing.from_mapping((summary.get("postprocessing") or {}).get("rules"))
     meta.extra["cv"] = {"run": str(run_dir), "splits": str(splits_path)}
     write_bundle_meta(run_dir / "model", meta)
+    dice = fold_mean_dice(summary)
+    if learned_nothing(dice):
+        mark(run_dir / "model", dice, "fold-mean out-of-fold Dice")
+        summary["learned_nothing"] = dice
     summary["folds_run"] = records
     return summary
+
+
+def fold_mean_dice(summary: dict) -> float | None:
+    """The mean over folds and foreground labels of the out-of-fold Dice (what the closing line prints)."""
+    labels = [k for k in summary.get("labels", {}) if k != "0"]
+    v = [
+        f["mean"][lab]["Dice"]
+        for f in summary.get("per_fold", {}).values()
+        for lab in labels
+        if lab in f.get("mean", {})
+    ]
+    v = [x for x in v if x is not None and not math.isnan(x)]
+    return float(np.mean(v)) if v else None

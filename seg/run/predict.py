@@ -118,6 +118,12 @@ def prepare(r: PredictRequest) -> PredictRun:
     if not cases:
         raise FileNotFoundError(f"{inp}: no NIfTI files (.nii, .nii.gz) found")
     cases = existing_outputs(cases, out, r.overwrite, r.resume)
+    nothing = bundle.meta.extra.get("learned_nothing")
+    if isinstance(nothing, dict):  # marked by its training (seg.run.learned)
+        log.warning(
+            "%s: this model learned nothing in training (%s %s < 0.05): its masks are not to be trusted",
+            *(r.model, nothing.get("measured", "validation Dice"), nothing.get("dice")),
+        )
     checkpoint = r.checkpoint or str(bundle.meta.extra.get("checkpoint") or "final")
     predictor = bundle.predictor(
         folds, device, r.tta, r.overlap, r.threshold, r.engine, precision, checkpoint, r.postprocess

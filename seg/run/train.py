@@ -33,6 +33,7 @@ from seg.lit.progress import draw_combined
 from seg.nn.inferer import InfererSpec
 from seg.nn.utils import cuda_hygiene
 from seg.run.checks import validate_config
+from seg.run.learned import learned_nothing, mark
 
 log = logging.getLogger("seg.train")
 
@@ -421,6 +422,9 @@ def _finish(cfg, trainer: pl.Trainer, model, dm, out: Path, t0: float) -> TrainR
                 Precision.parse(cfg.trainer.get("precision") or "fp32").value,
             ).parent
             metrics["model_bundle"] = str(bundle)
+            if learned_nothing(metrics["val/dice_best"]):
+                mark(bundle, metrics["val/dice_best"], "best validation Dice")
+                metrics["learned_nothing"] = True
         write_text(out / "metrics.json", json.dumps(metrics, indent=2))
         log.info("run folder: %s", out)
         log.info("val/dice_best %.4f (checkpoint %s)", metrics["val/dice_best"], metrics["best_checkpoint"])

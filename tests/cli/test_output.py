@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, TINY
+from tests.conftest import DONE, REPO, TINY
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
@@ -69,7 +69,7 @@ def test_a_piped_run_logs_one_format_heartbeats_and_no_bar_or_banner(synth_root,
     monkeypatch.setitem(ENV, "SEG_HEARTBEAT_S", "1")
     args = [f"data.root={synth_root}", *[o for o in TINY if "rich" not in o], "trainer.max_time=15s"]
     r = _run("seg.cli.train", *args, "trainer.max_epochs=100000", f"hydra.run.dir={tmp_path / 'r'}")
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.returncode in DONE, r.stderr[-2000:]  # 3: a 15-s run may learn nothing, and says so
     text = r.stdout + r.stderr
     for noise in ("GPU available", "TPU available", "Seed set to", "━", "\r", "Tip:"):
         assert noise not in text, noise

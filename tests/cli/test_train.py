@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from seg.run.train import train
-from tests.conftest import REPO, TINY, compose_train
+from tests.conftest import DONE, REPO, TINY, compose_train
 
 
 def _overrides(root: Path) -> list[str]:
@@ -139,7 +139,7 @@ def test_killed_mid_epoch_run_resumes_and_finishes(synth_root, tmp_path):
         ]
     )
     out, err = q.communicate(timeout=300)
-    assert q.returncode == 0, err[-2000:]
+    assert q.returncode in DONE, err[-2000:]
     assert json.loads((run2 / "metrics.json").read_text())["epochs"] == ck["epoch"] + 3
     # the schedule continued from the checkpoint (no restart at the base rate) and reached its end value
     base_lr = ck["optimizer_states"][0]["param_groups"][0]["initial_lr"]
@@ -182,7 +182,7 @@ def test_ddp_two_cpu_processes(synth_root, tmp_path):
     run = tmp_path / "ddp"
     p = _cli([f"data.root={synth_root}", *TINY, "trainer=ddp", "trainer.max_epochs=2", f"hydra.run.dir={run}"])
     out, err = p.communicate(timeout=400)
-    assert p.returncode == 0, err[-3000:]
+    assert p.returncode in DONE, err[-3000:]
     m = json.loads((run / "metrics.json").read_text())
     assert m["epochs"] == 2
     # 6 train cases split over 2 ranks (3 each), batch 2 with drop_last: 1 step per epoch on each rank

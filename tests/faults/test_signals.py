@@ -20,7 +20,7 @@ import time
 import pytest
 import torch
 
-from tests.conftest import REPO, TINY, tiny_cv
+from tests.conftest import DONE, REPO, TINY, tiny_cv
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
@@ -77,7 +77,7 @@ def test_training_stopped_by_a_signal_keeps_last_ckpt_and_resumes_to_the_end(syn
     assert cmd[0] == "seg-train" and f"ckpt_path={last}" in cmd and f"hydra.run.dir={run}" in cmd
     q = _start("seg.cli.train", cmd[1:])
     out, err = q.communicate(timeout=300)
-    assert q.returncode == 0, err[-2000:]
+    assert q.returncode in DONE, err[-2000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["epochs"] == 12 and epoch < 11
 

@@ -11,7 +11,7 @@ import torch
 
 from seg.inference.bundle import load_bundle
 from seg.run.kfold import kfold
-from tests.conftest import TINY, compose_train, tiny_cv
+from tests.conftest import DONE, TINY, compose_train, tiny_cv
 
 
 def _cfg(root, run, extra=()):
@@ -75,6 +75,9 @@ def test_two_fold_cv_end_to_end_and_resume(synth_root, tmp_path):
     assert b.folds == [0, 1] and b.labels == {0: "background", 1: "meningioma"}
     assert b.meta.net["name"] == "unet" and b.meta.net["in_channels"] == 1
     assert b.meta.extra["precision"] == "fp32"  # the training's, which seg-predict --precision auto follows
+    from seg.run.kfold import fold_mean_dice
+
+    assert ("learned_nothing" in b.meta.extra) == (fold_mean_dice(s) < 0.05)  # marked exactly under the line
     w = torch.load(run / "model" / "fold_0" / "weights.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in w.values())
     nets = b.load_nets()
@@ -197,7 +200,7 @@ def test_kfold_cli_names_runs_after_the_experiment_and_reports_progress(synth_ro
     r = subprocess.run(
         [sys.executable, "-m", "seg.cli.kfold", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
     )
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode in DONE, r.stderr[-3000:]
     runs = list((tmp_path / "outputs" / "synthetic_unet" / "kfold").iterdir())
     assert len(runs) == 1
     run = runs[0]
@@ -254,14 +257,14 @@ def test_sweep_over_fold_ids_with_a_real_launcher_then_evaluate(synth_root, tmp_
         else ["hydra/launcher=submitit_local", f"hydra.launcher.submitit_folder={tmp_path / 'sub'}"]
     )
     r = _kfold_cli(["-m", *base, "cv.fold_ids=[0],[1]", *extra])
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode in DONE, r.stderr[-3000:]
     done = {k: run / f"fold_{k}" / "done.json" for k in (0, 1)}
     assert all(d.is_file() for d in done.values())
     if launcher == "submitit_local":
         assert list((tmp_path / "sub").rglob("*_result.pkl"))  # the jobs went through submitit
     stamps = {k: d.stat().st_mtime_ns for k, d in done.items()}
     r2 = _kfold_cli(base)
-    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert r2.returncode in DONE, r2.stderr[-3000:]
     assert {k: d.stat().st_mtime_ns for k, d in done.items()} == stamps  # evaluated, not retrained
     cs = json.loads((run / "cv_summary.json").read_text())
     assert set(cs["per_fold"]) == {"0", "1"} and len(cs["metric_per_case"]) == 8
@@ -320,7 +323,7 @@ def test_cv_killed_mid_fold_resumes(synth_root, tmp_path):
     assert (run / "fold_0" / "done.json").is_file() and last1.exists() and not (run / "fold_1" / "done.json").exists()
     stamp = (run / "fold_0" / "done.json").stat().st_mtime_ns
     r = _kfold_cli(args)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode in DONE, r.stderr[-3000:]
     assert (run / "fold_0" / "done.json").stat().st_mtime_ns == stamp  # the finished fold is not retrained
     assert json.loads((run / "fold_1" / "done.json").read_text())["epochs"] == 30
     assert "fold 1: resuming from" in r.stdout + r.stderr
