@@ -152,13 +152,29 @@ def _growth_while_reading(ds) -> float:
     return peak
 
 
+def _plain_dataset(root, n: int, shape) -> object:
+    """``n`` uncompressed cases of noise with a foreground block (fast to write and read; the test is memory)."""
+    import json
+
+    rng = np.random.default_rng(0)
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    for i in range(n):
+        label = np.zeros(shape, np.uint8)
+        label[40:60, 40:60, 40:60] = 1
+        image = rng.normal(100, 20, shape).astype(np.float32) + 50 * label
+        nib.save(nib.Nifti1Image(image, np.eye(4)), root / "imagesTr" / f"c{i}.nii")
+        nib.save(nib.Nifti1Image(label, np.eye(4)), root / "labelsTr" / f"c{i}.nii")
+    items = [{"image": f"./imagesTr/c{i}.nii", "label": f"./labelsTr/c{i}.nii"} for i in range(n)]
+    meta = {"modality": {"0": "T1"}, "labels": {"0": "background", "1": "block"}, "numTraining": n}
+    (root / "dataset.json").write_text(json.dumps(meta | {"training": items}))
+    return root
+
+
 def test_a_dataset_twice_the_memory_it_may_use_is_read_from_disk(tmp_path):
     """A run reading a disk cache holds no case in memory: over an epoch of reads, anonymous memory grows by
     under half the cache's size (the memory such a run may use), where the in-memory cache grows by all of it."""
-    from seg.data.synthetic import write_dataset
-
-    root = tmp_path / "big"
-    write_dataset(str(root), 8, 0, (128, 128, 128))
+    root = _plain_dataset(tmp_path / "big", 8, (128, 128, 128))
     kw = dict(patch_size=[32, 32, 32], num_folds=4, augment=None, splits_file=str(tmp_path / "splits.json"))
     dm = _dm(root, tmp_path, tmp_path / "cache", **kw)
     volumes_mb = sum((e / f"{n}.npy").stat().st_size for e in dm.train_ds.entries for n in ("image", "label")) / 2**20
