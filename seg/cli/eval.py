@@ -40,11 +40,17 @@ def _f(x, pat: str) -> str:
 
 
 def _eval(a: argparse.Namespace) -> int:
+    from seg.config import UserError
     from seg.data.datalist import read_labels
     from seg.eval.evaluate import evaluate_folders
 
     labels = read_labels(a.dataset_json) if a.dataset_json else None
     out = a.output or a.pred
+    ref = Path(a.labels).resolve()
+    if Path(a.pred).resolve() == ref:
+        raise UserError(f"{ref}: -p and -l are one folder: the references would be scored against themselves")
+    if Path(out).resolve() == ref:
+        raise UserError(f"{ref}: the output folder may not be the references' folder (inputs are never written)")
     s = evaluate_folders(a.pred, a.labels, labels, out, not a.no_surface, a.tolerance_mm, a.bins, a.workers, a.matching)
     print(f"{len(s['metric_per_case'])} cases; per label: mean Dice, HD95 mm, ASD mm (missed / spurious cases)")
     for k, v in s["mean"].items():

@@ -214,3 +214,18 @@ def test_a_second_channel_file_for_a_one_channel_model_is_named(env, capsys):  #
     assert not (env.out / "x_0001.nii.gz").exists() and not (env.out / "x.nii.gz").exists()
     assert len(list(env.out.glob("case*.nii.gz"))) == 3  # the batch goes on
     _record("predict-second-channel-for-a-one-channel-model", rc, lines[0], env.tmp)
+
+
+# -- seg-eval never scores or writes the references as predictions (D21) ----------------------------------
+@pytest.mark.parametrize("where", ["pred", "output"])
+def test_eval_refuses_the_references_as_predictions_or_output(env, capsys, where):  # noqa: F811
+    from seg.cli.eval import main
+
+    before = {p.name: p.read_bytes() for p in env.labels.iterdir()}
+    pred = env.labels if where == "pred" else env.inp
+    rc = main(["-p", str(pred), "-l", str(env.labels), "-o", str(env.labels), "--no-surface"])
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if str(env.labels.resolve()) in x]
+    assert rc == ExitCode.REFUSED and lines and "Traceback" not in err, err
+    assert {p.name: p.read_bytes() for p in env.labels.iterdir()} == before  # no summary.json among them
+    _record(f"eval-references-as-{where}", rc, lines[0], env.tmp)
