@@ -193,6 +193,16 @@ def predict_one(
     }
 
 
+def _drop_stale(out: Path, case: InputCase) -> str:
+    """A failed case's mask left by an earlier run (``--overwrite`` re-predicts over it) is another scan's or
+    another model's: removed, so that ``--continue`` does not take it for this run's."""
+    stale = out / case.output_name
+    if not stale.is_file() or stale.resolve() in {Path(f).resolve() for f in case.files}:
+        return ""
+    stale.unlink()
+    return f" (the earlier {stale.name} removed: it was not this run's)"
+
+
 def _progress(total: int):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -250,6 +260,7 @@ def predict_cases(
                     except Exception as e:  # one bad case must not stop the batch
                         problem = one_line(e)
                 if problem is not None:
+                    problem += _drop_stale(out, c)
                     result.failures.append((c.case_id, problem))
                     log.error("%s: %s", c.extra.get("source", c.files[0]), problem)
                 if progress is not None:

@@ -229,3 +229,18 @@ def test_eval_refuses_the_references_as_predictions_or_output(env, capsys, where
     assert rc == ExitCode.REFUSED and lines and "Traceback" not in err, err
     assert {p.name: p.read_bytes() for p in env.labels.iterdir()} == before  # no summary.json among them
     _record(f"eval-references-as-{where}", rc, lines[0], env.tmp)
+
+
+# -- an earlier run's mask never stands for a case that now fails (R5) -------------------------------------
+def test_overwrite_removes_the_mask_of_a_case_that_now_fails(env, capsys):  # noqa: F811
+    assert predict(env) == 0
+    (env.inp / "case1.nii.gz").write_bytes(b"not a volume any more")
+    capsys.readouterr()
+    rc = predict(env, "--overwrite")
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.startswith("FAILED case1") and "earlier case1.nii.gz removed" in x]
+    assert rc == ExitCode.FAILED and lines, err
+    assert not (env.out / "case1.nii.gz").exists() and (env.out / "case0.nii.gz").exists()
+    _record("predict-overwrite-case-now-fails", rc, lines[0], env.tmp)
+    assert predict(env, "--continue") == ExitCode.FAILED  # case1 tried again and named, not taken as done
+    assert "FAILED case1" in capsys.readouterr().err
