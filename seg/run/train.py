@@ -26,7 +26,7 @@ from seg.config import Precision, UserError, as_max_time, parse_duration, to_pla
 from seg.data.check import check_dataset, errors
 from seg.errors import ExitCode, SegError, Signals, one_line
 from seg.inference.bundle import BundleError, bundle_members, export_run_bundle, read_checkpoint
-from seg.io import write_text
+from seg.io import FolderLock, write_text
 from seg.lit.callbacks import Heartbeat, StopOnSignal
 from seg.lit.module import ensemble_validation
 from seg.lit.progress import draw_combined
@@ -174,9 +174,22 @@ def train(cfg, extra_callbacks: list | None = None, validated: bool = False) -> 
     members = 1 if members is None else int(members)
     if members < 1:
         raise UserError(f"ensemble.members={members}: expected 1 or more")
-    if members > 1:
-        return train_ensemble(cfg, members, extra_callbacks)
-    return train_one(cfg, extra_callbacks)
+    with run_folder_lock(Path(cfg.paths.output_dir)):
+        if members > 1:
+            return train_ensemble(cfg, members, extra_callbacks)
+        return train_one(cfg, extra_callbacks)
+
+
+def run_folder_lock(out: Path):
+    """The run folder held by one training (a second seg-train into it stops at once, exit 2, instead of both
+    writing one folder); DDP's other ranks (RANK, LOCAL_RANK or SLURM_PROCID not 0) train in their rank 0's."""
+    import contextlib
+    import os
+
+    ranks = [os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID")]
+    if any(r not in (None, "", "0") for r in ranks):
+        return contextlib.nullcontext()
+    return FolderLock(out, "seg-train")
 
 
 def member_config(cfg, m: int, out: Path):

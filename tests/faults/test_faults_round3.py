@@ -244,3 +244,30 @@ def test_overwrite_removes_the_mask_of_a_case_that_now_fails(env, capsys):  # no
     _record("predict-overwrite-case-now-fails", rc, lines[0], env.tmp)
     assert predict(env, "--continue") == ExitCode.FAILED  # case1 tried again and named, not taken as done
     assert "FAILED case1" in capsys.readouterr().err
+
+
+# -- one training per run folder (R8) ---------------------------------------------------------------------
+def test_a_second_training_into_a_busy_run_folder_stops_at_once(synth_root, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import TINY
+
+    run = tmp_path / "run"
+    args = [f"data.root={synth_root}", *TINY, "trainer.max_epochs=1000", f"hydra.run.dir={run}"]
+    environ = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "seg.cli.train", *args], cwd=REPO, env=environ,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while not (run / ".seg-train.lock").exists() and time.time() < deadline and first.poll() is None:
+            time.sleep(0.5)
+        assert first.poll() is None, "the first run ended before the second started"
+        r = _run("seg.cli.train", *args)
+        lines = [x for x in r.stderr.splitlines() if "in use by pid" in x]
+        assert r.returncode == ExitCode.REFUSED and lines and str(run) in lines[0], r.stderr[-2000:]
+        _record("train-second-run-into-a-busy-folder", r.returncode, lines[0], tmp_path)
+    finally:
+        first.kill()
+        first.wait()
