@@ -47,19 +47,36 @@ HOSTILE_PLANS = [
 ]
 
 
-@pytest.mark.parametrize("name, top, needle", HOSTILE_PLANS, ids=[r[0] for r in HOSTILE_PLANS])
-def test_a_plan_file_is_data(tmp_path, name, top, needle):
+def _hostile(tmp_path, top) -> Path:
     if top is None:
         plan = tmp_path / "hostile.yaml"
         plan.write_text("- a\n- list\n")
-    else:
-        plan = _plan(tmp_path, **top(tmp_path))
+        return plan
+    return _plan(tmp_path, **top(tmp_path))
+
+
+@pytest.mark.parametrize("name, top, needle", HOSTILE_PLANS, ids=[r[0] for r in HOSTILE_PLANS])
+def test_a_plan_file_is_data(tmp_path, name, top, needle):
+    """The rule as seg-train applies it before composing (the command's own path, in-process); the first row
+    also end to end below."""
+    from seg.cli.args import plan_overrides
+    from seg.config import UserError
+
+    plan = _hostile(tmp_path, top)
+    with pytest.raises(UserError) as e:
+        plan_overrides([f"plan={plan}", "trainer.max_epochs=1"])
+    line = str(e.value)
+    assert len(line.splitlines()) == 1 and needle in line and "hostile.yaml" in line, line
+    _record(name, ExitCode.REFUSED, f"error: {line}", tmp_path)
+
+
+def test_a_hostile_plan_runs_no_code_end_to_end(tmp_path):
+    plan = _hostile(tmp_path, HOSTILE_PLANS[0][1])
     r = _run("seg.cli.train", f"plan={plan}", f"hydra.run.dir={tmp_path / 'run'}", "trainer.max_epochs=1")
-    lines = [x for x in r.stderr.splitlines() if needle in x]
+    lines = [x for x in r.stderr.splitlines() if "model.optimizer._target_" in x]
     assert r.returncode == ExitCode.REFUSED and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert lines and "hostile.yaml" in lines[0], r.stderr[-3000:]
     assert not (tmp_path / "planted.txt").exists() and not (tmp_path / "run").exists()
-    _record(name, r.returncode, lines[0], tmp_path)
 
 
 def test_the_committed_plans_pass_the_plan_rule():
@@ -248,26 +265,15 @@ def test_overwrite_removes_the_mask_of_a_case_that_now_fails(env, capsys):  # no
 
 # -- one training per run folder (R8) ---------------------------------------------------------------------
 def test_a_second_training_into_a_busy_run_folder_stops_at_once(synth_root, tmp_path):
-    import subprocess
-    import sys
-    import time
-
+    """The folder held as a running seg-train holds it (its lock, taken here): seg-train into it stops at once."""
+    from seg.io import FolderLock
     from tests.conftest import TINY
 
     run = tmp_path / "run"
-    args = [f"data.root={synth_root}", *TINY, "trainer.max_epochs=1000", f"hydra.run.dir={run}"]
-    environ = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    first = subprocess.Popen([sys.executable, "-m", "seg.cli.train", *args], cwd=REPO, env=environ,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        deadline = time.time() + 120
-        while not (run / ".seg-train.lock").exists() and time.time() < deadline and first.poll() is None:
-            time.sleep(0.5)
-        assert first.poll() is None, "the first run ended before the second started"
+    args = [f"data.root={synth_root}", *TINY, "trainer.max_epochs=1", f"hydra.run.dir={run}"]
+    with FolderLock(run, "seg-train"):
         r = _run("seg.cli.train", *args)
-        lines = [x for x in r.stderr.splitlines() if "in use by pid" in x]
-        assert r.returncode == ExitCode.REFUSED and lines and str(run) in lines[0], r.stderr[-2000:]
-        _record("train-second-run-into-a-busy-folder", r.returncode, lines[0], tmp_path)
-    finally:
-        first.kill()
-        first.wait()
+    lines = [x for x in r.stderr.splitlines() if "in use by pid" in x]
+    assert r.returncode == ExitCode.REFUSED and lines and str(run) in lines[0], r.stderr[-2000:]
+    assert not (run / "checkpoints").exists() and not (run / "metrics.json").exists()
+    _record("train-second-run-into-a-busy-folder", r.returncode, lines[0], tmp_path)
