@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,10 +40,15 @@ def is_dicom(path: Path) -> bool:
 
 
 def has_dicom(folder: Path) -> bool:
-    """Whether ``folder`` holds a DICOM file (at any depth) or is a zip (the DICOM route's inputs)."""
+    """Whether ``folder`` is a zip, or a folder without NIfTI files at its top that holds a DICOM file at any
+    depth (the DICOM route's inputs; a NIfTI folder is not searched file by file)."""
+    from seg.data.datalist import NIFTI_ENDINGS
+
     if folder.is_file():
         return folder.suffix.lower() == ".zip"
-    return folder.is_dir() and any(p.is_file() and is_dicom(p) for p in folder.rglob("*") if not p.name.startswith("."))
+    if not folder.is_dir() or any(p.name.endswith(NIFTI_ENDINGS) for p in folder.iterdir()):
+        return False
+    return any(p.is_file() and is_dicom(p) for p in folder.rglob("*") if not p.name.startswith("."))
 
 
 def unzip(archive: Path, into: Path) -> Path:
@@ -67,6 +72,7 @@ class Series:
     uid: str
     files: list[Path]  # sorted along the slice normal
     problem: str | None = None
+    headers: list = field(default_factory=list)  # the files' pydicom headers (no pixels), in the same order
 
 
 def collect(folder: Path) -> tuple[dict[str, list], list[str]]:
@@ -106,9 +112,9 @@ def stack(items: list) -> Series:
     normal = np.cross(iop[0][:3], iop[0][3:])
     pos = np.array([_floats(ds, "ImagePositionPatient") for _, ds in items])
     order = np.argsort(pos @ normal, kind="stable")
-    files = [items[i][0] for i in order]
+    files, headers = [items[i][0] for i in order], [items[i][1] for i in order]
     pos, d = pos[order], (pos @ normal)[order]
-    series = Series(uid, files)
+    series = Series(uid, files, headers=headers)
     tilt = max(abs(float(ds.get("GantryDetectorTilt", 0) or 0)) for _, ds in items)
     sizes = {(int(ds.Rows), int(ds.Columns), *(round(float(v), 4) for v in ds.PixelSpacing)) for _, ds in items}
     gaps = np.diff(d)
@@ -172,9 +178,7 @@ def segment_codes(name: str):
 
 def seg_problem(series: Series) -> str | None:
     """Why no SEG can reference this series (an anonymisation that blanked its UIDs), or None."""
-    import pydicom
-
-    ds = pydicom.dcmread(series.files[0], stop_before_pixels=True)
+    ds = series.headers[0]
     blank = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID") if not str(ds.get(k, "") or "")]
     if blank:
         return (
@@ -188,12 +192,11 @@ def write_seg(series: Series, labels: np.ndarray, names: dict[int, str], path: P
     """A DICOM SEG of ``labels`` (the mask on the series' NIfTI grid, nibabel's ``[column, row, slice]`` order)
     over the series' images, written atomically to ``path``."""
     import highdicom as hd
-    import pydicom
     from pydicom.sr.codedict import codes
 
     from seg.io import atomic_write_bytes
 
-    sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in series.files]
+    sources = series.headers  # read once, by collect()
     for ds in sources:  # a blank SOP Class UID beside a stated one in the file meta: the file meta's
         if not str(ds.get("SOPClassUID", "") or ""):
             ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
