@@ -40,15 +40,27 @@ def check_bf16(predictor, model: str, cases) -> str | None:
     one-line :class:`~seg.errors.UserError`. Returns the line to print (None when no case is readable: the
     batch reports every case)."""
     from seg.errors import UserError
+
+    checked = first_case_agreement(predictor, cases)
+    if checked is None:
+        return None
+    agree, case_id = checked
+    if agree < MIN_AGREEMENT:
+        raise UserError(f"{model}: --precision bf16 refused for this net: {disagreement(agree, case_id)}")
+    return agreement_line(agree, case_id)
+
+
+def agreement_line(agree: float, case_id: str) -> str:
+    return f"bf16 agreement: Dice {agree:.4f} between fp32 and bf16 masks on {case_id} (>= {MIN_AGREEMENT})"
+
+
+def first_case_agreement(predictor, cases) -> tuple[float, str] | None:
+    """``(agreement, case id)`` on the first readable case, the predictor left at bf16; None: no readable case."""
     from seg.inference.cases import validate
 
     case = next((c for c in cases if validate(c)[0] is None), None)
-    if case is None:
-        return None
-    agree = bf16_agreement(predictor, case.files)
-    if agree < MIN_AGREEMENT:
-        raise UserError(
-            f"{model}: --precision bf16 refused for this net: Dice between its fp32 and bf16 masks is "
-            f"{agree:.4f} < {MIN_AGREEMENT} on {case.case_id}"
-        )
-    return f"bf16 agreement: Dice {agree:.4f} between fp32 and bf16 masks on {case.case_id} (>= {MIN_AGREEMENT})"
+    return None if case is None else (bf16_agreement(predictor, case.files), case.case_id)
+
+
+def disagreement(agree: float, case_id: str) -> str:
+    return f"Dice between its fp32 and bf16 masks is {agree:.4f} < {MIN_AGREEMENT} on {case_id}"

@@ -12,7 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seg.config import Precision, UserError, bf16_supported
-from seg.inference.agreement import check_bf16
+from seg.inference.agreement import (
+    MIN_AGREEMENT,
+    agreement_line,
+    check_bf16,
+    disagreement,
+    first_case_agreement,
+)
 from seg.inference.batch import BatchOptions, BatchResult, predict_cases
 from seg.inference.bundle import load_bundle
 from seg.inference.cases import discover
@@ -91,16 +97,15 @@ def choose_precision(asked: str, trained: str | None, engine: str, device: str) 
 def bf16_note(predictor, model: str, cases, why: str) -> str | None:
     """The bf16 check's line. Asked for (``--precision bf16``), a failed check refuses the run; chosen by
     ``auto``, it falls back to fp32 and says so."""
-    try:
-        line = check_bf16(predictor, model, cases)
-    except UserError as e:
-        if why != "auto":
-            raise
+    if why != "auto":
+        return check_bf16(predictor, model, cases)  # refuses below the line
+    checked = first_case_agreement(predictor, cases)
+    if checked is None:
+        return None
+    if checked[0] < MIN_AGREEMENT:
         predictor.precision = "fp32"
-        return f"precision: fp32, though the model trained in bf16: {str(e).split('refused for this net: ', 1)[-1]}"
-    if line and why == "auto":
-        return f"precision: bf16, as the model trained (--precision fp32 turns it off); {line}"
-    return line
+        return f"precision: fp32, though the model trained in bf16: {disagreement(*checked)}"
+    return f"precision: bf16, as the model trained (--precision fp32 turns it off); {agreement_line(*checked)}"
 
 
 def prepare(r: PredictRequest) -> PredictRun:
