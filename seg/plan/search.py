@@ -4,16 +4,18 @@ decision, as nnU-Net's planner has one step per decision; :func:`search` runs th
 
 0. the cost model first (:func:`screen`): a patch whose narrowest step, estimated from its FLOPs and this
    machine's measured rate, is over ``skip_margin`` times the step the floor allows is skipped unprobed;
-1. precision: bf16 autocast when the device supports it and its step takes at most ``bf16_gain`` of fp32's;
-   channels-last 3D activations when their step takes at most ``channels_last_gain`` of channels-first's;
+1. precision, once, at the first patch searched: bf16 autocast when the device supports it and its step takes at
+   most ``bf16_gain`` of fp32's; channels-last 3D activations when their step takes at most
+   ``channels_last_gain`` of channels-first's;
 2. members: when the budget buys more than one network can use (``round(S8 / member_steps_w8)`` >= 2, S8 the
    optimiser steps of a width-8 net at the full patch in the whole budget), it is split into that many members
    (at most ``max_members``), each planned for its share;
 3. width: the widest of ``bases`` whose step still buys ``min_steps`` optimiser steps in a member's training
    time (and whose activations fit the memory);
 4. patch: when even the narrowest width cannot, the patch shrinks (nnU-Net's reduction, ``rules.shrink_patch``)
-   and 1, 3 and 4 repeat; patches whose step, scaled by voxels from the last probe, is over ``skip_margin``
-   times the allowed one are skipped unprobed.
+   and 3 and 4 repeat at the chosen precision; patches whose step, scaled by voxels from the last probe, is over
+   ``shrink_margin`` times the allowed one are skipped unprobed (a step falls no faster than its voxels: the
+   margin is the probes' noise).
 
 A bare step is the median of ``bare_reps`` timed steps; a thinner net or a smaller patch measured slower than a
 wider or larger one is measured again, and then taken as no slower (noise, not the machine). A real training
@@ -243,15 +245,15 @@ def widest_width(
 
 def next_patch(patch: list[int], steps: BareSteps, c: Candidate, need_s: float, inp: SearchInput) -> list[int]:
     """The next patch worth a probe after ``patch`` failed: shrink once, then keep shrinking (unprobed) while
-    the narrowest width's step at ``patch``, scaled by voxels, is still over ``skip_margin`` times the
+    the narrowest width's step at ``patch``, scaled by voxels, is still over ``shrink_margin`` times the
     ``need_s`` seconds a step may take (step time falls no faster than the voxel count: a skipped patch would
-    have failed its probe too)."""
+    have failed its probe too; the margin covers the probes' noise)."""
     s = inp.settings
     cand = replace(c, base=s.bases[0], patch=tuple(patch))
     rec = steps.find(cand)
     t = None if rec is None else inp.model.real(rec.bare_s, cand)
     nxt = rules.shrink_patch(patch)
-    while t is not None and not smallest(nxt, s) and t * math.prod(nxt) / math.prod(patch) > s.skip_margin * need_s:
+    while t is not None and not smallest(nxt, s) and t * math.prod(nxt) / math.prod(patch) > s.shrink_margin * need_s:
         nxt = rules.shrink_patch(nxt)
     return nxt
 
@@ -278,12 +280,12 @@ def estimated(steps: BareSteps, inp: SearchInput, cand: Candidate) -> float:
 def machine_rate(steps: BareSteps, inp: SearchInput) -> float:
     """A timed bare step over its FLOP estimate, once per plan: the narrowest width's fp32 channels-last step (the
     width the screen asks about: a narrow net does less per FLOP than a wide one) at the largest patch the FLOP
-    estimate puts within ``skip_margin`` times the step the floor allows."""
+    estimate puts within the step the floor allows (a rate, not a candidate: the smaller patch costs less to time)."""
     if steps.rate is None:
         s, need = inp.settings, inp.floor_step_s
         at = lambda p: inp.narrowest(p, "fp32")  # noqa: E731
         patches = _shrinks(inp.full_patch, s)
-        patch = next((p for p in patches if inp.estimate(at(p), levels_for(p)) <= s.skip_margin * need), patches[-1])
+        patch = next((p for p in patches if inp.estimate(at(p), levels_for(p)) <= need), patches[-1])
         steps.rate = steps.bare(at(patch), levels_for(patch)) / inp.estimate(at(patch), levels_for(patch))
     return steps.rate
 
@@ -323,21 +325,22 @@ def search(steps: BareSteps, inp: SearchInput) -> Choice:
     patch, screened = screen(steps, inp)
     if screened:
         reasons["screen"] = screened
-    members, cl, train_s = 0, True, 0.0
+    members, cl, train_s, precision = 0, True, 0.0, "fp32"
     while True:
         levels = levels_for(patch)
         c8 = Candidate(s.precision_base, tuple(patch), s.batch, "fp32", cl)
-        precision = "fp32"
-        if inp.bf16:
-            precision, reasons["precision"] = choose_precision(steps, c8, levels, inp)
-        c8 = replace(c8, precision=precision)
-        if not members:  # once, at the full patch: the memory format, and how many networks the budget is worth
+        if not members:  # once, at the first patch: precision, memory format, how many networks the budget is worth
+            precision = "fp32"
+            if inp.bf16:
+                precision, reasons["precision"] = choose_precision(steps, c8, levels, inp)
+            c8 = replace(c8, precision=precision)
             if inp.measured:
                 cl, reasons["channels_last"] = choose_channels_last(steps, c8, levels, inp)
                 c8 = replace(c8, channels_last=cl)
             t8 = inp.model.real(steps.bare(c8, levels), c8)
             members, reasons["members"] = member_count(t8, inp.train_time(1), inp.budget_s, s)
             train_s = inp.train_time(members)
+        c8 = replace(c8, precision=precision)
         best = widest_width(steps, c8, levels, train_s, inp)
         if best is None and smallest(patch, s):  # the smallest there is; the budget is short
             narrow = replace(c8, base=s.bases[0])

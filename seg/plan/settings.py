@@ -23,7 +23,8 @@ class Settings:
     monotone_slack: float = 1.05  # a thinner net / smaller patch this much slower than a wider / larger: remeasure
     member_steps_w8: int = 6000  # width-8 steps one member's training is worth; more buy another member
     max_members: int = 5  # ensemble members at most
-    skip_margin: float = 2.0  # a patch whose scaled step is over this multiple of the allowed one is not probed
+    skip_margin: float = 2.0  # a patch whose FLOP-estimated step is over this multiple of the allowed one is not probed
+    shrink_margin: float = 1.15  # ... nor one whose step scaled by voxels from a probed larger patch is over this
     smallest_voxels: int = 16**3  # the patch search stops at this many voxels (or an axis of 2 * MIN_FEATURE)
     step_overhead: float = 1.3  # a real step over the bare probe's, before the training probe measured it
     # the resolution (seg.plan.planner: the low-resolution configuration)

@@ -48,7 +48,31 @@ def test_patches_that_cannot_buy_the_floor_are_not_timed(scans, tmp_path, monkey
     every = _plan(scans, tmp_path, budget="10m", resolution="full")
     assert tuple(full) in {tuple(p.patch) for p in every.probes} and "screen" not in every.reasons
     assert (plan.patch, plan.base, plan.precision) == (every.patch, every.base, every.precision)
-    assert len(plan.probes) < len(every.probes)
+    # what probing costs is its seconds, not its count: the screen times smaller patches (its rate among them)
+    assert sum(p.step_s for p in plan.probes) < 0.7 * sum(p.step_s for p in every.probes)
+    # precision is decided once, at the first patch searched: fp32 is timed at one patch only (the rate's and
+    # the precision probe's), though the search went on to smaller ones
+    assert len({tuple(p.patch) for p in plan.probes if p.precision == "fp32"}) == 1
+    assert len({tuple(p.patch) for p in plan.probes}) >= 3
+
+
+def test_a_smaller_patch_is_probed_unless_its_scaled_step_is_past_the_shrink_margin():
+    """``shrink_margin`` (1.15) at its boundary: the next patch is probed when its step, scaled by voxels from the
+    probed one, is within 1.15x the step allowed, and skipped (unprobed) just past it."""
+    from seg.plan import rules
+    from seg.plan.records import BareStep, Candidate
+    from seg.plan.search import BareSteps, SearchInput, StepModel, next_patch
+
+    assert SETTINGS.shrink_margin == 1.15
+    patch = [64, 80, 80]
+    nxt = rules.shrink_patch(patch)
+    cand = Candidate(4, tuple(patch), 2, "bf16", True)
+    steps = BareSteps(timer=lambda c, levels: pytest.fail("next_patch times nothing"))
+    steps.records.append(BareStep(cand, 5, 1.0))  # the narrowest width at patch: 1 s a step
+    inp = SearchInput(patch, 1200, True, True, 8.0, 4000, lambda m: 1000.0, model=StepModel(0.0))
+    scaled = math.prod(nxt) / math.prod(patch)  # nxt's step, scaled by voxels
+    assert next_patch(patch, steps, cand, scaled / 1.15 * 1.01, inp) == nxt
+    assert math.prod(next_patch(patch, steps, cand, scaled / 1.15 * 0.99, inp)) < math.prod(nxt)
 
 
 def _spec(root):
