@@ -330,12 +330,14 @@ def test_hd95_equals_monais_exactly_and_not_medpys_pooled_hd95(seed):
     shape = (40, 36, 24)
     ref = sphere(shape, (20, 18, 12), 9, spacing) & (rng.random(shape) > 0.05)
     pred = sphere(shape, (22, 17, 12), 8, spacing) | sphere(shape, (10, 10, 6), 3, spacing)  # a far spurious blob
-    t = [torch.from_numpy(a[None, None].astype(np.float32)) for a in (pred, ref)]
-    monai = float(compute_hausdorff_distance(*t, include_background=True, percentile=95, spacing=list(spacing))[0, 0])
-    seg = binary_metrics(pred, ref, spacing)["HD95"]
-    assert seg == monai
-    pooled = medpy.hd95(pred, ref, voxelspacing=spacing)
-    assert pooled < seg - 0.1  # the conventions differ here, by more than a tenth of a millimetre
+    # both ways round: the far blob in the prediction, then in the reference (a one-directed HD95 fails one)
+    for p, r in ((pred, ref), (ref, pred)):
+        t = [torch.from_numpy(a[None, None].astype(np.float32)) for a in (p, r)]
+        monai = float(compute_hausdorff_distance(*t, include_background=True, percentile=95, spacing=list(spacing))[0, 0])
+        seg = binary_metrics(p, r, spacing)["HD95"]
+        assert seg == monai
+        pooled = medpy.hd95(p, r, voxelspacing=spacing)
+        assert pooled < seg - 0.1  # the conventions differ here, by more than a tenth of a millimetre
 
 
 def test_seg_eval_surface_tolerance_default_is_2mm_with_a_case_on_each_side(tmp_path):

@@ -196,9 +196,27 @@ def hippocampus_probe(net, cand, levels, in_ch, out_ch, device):  # bf16 steps a
     return HIPPOCAMPUS_PROBE[cand.base] * (0.785 if cand.precision == "bf16" else 1.0)
 
 
-def test_min_steps_pin():
-    """docs/planning.md: the widest width whose step buys 4000 steps (3000 and 2000 measured there)."""
+def test_min_steps_pin(synth_root, tmp_path, monkeypatch):
+    """docs/planning.md: the widest width whose step buys 4000 steps (3000 and 2000 measured there); seg-plan's
+    request carries it when --min-steps is not given, and the flag's value when it is."""
     assert SETTINGS.min_steps == 4000
+    from seg.cli.plan import main
+    from seg.plan import planner as planner_mod
+
+    asked = []
+
+    class Seen(Exception):
+        pass
+
+    def capture(request, *a, **k):
+        asked.append(request.min_steps)
+        raise Seen
+
+    monkeypatch.setattr(planner_mod, "Planner", capture)
+    for extra in ([], ["--min-steps", "3000"]):
+        with pytest.raises(Seen):
+            main([str(synth_root), "-o", str(tmp_path / "p.yaml"), "-q", *extra])
+    assert asked == [4000, 3000]
 
 
 # 60m: 4 members of width 8 since the loop's cost is seconds a step (LOOP_OVERHEAD_S), not 10 % of it: the

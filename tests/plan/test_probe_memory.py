@@ -175,10 +175,16 @@ def test_figures_older_than_max_age_are_measured_again(tmp_path, monkeypatch):
     assert mem.figure("k", lambda: 2.0) == 2.0
     assert memory.ProbeMemory("cpu").figure("k", lambda: 9.0) == 2.0  # kept
     data = json.loads(mem.path.read_text())
-    for rows in data.values():
-        rows["k"][0][0] = time.time() - (SETTINGS.max_age_days + 1) * 86400
-    mem.path.write_text(json.dumps(data))
-    assert memory.ProbeMemory("cpu").figure("k", lambda: 9.0) == 9.0  # too old: measured again
+
+    def aged(days: float) -> None:
+        for rows in data.values():
+            rows["k"][0][0] = time.time() - days * 86400
+        mem.path.write_text(json.dumps(data))
+
+    aged(SETTINGS.max_age_days - 1)
+    assert memory.ProbeMemory("cpu").figure("k", lambda: 9.0) == 2.0  # 29 days old: still kept
+    aged(SETTINGS.max_age_days + 1)
+    assert memory.ProbeMemory("cpu").figure("k", lambda: 9.0) == 9.0  # 31 days: too old, measured again
 
 
 def test_an_unreadable_memory_is_one_warning_and_the_plan_is_made(synth_root, tmp_path, monkeypatch, caplog):
