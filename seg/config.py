@@ -5,9 +5,11 @@ Bottom layer (beside ``seg.io``): imports nothing of seg, nor Lightning or Hydra
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Executor, ThreadPoolExecutor
 from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
@@ -236,3 +238,18 @@ def configure_threads() -> int:
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
+
+
+@contextlib.contextmanager
+def pool(workers: int, kind: type[Executor] = ThreadPoolExecutor) -> Iterator[Executor]:
+    """An executor (threads by default) that does not outlive a stop: when its block ends by an exception, a
+    signal's included (SIGTERM 143, Ctrl-C 130), the tasks not yet started are dropped and nothing waits for
+    the running ones. The standard ``with Executor()`` waits for every queued task first: a ``docker stop`` of
+    a batch whose inputs were queued for checking read them all before it exited (or was killed)."""
+    ex = kind(max(1, workers))
+    try:
+        yield ex
+    except BaseException:
+        ex.shutdown(wait=False, cancel_futures=True)
+        raise
+    ex.shutdown(wait=True)

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from seg.config import pool
 from seg.data.datalist import Case, DatasetSpec
 from seg.io import GRID_TOL, NiftiError, read_nifti
 
@@ -37,8 +37,8 @@ def check_dataset(spec: DatasetSpec, workers: int | None = None) -> list[Problem
         if n > 1:
             problems.append(Problem("error", spec.root, f"case id {cid!r} appears {n} times"))
     workers = workers or min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(workers) as pool:  # zlib and file reads release the GIL
-        for found in pool.map(lambda c: check_case(c, spec), spec.cases):
+    with pool(workers) as threads:  # zlib and file reads release the GIL
+        for found in threads.map(lambda c: check_case(c, spec), spec.cases):
             problems.extend(found)
     return problems
 

@@ -28,7 +28,6 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +35,7 @@ import torch
 from monai import transforms as T
 from monai.data import Dataset, MetaTensor
 
+from seg.config import pool
 from seg.errors import one_line
 from seg.io import cache_root, file_sha256
 
@@ -91,8 +91,8 @@ class DiskCacheDataset(Dataset):
         todo = [i for i, e in enumerate(self.entries) if not self._readable(e)]
         if todo:
             log.info("pre-processing %d of %d cases into %s", len(todo), len(items), self.folder)
-            with ThreadPoolExecutor(max(1, workers)) as pool:
-                list(pool.map(self._build, todo))
+            with pool(workers) as threads:
+                list(threads.map(self._build, todo))
 
     @staticmethod
     def _readable(entry: Path) -> bool:

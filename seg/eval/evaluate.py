@@ -12,11 +12,11 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from seg.config import pool
 from seg.data.datalist import case_id_from_path
 from seg.errors import SegError
 from seg.eval.detection import DEFAULT, DetectionParams, case_detection, summarize, summarize_by_volume
@@ -170,8 +170,8 @@ def evaluate_folders(
         except EvalError as e:
             return {"_bad": str(e)}
 
-    with ThreadPoolExecutor(workers) as pool:
-        results = list(pool.map(one, common))
+    with pool(workers) as threads:
+        results = list(threads.map(one, common))
     bad = dups + [{"case": c, "problem": r["_bad"]} for c, r in zip(common, results) if "_bad" in r]
     per_case = [r for r in results if "_bad" not in r]
     if not per_case:

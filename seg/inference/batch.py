@@ -14,7 +14,6 @@ import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from seg.config import check_option
+from seg.config import check_option, pool
 from seg.data.components import count_components
 from seg.errors import one_line
 from seg.inference.cases import InputCase, validate
@@ -243,8 +242,8 @@ def predict_cases(
     if progress is not None:
         progress.start()
     try:
-        with ThreadPoolExecutor(max(1, options.workers)) as pool:
-            checks = [pool.submit(validate, c) for c in cases]  # read-ahead: inputs checked while predicting
+        with pool(options.workers) as workers:
+            checks = [workers.submit(validate, c) for c in cases]  # read-ahead: inputs checked while predicting
             for c, check in zip(cases, checks):
                 problem, warnings = check.result()
                 for w in warnings:

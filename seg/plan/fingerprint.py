@@ -20,6 +20,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from seg.config import pool
 from seg.data.components import count_components
 from seg.data.datalist import Case, DatasetSpec
 from seg.io import write_text
@@ -147,8 +148,8 @@ def compute_fingerprint(
         bar.start()
     try:
         if workers > 1:
-            with ProcessPoolExecutor(workers) as pool:
-                for r in pool.map(_one, jobs, chunksize=4):
+            with pool(workers, ProcessPoolExecutor) as procs:
+                for r in procs.map(_one, jobs, chunksize=4):
                     cases.append(r)
                     if bar:
                         bar.advance(task)

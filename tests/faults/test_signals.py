@@ -137,3 +137,109 @@ def test_sigterm_that_lightning_sees_first_at_an_epoch_end_still_exits_143(synth
         Signals.deferred, Signals.received = False, None
     assert e.value.code == ExitCode.TERMINATED == 143 and "terminated (SIGTERM)" in str(e.value)
     assert "last.ckpt" in str(e.value) and not (run / "metrics.json").exists()
+
+
+# -- one exit rule in every command and phase (in-process: the signal raised at a point of the work) --------------
+def test_a_pool_stopped_by_a_signal_starts_nothing_more():
+    """``seg.config.pool``: a block ended by a signal drops the queued tasks. The standard executor ran all 40
+    (a ``docker stop`` of a batch whose inputs were queued for checking read them all first)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from seg.config import pool
+
+    for make, most in ((pool, 4), (ThreadPoolExecutor, 40)):
+        ran = []
+        with pytest.raises(KeyboardInterrupt):
+            with make(2) as ex:
+                futures = [ex.submit(lambda i=i: (ran.append(i), time.sleep(0.02))) for i in range(40)]
+                futures[0].result()
+                raise KeyboardInterrupt
+        time.sleep(0.1)  # the running tasks end
+        assert (len(ran) <= most) and (len(ran) == 40) is (make is ThreadPoolExecutor), (make, len(ran))
+
+
+def _cases_dir(synth_root, tmp_path, n=6):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for i in range(n):
+        shutil.copy(synth_root / "imagesTr" / "synth_000.nii.gz", inp / f"c{i}.nii.gz")
+    return inp
+
+
+def _predict(synth_root, tmp_path):
+    from seg.cli.predict import main
+    from tests.inference.conftest import make_bundle
+
+    args = ["-i", str(_cases_dir(synth_root, tmp_path)), "-o", str(tmp_path / "out"), "-q"]
+    return main, [*args, "-m", str(make_bundle(tmp_path / "model"))]
+
+
+def _check_data(synth_root, tmp_path):
+    from seg.cli.check_data import main
+
+    return main, [str(synth_root), "--workers", "2"]
+
+
+def _eval(synth_root, tmp_path):
+    from seg.cli.eval import main
+
+    labels = synth_root / "labelsTr"
+    shutil.copytree(labels, tmp_path / "pred")
+    return main, ["-p", str(tmp_path / "pred"), "-l", str(labels), "-o", str(tmp_path / "ev"), "--no-surface"]
+
+
+def _export(synth_root, tmp_path):
+    from seg.cli.export import main
+    from tests.inference.conftest import make_bundle
+
+    return main, ["-m", str(make_bundle(tmp_path / "model")), "-o", str(tmp_path / "exported")]
+
+
+SIGNALLED = [  # (command, where the signal lands)
+    (_predict, "seg.inference.batch.predict_one"),
+    (_check_data, "seg.data.check.check_case"),
+    (_eval, "seg.eval.evaluate.evaluate_case"),
+    (_export, "seg.inference.export.export_fold"),
+]
+
+
+@pytest.mark.parametrize("sig, code, what", [(signal.SIGTERM, 143, "terminated (SIGTERM)"), (signal.SIGINT, 130, "")])
+@pytest.mark.parametrize("make, where", SIGNALLED, ids=["predict", "check-data", "eval", "export"])
+def test_every_command_exits_143_on_sigterm_and_130_on_ctrl_c(
+    synth_root, tmp_path, monkeypatch, capsys, make, where, sig, code, what
+):
+    import importlib
+
+    module, name = where.rsplit(".", 1)
+    mod = importlib.import_module(module)
+    original = getattr(mod, name)
+
+    def signalled(*a, **k):
+        signal.raise_signal(sig)
+        time.sleep(0.5)  # the handler runs in the main thread; a worker thread's call goes on meanwhile
+        return original(*a, **k)
+
+    monkeypatch.setattr(mod, name, signalled)
+    main, argv = make(synth_root, tmp_path)
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert (what or "interrupted (Ctrl-C)") in err.strip().splitlines()[-1]
+
+
+def test_the_kfold_evaluation_phase_exits_143_on_sigterm(synth_root, tmp_path, monkeypatch, capsys):
+    """After the folds, while the out-of-fold cases are evaluated: the same rule (Lightning's handlers are gone)."""
+    import seg.run.kfold as kf
+    from seg.cli.kfold import main
+
+    run = tmp_path / "cv"
+    (run / "fold_0").mkdir(parents=True)
+    (run / "fold_0" / "done.json").write_text("{}")
+    monkeypatch.setattr(kf, "run_fold", lambda *a, **k: {})
+    monkeypatch.setattr(kf, "evaluate_cv", lambda *a, **k: (signal.raise_signal(signal.SIGTERM), time.sleep(1)))
+    monkeypatch.setattr(sys, "argv", ["seg-kfold", *tiny_cv(synth_root, run), f"hydra.run.dir={run}"])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 143
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("terminated (SIGTERM)")
