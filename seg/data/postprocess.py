@@ -10,6 +10,7 @@ against a by-hand count in tests/eval/test_postprocess.py).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -35,8 +36,10 @@ class Postprocessing:
     def __post_init__(self) -> None:
         for label, rule in self.rules.items():
             op = check_option(f"postprocessing[{label}].op", rule.get("op"), Operation)
-            if op == Operation.MIN_ML and not float(rule.get("ml", 0)) > 0:
-                raise UserError(f"postprocessing[{label}]: min_ml needs a volume ml > 0, got {rule.get('ml')!r}")
+            ml = rule.get("ml", 0)
+            ok = isinstance(ml, (int, float)) and not isinstance(ml, bool) and math.isfinite(ml) and ml > 0
+            if op == Operation.MIN_ML and not ok:  # .inf would empty every mask
+                raise UserError(f"postprocessing[{label}]: min_ml needs a finite volume ml > 0, got {ml!r}")
 
     @classmethod
     def from_mapping(cls, m: Mapping | None) -> Postprocessing:

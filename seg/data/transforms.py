@@ -65,6 +65,21 @@ class HeadMask:
         return ndimage.binary_fill_holes(largest_component(mask, connectivity=6))[None]
 
 
+MAX_SPACING_MM = 100.0  # a voxel spacing above this is a unit mistake (metres, a scale), not a scan
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _interval(r: Any) -> bool:
+    try:
+        lo, hi = r
+    except (TypeError, ValueError):
+        return False
+    return _finite(lo) and _finite(hi) and lo < hi
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """The deterministic pre-processing a model was trained with: what ``model.yaml`` stores and what
@@ -99,7 +114,30 @@ class Preprocessing:
         unknown = sorted(set(m) - known)
         if unknown:
             raise UserError(f"preprocessing: unknown keys {unknown} (known: {sorted(known)})")
-        return cls(**m)
+        out = cls(**m)
+        out.check()
+        return out
+
+    def check(self) -> None:
+        """Values that would fail inside MONAI or give nonsense, one line each: the spacing (positive, finite,
+        at most ``MAX_SPACING_MM``), the normalisation's own figures (ct: clip, mean, std; window: its range)."""
+        if self.spacing is not None:
+            sp = [float(x) for x in self.spacing]
+            if len(sp) != 3 or not all(math.isfinite(x) and 0 < x <= MAX_SPACING_MM for x in sp):
+                raise UserError(
+                    f"preprocessing.spacing {self.spacing}: give 3 spacings in mm, each in (0, {MAX_SPACING_MM:g}]"
+                )
+        norm = dict(self.normalize or {})
+        mode = norm.get("mode", "zscore")
+        if mode in ("ct", "window"):
+            rng = norm.get("clip" if mode == "ct" else "window", None if mode == "ct" else (-1000.0, 1000.0))
+            if not _interval(rng):
+                key = "clip" if mode == "ct" else "window"
+                raise UserError(f"preprocessing.normalize.{key} {rng!r}: {mode} needs [low, high] with low < high")
+        if mode == "ct":
+            mean, std = norm.get("mean"), norm.get("std")
+            if not (_finite(mean) and _finite(std) and float(std) > 0):
+                raise UserError(f"preprocessing.normalize: ct needs the data's mean and std > 0, got {mean!r}, {std!r}")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

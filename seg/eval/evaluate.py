@@ -41,6 +41,34 @@ def _nifti_files(folder: Path) -> tuple[dict[str, Path], dict[str, list[Path]]]:
     return files, {cid: ps for cid, ps in by_id.items() if len(ps) > 1}
 
 
+MAX_LABELS = 255  # a label map holds at most this many distinct ids (uint8's range); more is an image given as one
+
+
+def label_map(data: np.ndarray, path: str | Path, role: str) -> np.ndarray:
+    """``data`` as integer label ids, or an :class:`EvalError` naming ``path``: NaN or infinite values, values off
+    the integers (a soft map: rounding it would score a guess), negative ids, or more distinct ids than
+    :data:`MAX_LABELS` (an image given as a label map)."""
+    a = np.squeeze(np.asarray(data))
+    if a.dtype.kind == "f":
+        if not np.isfinite(a).all():
+            raise EvalError(f"{path}: the {role} holds NaN or infinite values: not a label map")
+        r = np.rint(a)
+        off = np.abs(a - r) > 1e-3
+        if off.any():
+            raise EvalError(
+                f"{path}: the {role} holds values between labels (e.g. {a[off].flat[0]:.3g}): a label map holds "
+                "integer ids (threshold soft predictions first)"
+            )
+        a = r
+    a = a.astype(np.int64)
+    ids = np.unique(a)
+    if ids.size and ids[0] < 0:
+        raise EvalError(f"{path}: the {role} holds a negative label id ({ids[0]}): not a label map")
+    if ids.size > MAX_LABELS:
+        raise EvalError(f"{path}: the {role} holds {ids.size} distinct values: not a label map (an image?)")
+    return a
+
+
 def evaluate_case(
     pred_path: str,
     ref_path: str,
@@ -56,13 +84,12 @@ def evaluate_case(
         pred, ref = read_nifti(pred_path), read_nifti(ref_path)
     except NiftiError as e:
         raise EvalError(f"{pred_path} / {ref_path}: {e}") from None
-    p, r = np.squeeze(pred.data), np.squeeze(ref.data)
+    p, r = label_map(pred.data, pred_path, "prediction"), label_map(ref.data, ref_path, "reference")
     if p.shape != r.shape:
         raise EvalError(f"{pred_path}: shape {list(p.shape)} differs from the reference's {list(r.shape)} ({ref_path})")
     if not np.allclose(pred.affine, ref.affine, atol=GRID_TOL):
         raise EvalError(f"{pred_path}: affine differs from the reference's ({ref_path})")
     spacing = [float(x) for x in ref.header.get_zooms()[:3]]
-    p, r = np.rint(p).astype(np.int64), np.rint(r).astype(np.int64)
     undeclared = sorted(set(np.unique(p).tolist()) - set(labels))
     metrics = case_metrics(p, r, spacing, labels, surface, tolerance_mm)
     detection = {}
@@ -158,8 +185,11 @@ def evaluate_folders(
     unmatched = sorted(set(preds) - set(refs))
     if labels is None:
         ids = set()
-        for c in common:
-            ids |= set(np.unique(np.rint(np.asanyarray(read_nifti(refs[c]).data))).astype(int).tolist())
+        for c in common:  # a reference that is no label map adds none (its case is reported bad below)
+            try:
+                ids |= set(np.unique(label_map(read_nifti(refs[c]).data, refs[c], "reference")).tolist())
+            except (EvalError, NiftiError):
+                continue
         labels = {i: str(i) for i in sorted(ids | {0})}
     workers = workers or min(4, os.cpu_count() or 1)
     matching = DetectionParams(matching=matching).matching  # an unknown mode: one line before any case

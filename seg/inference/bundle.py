@@ -135,7 +135,18 @@ class BundleMeta:
             preprocessing = Preprocessing.from_mapping(pre)
             labels = {int(k): str(v) for k, v in dict(meta["labels"]).items()}
             folds = [int(f) for f in meta["folds"]]
+            members = meta.get("members") or 1
+            if isinstance(members, bool) or not isinstance(members, int) or members < 1:
+                raise ValueError(f"members {members!r} is not a count of networks (1 or more)")
+            names = meta["channel_names"]
+            if not isinstance(names, (list, tuple)) or not all(isinstance(c, str) for c in names):
+                raise ValueError(f"channel_names {names!r} is not a list of channel names (e.g. [T1])")
             post = Postprocessing.from_mapping(meta.get("postprocessing"))
+            stray = sorted(set(post.rules) - (set(labels) - {0}))
+            if stray:
+                raise ValueError(
+                    f"postprocessing names label ids {stray} that the bundle's labels {sorted(labels)} lack"
+                )
             mirror = meta.get("mirror_axes")
             mirror = None if mirror is None else sorted(int(a) for a in mirror)
             if mirror is not None and not set(mirror) <= {0, 1, 2}:
@@ -153,7 +164,7 @@ class BundleMeta:
             inferer=inferer,
             folds=folds,
             threshold=meta.get("threshold"),
-            members=int(meta.get("members") or 1),
+            members=members,
             postprocessing=post,
             mirror_axes=mirror,
             extra={k: v for k, v in meta.items() if k not in known},

@@ -277,3 +277,83 @@ def test_a_second_training_into_a_busy_run_folder_stops_at_once(synth_root, tmp_
     assert r.returncode == ExitCode.REFUSED and lines and str(run) in lines[0], r.stderr[-2000:]
     assert not (run / "checkpoints").exists() and not (run / "metrics.json").exists()
     _record("train-second-run-into-a-busy-folder", r.returncode, lines[0], tmp_path)
+
+
+# -- seg-eval scores label maps only (R10) ------------------------------------------------------------------
+def _ref_nan(e):
+    a = nib_data(e.labels / "case1.nii.gz").astype("float32")
+    a[0, 0, 0] = float("nan")
+    return _save_like(e.labels / "case1.nii.gz", a), "NaN or infinite"
+
+
+def _ref_is_an_image(e):  # an integer image (a CT's HU, a T1's counts) where the reference should be
+    a = abs(nib_data(e.inp / "case1.nii.gz") * 100).round().astype("int32")
+    return _save_like(e.labels / "case1.nii.gz", a), "distinct values: not a label map (an image?)"
+
+
+def _pred_is_soft(e):
+    a = nib_data(e.labels / "case1.nii.gz").astype("float32") * 0.6
+    return _save_like(e.out / "case1.nii.gz", a), "values between labels"
+
+
+def nib_data(path):
+    import nibabel as nib
+
+    return __import__("numpy").asanyarray(nib.load(path).dataobj)
+
+
+def _save_like(path: Path, data) -> Path:
+    import nibabel as nib
+
+    img = nib.load(path)
+    nib.save(nib.Nifti1Image(data, img.affine), path)
+    return path
+
+
+EVAL_ROWS = [
+    ("eval-nan-reference", _ref_nan),
+    ("eval-image-as-reference", _ref_is_an_image),
+    ("eval-soft-prediction", _pred_is_soft),
+]
+
+
+@pytest.mark.parametrize("name, damage", EVAL_ROWS, ids=[r[0] for r in EVAL_ROWS])
+def test_eval_scores_label_maps_only(env, capsys, name, damage):  # noqa: F811
+    from seg.cli.eval import main
+
+    shutil.copytree(env.labels, env.out)  # perfect predictions, then one file damaged
+    bad, needle = damage(env)
+    rc = main(["-p", str(env.out), "-l", str(env.labels), "-o", str(env.tmp / "ev"), "--no-surface"])
+    out, err = capsys.readouterr()
+    lines = [x for x in err.splitlines() if str(bad) in x]
+    assert rc == ExitCode.FAILED and lines and needle in lines[0] and "Traceback" not in err, err
+    assert "2 cases" in out and "Dice 1.0000" in out  # the other cases scored; no invented label among them
+    assert "-9223372036854775808" not in out + err and "UNDECLARED" not in err
+    _record(name, rc, lines[0], env.tmp)
+
+
+# -- a bundle's values are data, checked (R11, R16) -----------------------------------------------------------
+BUNDLE_ROWS = [
+    ("bundle-postprocessing-ml-inf", {"postprocessing": {1: {"op": "min_ml", "ml": float("inf")}}}, "finite volume"),
+    ("bundle-postprocessing-unknown-label", {"postprocessing": {7: {"op": "largest"}}}, "label ids [7]"),
+    ("bundle-members-not-a-number", {"members": "abc"}, "members 'abc'"),
+    ("bundle-channel-names-a-string", {"channel_names": "T1"}, "channel_names 'T1'"),
+    ("bundle-channel-names-a-number", {"channel_names": 3}, "channel_names 3"),
+    ("bundle-ct-without-statistics", {"preprocessing": {"normalize": {"mode": "ct"}}}, "normalize.clip"),
+    ("bundle-absurd-spacing", {"preprocessing": {"spacing": [1.0, 1.0, 1e9]}}, "preprocessing.spacing"),
+]
+
+
+@pytest.mark.parametrize("name, change, needle", BUNDLE_ROWS, ids=[r[0] for r in BUNDLE_ROWS])
+def test_a_bundles_values_are_checked_before_any_case(env, capsys, name, change, needle):  # noqa: F811
+    path = env.bundle / "model.yaml"
+    meta = yaml.safe_load(path.read_text())
+    for k, v in change.items():
+        meta[k] = {**meta[k], **v} if isinstance(v, dict) and isinstance(meta.get(k), dict) else v
+    path.write_text(yaml.safe_dump(meta))
+    rc = predict(env)
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if "model.yaml" in x]
+    assert rc == ExitCode.REFUSED and lines and needle in lines[0] and "Traceback" not in err, err
+    assert not env.out.exists() or not list(env.out.glob("*.nii.gz"))
+    _record(name, rc, lines[0], env.tmp)
