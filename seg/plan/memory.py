@@ -26,6 +26,8 @@ Why not a library: neither MONAI nor Lightning keeps timings between runs; this 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -99,13 +101,14 @@ class ProbeMemory:
         if self.on:
             self._data = self._read()
 
-    def _read(self) -> dict:
+    def _read(self, quiet: bool = False) -> dict:
         try:
             data = json.loads(self.path.read_text())
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as e:
-            log.warning("probe memory %s is unreadable (%s): measuring every probe again", self.path, e)
+            if not quiet:  # said once, when the plan starts; the save replaces it
+                log.warning("probe memory %s is unreadable (%s): measuring every probe again", self.path, e)
             return {}
         return data if isinstance(data, dict) else {}
 
@@ -159,22 +162,44 @@ class ProbeMemory:
 
     def _add(self, slot: str, value, now: float) -> list[list]:
         """Keep ``value`` (timed ``now``) in ``slot`` beside its last figures (at most ``keep``), save the
-        memory, and return the slot's figures."""
-        kept = [*self._kept(slot), [now, value]][-SETTINGS.keep :]
-        self._data.setdefault(self._machine, {})[slot] = kept
-        self._save()
+        memory, and return the slot's figures. The file is read again under a lock and this figure merged into
+        it: two plans at once each keep their figures (the one that saved last no longer drops the other's)."""
+        try:
+            with self._lock():
+                if self.on:
+                    self._data = self._read(quiet=True)
+                kept = [*self._kept(slot), [now, value]][-SETTINGS.keep :]
+                self._data.setdefault(self._machine, {})[slot] = kept
+                self._save()
+        except OSError as e:  # the lock cannot be made (a read-only home): as a failed save
+            self._unwritable(e)
+            kept = [*self._kept(slot), [now, value]][-SETTINGS.keep :]
         return kept
+
+    @contextlib.contextmanager
+    def _lock(self):
+        """An exclusive lock beside the file (``probes.json.lock``, never followed through a link)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def _save(self) -> None:
         from seg.io import write_text
 
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             write_text(self.path, json.dumps(self._data, indent=0, sort_keys=True))
-        except OSError as e:  # a read-only home: plan without keeping (say so once)
-            if self.on:
-                log.warning("probe memory %s cannot be written (%s): figures not kept", self.path, e)
-            self.on = False
+        except OSError as e:
+            self._unwritable(e)
+
+    def _unwritable(self, e: OSError) -> None:
+        """A read-only home: plan without keeping (said once)."""
+        if self.on:
+            log.warning("probe memory %s cannot be written (%s): figures not kept", self.path, e)
+        self.on = False
 
     def describe(self) -> str:
         """One line for the plan: how many probes came from memory and how many were measured."""

@@ -213,11 +213,14 @@ class DataRules:
     scale: float = 1.0  # the spacing over the data's (> 1: low resolution)
 
 
-def check_request(spec, r: PlanRequest) -> None:
+def check_request(spec, r: PlanRequest, s: Settings = SETTINGS) -> None:
     """Refusals before any work: an unknown or unsizable net, a dataset of one case, a broken dataset, a memory
     or device count that cannot be."""
-    if r.memory_gb is not None and not r.memory_gb > 0:
-        raise UserError(f"--memory-gb {r.memory_gb:g}: give the memory a run may use, in GB (> 0)")
+    if r.memory_gb is not None and not r.memory_gb >= s.min_memory_gb:
+        raise UserError(
+            f"--memory-gb {r.memory_gb:g}: give the memory a run may use, in GB (at least {s.min_memory_gb:g}: "
+            "a training process needs that much before its first batch)"
+        )
     if r.devices < 1:
         raise UserError(f"--devices {r.devices}: give 1 or more")
     if r.resolution not in RESOLUTIONS:
@@ -338,7 +341,7 @@ class Planner:
         """Steps 1-5 of the module docstring."""
         r, s = self.request, self.settings
         self.spec = load_dataset(r.root)
-        check_request(self.spec, r)
+        check_request(self.spec, r, s)
         measured = machine.present(r.device)
         memory_gb = machine.memory_gb(r.device) if r.memory_gb is None else r.memory_gb
         fp = compute_fingerprint(self.spec, r.cache, progress=r.progress)

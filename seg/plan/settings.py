@@ -56,6 +56,7 @@ class Settings:
     load_sample_s: float = 1.0  # seconds the load is sampled before probing
     gpu_memory_share: float = 0.8  # of the GPU's memory a run may use
     ram_share: float = 0.5  # of the available RAM a run may use
+    min_memory_gb: float = 0.5  # --memory-gb at least this (importing torch, MONAI and seg's data takes 0.57 GB RSS)
     absent_gpu_gb: float = 24.0  # the memory planned for an absent GPU (estimates)
     # the probe memory (seg.plan.memory)
     keep: int = 5  # figures kept per probe (the newest); a plan reads their median

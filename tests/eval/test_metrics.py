@@ -333,7 +333,9 @@ def test_hd95_equals_monais_exactly_and_not_medpys_pooled_hd95(seed):
     # both ways round: the far blob in the prediction, then in the reference (a one-directed HD95 fails one)
     for p, r in ((pred, ref), (ref, pred)):
         t = [torch.from_numpy(a[None, None].astype(np.float32)) for a in (p, r)]
-        monai = float(compute_hausdorff_distance(*t, include_background=True, percentile=95, spacing=list(spacing))[0, 0])
+        monai = float(
+            compute_hausdorff_distance(*t, include_background=True, percentile=95, spacing=list(spacing))[0, 0]
+        )
         seg = binary_metrics(p, r, spacing)["HD95"]
         assert seg == monai
         pooled = medpy.hd95(p, r, voxelspacing=spacing)

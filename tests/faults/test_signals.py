@@ -151,7 +151,7 @@ def test_a_pool_stopped_by_a_signal_starts_nothing_more():
         ran = []
         with pytest.raises(KeyboardInterrupt):
             with make(2) as ex:
-                futures = [ex.submit(lambda i=i: (ran.append(i), time.sleep(0.02))) for i in range(40)]
+                futures = [ex.submit(lambda i=i, ran=ran: (ran.append(i), time.sleep(0.02))) for i in range(40)]
                 futures[0].result()
                 raise KeyboardInterrupt
         time.sleep(0.1)  # the running tasks end

@@ -244,3 +244,16 @@ def test_a_new_dataset_on_a_known_machine_sets_its_training_step_against_a_bare_
     assert "read from the probe memory" in p.memory and known > 0
     _, fresh = data_cost(0.5, False)
     assert abs(known / fresh - 1) < 1e-6
+
+
+def test_two_plans_at_once_each_keep_their_figures(monkeypatch):
+    """R19: both read the memory before either saved; the one that saves last keeps the other's figures too."""
+    monkeypatch.setenv("SEG_PROBE_MEMORY", "1")
+    a, b = memory.ProbeMemory("cpu"), memory.ProbeMemory("cpu")
+    a.figure("probe a", lambda: 1.0)
+    b.figure("probe b", lambda: 2.0)
+    a.figure("probe shared", lambda: 3.0)
+    b.figure("probe shared", lambda: 5.0)
+    later = memory.ProbeMemory("cpu")
+    assert later.figure("probe a", lambda: 9.0) == 1.0 and later.figure("probe b", lambda: 9.0) == 2.0
+    assert later.figure("probe shared", lambda: 9.0) == 4.0  # the median of both plans' figures

@@ -10,6 +10,7 @@ import pytest
 from seg.config import UserError, as_max_time
 from seg.plan import rules
 from seg.plan.planner import parse_budget
+from seg.plan.settings import SETTINGS
 
 
 def test_target_spacing_is_the_median_per_axis():
@@ -160,8 +161,23 @@ def test_memory_gb_caps_the_width(monkeypatch, synth_root, tmp_path):
         cache=tmp_path / "fp.json",
         progress=False,
         memory_gb=(need8 + need16) / 2,
+        settings=replace(SETTINGS, min_memory_gb=0.0),  # the 32^3 cases' nets need MBs: the floor off
     )
     assert wide.base == 32 and capped.base == 8
+
+
+def test_memory_gb_below_the_floor_is_refused_with_a_case_on_each_side(synth_root, tmp_path):
+    """D13: --memory-gb 0.001 planned 8,999,781 steps at 0.000 s. The floor (``min_memory_gb``, 0.5 GB) refuses
+    below it, before any probe; at it the plan is made."""
+    from seg.config import UserError
+    from seg.plan.planner import make_plan
+    from tests.plan.conftest import modelled
+
+    assert SETTINGS.min_memory_gb == 0.5
+    kw = {"budget": "20m", "device": "cpu", "instruments": modelled(), "cache": tmp_path / "fp.json", "progress": False}
+    with pytest.raises(UserError, match=r"--memory-gb 0.49: .*at least 0.5"):
+        make_plan(synth_root, memory_gb=0.49, **kw)
+    assert make_plan(synth_root, memory_gb=0.5, **kw).steps > 0
 
 
 def test_member_count_rounds_width8_steps_over_6000_with_a_case_on_each_side():
