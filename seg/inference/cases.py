@@ -40,6 +40,14 @@ def _is_nifti(p: Path) -> bool:
     return p.is_file() and p.name.endswith(NIFTI_ENDINGS) and not p.name.startswith(".")
 
 
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8, kept by Python as surrogates
+        return False
+    return True
+
+
 def _ending(p: Path) -> str:
     return ".nii.gz" if p.name.endswith(".nii.gz") else ".nii"
 
@@ -57,6 +65,11 @@ def _listing(input_path: Path) -> tuple[list[Path], list[InputCase]]:
         raise UserError(f"{input_path}: no such NIfTI file or folder")
     entries = [p for p in sorted(input_path.iterdir()) if not p.name.startswith(".")]
     named: list[InputCase] = []
+    for p in [p for p in entries if not _utf8(p.name)]:  # its name could be written in no report or summary
+        shown = p.name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        problem = f"{shown}: the file name is not UTF-8 text; rename it"
+        named.append(InputCase(case_id_from_path(Path(shown)), [str(p.parent / shown)], problem, shown))
+    entries = [p for p in entries if _utf8(p.name)]
     for p in entries:
         if p.is_file() and p.name.lower().endswith(NOT_NIFTI):
             named.append(

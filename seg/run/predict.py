@@ -121,7 +121,7 @@ def prepare(r: PredictRequest) -> PredictRun:
     if r.output_format != "nifti" and not any("dicom" in c.extra for c in cases):
         raise UserError(f"{inp}: --output-format {r.output_format} is for DICOM input; this input is NIfTI")
     if not cases:
-        raise FileNotFoundError(f"{inp}: no NIfTI files (.nii, .nii.gz) found")
+        raise UserError(f"{inp}: no NIfTI files (.nii, .nii.gz) or DICOM series found")
     cases = existing_outputs(cases, out, r.overwrite, r.resume)
     nothing = bundle.meta.extra.get("learned_nothing")
     if isinstance(nothing, dict):  # marked by its training (seg.run.learned)

@@ -357,3 +357,27 @@ def test_a_bundles_values_are_checked_before_any_case(env, capsys, name, change,
     assert rc == ExitCode.REFUSED and lines and needle in lines[0] and "Traceback" not in err, err
     assert not env.out.exists() or not list(env.out.glob("*.nii.gz"))
     _record(name, rc, lines[0], env.tmp)
+
+
+# -- inputs that are no cases (R14) ---------------------------------------------------------------------------
+def test_an_empty_input_folder_is_one_line(env, capsys):  # noqa: F811
+    empty = env.tmp / "empty"
+    empty.mkdir()
+    env.extra["i"] = empty
+    rc = predict(env)
+    err = capsys.readouterr().err
+    assert rc == ExitCode.REFUSED and "Traceback" not in err, err
+    assert err.strip().splitlines() == [f"error: {empty}: no NIfTI files (.nii, .nii.gz) or DICOM series found"]
+    _record("predict-empty-input-folder", rc, err.strip(), env.tmp)
+
+
+def test_a_file_name_that_is_not_utf8_is_named_and_the_batch_goes_on(env, capsys):  # noqa: F811
+    odd = os.fsdecode(b"caf\xe9.nii.gz")
+    shutil.copy(env.inp / "case1.nii.gz", env.inp / odd)
+    rc = predict(env)
+    out, err = capsys.readouterr()
+    lines = [x for x in err.splitlines() if x.startswith("FAILED caf\\xe9")]
+    assert rc == ExitCode.FAILED and lines and "not UTF-8" in lines[0] and "Traceback" not in err, err
+    assert len(list(env.out.glob("case*.nii.gz"))) == 3 and (env.out / "summary.csv").is_file()
+    assert not (env.out / odd).exists()
+    _record("predict-file-name-not-utf8", rc, lines[0], env.tmp)
