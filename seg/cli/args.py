@@ -37,12 +37,15 @@ def plan_overrides(args: list[str]) -> list[str]:
         where = getattr(e, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
         raise UserError(f"{path}: plan file is not valid YAML{at} (write one with seg-plan)") from None
+    rest = [a for a in args if not a.startswith("plan=")]
+    from seg.plan.planfile import check_reuse
+
+    check_reuse(yaml.safe_load(text), path, rest)
     search = Path(tempfile.mkdtemp(prefix="seg_plan_"))
     atexit.register(shutil.rmtree, search, True)
     name = "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in path.stem)
     (search / "experiment").mkdir()
     (search / "experiment" / f"{name}.yaml").write_text(text)
-    rest = [a for a in args if not a.startswith("plan=")]
     return [f"hydra.searchpath=[file://{search}]", f"experiment={name}", *rest]
 
 

@@ -181,13 +181,15 @@ def plan_document(plan: Plan, root_as: str | None = None, name: str | None = Non
                         *([("probes", Quoted(plan.memory), None)] if plan.memory else []),
                         ("resolution", plan.resolution, None),
                         ("median_shape", _flow(plan.median_shape), None),
+                        ("channels", _flow(list(plan.modalities)), None),
                         ("step_seconds", plan.step_s, None),
                         ("steps_in_budget", plan.steps, _forecast_comment(plan)),
                         ("steps_range", _flow(list(plan.steps_range)), None),
                         ("budget_seconds", plan.budget_s, None),
                     ]
                 ),
-                "what the planner saw and chose, for people: seg-train reads none of it",
+                "what the planner saw and chose, for people; seg-train reads only median_shape and channels, to check "
+                "that the plan fits the data it trains on",
             ),
             ("data", _data(plan, root), None),
             (
@@ -297,3 +299,58 @@ def plan_table(plan: Plan) -> str:
     if plan.busy:
         out.append("note: the machine was busy while probing (see the warning above)")
     return "\n".join(out)
+
+
+FIT_TOLERANCE = 0.25  # data.root=OTHER fits a plan while its median case at the plan's spacing is within 25 %/axis
+
+
+def check_reuse(doc: dict, path: Path, overrides: list[str]) -> None:
+    """``plan=A`` with ``data.root=OTHER`` among the overrides: refused unless OTHER fits A
+    (:func:`check_plan_fits`); the plan's own dataset, however written, is not checked."""
+    from seg.config import shared_data
+
+    roots = [a.split("=", 1)[1] for a in overrides if "=" in a and a.split("=", 1)[0].lstrip("+~") == "data.root"]
+    if not roots:
+        return
+    planned = str((doc.get("data") or {}).get("root") or "")
+    if planned.startswith("${seg_shared:") and planned.endswith("}"):
+        planned = shared_data(planned[len("${seg_shared:") : -1])
+    other = Path(roots[-1]).expanduser()
+    if planned and other.resolve() == Path(planned).expanduser().resolve():
+        return
+    check_plan_fits(doc, path, str(other))
+
+
+def check_plan_fits(doc: dict, path: Path, root: str) -> None:
+    """``plan=A data.root=B``: B must be data of A's kind: the same channels (where the plan names them) and a
+    median case, resampled to the plan's spacing, within :data:`FIT_TOLERANCE` of the plan's on every axis
+    (file order, as the planner reads it); else one line that says to plan B. A plan without these records
+    (written before 2026-12-06 lacks ``channels``) is checked on what it has."""
+    import nibabel as nib
+    import numpy as np
+
+    from seg.config import UserError
+    from seg.data.datalist import load_dataset
+
+    planned, spacing = doc.get("planned") or {}, (doc.get("data") or {}).get("spacing")
+    want = planned.get("median_shape")
+    spec = load_dataset(root)
+    name = f"{path}: planned for {planned.get('dataset', 'other data')}"
+    if planned.get("channels") is not None and list(planned["channels"]) != list(spec.channel_names):
+        raise UserError(
+            f"{name} (channels {list(planned['channels'])}); data.root={root} has channels "
+            f"{list(spec.channel_names)}: plan it (seg-plan {root}) and train that plan"
+        )
+    if not want or not spacing or not spec.cases:
+        return
+    extents = []
+    for c in spec.cases:
+        h = nib.load(c.images[0]).header
+        extents.append([n * float(z) for n, z in zip(h.get_data_shape()[:3], h.get_zooms()[:3])])
+    got = [round(float(e / float(s))) for e, s in zip(np.median(extents, 0), spacing)]
+    if any(abs(g / w - 1) > FIT_TOLERANCE for g, w in zip(got, want)):
+        size = "x".join(map(str, got))
+        raise UserError(
+            f"{name} (median case {'x'.join(map(str, want))}); data.root={root} is other data (median case {size} "
+            f"at the plan's spacing, more than {FIT_TOLERANCE:.0%} off): plan it (seg-plan {root}) and train that plan"
+        )

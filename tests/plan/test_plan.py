@@ -268,3 +268,39 @@ def test_the_committed_plans_have_the_format_seg_plan_writes(planned):
     assert committed, "no committed plan found"
     for p in committed:
         assert _paths(yaml.safe_load(p.read_text())) == fresh, p.name
+
+
+def test_a_plan_reused_on_other_data_is_refused_in_one_line(planned, synth_root, synth_copy, tmp_path):
+    """#41: ``plan=A data.root=B`` trains only where B is data of A's kind (channels; the median case at the plan's
+    spacing within 25 % per axis); a copy of A's data, or A's own folder however written, passes."""
+    from seg.config import UserError
+    from seg.plan.planfile import FIT_TOLERANCE
+
+    assert FIT_TOLERANCE == 0.25
+    _, path = planned
+    doc = yaml.safe_load(Path(path).read_text())
+    from seg.data.datalist import load_dataset
+
+    assert doc["planned"]["channels"] == list(load_dataset(synth_root).channel_names)
+    for root in (synth_copy, synth_root):  # the same cases elsewhere; the plan's own folder
+        assert plan_overrides([f"plan={path}", f"data.root={root}"])[-1] == f"data.root={root}"
+    hippo = Path(__file__).resolve().parents[2] / "conf" / "experiment" / "hippocampus_planned.yaml"
+    with pytest.raises(UserError) as e:  # the synthetic heads against a plan of hippocampus crops at 1 mm
+        plan_overrides([f"plan={hippo}", f"data.root={synth_root}"])
+    line = str(e.value)
+    assert len(line.splitlines()) == 1 and "median case 35x50x36" in line and f"seg-plan {synth_root}" in line
+    # a case on each side of the tolerance: the plan's median case said to be 32 / 0.74 (off by 26 %) and 32 / 0.76
+    for factor, refused in ((0.74, True), (0.76, False)):
+        doc["planned"]["median_shape"] = [round(32 / factor)] * 3
+        doc["data"]["root"] = "/elsewhere"
+        other = tmp_path / f"p{factor}.yaml"
+        other.write_text(yaml.safe_dump(doc))
+        if refused:
+            with pytest.raises(UserError, match="more than 25% off"):
+                plan_overrides([f"plan={other}", f"data.root={synth_root}"])
+        else:
+            plan_overrides([f"plan={other}", f"data.root={synth_root}"])
+    doc["planned"]["channels"] = ["CT"]
+    other.write_text(yaml.safe_dump(doc))
+    with pytest.raises(UserError, match=r"channels \['CT'\]"):
+        plan_overrides([f"plan={other}", f"data.root={synth_root}"])
