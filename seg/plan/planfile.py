@@ -282,6 +282,7 @@ def plan_table(plan: Plan) -> str:
         ("precision", plan.precision + (", channels-last" if plan.channels_last else "")),
         ("data pipeline", f"{plan.data['pipeline']} ({plan.data['num_workers']} workers)"),
         ("step", plan.reasons["width"]),
+        *([("WARNING", plan.reasons["short"])] if "short" in plan.reasons else []),
         ("max_time", as_max_time(plan.budget.max_time_s) + (" per member" if plan.members > 1 else "")),
     ]
     w = max(len(k) for k, _ in rows)

@@ -43,7 +43,7 @@ from seg.plan.estimate import estimate_step
 from seg.plan.fingerprint import compute_fingerprint, cost_key
 from seg.plan.memory import ProbeMemory
 from seg.plan.records import Candidate, ProbeRow, TrainingCost
-from seg.plan.search import BareSteps, Choice, SearchInput, StepModel, estimated, levels_for, search
+from seg.plan.search import BareSteps, Choice, SearchInput, StepModel, estimated, levels_for, search, smallest
 from seg.plan.settings import SETTINGS, Settings
 from seg.plan.timing import Instruments
 
@@ -364,6 +364,13 @@ class Planner:
             reasons["resolution"] = resolution_why
         span = _span(acct.train_s, timings) if timings else (c.steps, c.steps)
         reasons.update(_choice_reasons(c, d.median, acct, measured, r.min_steps, r.devices, span, len(timings), s))
+        if _short(c, r.min_steps, s):
+            need = smallest_budget(acct, c.step_s, r.min_steps)
+            reasons["short"] = (
+                f"the budget buys {c.steps} steps, under the {r.min_steps}-step floor even at width {c.base} and "
+                f"patch {'x'.join(map(str, c.patch))}: {need // 60} min buys it (seg-plan --budget {need // 60}m)"
+            )
+            log.warning("%s", reasons["short"])
         return Plan(
             dataset=str(Path(r.root).resolve()),
             net=r.net,
@@ -567,6 +574,20 @@ def make_plan(
     return Planner(req, instruments, settings).plan()
 
 
+def _short(c: Choice, min_steps: int, s: Settings) -> bool:
+    """The search ended at its floor (the narrowest width, the smallest patch) and the budget is short of the
+    step floor there."""
+    return c.steps < min_steps and c.base == s.bases[0] and smallest(c.patch, s)
+
+
+def smallest_budget(acct: Budget, step_s: float, min_steps: int) -> int:
+    """The smallest whole-minute budget whose members' training buys ``min_steps`` steps of ``step_s``."""
+    minutes = max(1, acct.budget_s // 60)
+    while replace(acct, budget_s=minutes * 60).train_s < min_steps * step_s and minutes < 7 * 24 * 60:
+        minutes += 1
+    return minutes * 60
+
+
 def _span(train_s: float, timings: list[float]) -> tuple[int, int]:
     """The steps ``train_s`` buys at the slowest and the fastest of ``timings``."""
     return int(train_s / max(timings)), int(train_s / min(timings))
@@ -594,10 +615,12 @@ def _choice_reasons(
     c: Choice, median: list[int], acct: Budget, measured: bool, min_steps: int, devices: int,
     span: tuple[int, int], timings: int, s: Settings,
 ) -> dict:  # fmt: skip
-    whole = _whole(c.patch, median)
+    whole, short = _whole(c.patch, median), _short(c, min_steps, s)
     patch = f"median resampled case {'x'.join(map(str, median))} rounded up to 2^pools per axis" + (
         ": whole volumes (padded)"
         if whole
+        else f", shrunk to {'x'.join(map(str, c.patch))}, the smallest planned (short of the {min_steps}-step floor)"
+        if short
         else f", shrunk to {'x'.join(map(str, c.patch))} so that a width of at least {s.bases[0]} buys "
         f"{min_steps} steps"
     )
@@ -609,7 +632,12 @@ def _choice_reasons(
     )
     width = (
         f"{c.step_s:.3f} s/step {'measured with its data' if measured else 'estimated'} -> "
-        f"{_forecast(c, span, timings)}; {spent}; the widest of {list(s.bases)} with >= {min_steps}"
+        f"{_forecast(c, span, timings)}; {spent}; "
+        + (
+            f"the narrowest of {list(s.bases)}: none buys {min_steps}"
+            if short
+            else f"the widest of {list(s.bases)} with >= {min_steps}"
+        )
     )
     out = {"patch": patch, "width": width}
     if devices > 1:

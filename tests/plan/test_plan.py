@@ -304,3 +304,27 @@ def test_a_plan_reused_on_other_data_is_refused_in_one_line(planned, synth_root,
     other.write_text(yaml.safe_dump(doc))
     with pytest.raises(UserError, match=r"channels \['CT'\]"):
         plan_overrides([f"plan={other}", f"data.root={synth_root}"])
+
+
+def test_a_budget_short_of_the_floor_says_the_smallest_budget_that_buys_it(synth_root, tmp_path, caplog):
+    """#41: a 3-minute plan shrank to 16^3 and its comment said it bought >= 4000 steps (1854). A plan short of
+    the floor at the narrowest width and the smallest patch says so, and the smallest budget that buys it: a plan
+    of that budget does, one a minute shorter does not."""
+    import logging
+
+    from seg.plan.planfile import plan_table
+    from tests.plan.conftest import modelled
+
+    kw = {"device": "cpu", "cache": tmp_path / "fp.json", "progress": False}
+    slow = modelled(lambda *a: 0.2)  # every bare step 0.2 s: 2 minutes buy far fewer than 4000 steps
+    with caplog.at_level(logging.WARNING):
+        short = make_plan(synth_root, budget="2m", instruments=slow, **kw)
+    line = short.reasons["short"]
+    assert short.steps < SETTINGS.min_steps and f"the budget buys {short.steps} steps, under the 4000" in line
+    assert any(line in r.getMessage() for r in caplog.records)
+    assert any(x.startswith("WARNING ") and x.endswith(line) for x in plan_table(short).splitlines())
+    assert "with >= 4000" not in short.reasons["width"] and "none buys 4000" in short.reasons["width"]
+    minutes = int(line.split("--budget ")[1].rstrip("m)"))
+    enough = make_plan(synth_root, budget=f"{minutes}m", instruments=modelled(lambda *a: 0.2), **kw)
+    less = make_plan(synth_root, budget=f"{minutes - 1}m", instruments=modelled(lambda *a: 0.2), **kw)
+    assert enough.steps >= SETTINGS.min_steps > less.steps and "short" not in enough.reasons
