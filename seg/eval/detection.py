@@ -89,6 +89,8 @@ class CaseDetection:
     pred_object_ml: list = field(default_factory=list)
     pred_matched: list = field(default_factory=list)
     overlap: float = DEFAULT.overlap  # Dice needed for a patient-wise true positive
+    pred_ml: float = 0.0  # the prediction's total volume
+    matching: str = DEFAULT.matching  # the rules its summary follows
 
     @property
     def detected(self) -> bool:
@@ -174,6 +176,8 @@ def case_detection(
         [o.size * voxel_ml for o in pred_objs],
         [j in pred_hit for j in range(len(pred_objs))],
         overlap,
+        n_p * voxel_ml,
+        str(DetectionParams(overlap, min_voxels, matching).matching),
     )
 
 
@@ -215,11 +219,59 @@ def _patient_figures(cases: Sequence[CaseDetection]) -> dict:
     }
 
 
-def summarize(cases: Sequence[CaseDetection]) -> dict:
-    """Patient-wise and object-wise metrics over ``cases``."""
+def summarize(cases: Sequence[CaseDetection], n_cases: int | None = None) -> dict:
+    """Patient-wise and object-wise metrics over ``cases`` (Raidionics' rules where they were matched in that
+    mode, :func:`summarize_raidionics`). ``n_cases``: the patients ``fp_per_patient`` is counted over (default:
+    ``cases``; a volume bin's false positives are counted over every patient evaluated)."""
+    if cases and cases[0].matching == Matching.RAIDIONICS:
+        return summarize_raidionics(cases, n_cases)
     ref = [(v, m) for c in cases for v, m in zip(c.ref_object_ml, c.ref_matched)]
     pred = [(v, m) for c in cases for v, m in zip(c.pred_object_ml, c.pred_matched)]
-    return {**_patient_figures(cases), **_object_figures(ref, pred, len(cases))}
+    return {**_patient_figures(cases), **_object_figures(ref, pred, len(cases) if n_cases is None else n_cases)}
+
+
+RAIDIONICS_POSITIVE_ML = 0.1  # their true_positive_volume_thresholds (the value of their own tests' configs)
+
+
+def raidionics_object_figures(c: CaseDetection) -> tuple[float, float, float]:
+    """One patient's object recall, precision and F1 as Raidionics' ``InstanceSegmentationValidation`` gives
+    them: nothing predicted scores (1, 1, 1) against no reference object and (0, 1, 0.5) against some;
+    predictions with no overlapping pair score (0, 1, 0)."""
+    if not c.pred_objects:
+        return (1.0, 1.0, 1.0) if not c.ref_objects else (0.0, 1.0, 0.5)
+    if not any(c.pred_matched):
+        return 0.0, 1.0, 0.0
+    recall, precision = c.matched / c.ref_objects, sum(c.pred_matched) / c.pred_objects
+    return recall, precision, 2 * precision * recall / (precision + recall)
+
+
+def summarize_raidionics(cases: Sequence[CaseDetection], n_cases: int | None = None) -> dict:
+    """The detection figures as Raidionics' validation code computes them (``raidionicsval``:
+    ``compute_patientwise_fold_metrics`` and the per-patient object figures averaged): a patient is positive
+    with more than ``RAIDIONICS_POSITIVE_ML`` of reference tumour, detected at Dice strictly above ``overlap``;
+    a false positive is a tumour-free patient with at least that much predicted (a missed tumour patient is
+    a false negative only); object recall, precision and F1 are each patient's, averaged over the patients.
+    ``Dice``, ``Dice-TP`` and ``fp_per_patient`` keep seg's definitions (over these positives and detections)."""
+    pos = [c for c in cases if c.ref_ml > RAIDIONICS_POSITIVE_ML]
+    tp = [c for c in pos if c.dice > c.overlap]
+    fp = [c for c in cases if c.ref_ml <= RAIDIONICS_POSITIVE_ML and c.pred_ml >= RAIDIONICS_POSITIVE_ML]
+    recall, precision = _div(len(tp), len(pos)), _div(len(tp), len(tp) + len(fp))
+    per_patient = np.array([raidionics_object_figures(c) for c in cases]) if cases else np.full((1, 3), math.nan)
+    o_recall, o_precision, o_f1 = (float(x) for x in per_patient.mean(0))
+    return {
+        "n_cases": len(cases),
+        "n_positive": len(pos),
+        "Dice": float(np.mean([c.dice for c in pos])) if pos else math.nan,
+        "Dice-TP": float(np.mean([c.dice for c in tp])) if tp else math.nan,
+        "patient_recall": recall,
+        "patient_precision": precision,
+        "patient_f1": _div(2 * len(tp), 2 * len(tp) + len(fp) + len(pos) - len(tp)),
+        "n_objects": sum(c.ref_objects for c in cases),
+        "fp_per_patient": _div(sum(not m for c in cases for m in c.pred_matched), n_cases or len(cases)),
+        "object_recall": o_recall,
+        "object_precision": o_precision,
+        "object_f1": o_f1,
+    }
 
 
 def bin_label(ml: float, edges: Sequence[float]) -> str:
@@ -236,14 +288,20 @@ def bin_label(ml: float, edges: Sequence[float]) -> str:
 def summarize_by_volume(cases: Sequence[CaseDetection], edges: Sequence[float] = (3.0,)) -> dict[str, dict]:
     """:func:`summarize` per volume bin: the patient-wise figures over the patients whose total tumour volume
     falls in the bin (patients without a tumour are in no bin), the object-wise ones over the objects whose
-    own volume does (reference objects for recall, predicted ones for precision)."""
+    own volume does (reference objects for recall, predicted ones for precision); ``fp_per_patient`` is a
+    bin's false-positive objects over every patient evaluated, so the bins' figures add up to the overall
+    one. In ``raidionics`` mode every figure follows their rules over the bin's patients (their false positives
+    over those patients too)."""
     out = {}
     names = [bin_label(x, edges) for x in [min(edges) - 1] + list(sorted(edges))]
     for name in names:
         patients = [c for c in cases if c.ref_positive and bin_label(c.ref_ml, edges) == name]
+        if cases and cases[0].matching == Matching.RAIDIONICS:
+            out[name] = summarize_raidionics(patients)
+            continue
         ref = [(v, m) for c in cases for v, m in zip(c.ref_object_ml, c.ref_matched) if bin_label(v, edges) == name]
         pred = [(v, m) for c in cases for v, m in zip(c.pred_object_ml, c.pred_matched) if bin_label(v, edges) == name]
-        out[name] = {**_patient_figures(patients), **_object_figures(ref, pred, len(patients))}
+        out[name] = {**_patient_figures(patients), **_object_figures(ref, pred, len(cases))}
     return out
 
 
