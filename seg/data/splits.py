@@ -83,8 +83,12 @@ def validate_splits(splits: list, case_ids: Sequence[str] | None = None, path: s
         overlap = sorted(set(fold["train"]) & set(fold["val"]))
         if overlap:
             raise SplitError(f"{path}: fold {k} has {len(overlap)} cases in both train and val: {overlap[:5]}")
+        if not all(isinstance(fold[part], list) for part in ("train", "val")):
+            raise SplitError(f"{path}: fold {k}: 'train' and 'val' must be lists of case ids")
         if not fold["val"]:
             raise SplitError(f"{path}: fold {k} has no validation cases")
+        if not fold["train"]:
+            raise SplitError(f"{path}: fold {k} has no training cases")
         if known is not None:
             unknown = sorted((set(fold["train"]) | set(fold["val"])) - known)
             if unknown:

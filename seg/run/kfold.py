@@ -11,6 +11,7 @@ probability threshold, and write ``cv_summary.json``, ``results.csv``, ``report.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -21,9 +22,10 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf, open_dict
 
-from seg.config import UserError
+from seg.config import UserError, to_plain
 from seg.data.postprocess import Postprocessing
 from seg.data.splits import dataset_splits
+from seg.data.transforms import Preprocessing
 from seg.eval.cv_report import evaluate_cv
 from seg.inference.batch import BatchOptions, predict_cases
 from seg.inference.bundle import BundleError, load_bundle, read_checkpoint, write_bundle_meta
@@ -50,6 +52,39 @@ def make_cv_splits(spec, cfg, path: Path) -> list:
         d.get("n_strata", 3),
         group_regex,
     )
+
+
+# what a fold's bundle records of its training: a finished fold must have trained with this run's values
+RESUME_KEYS = tuple(f"data.{f.name}" for f in dataclasses.fields(Preprocessing)) + ("model.net", "data.patch_size")
+
+
+def check_resume(cfg, spec, splits: list, splits_path: Path, run_dir: Path) -> None:
+    """A resumed k-fold run: the split must still cover the dataset (every case in a validation fold), and every
+    finished fold must have trained with this run's pre-processing and network (its bundle goes under one
+    model.yaml); else one line naming what differs and the way out."""
+    covered = {c for fold in splits for c in fold["val"]}
+    missing = [c.case_id for c in spec.cases if c.case_id not in covered]
+    if missing:
+        raise UserError(
+            f"{splits_path}: {len(missing)} case(s) of the dataset in no validation fold ({', '.join(missing[:5])}): "
+            "the split was made for other data; give a new cv.run_dir (or remove splits.json) to split again"
+        )
+    for k in finished_folds(run_dir):
+        done = run_dir / f"fold_{k}" / "done.json"
+        saved = done.parent / "config.yaml"
+        old = OmegaConf.load(saved) if saved.is_file() else None
+        for key in RESUME_KEYS if old is not None else ():
+            was, now = to_plain(OmegaConf.select(old, key)), to_plain(OmegaConf.select(cfg, key))
+            if was != now:
+                raise UserError(
+                    f"{done.parent}: finished with {key}={was} but this run has {now}: its model would be bundled "
+                    f"under other pre-processing; remove {done.parent} to train it again, or give a new cv.run_dir"
+                )
+
+
+def finished_folds(run_dir: Path) -> list[int]:
+    """The folds with a ``fold_<k>/done.json``; a ``fold_0.bak`` copy or any other name is none of them."""
+    return sorted(int(p.parent.name[5:]) for p in run_dir.glob("fold_*/done.json") if p.parent.name[5:].isdigit())
 
 
 def fold_config(cfg, k: int, splits_path: Path, fold_dir: Path):
@@ -153,6 +188,7 @@ def kfold(cfg) -> dict:
     spec = prepare_data(cfg).spec
     splits_path = Path(cfg.cv.splits_file) if cfg.cv.get("splits_file") else run_dir / "splits.json"
     splits = make_cv_splits(spec, cfg, splits_path)
+    check_resume(cfg, spec, splits, splits_path, run_dir)
     if len(splits) != int(cfg.cv.folds):
         log.warning("%s has %d folds; cv.folds=%d is ignored", splits_path, len(splits), cfg.cv.folds)
     fold_ids = list(cfg.cv.fold_ids) if cfg.cv.get("fold_ids") is not None else list(range(len(splits)))
@@ -169,7 +205,7 @@ def kfold(cfg) -> dict:
             run_dir / f"fold_{k}",
         )
         records.append(run_fold(cfg, int(k), splits_path, run_dir))
-    finished = sorted(int(p.parent.name.split("_")[1]) for p in run_dir.glob("fold_*/done.json"))
+    finished = finished_folds(run_dir)
     n_oof = sum(len(splits[k]["val"]) for k in finished)
     log.info("evaluating %d out-of-fold cases of folds %s, then report.md and figures", n_oof, finished)
     summary = evaluate_cv(run_dir, spec, finished, cfg.cv)

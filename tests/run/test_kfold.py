@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import nibabel as nib
 import numpy as np
@@ -87,6 +88,42 @@ def test_two_fold_cv_end_to_end_and_resume(synth_root, tmp_path):
     s2 = kfold(_cfg(synth_root, run))
     assert (run / "fold_0" / "done.json").stat().st_mtime == mtime
     assert s2["fold_dice_mean"] == pytest.approx(s["fold_dice_mean"])
+    # R4: a resume with other pre-processing, or on a dataset the split does not cover, is refused before any fold
+    from seg.config import UserError
+
+    with pytest.raises(UserError) as e:
+        kfold(_cfg(synth_root, run, ["data.spacing=[2.0,2.0,2.0]"]))
+    assert str(e.value).startswith(f"{run / 'fold_0'}: finished with data.spacing=None but this run has [2.0, 2.0")
+    grown = tmp_path / "grown"
+    shutil.copytree(synth_root, grown)
+    for part in ("imagesTr", "labelsTr"):
+        shutil.copy(grown / part / "synth_000.nii.gz", grown / part / "synth_new.nii.gz")
+    meta = json.loads((grown / "dataset.json").read_text())
+    meta["training"].append({"image": "./imagesTr/synth_new.nii.gz", "label": "./labelsTr/synth_new.nii.gz"})
+    meta["numTraining"] = len(meta["training"])
+    (grown / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match=r"1 case\(s\) of the dataset in no validation fold \(synth_new\)"):
+        kfold(_cfg(grown, run))
+    assert (run / "fold_0" / "done.json").stat().st_mtime == mtime  # nothing retrained, nothing rebundled
+
+
+def test_a_fold_copy_beside_the_folds_is_no_fold(tmp_path):
+    """R14: a ``fold_0.bak`` copy in the run folder stopped the summary with a traceback (int('0.bak'))."""
+    from seg.run.kfold import finished_folds
+
+    for name in ("fold_0", "fold_0.bak", "fold_1", "fold_x", "fold_10"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "done.json").write_text("{}")
+    assert finished_folds(tmp_path) == [0, 1, 10]
+
+
+def test_a_split_without_training_cases_is_an_error(synth_root, tmp_path):
+    from seg.data.splits import SplitError, validate_splits
+
+    with pytest.raises(SplitError, match="fold 0 has no training cases"):
+        validate_splits([{"train": [], "val": ["synth_000"]}], None, "s.json")
+    with pytest.raises(SplitError, match="must be lists of case ids"):
+        validate_splits([{"train": "synth_001", "val": ["synth_000"]}], None, "s.json")
 
 
 def test_overlapping_splits_file_is_an_error(synth_root, tmp_path):
