@@ -114,6 +114,22 @@ def _device(values: dict) -> list[str]:
     return []
 
 
+LEAST = {"batch_size": 1, "num_samples": 1, "num_workers": 0}  # data counts' smallest sensible values
+
+
+def _counts(values: dict) -> list[str]:
+    """Counts of the data section that type-check but cannot train (``data.batch_size=0`` reached the loader)."""
+    out = [
+        f"data.{k}={values[k]}: give {least} or more"
+        for k, least in LEAST.items()
+        if isinstance(values.get(k), int) and not isinstance(values.get(k), bool) and values[k] < least
+    ]
+    patch = values.get("patch_size")
+    if isinstance(patch, list) and any(isinstance(x, int) and x < 1 for x in patch):
+        out.append(f"data.patch_size={patch}: every axis 1 voxel or more")
+    return out
+
+
 def validate_config(cfg) -> None:
     """Raise one :class:`UserError` listing every problem (one line each), before data is loaded."""
     import pytorch_lightning as pl
@@ -145,5 +161,7 @@ def validate_config(cfg) -> None:
         problems += check_kwargs(fn, values, name, skip=("_target_", "_partial_", *skip))
         if name == "trainer":
             problems += _vocabulary(values) + _device(values)
+        if name == "data":
+            problems += _counts(values)
     if problems:
         raise UserError("\n".join(problems) + f"\n{len(problems)} config problem(s): nothing was loaded or trained")

@@ -496,6 +496,8 @@ TRAIN_ROWS = [
     ("ckpt-path-corrupt", corrupt_ckpt, "not a readable seg checkpoint"),
     ("more-folds-than-cases", more_folds_than_cases, "set data.num_folds"),
     ("fold-out-of-range", lambda ds, tmp: (Path("splits.json"), ["data.fold=5"]), "data.fold=5"),
+    ("data-batch-size-0", lambda ds, tmp: (Path("data.batch_size"), ["data.batch_size=0"]), "give 1 or more"),
+    ("data-patch-axis-0", lambda ds, tmp: (Path("data.patch_size"), ["data.patch_size=[24,0,24]"]), "1 voxel or more"),
 ]
 
 
