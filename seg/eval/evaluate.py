@@ -148,6 +148,18 @@ def json_safe(x):
     return x
 
 
+def _check_summary_target(path: Path) -> None:
+    """``summary.json`` replaces only an earlier seg-eval summary (a case named ``summary`` has its report there)."""
+    if not path.exists():
+        return
+    try:
+        ours = "metric_per_case" in json.loads(path.read_text())
+    except (OSError, ValueError, TypeError):
+        ours = False
+    if not ours:
+        raise EvalError(f"{path}: exists and is not a seg-eval summary (a case's report?): give -o another folder")
+
+
 def evaluate_folders(
     pred_dir: str | Path,
     label_dir: str | Path,
@@ -166,6 +178,7 @@ def evaluate_folders(
             raise EvalError(f"{d}: folder does not exist")
     if output:
         check_writable(output, "output folder (-o)")
+        _check_summary_target(Path(output) / "summary.json")
     (preds, pred_dups), (refs, ref_dups) = _nifti_files(pred_dir), _nifti_files(label_dir)
     dups = [
         {

@@ -143,6 +143,40 @@ def write_summary_csv(path: Path, rows: list[dict], failures: list[tuple[str, st
     write_text(path, buf.getvalue())
 
 
+def case_outputs(case: InputCase, options: BatchOptions) -> dict[str, str]:
+    """Every file :func:`predict_one` writes for ``case`` under ``options``: name -> what it is."""
+    s, out = stem(case.output_name), {}
+    if not case.output_name.endswith(".seg.dcm"):
+        out[case.output_name] = "mask"
+    if options.probabilities != ProbabilityFormat.NONE:
+        out[f"{s}_prob.{'npz' if options.probabilities == ProbabilityFormat.NPZ else 'nii.gz'}"] = "probabilities"
+    if options.case_json:
+        out[f"{s}.json"] = "report"
+    if options.overlay:
+        out[f"{s}.png"] = "overlay"
+    if case.extra.get("dicom") is not None and options.output_format != "nifti":
+        out[f"{case.case_id}.seg.dcm"] = "DICOM SEG"
+    return out
+
+
+def mark_collisions(cases: Sequence[InputCase], options: BatchOptions) -> None:
+    """A case one of whose outputs another case (or the batch's summary.csv) writes too fails, named: input
+    ``a_prob`` beside ``a`` would have replaced a's probabilities with its mask."""
+    owner: dict[str, tuple[InputCase | None, str]] = {"summary.csv": (None, "summary")} if options.summary_csv else {}
+    for c in cases:
+        if c.problem is not None:
+            continue
+        for name, what in case_outputs(c, options).items():
+            if name in owner:
+                other, theirs = owner[name]
+                whose = f"{other.case_id}'s {theirs}" if other is not None else "the batch's summary"
+                c.problem = f"its {what} {name} would replace {whose}: rename the input"
+                c.extra["collides"] = True  # its mask's name is another output's: nothing of it is stale
+                break
+        else:
+            owner.update({name: (c, what) for name, what in case_outputs(c, options).items()})
+
+
 def predict_one(
     case: InputCase, predictor: Predictor, out: Path, options: BatchOptions, labels: Mapping[int, str]
 ) -> dict:
@@ -196,7 +230,7 @@ def _drop_stale(out: Path, case: InputCase) -> str:
     """A failed case's mask left by an earlier run (``--overwrite`` re-predicts over it) is another scan's or
     another model's: removed, so that ``--continue`` does not take it for this run's."""
     stale = out / case.output_name
-    if not stale.is_file() or stale.resolve() in {Path(f).resolve() for f in case.files}:
+    if case.extra.get("collides") or not stale.is_file() or stale.resolve() in {Path(f).resolve() for f in case.files}:
         return ""
     stale.unlink()
     return f" (the earlier {stale.name} removed: it was not this run's)"
@@ -237,6 +271,7 @@ def predict_cases(
     out.mkdir(parents=True, exist_ok=True)
     labels = dict(labels) if labels is not None else {i: str(i) for i in predictor.label_ids}
     inputs = {str(Path(f).resolve()) for c in cases for f in c.files}
+    mark_collisions(cases, options)
     result = BatchResult(output=out)
     progress, task = _progress(len(cases)) if options.progress else (None, None)
     if progress is not None:

@@ -46,15 +46,23 @@ def check_output_folder(out: Path) -> None:
     check_writable(out, "output folder")
 
 
-def existing_outputs(cases, out: Path, overwrite: bool, resume: bool) -> list:
-    """The cases to predict. Masks of these cases (or a summary.csv) already in ``out`` stop the command before
-    any inference, unless ``overwrite`` (replace them) or ``resume`` (skip the cases whose mask exists)."""
+def existing_outputs(cases, out: Path, overwrite: bool, resume: bool, outputs=None) -> list:
+    """The cases to predict. Outputs of these cases (``outputs(case)``: their file names; default the mask; a
+    report or an overlay too) or a summary.csv already in ``out`` stop the command before any inference, unless
+    ``overwrite`` (replace them) or ``resume`` (skip the cases whose mask exists)."""
     done = [c for c in cases if (out / c.output_name).exists()]
     if resume:
         return [c for c in cases if c not in done]
-    if (done or (out / "summary.csv").exists()) and not overwrite:
-        what = f"{len(done)} of the {len(cases)} masks" if done else "a summary.csv"
-        example = f" (e.g. {done[0].output_name})" if done else ""
+    there = [n for c in cases for n in (outputs(c) if outputs else [c.output_name]) if (out / n).exists()]
+    if (there or (out / "summary.csv").exists()) and not overwrite:
+        what = (
+            f"{len(done)} of the {len(cases)} masks"
+            if done
+            else f"{len(there)} of their outputs"
+            if there
+            else "a summary.csv"
+        )
+        example = f" (e.g. {(done[0].output_name if done else there[0])})" if there else ""
         raise UserError(
             f"{out}: {what} exist already{example}: --overwrite replaces them, --continue skips "
             "the cases whose mask is there"

@@ -19,7 +19,7 @@ from seg.inference.agreement import (
     disagreement,
     first_case_agreement,
 )
-from seg.inference.batch import BatchOptions, BatchResult, predict_cases
+from seg.inference.batch import BatchOptions, BatchResult, case_outputs, predict_cases
 from seg.inference.bundle import load_bundle
 from seg.inference.cases import discover
 from seg.inference.engines import check_engine
@@ -166,5 +166,5 @@ def run(p: PredictRun) -> BatchResult:
         output_format=r.output_format, algorithm=(f"seg {p.bundle.meta.net_name}", seg.__version__),
     )  # fmt: skip
     with FolderLock(p.output, "seg-predict"):
-        cases = existing_outputs(p.cases, p.output, r.overwrite, r.resume)
+        cases = existing_outputs(p.cases, p.output, r.overwrite, r.resume, lambda c: list(case_outputs(c, opts)))
         return predict_cases(cases, p.predictor, p.output, opts, p.bundle.labels)

@@ -381,3 +381,44 @@ def test_a_file_name_that_is_not_utf8_is_named_and_the_batch_goes_on(env, capsys
     assert len(list(env.out.glob("case*.nii.gz"))) == 3 and (env.out / "summary.csv").is_file()
     assert not (env.out / odd).exists()
     _record("predict-file-name-not-utf8", rc, lines[0], env.tmp)
+
+
+# -- output names never collide, nothing replaced unasked (D7) ------------------------------------------------
+def test_an_input_named_like_another_cases_output_fails_named(env, capsys):  # noqa: F811
+    shutil.copy(env.inp / "case2.nii.gz", env.inp / "case1_prob.nii.gz")
+    rc = predict(env, "--save-probabilities")
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.startswith("FAILED case1_prob")]
+    assert rc == ExitCode.FAILED and lines, err
+    assert "its mask case1_prob.nii.gz would replace case1's probabilities: rename the input" in lines[0]
+    import nibabel as nib
+
+    assert nib.load(env.out / "case1_prob.nii.gz").ndim == 4  # case1's probabilities, not the other's mask
+    assert (env.out / "case1.nii.gz").is_file() and (env.out / "case2.nii.gz").is_file()
+    _record("predict-input-named-like-an-output", rc, lines[0], env.tmp)
+
+
+MINE = '{"mine": "a file seg did not write"}'
+
+
+def test_a_report_already_there_is_not_replaced_unasked(env, capsys):  # noqa: F811
+    env.out.mkdir()
+    (env.out / "case1.json").write_text(MINE)
+    rc = predict(env)
+    err = capsys.readouterr().err.strip()
+    assert rc == ExitCode.REFUSED and "1 of their outputs exist already (e.g. case1.json)" in err, err
+    assert (env.out / "case1.json").read_text() == MINE and not (env.out / "case0.nii.gz").exists()
+    _record("predict-report-already-there", rc, err.splitlines()[-1], env.tmp)
+    assert predict(env, "--overwrite") == 0 and json.loads((env.out / "case1.json").read_text())["case"] == "case1"
+
+
+def test_eval_does_not_replace_a_cases_report_named_summary(env, capsys):  # noqa: F811
+    from seg.cli.eval import main
+
+    shutil.copytree(env.labels, env.out)
+    (env.out / "summary.json").write_text('{"case": "summary", "mask": "summary.nii.gz"}')
+    rc = main(["-p", str(env.out), "-l", str(env.labels), "--no-surface"])
+    err = capsys.readouterr().err.strip()
+    assert rc == ExitCode.REFUSED and "is not a seg-eval summary (a case's report?)" in err, err
+    assert json.loads((env.out / "summary.json").read_text())["case"] == "summary"
+    _record("eval-summary-over-a-case-report", rc, err.splitlines()[-1], env.tmp)
