@@ -118,8 +118,11 @@ def atomic_write_bytes(path: str | Path, write_fn) -> None:
     """Call ``write_fn(tmp_path)`` for a temporary file beside ``path``, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
+    # the temporary keeps the format's ending (nibabel reads it) and at most 64 bytes of the name: a long input
+    # name (~240 bytes) would otherwise make a temporary name over the file system's 255
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+    short = path.name.encode()[:64].decode(errors="ignore")
+    fd, tmp = tempfile.mkstemp(prefix=f".{short}.", suffix=f".part{suffix}", dir=path.parent)
     os.close(fd)
     try:
         write_fn(tmp)

@@ -422,3 +422,11 @@ def test_eval_does_not_replace_a_cases_report_named_summary(env, capsys):  # noq
     assert rc == ExitCode.REFUSED and "is not a seg-eval summary (a case's report?)" in err, err
     assert json.loads((env.out / "summary.json").read_text())["case"] == "summary"
     _record("eval-summary-over-a-case-report", rc, err.splitlines()[-1], env.tmp)
+
+
+def test_a_long_input_name_predicts(env, capsys):  # noqa: F811
+    """R18: an input name of ~240 bytes failed: the temporary beside its mask was over 255 bytes."""
+    long = "n" * 240 + ".nii.gz"
+    shutil.copy(env.inp / "case1.nii.gz", env.inp / long)
+    assert predict(env) == 0, capsys.readouterr().err
+    assert (env.out / long).is_file() and not [p for p in env.out.iterdir() if ".part" in p.name]
