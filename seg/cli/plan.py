@@ -50,7 +50,7 @@ def _plan(a: argparse.Namespace, argv: list[str] | None) -> int:
 
     from seg.cli.common import setup_logging
     from seg.io import write_text
-    from seg.plan.planfile import check_outputs, plan_table, plan_yaml
+    from seg.plan.planfile import check_outputs, dataset_as, plan_table, plan_yaml
     from seg.plan.planner import Planner, PlanRequest, parse_budget
     from seg.plan.settings import SETTINGS
 
@@ -72,15 +72,6 @@ def _plan(a: argparse.Namespace, argv: list[str] | None) -> int:
     where = "" if device == "cpu" or torch.cuda.is_available() else f" (on a machine with {device.upper()})"
     print(f"\nplan: {out}\nnext{where}: seg-train plan={out}")
     return 0
-
-
-def dataset_as(dataset: str) -> str:
-    """How the plan names its dataset: resolved when written, never against a later working folder; under the
-    project's real-data folder as ``${seg_shared:...}`` (so a plan committed in conf/ holds on any machine)."""
-    from seg.config import shared_data
-
-    path, shared = Path(dataset).resolve(), Path(shared_data()).resolve()
-    return "${seg_shared:" + path.relative_to(shared).as_posix() + "}" if path.is_relative_to(shared) else str(path)
 
 
 _plan.prog = "seg-plan"

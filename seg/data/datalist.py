@@ -83,6 +83,18 @@ def _read_json(path: Path) -> dict:
         raise DatasetError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
 
 
+def _shared_hint(root: Path) -> str:
+    """Where a plan's ``${seg_shared:...}`` dataset resolved to the default beside the code (inside a venv, from a
+    wheel) and ``SEG_SHARED_DATA`` is unset: say that it names the shared data's folder."""
+    import os
+
+    from seg.config import shared_data
+
+    if os.environ.get("SEG_SHARED_DATA") or not root.is_relative_to(Path(shared_data()).resolve()):
+        return ""
+    return f" (a ${{seg_shared:...}} path: set SEG_SHARED_DATA to the folder of the shared data, {root.name} in it)"
+
+
 def load_dataset(root: str | Path, allow_outside_root: bool = False) -> DatasetSpec:
     """Read an MSD or nnU-Net raw dataset folder (its ``dataset.json``).
 
@@ -92,7 +104,7 @@ def load_dataset(root: str | Path, allow_outside_root: bool = False) -> DatasetS
     """
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
-        raise DatasetError(f"{root}: dataset folder does not exist")
+        raise DatasetError(f"{root}: dataset folder does not exist{_shared_hint(root)}")
     meta_path = root / "dataset.json"
     meta = _read_json(meta_path)
     if "training" in meta:

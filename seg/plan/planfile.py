@@ -188,8 +188,7 @@ def plan_document(plan: Plan, root_as: str | None = None, name: str | None = Non
                         ("budget_seconds", plan.budget_s, None),
                     ]
                 ),
-                "what the planner saw and chose, for people; seg-train reads only median_shape and channels, to check "
-                "that the plan fits the data it trains on",
+                "what the planner saw and chose; seg-train reads median_shape and channels: does the plan fit",
             ),
             ("data", _data(plan, root), None),
             (
@@ -355,3 +354,17 @@ def check_plan_fits(doc: dict, path: Path, root: str) -> None:
             f"{name} (median case {'x'.join(map(str, want))}); data.root={root} is other data (median case {size} "
             f"at the plan's spacing, more than {FIT_TOLERANCE:.0%} off): plan it (seg-plan {root}) and train that plan"
         )
+
+
+def dataset_as(dataset: str) -> str:
+    """How the plan names its dataset: resolved when written, never against a later working folder; under the
+    project's real-data folder as ``${seg_shared:...}`` (so a plan committed in conf/ holds on any machine); a
+    ``${`` in a path is escaped (``\\${``), so that Hydra reads it as text, not an interpolation."""
+    from seg.config import shared_data
+
+    path, shared = Path(dataset).resolve(), Path(shared_data()).resolve()
+    return (
+        "${seg_shared:" + path.relative_to(shared).as_posix() + "}"
+        if path.is_relative_to(shared)
+        else str(path).replace("${", "\\${")
+    )

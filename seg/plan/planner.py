@@ -364,12 +364,7 @@ class Planner:
             reasons["resolution"] = resolution_why
         span = _span(acct.train_s, timings) if timings else (c.steps, c.steps)
         reasons.update(_choice_reasons(c, d.median, acct, measured, r.min_steps, r.devices, span, len(timings), s))
-        if _short(c, r.min_steps, s):
-            need = smallest_budget(acct, c.step_s, r.min_steps)
-            reasons["short"] = (
-                f"the budget buys {c.steps} steps, under the {r.min_steps}-step floor even at width {c.base} and "
-                f"patch {'x'.join(map(str, c.patch))}: {need // 60} min buys it (seg-plan --budget {need // 60}m)"
-            )
+        if "short" in reasons:
             log.warning("%s", reasons["short"])
         return Plan(
             dataset=str(Path(r.root).resolve()),
@@ -640,6 +635,12 @@ def _choice_reasons(
         )
     )
     out = {"patch": patch, "width": width}
+    if short:
+        need = smallest_budget(acct, c.step_s, min_steps) // 60
+        out["short"] = (
+            f"the budget buys {c.steps} steps, under the {min_steps}-step floor even at width {c.base} and "
+            f"patch {'x'.join(map(str, c.patch))}: {need} min buys it (seg-plan --budget {need}m)"
+        )
     if devices > 1:
         out["devices"] = (
             f"DDP over {devices} GPUs: each trains on its share of the cases with the planned batch "

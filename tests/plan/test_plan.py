@@ -328,3 +328,35 @@ def test_a_budget_short_of_the_floor_says_the_smallest_budget_that_buys_it(synth
     enough = make_plan(synth_root, budget=f"{minutes}m", instruments=modelled(lambda *a: 0.2), **kw)
     less = make_plan(synth_root, budget=f"{minutes - 1}m", instruments=modelled(lambda *a: 0.2), **kw)
     assert enough.steps >= SETTINGS.min_steps > less.steps and "short" not in enough.reasons
+
+
+def test_a_dataset_path_with_a_dollar_brace_plans_and_composes(synth_root, tmp_path):
+    """R20: a dataset under a folder named ``a${x}b`` planned, then could not train (Hydra read an interpolation)."""
+    import shutil
+
+    from seg.plan.planfile import dataset_as, plan_yaml
+    from tests.plan.conftest import modelled
+
+    odd = tmp_path / "a${x}b" / "ds"
+    shutil.copytree(synth_root, odd)
+    plan = make_plan(odd, budget="2m", instruments=modelled(), cache=tmp_path / "fp.json", progress=False)
+    path = tmp_path / "odd.yaml"
+    path.write_text(plan_yaml(plan, "seg-plan x", dataset_as(plan.dataset), "odd"))
+    args = plan_overrides([f"plan={path}", f"paths.output_dir={tmp_path / 'run'}"])
+    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+        cfg = compose("train", overrides=args)
+    assert cfg.data.root == str(odd.resolve())
+
+
+def test_a_shared_path_that_is_not_there_names_seg_shared_data(monkeypatch):
+    """R20: from a wheel, ``${seg_shared:...}`` resolves beside the installed code; the message says what to set."""
+    from seg.config import shared_data
+    from seg.data.datalist import DatasetError, load_dataset
+
+    monkeypatch.delenv("SEG_SHARED_DATA", raising=False)
+    with pytest.raises(DatasetError, match="set SEG_SHARED_DATA to the folder of the shared data, nowhere in it"):
+        load_dataset(shared_data("nowhere"))
+    monkeypatch.setenv("SEG_SHARED_DATA", "/elsewhere")
+    with pytest.raises(DatasetError) as e:
+        load_dataset("/elsewhere/nowhere")
+    assert "SEG_SHARED_DATA" not in str(e.value)
