@@ -32,8 +32,11 @@ SAMPLES_PER_CASE = 10_000  # foreground intensities kept per case for the datase
 
 
 def dataset_key(spec: DatasetSpec) -> str:
-    """Changes when any image or label file is added, removed, resized or rewritten."""
+    """Changes when any image or label file is added, removed, resized or rewritten, or dataset.json's content
+    (its channels, labels) changes."""
     h = hashlib.sha256(f"v{VERSION}:{spec.root}".encode())
+    meta = Path(spec.root) / "dataset.json"
+    h.update(meta.read_bytes() if meta.is_file() else b"-")
     for c in spec.cases:
         for f in [*c.images, c.label or ""]:
             st = os.stat(f) if f and os.path.exists(f) else None

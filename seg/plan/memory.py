@@ -30,6 +30,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import math
 import os
 import statistics
 import time
@@ -93,6 +94,7 @@ class ProbeMemory:
     _read_keys: set = field(default_factory=set)  # keys read from the memory in this run
     _data: dict = field(default_factory=dict)
     _machine: str = ""
+    _said_bad: bool = False
 
     def __post_init__(self) -> None:
         self.on = self.on and enabled()
@@ -113,9 +115,17 @@ class ProbeMemory:
         return data if isinstance(data, dict) else {}
 
     def _kept(self, key: str) -> list[list]:
+        """``key``'s figures of this machine that are fresh and well formed; a row of another shape (or a figure
+        that is 0, NaN or text) is dropped, said once (the memory is a file a user can edit)."""
         now = time.time()
-        rows = self._data.get(self._machine, {}).get(key, [])
-        return [r for r in rows if isinstance(r, list) and len(r) == 2 and now - r[0] <= SETTINGS.max_age_days * 86400]
+        slot = self._data.get(self._machine) if isinstance(self._data, dict) else None
+        rows = slot.get(key, []) if isinstance(slot, dict) else []
+        rows = rows if isinstance(rows, list) else [rows]
+        good = [r for r in rows if _well_formed(r)]
+        if len(good) < len(rows) and not self._said_bad:
+            self._said_bad = True
+            log.warning("probe memory %s: figures of the wrong form dropped (measured again)", self.path)
+        return [r for r in good if now - r[0] <= SETTINGS.max_age_days * 86400]
 
     def figure(self, key: str, measure: Callable[[], float]) -> float:
         """The probe ``key``'s figure: the median of the kept ones, or measured (and kept on a quiet machine)."""
@@ -169,7 +179,9 @@ class ProbeMemory:
                 if self.on:
                     self._data = self._read(quiet=True)
                 kept = [*self._kept(slot), [now, value]][-SETTINGS.keep :]
-                self._data.setdefault(self._machine, {})[slot] = kept
+                if not isinstance(self._data.get(self._machine), dict):
+                    self._data[self._machine] = {}
+                self._data[self._machine][slot] = kept
                 self._save()
         except OSError as e:  # the lock cannot be made (a read-only home): as a failed save
             self._unwritable(e)
@@ -212,3 +224,15 @@ class ProbeMemory:
             busy = f", {self.used_busy} of them a busy machine's" if self.used_busy else ""
             parts.append(f"{self.used} read from the probe memory (the median of figures kept since {since}{busy})")
         return "; ".join(parts) + "; seg-plan --reprobe measures again"
+
+
+def _figure(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0
+
+
+def _well_formed(row) -> bool:
+    """``[time, figure]``: a figure is a positive seconds count, or (the training probe's) a mapping of them."""
+    if not (isinstance(row, list) and len(row) == 2 and _figure(row[0])):
+        return False
+    v = row[1]
+    return (_figure(v) and v > 0) or (isinstance(v, dict) and bool(v) and all(_figure(x) for x in v.values()))

@@ -55,6 +55,13 @@ def test_cache_is_reused_and_invalidated_and_never_written_into_the_dataset(synt
     assert len(calls) == len(spec.cases)  # recomputed after a label changed
     assert fp["cases"][0]["labels"]["1"]["voxels"] == 0
     assert sorted(p.name for p in synth_copy.rglob("*")) == before  # nothing new in the dataset folder
+    # R15: dataset.json's channels changed (the CT rule reads the modality): computed again
+    calls.clear()
+    meta = json.loads((synth_copy / "dataset.json").read_text())
+    meta["modality"] = {"0": "CT"}
+    (synth_copy / "dataset.json").write_text(json.dumps(meta))
+    F.compute_fingerprint(load_dataset(synth_copy), cache, workers=1, progress=False)
+    assert len(calls) == len(spec.cases)
 
 
 def test_intensity_samples_are_kept_for_ct_only(synth_root, tmp_path):

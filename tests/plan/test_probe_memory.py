@@ -10,6 +10,7 @@ import os
 import random
 import time
 
+import pytest
 import yaml
 
 from seg.plan import machine, memory, timing
@@ -257,3 +258,46 @@ def test_two_plans_at_once_each_keep_their_figures(monkeypatch):
     later = memory.ProbeMemory("cpu")
     assert later.figure("probe a", lambda: 9.0) == 1.0 and later.figure("probe b", lambda: 9.0) == 2.0
     assert later.figure("probe shared", lambda: 9.0) == 4.0  # the median of both plans' figures
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        "text instead of rows",
+        [[1, 2, 3]],
+        [["yesterday", 1.0]],
+        [[None, 1.0]],
+        [[0.0, "abc"]],
+        [[0.0, 0.0]],
+        [[0.0, float("nan")]],
+        [[0.0, {"step_s": "x"}]],
+    ],
+    ids=["text", "three", "time-text", "time-none", "figure-text", "figure-zero", "figure-nan", "record-text"],
+)
+def test_figures_of_the_wrong_form_are_measured_again_with_one_warning(monkeypatch, caplog, rows):
+    """R15: valid JSON of the wrong shape, or 0/NaN/text figures, in the memory: measured again, one warning."""
+    monkeypatch.setenv("SEG_PROBE_MEMORY", "1")
+    mem = memory.ProbeMemory("cpu")
+    assert mem.figure("k", lambda: 2.0) == 2.0
+    data = json.loads(mem.path.read_text())
+    for key in data:
+        data[key]["k"] = (
+            [[time.time(), r[1]] if isinstance(r, list) and r and r[0] == 0.0 else r for r in rows]
+            if isinstance(rows, list)
+            else rows
+        )
+    mem.path.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING):
+        again = memory.ProbeMemory("cpu")
+        assert again.figure("k", lambda: 5.0) == 5.0
+    said = [r for r in caplog.records if "wrong form" in r.getMessage()]
+    assert len(said) == 1 and str(mem.path) in said[0].getMessage()
+
+
+def test_a_machine_entry_of_the_wrong_shape_is_replaced(monkeypatch):
+    monkeypatch.setenv("SEG_PROBE_MEMORY", "1")
+    mem = memory.ProbeMemory("cpu")
+    mem.path.parent.mkdir(parents=True, exist_ok=True)
+    mem.path.write_text(json.dumps({mem._machine: [1, 2, 3]}))
+    assert memory.ProbeMemory("cpu").figure("k", lambda: 3.0) == 3.0
+    assert memory.ProbeMemory("cpu").figure("k", lambda: 9.0) == 3.0  # kept this time
