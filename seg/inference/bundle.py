@@ -300,6 +300,11 @@ class Bundle:
             raise BundleError(f"{self.root / 'model.yaml'}: folds {unknown} not in the bundle (has {self.folds})")
         return folds
 
+    @staticmethod
+    def weights_file(checkpoint: str) -> str:
+        """The file name of a member's ``checkpoint`` weights (``final`` or ``best``)."""
+        return WEIGHTS[check_option("--checkpoint", checkpoint, Checkpoint)]
+
     def load_nets(
         self, folds: Sequence[int] | None = None, device: str = "cpu", checkpoint: str = "final"
     ) -> list[torch.nn.Module]:

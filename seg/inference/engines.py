@@ -114,16 +114,20 @@ def load_engine_nets(
     bundle, folds: Sequence[int] | None, engine: str, device: str, precision: str, checkpoint: str = "final"
 ) -> list:
     """The engine nets of ``folds`` (every ensemble member of each) of ``bundle``, after :func:`check_engine`.
-    ONNX Runtime runs the exported files, which seg-export makes of the final weights."""
+    ONNX Runtime runs the exported files, which seg-export makes of the bundle's default checkpoint's weights."""
     engine = check_engine(engine, device, precision)
     if engine == Engine.ONNXRUNTIME:
-        if checkpoint != "final":
-            raise UserError("--checkpoint best is for --engine torch: seg-export exports the final weights")
-        return [OrtNet(p) for p in onnx_paths(bundle, folds)]
+        exported = str(((bundle.meta.extra.get("export") or {}).get("onnx") or {}).get("checkpoint") or "final")
+        if checkpoint != exported:
+            raise UserError(
+                f"--checkpoint {checkpoint}: the ONNX export of {bundle.root} holds the {exported} weights "
+                f"(--engine torch runs either; seg-export exports the bundle's default checkpoint)"
+            )
+        return [OrtNet(p) for p in onnx_paths(bundle, folds, bundle.weights_file(exported))]
     return [TorchNet(m, device, precision) for m in bundle.load_nets(folds, checkpoint=checkpoint)]
 
 
-def onnx_paths(bundle, folds: Sequence[int] | None) -> list[Path]:
+def onnx_paths(bundle, folds: Sequence[int] | None, weights: str = "weights.pt") -> list[Path]:
     """Each fold's (and member's) ``model.onnx``, each one checked against the export record in ``model.yaml``:
     it is the file seg-export wrote (its sha256), from the weights the bundle holds now (theirs). A missing,
     swapped or stale file is a one-line error naming it: it would predict, silently, for another model."""
@@ -142,8 +146,8 @@ def onnx_paths(bundle, folds: Sequence[int] | None) -> list[Path]:
                 raise BundleError(
                     f"{path}: changed since seg-export wrote it (its sha256 is not the recorded one): {fix}"
                 )
-            if file_sha256(d / "weights.pt") != rec.get("weights_sha256"):
-                raise BundleError(f"{path}: exported from other weights than {d / 'weights.pt'} holds now: {fix}")
+            if file_sha256(d / weights) != rec.get("weights_sha256"):
+                raise BundleError(f"{path}: exported from other weights than {d / weights} holds now: {fix}")
             paths.append(path)
     return paths
 

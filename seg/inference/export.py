@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from seg.errors import one_line
-from seg.inference.bundle import FORMAT, Bundle, BundleError, write_bundle_meta
+from seg.inference.bundle import FORMAT, WEIGHTS, Bundle, BundleError, write_bundle_meta
 from seg.inference.engines import OrtNet
 from seg.io import atomic_write_bytes, file_sha256
 from seg.nn.inferer import first_output
@@ -227,15 +227,21 @@ def export_bundle(
     folds = bundle.folds if folds is None else list(folds)
     name = bundle.meta.net_name
     check_exportable(name)  # before loading weights: the answer does not depend on them
-    nets = bundle.load_nets(folds)
+    checkpoint = str(bundle.meta.extra.get("checkpoint") or "final")  # what seg-predict runs by default
+    nets = bundle.load_nets(folds, checkpoint=checkpoint)
     root = Path(out) if out is not None else bundle.root
     # (fold, member folder relative to the bundle) in the order load_nets returns the networks
     where = [(k, d.relative_to(bundle.root)) for k in folds for d in bundle.member_dirs(k)]
     _check_target(bundle, root, where)
-    if root.resolve() != bundle.root.resolve():
+    if root.resolve() != bundle.root.resolve():  # every weights file of the member (best too), each whole or not
         for _, d in where:
-            (root / d).mkdir(parents=True, exist_ok=True)
-            shutil.copy2(bundle.root / d / "weights.pt", root / d / "weights.pt")
+            for file in WEIGHTS.values():
+                if (bundle.root / d / file).is_file():
+                    dst = root / d / file
+                    try:
+                        atomic_write_bytes(dst, lambda tmp, src=bundle.root / d / file: shutil.copyfile(src, tmp))
+                    except OSError as e:
+                        raise ExportError(f"{dst}: cannot be written ({e.strerror or e})") from None
     metadata = onnx_metadata(bundle)
     figures: dict = {}
     files: dict = {}
@@ -244,7 +250,7 @@ def export_bundle(
         diff = export_fold(net, name, bundle.meta.in_channels, fmt, path, metadata)
         figures[k] = max(figures.get(k, 0.0), diff)  # the worst member of the fold
         files[str(d)] = {
-            "weights_sha256": file_sha256(root / d / "weights.pt"),
+            "weights_sha256": file_sha256(root / d / WEIGHTS[checkpoint]),
             "sha256": file_sha256(path),
             "parity": diff,
         }
@@ -253,7 +259,7 @@ def export_bundle(
     if out is not None:
         meta.folds = sorted(folds)
     exports = dict(meta.extra.get("export") or {})
-    exports[fmt] = _record(fmt, bundle, folds, figures, files)
+    exports[fmt] = {**_record(fmt, bundle, folds, figures, files), "checkpoint": checkpoint}
     meta.extra["export"] = exports
     write_bundle_meta(root, meta)
     return exports[fmt]

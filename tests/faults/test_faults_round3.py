@@ -430,3 +430,49 @@ def test_a_long_input_name_predicts(env, capsys):  # noqa: F811
     shutil.copy(env.inp / "case1.nii.gz", env.inp / long)
     assert predict(env) == 0, capsys.readouterr().err
     assert (env.out / long).is_file() and not [p for p in env.out.iterdir() if ".part" in p.name]
+
+
+# -- seg-export: the bundle's default checkpoint, whole copies (R17) --------------------------------------------
+def test_export_of_a_best_checkpoint_bundle_copies_every_weight_and_predicts(env, capsys):  # noqa: F811
+    """R17: a k-fold bundle whose default checkpoint is best: its export is of the best weights, its -o copy holds
+    weights_best.pt, and the printed next command runs (it was refused)."""
+    from seg.cli.export import main as export_main
+    from seg.inference.bundle import load_bundle, write_bundle_meta
+
+    best = env.bundle / "fold_0" / "weights_best.pt"
+    shutil.copy(env.bundle / "fold_0" / "weights.pt", best)
+    b = load_bundle(env.bundle)
+    b.meta.extra["checkpoint"] = "best"
+    write_bundle_meta(env.bundle, b.meta)
+    copy = env.tmp / "exported"
+    assert export_main(["-m", str(env.bundle), "-o", str(copy)]) == 0
+    out = capsys.readouterr().out
+    assert (copy / "fold_0" / "weights_best.pt").read_bytes() == best.read_bytes()
+    assert load_bundle(copy).meta.extra["export"]["onnx"]["checkpoint"] == "best"
+    nxt = next(x for x in out.splitlines() if x.startswith("next: seg-predict"))
+    assert "--engine onnxruntime" in nxt
+    env.bundle = copy
+    assert predict(env, "--engine", "onnxruntime") == 0, capsys.readouterr().err
+
+
+def test_export_copy_on_a_full_disk_names_the_file_and_leaves_no_part(env, capsys, monkeypatch):  # noqa: F811
+    import errno
+
+    from seg.cli.export import main as export_main
+
+    real = shutil.copyfile
+
+    def full(src, dst, *a, **k):
+        real(src, dst, *a, **k)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfile", full)
+    copy = env.tmp / "exported"
+    rc = export_main(["-m", str(env.bundle), "-o", str(copy)])
+    err = capsys.readouterr().err.strip()
+    assert (
+        rc == ExitCode.REFUSED
+        and err == f"error: {copy / 'fold_0' / 'weights.pt'}: cannot be written (No space left on device)"
+    )
+    assert not (copy / "fold_0" / "weights.pt").exists() and not list((copy / "fold_0").glob(".*part*"))
+    _record("export-copy-on-a-full-disk", rc, err, env.tmp)
