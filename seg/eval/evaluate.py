@@ -230,5 +230,8 @@ def evaluate_folders(
     summary["metric_per_case"] = [{k: v for k, v in c.items() if k != "_detection"} for c in per_case]
     summary = json_safe(summary)
     if output:
-        write_text(Path(output) / "summary.json", json.dumps(summary, indent=1))
+        try:
+            write_text(Path(output) / "summary.json", json.dumps(summary, indent=1))
+        except OSError as e:  # a full disk after the scoring: one line naming the file, nothing half-written
+            raise EvalError(f"{Path(output) / 'summary.json'}: cannot be written ({e.strerror or e})") from None
     return summary

@@ -8,6 +8,7 @@ caller rebuilds them.
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import logging
 import sys
@@ -26,7 +27,7 @@ from seg.config import Precision, UserError, as_max_time, parse_duration, to_pla
 from seg.data.check import check_dataset, errors
 from seg.errors import ExitCode, SegError, Signals, one_line
 from seg.inference.bundle import BundleError, bundle_members, export_run_bundle, read_checkpoint
-from seg.io import FolderLock, write_text
+from seg.io import FolderLock, cache_root, check_writable, write_text
 from seg.lit.callbacks import Heartbeat, StopOnSignal
 from seg.lit.module import ensemble_validation
 from seg.lit.progress import draw_combined
@@ -174,10 +175,23 @@ def train(cfg, extra_callbacks: list | None = None, validated: bool = False) -> 
     members = 1 if members is None else int(members)
     if members < 1:
         raise UserError(f"ensemble.members={members}: expected 1 or more")
+    check_writable(cfg.paths.output_dir, "run folder (paths.output_dir)")
+    if str(cfg.data.get("cache") or "") in ("disk", "persistent"):
+        check_writable(cfg.data.get("cache_dir") or cache_root() / "preprocessed", "disk cache (data.cache_dir)")
     with run_folder_lock(Path(cfg.paths.output_dir)):
-        if members > 1:
-            return train_ensemble(cfg, members, extra_callbacks)
-        return train_one(cfg, extra_callbacks)
+        try:
+            if members > 1:
+                return train_ensemble(cfg, members, extra_callbacks)
+            return train_one(cfg, extra_callbacks)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+            kept = f"{last} kept from the last finished epoch" if last.is_file() else "no epoch was kept"
+            raise UserError(
+                f"{e.filename or cfg.paths.output_dir}: the disk is full ({e.strerror}) while training; {kept}: "
+                "free space and run again with ckpt_path= that checkpoint"
+            ) from None
 
 
 def run_folder_lock(out: Path):

@@ -476,3 +476,66 @@ def test_export_copy_on_a_full_disk_names_the_file_and_leaves_no_part(env, capsy
     )
     assert not (copy / "fold_0" / "weights.pt").exists() and not list((copy / "fold_0").glob(".*part*"))
     _record("export-copy-on-a-full-disk", rc, err, env.tmp)
+
+
+# -- outputs checked before the work, a full disk one line (R13) ------------------------------------------------
+def test_a_run_folder_or_cache_that_cannot_be_made_is_one_line_before_any_work(synth_root, tmp_path):
+    from seg.config import UserError
+    from seg.run.train import train
+    from tests.conftest import TINY, compose_train
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for extra, needle in (
+        ([], "run folder (paths.output_dir) cannot be created"),
+        (["data.cache=disk", f"data.cache_dir={afile / 'cache'}"], "disk cache (data.cache_dir) cannot be created"),
+    ):
+        run = (afile / "run") if not extra else (tmp_path / "run")
+        cfg = compose_train([f"data.root={synth_root}", *TINY, "trainer.max_epochs=1", *extra], run)
+        with pytest.raises(UserError) as e:
+            train(cfg)
+        assert needle in str(e.value) and len(str(e.value).splitlines()) == 1, str(e.value)
+        assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_full_disk_while_training_is_one_line(synth_root, tmp_path, monkeypatch):
+    import errno
+
+    import pytorch_lightning as pl
+
+    from seg.config import UserError
+    from seg.run.train import train
+    from tests.conftest import TINY, compose_train
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "checkpoints" / "last.ckpt"))
+
+    monkeypatch.setattr(pl.Trainer, "fit", full)
+    cfg = compose_train([f"data.root={synth_root}", *TINY, "trainer.max_epochs=1"], tmp_path / "run")
+    with pytest.raises(UserError) as e:
+        train(cfg)
+    line = str(e.value)
+    assert line.startswith(f"{tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}: the disk is full (No space left")
+    assert "no epoch was kept" in line and len(line.splitlines()) == 1
+    _record("train-full-disk", 2, f"error: {line}", tmp_path)
+
+
+def test_eval_on_a_full_disk_names_the_summary(env, capsys, monkeypatch):  # noqa: F811
+    import errno
+
+    import seg.eval.evaluate as ev
+    from seg.cli.eval import main
+
+    shutil.copytree(env.labels, env.out)
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ev, "write_text", full)
+    rc = main(["-p", str(env.out), "-l", str(env.labels), "-o", str(env.tmp / "ev"), "--no-surface"])
+    err = capsys.readouterr().err.strip()
+    assert (
+        rc == ExitCode.REFUSED
+        and err == f"error: {env.tmp / 'ev' / 'summary.json'}: cannot be written (No space left on device)"
+    )
+    _record("eval-full-disk", rc, err, env.tmp)
