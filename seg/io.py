@@ -184,6 +184,15 @@ def check_writable(folder: str | Path, what: str = "output folder") -> None:
         raise UserError(f"{folder}: {what} {verb} ({e.strerror or e})") from None
 
 
+def check_run_root(argv: list[str], log_dir: str) -> None:
+    """Before Hydra makes a composed command's run folder: the folder its ``hydra.run.dir`` (default under
+    ``paths.log_dir``) starts in, up to its first interpolation, must take a folder (else Hydra's traceback)."""
+    pattern = next((a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")), f"{log_dir}/${{x}}")
+    head = pattern.split("${")[0]
+    root = Path(head) if head.endswith("/") or "${" not in pattern else Path(head).parent
+    check_writable(root if str(root) else ".", "output folder (hydra.run.dir, under paths.log_dir)")
+
+
 def check_space(folder: str | Path, nbytes: int, what: str = "output folder") -> None:
     """Before any work: ``folder`` takes a file (:func:`check_writable`) and its file system has ``nbytes`` free,
     so a full disk stops the command in one line before, not a traceback after, the work."""

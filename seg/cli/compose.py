@@ -14,6 +14,7 @@ from seg.cli.explain import explain_composition
 from seg.cli.help import quick_help
 from seg.config import CONF_DIR, UserError
 from seg.errors import ExitCode, Interrupted, SegError
+from seg.io import check_run_root
 
 
 def check_composition(config_name: str, argv: list[str]) -> None:
@@ -28,9 +29,10 @@ def check_composition(config_name: str, argv: list[str]) -> None:
     searchpath = [a for a in argv if a.startswith("hydra.searchpath=")]  # plan=: its experiment's folder
     try:
         with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
-            compose(config_name, overrides=searchpath + overrides)
+            cfg = compose(config_name, overrides=searchpath + overrides)
     except HydraException as e:
         raise UserError(explain_composition(e, config_name, searchpath + overrides)) from None
+    check_run_root(argv, str((cfg.get("paths") or {}).get("log_dir") or "."))
 
 
 def hydra_main(config_name: str):

@@ -539,3 +539,18 @@ def test_eval_on_a_full_disk_names_the_summary(env, capsys, monkeypatch):  # noq
         and err == f"error: {env.tmp / 'ev' / 'summary.json'}: cannot be written (No space left on device)"
     )
     _record("eval-full-disk", rc, err, env.tmp)
+
+
+def test_a_run_root_that_cannot_be_made_is_one_line_before_hydra(synth_root, tmp_path, monkeypatch):
+    """R13: in a working folder where ``outputs`` is a file, seg-train ended in Hydra's traceback."""
+    from seg.cli.compose import check_composition
+    from seg.config import UserError
+
+    monkeypatch.chdir(tmp_path)
+    check_composition("train", [f"data.root={synth_root}"])  # a folder that can be made: passes
+    (tmp_path / "outputs").write_text("x")
+    with pytest.raises(UserError, match=r"outputs: output folder \(hydra.run.dir, under paths.log_dir\) exists and"):
+        check_composition("train", [f"data.root={synth_root}"])
+    check_composition("train", [f"data.root={synth_root}", f"hydra.run.dir={tmp_path / 'elsewhere'}"])
+    with pytest.raises(UserError, match="outputs/run: output folder .* cannot be created"):
+        check_composition("kfold", [f"data.root={synth_root}", f"hydra.run.dir={tmp_path / 'outputs' / 'run'}"])
