@@ -151,8 +151,9 @@ class BundleMeta:
             mirror = None if mirror is None else sorted(int(a) for a in mirror)
             if mirror is not None and not set(mirror) <= {0, 1, 2}:
                 raise ValueError(f"mirror_axes {mirror} must be axes 0, 1, 2")
-        except (TypeError, ValueError, AttributeError) as e:
-            raise BundleError(f"{path}: {one_line(e)}") from None
+        except (TypeError, ValueError, AttributeError) as e:  # seg's own refusals and plain ValueErrors read as said
+            why = " ".join(str(e).split()) if isinstance(e, ValueError) else one_line(e)
+            raise BundleError(f"{path}: {why}") from None
         _check_values(path, labels, meta, folds)
         known = set(REQUIRED) | {"format", "created", "inferer", "threshold", "members", "inverse", "postprocessing"}
         known.add("mirror_axes")

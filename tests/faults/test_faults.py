@@ -512,7 +512,7 @@ def test_training_fault(synth_copy, tmp_path, name, setup, needle):
         train(cfg)
     lines = [line for line in str(exc.value).splitlines() if needle in line]
     assert lines and any(str(named.name) in line for line in lines), str(exc.value)
-    _record(name, 1, lines[0], tmp_path)
+    _record(name, 2, f"error: {lines[0]}", tmp_path)  # what seg-train prints, and its exit (refused)
     assert not (tmp_path / "run" / "checkpoints").exists()  # stopped before any training
     if name == "data-root-typo-not-filled":
         assert not (tmp_path / "typo").exists()  # nothing generated into a mistyped folder
