@@ -33,6 +33,11 @@ def check_dataset(spec: DatasetSpec, workers: int | None = None) -> list[Problem
     problems: list[Problem] = []
     if not spec.cases:
         problems.append(Problem("error", str(Path(spec.root) / "dataset.json"), "the dataset lists no training cases"))
+    if spec.declared_cases is not None and spec.declared_cases != len(spec.cases):
+        where = str(Path(spec.root) / "dataset.json")
+        problems.append(
+            Problem("warning", where, f"numTraining is {spec.declared_cases}, {len(spec.cases)} cases found")
+        )
     for cid, n in Counter(c.case_id for c in spec.cases).items():
         if n > 1:
             problems.append(Problem("error", spec.root, f"case id {cid!r} appears {n} times"))

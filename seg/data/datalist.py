@@ -52,6 +52,7 @@ class DatasetSpec:
     cases: list[Case] = field(default_factory=list)
     file_ending: str = ".nii.gz"
     channels_in_one_file: bool = False  # MSD multi-modal: one 4D file per case
+    declared_cases: int | None = None  # dataset.json's numTraining, where it gives one
 
     @property
     def in_channels(self) -> int:
@@ -214,6 +215,7 @@ def _load_msd(root: Path, meta_path: Path, meta: dict) -> DatasetSpec:
         labels=labels,
         cases=cases,
         channels_in_one_file=len(channel_names) > 1 and all(len(c.images) == 1 for c in cases),
+        declared_cases=_declared(meta),
     )
 
 
@@ -240,6 +242,26 @@ def _load_nnunet(root: Path, meta_path: Path, meta: dict) -> DatasetSpec:
         )
         for cid in sorted(case_ids)
     ]
+    _check_channel_suffix(images_dir, cases, ending)
     return DatasetSpec(
-        root=str(root), layout="nnunet", channel_names=channel_names, labels=labels, cases=cases, file_ending=ending
-    )
+        root=str(root), layout="nnunet", channel_names=channel_names, labels=labels, cases=cases, file_ending=ending,
+        declared_cases=_declared(meta),
+    )  # fmt: skip
+
+
+def _declared(meta: dict) -> int | None:
+    n = meta.get("numTraining")
+    return n if isinstance(n, int) and not isinstance(n, bool) else None
+
+
+def _check_channel_suffix(images_dir: Path, cases: list, ending: str) -> None:
+    """nnU-Net images named ``CASE.nii.gz`` instead of ``CASE_0000.nii.gz``: one line saying so (each case's
+    image would otherwise be reported missing, one line per case, by effect, not by cause)."""
+    bare = [c for c in cases if not Path(c.images[0]).exists() and (images_dir / f"{c.case_id}{ending}").exists()]
+    if bare:
+        c = bare[0]
+        raise DatasetError(
+            f"{images_dir}: {len(bare)} image(s) named without the channel suffix (e.g. {c.case_id}{ending}): "
+            f"nnU-Net's layout names each channel CASE_0000{ending}, CASE_0001{ending}, ...: rename them "
+            f"({c.case_id}{ending} -> {c.case_id}_0000{ending})"
+        )

@@ -79,3 +79,35 @@ def test_seg_synth_target_ventricles_labels_the_large_structure(tmp_path):
     assert VENTRICLE_SCALE == 1.6 and 0.7 * expected < ml < 1.2 * expected  # 44 ml, voxelised at 4.2 mm
     lesions = make_case(4, 0, (48, 48, 48))  # the same case with its lesions labelled: they are elsewhere
     assert not (lesions.label.astype(bool) & lab.astype(bool)).any()
+
+
+def test_nnunet_images_without_the_channel_suffix_are_named_by_cause(tmp_path):
+    """#41: images named CASE.nii.gz (no _0000) gave a "file is missing" line per case; one line names the cause."""
+    from seg.data.datalist import DatasetError, load_dataset
+    from seg.data.synthetic import write_dataset
+
+    root = write_dataset(tmp_path / "raw", n=3, seed=0, shape=(16, 16, 16), layout="nnunet")
+    assert load_dataset(root).declared_cases == 3
+    for p in sorted((root / "imagesTr").iterdir()):
+        p.rename(p.with_name(p.name.replace("_0000", "")))
+    with pytest.raises(DatasetError) as e:
+        load_dataset(root)
+    line = str(e.value)
+    assert len(line.splitlines()) == 1 and "3 image(s) named without the channel suffix" in line
+    assert "-> " in line and "_0000.nii.gz)" in line
+
+
+def test_num_training_that_disagrees_is_a_warning_of_the_check(tmp_path):
+    import json
+
+    from seg.data.check import check_dataset
+    from seg.data.datalist import load_dataset
+    from seg.data.synthetic import write_dataset
+
+    root = write_dataset(tmp_path / "ds", n=3, seed=0, shape=(16, 16, 16))
+    assert not [p for p in check_dataset(load_dataset(root)) if "numTraining" in p.message]
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["numTraining"] = 40
+    (root / "dataset.json").write_text(json.dumps(meta))
+    found = [p for p in check_dataset(load_dataset(root)) if "numTraining" in p.message]
+    assert len(found) == 1 and found[0].level == "warning" and "numTraining is 40, 3 cases found" in found[0].message
