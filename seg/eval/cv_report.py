@@ -24,7 +24,7 @@ from seg.io import atomic_write_bytes, read_nifti, write_text
 log = logging.getLogger(__name__)
 
 
-def evaluate_cv(run_dir: Path, spec, folds: list[int], cv) -> dict:
+def evaluate_cv(run_dir: Path, spec, folds: list[int], cv, trained: dict | None = None) -> dict:
     by_id = spec.by_id()
     labels = spec.labels
     det = DetectionParams.from_mapping(cv)
@@ -79,6 +79,8 @@ def evaluate_cv(run_dir: Path, spec, folds: list[int], cv) -> dict:
     if cv.get("postprocessing", True):
         summary["postprocessing"] = _postprocessing(per_case, labels)
     summary["metric_per_case"] = [{k: v for k, v in c.items() if k != "_detection"} for c in per_case]
+    if trained:
+        summary["trained"] = trained
     summary = json_safe(summary)
     write_text(run_dir / "cv_summary.json", json.dumps(summary, indent=1))
     write_results_csv(run_dir / "results.csv", summary)
@@ -119,6 +121,22 @@ def _fmt(x, pct: bool = True) -> str:  # pct: a fraction 0-1 (4 decimals); else 
     return f"{x:.4f}" if pct else f"{x:.2f}"  # fractions 0-1 (Dice, recall, ...), as every seg output; mm
 
 
+def _trained_markdown(record: dict | None) -> list[str]:
+    """report.md's section (none for a summary without a record)."""
+    if not record:
+        return []
+    made = ", ".join(str(s) for s in record["steps_made"]) or "-"
+    planned = f"; the plan forecast {record['steps_planned']} a run" if record.get("steps_planned") else ""
+    return [
+        "## What was trained",
+        "",
+        f"seg {record['seg_version']}; plan `{record['plan'] or '-'}`; net `{record['net']}` filters "
+        f"{record.get('filters')}; budget {record.get('budget') or 'epochs'} per run, {record['members']} member(s); "
+        f"optimiser steps made per fold: {made}{planned}.",
+        "",
+    ]
+
+
 def report_markdown(s: dict, figures: list[str]) -> str:
     lines = [
         "# Cross-validation report",
@@ -126,6 +144,7 @@ def report_markdown(s: dict, figures: list[str]) -> str:
         f"{len(s['metric_per_case'])} out-of-fold cases in {len(s['per_fold'])} folds; "
         f"fold-mean foreground Dice {_fmt(s.get('fold_dice_mean'))} +- {_fmt(s.get('fold_dice_std'))} (sd over folds).",
         "",
+        *_trained_markdown(s.get("trained")),
     ]
     scan = s.get("threshold_scan") or []
     if scan:

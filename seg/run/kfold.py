@@ -34,6 +34,7 @@ from seg.io import write_text
 from seg.lit.progress import draw_combined
 from seg.run.checks import validate_config
 from seg.run.learned import learned_nothing, mark
+from seg.run.record import training_record
 from seg.run.train import prepare_data, train, training_device
 
 log = logging.getLogger("seg.kfold")
@@ -153,6 +154,7 @@ def run_fold(cfg, k: int, splits_path: Path, run_dir: Path) -> dict:
         "checkpoint": str(result.checkpoint),
         "val/dice_best": result.metrics.get("val/dice_best"),
         "epochs": result.metrics.get("epochs"),
+        "steps": result.metrics.get("global_step"),
         "seconds": round(time.time() - t0, 1),
     }
     write_text(done, json.dumps(record, indent=1))
@@ -208,7 +210,9 @@ def kfold(cfg) -> dict:
     finished = finished_folds(run_dir)
     n_oof = sum(len(splits[k]["val"]) for k in finished)
     log.info("evaluating %d out-of-fold cases of folds %s, then report.md and figures", n_oof, finished)
-    summary = evaluate_cv(run_dir, spec, finished, cfg.cv)
+    steps = [json.loads((run_dir / f"fold_{k}" / "done.json").read_text()).get("steps") or 0 for k in finished]
+    trained = training_record(cfg, steps)
+    summary = evaluate_cv(run_dir, spec, finished, cfg.cv, trained)
     _draw_folds_progress(run_dir, finished)
     # every fold's bundle describes the same net, pre-processing and inferer: take the first's
     meta = load_bundle(run_dir / f"fold_{finished[0]}" / "model").meta
@@ -217,6 +221,7 @@ def kfold(cfg) -> dict:
     meta.extra = {k: v for k, v in meta.extra.items() if k in ("weights", "precision")} | {"checkpoint": checkpoint}
     meta.postprocessing = Postprocessing.from_mapping((summary.get("postprocessing") or {}).get("rules"))
     meta.extra["cv"] = {"run": str(run_dir), "splits": str(splits_path)}
+    meta.extra["trained"] = trained
     write_bundle_meta(run_dir / "model", meta)
     dice = fold_mean_dice(summary)
     if learned_nothing(dice):

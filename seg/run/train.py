@@ -35,6 +35,7 @@ from seg.nn.inferer import InfererSpec
 from seg.nn.utils import cuda_hygiene
 from seg.run.checks import validate_config
 from seg.run.learned import learned_nothing, mark
+from seg.run.record import record_in_bundle, training_record
 
 log = logging.getLogger("seg.train")
 
@@ -449,6 +450,7 @@ def _finish(cfg, trainer: pl.Trainer, model, dm, out: Path, t0: float) -> TrainR
                 Precision.parse(cfg.trainer.get("precision") or "fp32").value,
             ).parent
             metrics["model_bundle"] = str(bundle)
+            record_in_bundle(bundle, training_record(cfg, [int(trainer.global_step)]))
             if learned_nothing(metrics["val/dice_best"]):
                 mark(bundle, metrics["val/dice_best"], "best validation Dice")
                 metrics["learned_nothing"] = True

@@ -48,7 +48,9 @@ def test_run_folder_contents_and_resume(synth_root, tmp_path):
     # the bundle records the axes training mirrored: the only ones seg-predict --tta may mirror
     from seg.data.transforms import Augment
 
-    recorded = yaml.safe_load((run1 / "model" / "model.yaml").read_text())["mirror_axes"]
+    model_yaml = yaml.safe_load((run1 / "model" / "model.yaml").read_text())
+    assert model_yaml["trained"]["steps_made"] == [m1["global_step"]] and m1["global_step"] > 0
+    recorded = model_yaml["mirror_axes"]
     assert recorded == Augment.from_mapping(cfg.data.augment).mirror_axes == [0, 1, 2]
     assert (run1 / "csv" / "metrics.csv").exists()
     saved = json.loads((run1 / "metrics.json").read_text())

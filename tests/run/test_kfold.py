@@ -59,6 +59,14 @@ def test_two_fold_cv_end_to_end_and_resume(synth_root, tmp_path):
     assert (run / "results.csv").read_text().count("\n") == 1 + 8
     report = (run / "report.md").read_text()
     assert "Dice-TP" in report and "< 3 ml" in report
+    # what was trained (#41): seg's version, the net, the budget, the steps each fold made, in report and bundle
+    import seg
+
+    steps = [json.loads((run / f"fold_{k}" / "done.json").read_text())["steps"] for k in (0, 1)]
+    assert all(isinstance(n, int) and n > 0 for n in steps)
+    assert f"seg {seg.__version__}; plan" in report and "net `unet` filters [4, 8, 16]" in report
+    assert f"optimiser steps made per fold: {steps[0]}, {steps[1]}" in report
+    assert load_bundle(run / "model").meta.extra["trained"]["steps_made"] == steps
     chosen = "argmax" if cs["threshold"] is None else f"{cs['threshold']:.1f}"
     assert f"Chosen: **{chosen}**" in report and "Every other table uses the argmax masks as predicted" in report
     assert "## Postprocessing" in report and set(cs["postprocessing"]["report"]) == {"1"}
