@@ -59,6 +59,7 @@ def _eval(a: argparse.Namespace) -> int:
             f"ASD {_f(v.get('ASD'), '{:.2f}')} ({v['n_missed']} missed / {v['n_spurious']} spurious)"
         )
     print(f"summary: {Path(out) / 'summary.json'}")
+    print(f"next: seg-eval compare {out} OTHER_RESULTS  (paired per-case Dice against another model's, Wilcoxon)")
     for b in s["bad_cases"]:
         print(f"BAD {b['case']}: {b['problem']}", file=sys.stderr)
     if s["missing_cases"]:

@@ -75,7 +75,7 @@ def _predict(a: argparse.Namespace) -> int:
     for cid, problem in res.failures:
         print(f"FAILED {cid}: {problem}", file=sys.stderr)
     if res.written and not res.failures:
-        print(f"next: seg-eval -p {prepared.output} -l LABELS_FOLDER")
+        print(f"next: seg-eval -p {prepared.output} -l LABELS_FOLDER -d DATASET/dataset.json  (-d: the label names)")
     return 1 if res.failures else 0
 
 

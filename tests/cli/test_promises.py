@@ -117,3 +117,39 @@ def test_kfold_restarts_a_fold_whose_last_ckpt_is_corrupt(synth_root, tmp_path, 
     assert sorted(s["per_fold"]) == ["0", "1"]
     assert any("training the fold from the start" in r.getMessage() for r in caplog.records)
     assert torch.load(ckpt, weights_only=True)["epoch"] == 0  # rewritten by the fold's own training
+
+
+def test_each_command_prints_the_command_that_comes_next(synth_root, tmp_path, capsys):
+    """README: "each command prints the next one". seg-train, seg-kfold and seg-plan's lines are tested beside their
+    runs (tests/cli/test_output.py, tests/run/test_kfold.py, the GPU-request row), seg-export's beside its R17 row
+    (tests/faults/test_faults_round3.py); these are the other four."""
+    import shutil
+
+    from seg.cli.check_data import main as check_main
+    from seg.cli.eval import main as eval_main
+    from seg.cli.predict import main as predict_main
+    from seg.cli.synth import main as synth_main
+    from tests.inference.conftest import make_bundle
+
+    def last_next():
+        out = capsys.readouterr().out
+        return [x for x in out.splitlines() if x.startswith("next")][-1]
+
+    assert synth_main(["-o", str(tmp_path / "s"), "-n", "2", "--shape", "16", "16", "16"]) == 0
+    assert last_next() == f"next: seg-check-data {tmp_path / 's'}"
+    assert check_main([str(synth_root)]) == 0
+    assert last_next() == f"next: seg-plan {synth_root}"
+    bundle = make_bundle(tmp_path / "model")
+    inp = tmp_path / "in"
+    inp.mkdir()
+    shutil.copy(synth_root / "imagesTr" / "synth_000.nii.gz", inp / "synth_000.nii.gz")
+    assert predict_main(["-i", str(inp), "-o", str(tmp_path / "out"), "-m", str(bundle), "-q"]) == 0
+    assert (
+        last_next()
+        == f"next: seg-eval -p {tmp_path / 'out'} -l LABELS_FOLDER -d DATASET/dataset.json  (-d: the label names)"
+    )
+    assert (
+        eval_main(["-p", str(tmp_path / "out"), "-l", str(synth_root / "labelsTr"), "--no-surface", "--allow-missing"])
+        == 0
+    )
+    assert last_next().startswith(f"next: seg-eval compare {tmp_path / 'out'} OTHER_RESULTS")
