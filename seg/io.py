@@ -210,8 +210,9 @@ def check_space(folder: str | Path, nbytes: int, what: str = "output folder") ->
 
 class FolderLock:
     """An exclusive lock on ``folder`` for one command (``fcntl.flock`` on a hidden file in it, released when
-    the process ends, however it ends): a second run writing into the same folder stops at once, before
-    it writes anything, instead of both reporting every case written while only one run's files survive."""
+    the process ends, however it ends; the file removed when the command ends normally): a second run writing
+    into the same folder stops at once, before it writes anything, instead of both reporting every case written
+    while only one run's files survive."""
 
     def __init__(self, folder: str | Path, name: str = "seg") -> None:
         self.path = Path(folder) / f".{name}.lock"
@@ -236,6 +237,13 @@ class FolderLock:
             holder = self._f.read().strip() or "another process"
             self._f.close()
             raise UserError(f"{self.path.parent}: in use by {holder}: one run at a time per output folder") from None
+        try:  # the lock of a run that just ended (and removed its file) is no lock: the file must still be there
+            same = os.stat(self.path, follow_symlinks=False).st_ino == os.fstat(self._f.fileno()).st_ino
+        except OSError:
+            same = False
+        if not same:
+            self._f.close()
+            raise UserError(f"{self.path.parent}: in use by another run (its lock changed): run again")
         self._f.seek(0)
         self._f.truncate()
         self._f.write(f"pid {os.getpid()}")
@@ -244,4 +252,8 @@ class FolderLock:
 
     def __exit__(self, *exc) -> None:
         if self._f is not None:
+            try:  # removed while still held: no lock file stays behind in the user's output folder
+                os.unlink(self.path)
+            except OSError:
+                pass
             self._f.close()

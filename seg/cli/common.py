@@ -83,6 +83,7 @@ def command(fn: Callable[..., int | None]) -> Callable[..., int]:
             print(f"terminated (SIGTERM): {resume_hint(fn)}", file=sys.stderr)
             return int(ExitCode.TERMINATED)
         finally:
+            Signals.received = None  # seen and answered: nothing after this command (in-process) inherits it
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
 

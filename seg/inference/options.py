@@ -54,7 +54,7 @@ def existing_outputs(cases, out: Path, overwrite: bool, resume: bool, outputs=No
     if resume:
         return [c for c in cases if c not in done]
     there = [n for c in cases for n in (outputs(c) if outputs else [c.output_name]) if (out / n).exists()]
-    if (there or (out / "summary.csv").exists()) and not overwrite:
+    if (there or _summary_with_masks(out / "summary.csv")) and not overwrite:
         what = (
             f"{len(done)} of the {len(cases)} masks"
             if done
@@ -68,6 +68,21 @@ def existing_outputs(cases, out: Path, overwrite: bool, resume: bool, outputs=No
             "the cases whose mask is there"
         )
     return list(cases)
+
+
+def _summary_with_masks(path: Path) -> bool:
+    """An earlier ``summary.csv`` that lists a written mask (one of a run where every case failed is replaced:
+    it would block the retry for nothing)."""
+    import csv
+
+    if not path.exists():
+        return False
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return True  # unreadable: not replaced unasked
+    return not rows or any(not str(r.get("mask") or "").startswith("FAILED") for r in rows)
 
 
 def parse_threshold(text: str) -> float | str:

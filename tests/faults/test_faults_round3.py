@@ -554,3 +554,18 @@ def test_a_run_root_that_cannot_be_made_is_one_line_before_hydra(synth_root, tmp
     check_composition("train", [f"data.root={synth_root}", f"hydra.run.dir={tmp_path / 'elsewhere'}"])
     with pytest.raises(UserError, match="outputs/run: output folder .* cannot be created"):
         check_composition("kfold", [f"data.root={synth_root}", f"hydra.run.dir={tmp_path / 'outputs' / 'run'}"])
+
+
+# -- the small things a newcomer met (#41 item 9) --------------------------------------------------------------
+def test_no_lock_file_stays_behind_and_an_all_failed_summary_does_not_block_the_retry(env, capsys):  # noqa: F811
+    for f in env.inp.iterdir():
+        f.write_bytes(b"not a volume")
+    assert predict(env) == ExitCode.FAILED  # every case failed: a summary.csv of failures, no mask
+    assert (env.out / "summary.csv").is_file() and not list(env.out.glob("*.nii.gz"))
+    assert not (env.out / ".seg-predict.lock").exists()
+    for i in range(3):
+        shutil.copy(env.labels / f"case{i}.nii.gz", env.inp / f"case{i}.nii.gz")  # fixed inputs
+    capsys.readouterr()
+    assert predict(env) == 0, capsys.readouterr().err  # the retry runs without --overwrite
+    assert len(list(env.out.glob("case*.nii.gz"))) == 3 and not (env.out / ".seg-predict.lock").exists()
+    assert predict(env) == ExitCode.REFUSED  # a summary that lists written masks still stops an unasked rerun

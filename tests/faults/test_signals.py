@@ -238,8 +238,22 @@ def test_the_kfold_evaluation_phase_exits_143_on_sigterm(synth_root, tmp_path, m
     monkeypatch.setattr(kf, "run_fold", lambda *a, **k: {})
     monkeypatch.setattr(kf, "evaluate_cv", lambda *a, **k: (signal.raise_signal(signal.SIGTERM), time.sleep(1)))
     monkeypatch.setattr(sys, "argv", ["seg-kfold", *tiny_cv(synth_root, run), f"hydra.run.dir={run}"])
-    with pytest.raises(SystemExit) as e:
-        main()
+    import logging
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    handlers, level = list(logging.root.handlers), logging.root.level
+    try:
+        with pytest.raises(SystemExit) as e:
+            main()
+    finally:  # Hydra's job logging bound the root logger to this test's captured streams: put it back
+        for h in logging.root.handlers:
+            if h not in handlers:
+                logging.root.removeHandler(h)
+                h.close()
+        logging.root.handlers[:] = handlers
+        logging.root.setLevel(level)
+        GlobalHydra.instance().clear()
     assert e.value.code == 143
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("terminated (SIGTERM)")
