@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -147,7 +148,7 @@ class Heartbeat(Callback):
         if trainer.is_global_zero and self._due():
             loss = trainer.callback_metrics.get("train/loss_step", trainer.callback_metrics.get("train/loss"))
             tail = f", train/loss {float(loss):.4f}" if loss is not None else ""
-            log.info("step %d, %s%s", trainer.global_step, epoch_label(trainer), tail)
+            log.info("step %d, %s%s", trainer.global_step, epoch_label(trainer), tail, extra={"seg_progress": True})
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module) -> None:
         self._val_start = time.monotonic()
@@ -155,7 +156,11 @@ class Heartbeat(Callback):
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx, dl_idx=0) -> None:
         if trainer.is_global_zero and not trainer.sanity_checking and self._due():
             total = trainer.num_val_batches[0] if trainer.num_val_batches else "?"
-            log.info("validating: %d of %s cases, %s", batch_idx + 1, total, _hms(time.monotonic() - self._val_start))
+            log.info(
+                "validating: %d of %s cases, %s",
+                *(batch_idx + 1, total, _hms(time.monotonic() - self._val_start)),
+                extra={"seg_progress": True},
+            )
 
 
 class _NotOnTerminals(logging.Filter):
@@ -165,18 +170,43 @@ class _NotOnTerminals(logging.Filter):
         return not getattr(record, "seg_epoch", False)
 
 
+class _AtMostEvery(logging.Filter):
+    """Off a terminal, the console gets the progress lines (an epoch's, a heartbeat's) at most once every
+    ``every_s`` seconds (``SEG_CONSOLE_EVERY_S``, default 60): a 3-minute run of 1-s epochs printed ~100
+    lines. ``train.log`` keeps every epoch's line."""
+
+    def __init__(self, every_s: float) -> None:
+        super().__init__()
+        self.every_s, self._last = every_s, -math.inf
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not (getattr(record, "seg_epoch", False) or getattr(record, "seg_progress", False)):
+            return True
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            return False
+        self._last = now
+        return True
+
+
 def share_terminal_console() -> None:
     """On a terminal, log lines go through rich's console, the one Lightning's progress bar draws on, so
     they print above the bar instead of through it; epoch lines stay off the terminal (the bar shows them).
-    Handlers that write to files or pipes are left as they are."""
+    Console handlers that write to pipes get their progress lines at most once a minute (:class:`_AtMostEvery`);
+    handlers that write to files are left as they are."""
+    import os
+
     from rich import get_console
     from rich.logging import RichHandler
 
     root = logging.getLogger()
+    every = float(os.environ.get("SEG_CONSOLE_EVERY_S", 60.0))
     for h in list(root.handlers):
         stream = getattr(h, "stream", None)
         tty = not isinstance(h, logging.FileHandler) and bool(getattr(stream, "isatty", lambda: False)())
         if not tty:
+            if not isinstance(h, logging.FileHandler) and not any(isinstance(f, _AtMostEvery) for f in h.filters):
+                h.addFilter(_AtMostEvery(every))
             continue
         if not isinstance(h, RichHandler):
             rh = RichHandler(console=get_console(), level=h.level, show_path=False, markup=False)

@@ -67,6 +67,7 @@ def test_a_piped_run_logs_one_format_heartbeats_and_no_bar_or_banner(synth_root,
     """Off a terminal: no progress-bar frames, no Lightning banner, a heartbeat line inside a long epoch, the
     epoch line as `epoch N (elapsed of max_time)`, one log format, and the next command last."""
     monkeypatch.setitem(ENV, "SEG_HEARTBEAT_S", "1")
+    monkeypatch.setitem(ENV, "SEG_CONSOLE_EVERY_S", "0")  # every progress line on the console (throttle tested apart)
     args = [f"data.root={synth_root}", *[o for o in TINY if "rich" not in o], "trainer.max_time=15s"]
     r = _run("seg.cli.train", *args, "trainer.max_epochs=100000", f"hydra.run.dir={tmp_path / 'r'}")
     assert r.returncode in DONE, r.stderr[-2000:]  # 3: a 15-s run may learn nothing, and says so

@@ -65,3 +65,30 @@ def test_a_one_epoch_progress_plot_has_real_axes(tmp_path, monkeypatch):
     assert (tmp_path / "p.png").stat().st_size > 5000
     (e0, e1), (m0, m1) = seen["axes"][0], seen["axes"][1]
     assert (e0, e1) == (0, 2.5) and m0 == 0 and m1 == pytest.approx(0.21)
+
+
+def test_off_a_terminal_the_console_gets_progress_lines_once_a_minute(tmp_path, monkeypatch):
+    """#41: a 3-minute run of 1-s epochs printed ~100 console lines. A piped console handler passes one progress
+    line (epoch or heartbeat) a minute, and every other line; train.log (a file handler) keeps every epoch."""
+    import io
+    import logging
+
+    import seg.lit.callbacks as cb
+
+    now = [1000.0]
+    monkeypatch.setattr(cb.time, "monotonic", lambda: now[0])
+    monkeypatch.delenv("SEG_CONSOLE_EVERY_S", raising=False)
+    pipe, file = logging.StreamHandler(io.StringIO()), logging.FileHandler(tmp_path / "train.log")
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [pipe, file])
+    cb.share_terminal_console()
+    log = logging.getLogger("seg.epoch.test")
+    log.setLevel(logging.INFO)
+    for t in range(0, 150):  # an epoch a second for 150 s
+        now[0] = 1000.0 + t
+        log.info("epoch %d", t, extra={"seg_epoch": True})
+    log.info("not a progress line")
+    file.close()
+    shown = pipe.stream.getvalue().splitlines()
+    assert shown == ["epoch 0", "epoch 60", "epoch 120", "not a progress line"]
+    assert len((tmp_path / "train.log").read_text().splitlines()) == 151
