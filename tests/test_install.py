@@ -57,6 +57,9 @@ def test_every_command_runs_from_an_empty_folder_elsewhere(installed, tmp_path):
     b = venv / "bin"
     _run([str(b / "seg-synth"), "-o", "ds", "-n", "6", "--shape", "32", "32", "32", "--seed", "1"], work, env)
     _run([str(b / "seg-check-data"), "ds"], work, env)
+    # the wheel carries what --help and the README's wheel line point to (#41)
+    assert _run([str(b / "seg-docs"), "predict"], work, env).stdout.startswith("# ")
+    assert "torch==" in _run([str(b / "seg-docs"), "constraints"], work, env).stdout
     _run([str(b / "seg-plan"), "ds", "--device", "cuda", "--budget", "5m", "-o", "plan.yaml", "-q"], work, env)
     _run([str(b / "seg-train"), "plan=plan.yaml", "trainer.max_time=null", "trainer.max_epochs=1",
           "model.net.filters=[4,8,16]", "data.num_workers=0", "trainer.accelerator=cpu", "trainer.precision=fp32",

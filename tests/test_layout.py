@@ -47,4 +47,4 @@ def test_the_wheel_lists_every_package_and_the_configs():
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     listed = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
     found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "seg").rglob("__init__.py")}
-    assert set(listed) == found | {"seg.conf"} and len(listed) == len(set(listed))
+    assert set(listed) == found | {"seg.conf", "seg.docs", "seg.requirements"} and len(listed) == len(set(listed))

@@ -21,7 +21,7 @@ PATHS = (  # -i/-o/-m default to $SEG_INPUT/$SEG_OUTPUT/$SEG_MODEL (the Docker i
 )
 OPTIONS = (  # (flags, kwargs) of the plain options
     (("--engine",), dict(choices=["torch", "onnxruntime"], default="torch", help="torch, or onnxruntime (seg-export)")),
-    (("--precision",), dict(choices=["auto", "fp32", "bf16"], default="auto", help="auto: the training's, see docs")),
+    (("--precision",), dict(choices=["auto", "fp32", "bf16"], default="auto", help="auto: seg-docs predict")),
     (("--folds",), dict(default="all", help="'all' or e.g. 0,1,2: the folds to ensemble (mean softmax)")),
     (("--checkpoint",), dict(choices=["final", "best"], default=None, help="each fold's weights (default final)")),
     (("--device",), dict(choices=["auto", "cpu", "cuda"], default="auto")),
