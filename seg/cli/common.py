@@ -30,7 +30,7 @@ def setup_logging(level: int = logging.INFO) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-QUIET_LOGGERS = ("highdicom", "monai.data.nvimgcodec_pydicom_plugin")
+QUIET_LOGGERS = ("highdicom", "monai.data.nvimgcodec_pydicom_plugin", "onnx_ir", "onnxscript", "torch.onnx")
 
 
 def report(e: BaseException) -> None:
