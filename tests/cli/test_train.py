@@ -103,7 +103,8 @@ def test_run_folder_contents_and_resume(synth_root, tmp_path):
 
 
 def _cli(args: list[str], **kw) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    # every progress line on the console (its once-a-minute throttle is tested in tests/lit/test_callbacks.py)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "SEG_CONSOLE_EVERY_S": "0"}
     return subprocess.Popen(
         [sys.executable, "-m", "seg.cli.train", *args],
         cwd=REPO,
