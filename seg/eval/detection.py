@@ -205,9 +205,15 @@ def _object_figures(ref: list[tuple[float, bool]], pred: list[tuple[float, bool]
 def _patient_figures(cases: Sequence[CaseDetection]) -> dict:
     pos = [c for c in cases if c.ref_positive]
     tp = [c for c in pos if c.detected]
-    fp = [c for c in cases if c.pred_positive and not c.detected]
-    recall = _div(len(tp), len(pos))
-    precision = _div(len(tp), len(tp) + len(fp))
+    return _patient_counts(cases, pos, tp, [c for c in cases if c.pred_positive and not c.detected])
+
+
+def _patient_counts(cases, pos: list, tp: list, fp: list, counted_f1: bool = False) -> dict:
+    """The patient-wise figures from the positives, the detections and the false positives: F1 from precision
+    and recall, or (``counted_f1``, Raidionics' form) as 2TP / (2TP + FP + FN), which is 0, not undefined,
+    where nothing was detected."""
+    recall, precision = _div(len(tp), len(pos)), _div(len(tp), len(tp) + len(fp))
+    f1 = _div(2 * len(tp), len(tp) + len(fp) + len(pos)) if counted_f1 else _f1(precision, recall)
     return {
         "n_cases": len(cases),
         "n_positive": len(pos),
@@ -215,7 +221,7 @@ def _patient_figures(cases: Sequence[CaseDetection]) -> dict:
         "Dice-TP": float(np.mean([c.dice for c in tp])) if tp else math.nan,
         "patient_recall": recall,
         "patient_precision": precision,
-        "patient_f1": _f1(precision, recall),
+        "patient_f1": f1,
     }
 
 
@@ -255,17 +261,10 @@ def summarize_raidionics(cases: Sequence[CaseDetection], n_cases: int | None = N
     pos = [c for c in cases if c.ref_ml > RAIDIONICS_POSITIVE_ML]
     tp = [c for c in pos if c.dice > c.overlap]
     fp = [c for c in cases if c.ref_ml <= RAIDIONICS_POSITIVE_ML and c.pred_ml >= RAIDIONICS_POSITIVE_ML]
-    recall, precision = _div(len(tp), len(pos)), _div(len(tp), len(tp) + len(fp))
     per_patient = np.array([raidionics_object_figures(c) for c in cases]) if cases else np.full((1, 3), math.nan)
     o_recall, o_precision, o_f1 = (float(x) for x in per_patient.mean(0))
     return {
-        "n_cases": len(cases),
-        "n_positive": len(pos),
-        "Dice": float(np.mean([c.dice for c in pos])) if pos else math.nan,
-        "Dice-TP": float(np.mean([c.dice for c in tp])) if tp else math.nan,
-        "patient_recall": recall,
-        "patient_precision": precision,
-        "patient_f1": _div(2 * len(tp), 2 * len(tp) + len(fp) + len(pos) - len(tp)),
+        **_patient_counts(cases, pos, tp, fp, counted_f1=True),
         "n_objects": sum(c.ref_objects for c in cases),
         "fp_per_patient": _div(sum(not m for c in cases for m in c.pred_matched), n_cases or len(cases)),
         "object_recall": o_recall,
