@@ -60,6 +60,7 @@ class BatchOptions:
     keep_summary: bool = False  # add to an existing summary.csv (seg-predict --continue) instead of replacing it
     output_format: str = "nifti"  # nifti | dicom-seg | both (the SEG for DICOM cases: seg.inference.dicom)
     algorithm: tuple[str, str] = ("seg", "")  # the SEG's algorithm name and version
+    expected_labels: tuple[int, ...] = ()  # labels every training case held: empty in a prediction, a warning
 
     def __post_init__(self) -> None:
         self.probabilities = check_option("probabilities", self.probabilities, ProbabilityFormat)
@@ -207,6 +208,12 @@ def predict_one(
         write_seg(series, pr.labels, dict(labels), out / f"{case.case_id}.seg.dcm", options.algorithm)
     if not case.output_name.endswith(".seg.dcm"):
         save_mask(pr.labels, pr.reference, target)
+    empty = [labels.get(i, str(i)) for i in options.expected_labels if not np.any(pr.labels == i)]
+    if empty:
+        log.warning(
+            "%s: %s empty, though every training case held it: check the input (another modality or contrast, "
+            "a crop without the structure?)", case.case_id, ", ".join(empty),
+        )  # fmt: skip
     secs = report["seconds"]
     post = "; ".join(f"{k} {v}" for k, v in report["postprocessing"].items())
     log.info(

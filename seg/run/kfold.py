@@ -218,7 +218,8 @@ def kfold(cfg) -> dict:
     meta = load_bundle(run_dir / f"fold_{finished[0]}" / "model").meta
     meta.folds, meta.threshold, meta.created = finished, summary.get("threshold"), ""
     checkpoint = str(cfg.cv.get("checkpoint") or "final")
-    meta.extra = {k: v for k, v in meta.extra.items() if k in ("weights", "precision")} | {"checkpoint": checkpoint}
+    kept = ("weights", "precision", "labels_always")
+    meta.extra = {k: v for k, v in meta.extra.items() if k in kept} | {"checkpoint": checkpoint}
     meta.postprocessing = Postprocessing.from_mapping((summary.get("postprocessing") or {}).get("rules"))
     meta.extra["cv"] = {"run": str(run_dir), "splits": str(splits_path)}
     meta.extra["trained"] = trained

@@ -164,6 +164,7 @@ def run(p: PredictRun) -> BatchResult:
     opts = BatchOptions(
         probabilities=probs, overlay=r.png, workers=r.workers, progress=r.progress, keep_summary=r.resume,
         output_format=r.output_format, algorithm=(f"seg {p.bundle.meta.net_name}", seg.__version__),
+        expected_labels=tuple(int(i) for i in p.bundle.meta.extra.get("labels_always") or ()),
     )  # fmt: skip
     with FolderLock(p.output, "seg-predict"):
         cases = existing_outputs(p.cases, p.output, r.overwrite, r.resume, lambda c: list(case_outputs(c, opts)))

@@ -28,10 +28,25 @@ def training_record(cfg, steps: list[int]) -> dict:
     }
 
 
-def record_in_bundle(bundle: str | Path, record: dict) -> None:
-    """``model.yaml``'s ``extra.trained``."""
+def labels_in_every_case(spec, case_ids: list[str]) -> list[int]:
+    """The foreground label ids that every one of these (training) cases holds: seg-predict warns when one of
+    them is empty in a prediction (a different modality, a crop that missed the structure, a flipped axis)."""
+    import nibabel as nib
+    import numpy as np
+
+    by_id, common = spec.by_id(), None
+    for cid in case_ids:
+        ids = set(np.unique(np.rint(np.asanyarray(nib.load(by_id[cid].label).dataobj))).astype(int).tolist())
+        common = ids if common is None else common & ids
+    return sorted(i for i in (common or set()) if i != 0)
+
+
+def record_in_bundle(bundle: str | Path, record: dict, labels_always: list[int] | None = None) -> None:
+    """``model.yaml``'s ``extra.trained`` (and ``extra.labels_always``)."""
     from seg.inference.bundle import load_bundle, write_bundle_meta
 
     meta = load_bundle(bundle).meta
     meta.extra["trained"] = record
+    if labels_always is not None:
+        meta.extra["labels_always"] = labels_always
     write_bundle_meta(bundle, meta)

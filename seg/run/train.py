@@ -35,7 +35,7 @@ from seg.nn.inferer import InfererSpec
 from seg.nn.utils import cuda_hygiene
 from seg.run.checks import validate_config
 from seg.run.learned import learned_nothing, mark
-from seg.run.record import record_in_bundle, training_record
+from seg.run.record import labels_in_every_case, record_in_bundle, training_record
 
 log = logging.getLogger("seg.train")
 
@@ -450,7 +450,8 @@ def _finish(cfg, trainer: pl.Trainer, model, dm, out: Path, t0: float) -> TrainR
                 Precision.parse(cfg.trainer.get("precision") or "fp32").value,
             ).parent
             metrics["model_bundle"] = str(bundle)
-            record_in_bundle(bundle, training_record(cfg, [int(trainer.global_step)]))
+            always = labels_in_every_case(dm.spec, list(dm.train_cases))
+            record_in_bundle(bundle, training_record(cfg, [int(trainer.global_step)]), always)
             if learned_nothing(metrics["val/dice_best"]):
                 mark(bundle, metrics["val/dice_best"], "best validation Dice")
                 metrics["learned_nothing"] = True

@@ -385,3 +385,36 @@ def test_a_run_bundle_records_its_training_precision(tmp_path):
     for precision in ("bf16-mixed", "fp32"):
         export_run_bundle(tmp_path / precision, state, None, hp, meta, meta.preprocessing, 0, None, precision)
         assert load_bundle(tmp_path / precision).meta.extra["precision"] == precision[:4]
+
+
+def test_a_label_every_training_case_held_empty_in_a_prediction_is_a_warning(tmp_path, synth_root, caplog, monkeypatch):
+    """#41: a prediction without a structure every training case held (another modality, a crop) says so."""
+    import logging
+    import shutil
+
+    from seg.cli.predict import main
+    from seg.inference.bundle import load_bundle, write_bundle_meta
+    from seg.inference.predictor import Predictor
+    from tests.inference.conftest import make_bundle
+
+    root = make_bundle(tmp_path / "b", folds=(0,))
+    b = load_bundle(root)
+    b.meta.extra["labels_always"] = [1]
+    write_bundle_meta(root, b.meta)
+    inp = tmp_path / "in"
+    inp.mkdir()
+    shutil.copy(synth_root / "imagesTr" / "synth_000.nii.gz", inp / "a.nii.gz")
+    shutil.copy(synth_root / "imagesTr" / "synth_001.nii.gz", inp / "b.nii.gz")
+
+    def labels_from(self, prob):  # the net's map: background in case a, the label in case b
+        out = np.zeros(prob.shape[1:], np.uint8)
+        out[:4, :4, :4] = int(float(prob.sum()) > float(labels_from.first))
+        labels_from.first = -1.0
+        return out
+
+    labels_from.first = float("inf")
+    monkeypatch.setattr(Predictor, "labels_from", labels_from)
+    with caplog.at_level(logging.WARNING):
+        assert main(["-i", str(inp), "-o", str(tmp_path / "out"), "-m", str(root), "-q"]) == 0
+    said = [r.getMessage() for r in caplog.records if "every training case held" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("a: ")

@@ -65,3 +65,23 @@ def test_the_command_exits_3_with_a_warning_block_when_it_learned_nothing(synth_
     else:
         assert r.returncode == 0 and not any("learned nothing" in x for x in block)
     assert (run / "model" / "model.yaml").exists()  # written in either case
+
+
+def test_the_labels_every_training_case_holds_are_recorded(tmp_path):
+    """What seg-predict's empty-label warning compares with: the foreground ids present in every training case."""
+    import nibabel as nib
+    import numpy as np
+
+    from seg.data.datalist import Case, DatasetSpec
+    from seg.run.record import labels_in_every_case
+
+    cases = []
+    for cid, ids in (("a", (1, 2)), ("b", (1,)), ("c", (1, 2))):
+        m = np.zeros((8, 8, 8), np.uint8)
+        for i in ids:
+            m[i, :, :] = i
+        nib.save(nib.Nifti1Image(m, np.eye(4)), tmp_path / f"{cid}.nii.gz")
+        cases.append(Case(cid, [str(tmp_path / f"{cid}.nii.gz")], str(tmp_path / f"{cid}.nii.gz")))
+    spec = DatasetSpec(str(tmp_path), "msd", ["T1"], {0: "bg", 1: "x", 2: "y"}, cases)
+    assert labels_in_every_case(spec, ["a", "b", "c"]) == [1]
+    assert labels_in_every_case(spec, ["a", "c"]) == [1, 2]
