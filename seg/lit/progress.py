@@ -41,7 +41,7 @@ def draw_combined(runs: dict[str, Path], path: Path, title: str) -> None:
 
 
 def draw_progress(histories: dict[str, list[dict]], path: Path, title: str = "") -> None:
-    """Draw ``histories`` (name -> per-epoch records: epoch, minutes, loss, lr, dice: {label: value})."""
+    """Draw ``histories`` (name -> per-epoch records: epoch, minutes, loss, val_loss, lr, dice: {label: value})."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -56,6 +56,8 @@ def draw_progress(histories: dict[str, list[dict]], path: Path, title: str = "")
         ep = [r["epoch"] for r in h]
         pre = f"{name} " if many else ""
         _plot(loss_ax, ep, [r.get("loss") for r in h], color="grey", alpha=0.6, label=f"{pre}train loss")
+        val_loss = [r.get("val_loss") for r in h]
+        _plot(loss_ax, ep, val_loss, color="black", linestyle="--", alpha=0.6, label=f"{pre}val loss")
         for j, lab in enumerate(labels):
             d = [(r.get("dice") or {}).get(lab) for r in h]
             style = styles[j % len(styles)]
@@ -72,7 +74,7 @@ def draw_progress(histories: dict[str, list[dict]], path: Path, title: str = "")
         ax.set_ylabel("validation Dice")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
-    loss_ax.set_ylabel("train loss")
+    loss_ax.set_ylabel("loss (train, validation)")
     for ax, where in ((a_ep, "lower right"), (loss_ax, "upper right")):
         if ax.get_legend_handles_labels()[0]:  # before the first validation there is no curve to name
             ax.legend(fontsize=7, loc=where)
@@ -110,6 +112,9 @@ class ProgressPlot(Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module) -> None:
         self._start = time.monotonic()
+        run = self.path.resolve().parent  # outputs/<task>/runs/<time>: the task and the net name the figure
+        task = run.parent.parent.name if run.parent.name in ("runs", "multiruns") else run.name
+        self.title = f"{task}: {type(getattr(pl_module, 'net', pl_module)).__name__}, run {run.name}"
         old = self.path.with_suffix(".json")
         if trainer.ckpt_path and old.is_file():  # a resumed run continues its curves
             self.history = [r for r in json.loads(old.read_text()) if r["epoch"] <= trainer.current_epoch]
@@ -137,6 +142,7 @@ class ProgressPlot(Callback):
                 "epoch": trainer.current_epoch + 1,
                 "minutes": round((time.monotonic() - self._start) / 60, 3),
                 "loss": None if loss is None else float(loss),
+                "val_loss": float(m["val/loss"]) if self._validated and "val/loss" in m else None,
                 "lr": None if opt is None else float(opt.param_groups[0]["lr"]),
                 "dice": dice,
             }
@@ -151,6 +157,6 @@ class ProgressPlot(Callback):
 
     def draw(self) -> None:
         t0 = time.monotonic()
-        draw_progress({"run": self.history}, self.path, title=str(self.path.parent.name))
+        draw_progress({"run": self.history}, self.path, title=getattr(self, "title", self.path.parent.name))
         self._drawn = time.monotonic()
         self._draw_s = self._drawn - t0

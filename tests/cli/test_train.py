@@ -48,6 +48,8 @@ def test_run_folder_contents_and_resume(synth_root, tmp_path):
     # the bundle records the axes training mirrored: the only ones seg-predict --tta may mirror
     from seg.data.transforms import Augment
 
+    progress = json.loads((run1 / "progress.json").read_text())
+    assert any(r["val_loss"] is not None for r in progress)  # the validation loss is kept beside the Dice
     model_yaml = yaml.safe_load((run1 / "model" / "model.yaml").read_text())
     assert model_yaml["trained"]["steps_made"] == [m1["global_step"]] and m1["global_step"] > 0
     recorded = model_yaml["mirror_axes"]

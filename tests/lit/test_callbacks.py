@@ -57,12 +57,14 @@ def test_a_one_epoch_progress_plot_has_real_axes(tmp_path, monkeypatch):
 
     def keep(fig):
         seen["axes"] = [ax.get_xlim() for ax in fig.axes]
+        seen["legend"] = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
         real_close(fig)
 
     monkeypatch.setattr(plt, "close", keep)
-    hist = {"run": [{"epoch": 1, "minutes": 0.2, "loss": 0.9, "lr": 1e-3, "dice": {"lesion": 0.4}}]}
+    hist = {"run": [{"epoch": 1, "minutes": 0.2, "loss": 0.9, "val_loss": 0.7, "lr": 1e-3, "dice": {"lesion": 0.4}}]}
     progress.draw_progress(hist, tmp_path / "p.png", "one epoch")
     assert (tmp_path / "p.png").stat().st_size > 5000
+    assert "val loss" in seen["legend"] and "train loss" in seen["legend"]  # #41: the validation loss is drawn
     (e0, e1), (m0, m1) = seen["axes"][0], seen["axes"][1]
     assert (e0, e1) == (0, 2.5) and m0 == 0 and m1 == pytest.approx(0.21)
 
