@@ -394,11 +394,13 @@ def export_run_bundle(
     fold: int,
     mirror_axes: Sequence[int] | None = None,
     precision: str = "fp32",
+    extra: Mapping | None = None,
 ) -> Path:
     """Write fold ``fold``'s final weights (the network as training left it), its best checkpoint's weights
     beside them when there is one, and ``model.yaml``. The network's ``{name, kwargs}`` and the inferer spec
     come from the module's own hyper-parameters, so the bundle describes exactly what was trained; ``precision``
-    (the training's, ``extra.precision``) is what ``seg-predict --precision auto`` starts from."""
+    (the training's, ``extra.precision``) is what ``seg-predict --precision auto`` starts from; ``extra``: more
+    records of the run (``seg.run.record``, ``seg.run.learned``), written with it."""
     model_dir = Path(model_dir)
     save_weights(final_state, model_dir / f"fold_{fold}" / WEIGHTS["final"])
     if best_ckpt is not None:
@@ -414,6 +416,7 @@ def export_run_bundle(
         extra={
             "weights": dict(WEIGHTS) if best_ckpt is not None else {"final": WEIGHTS["final"]},
             "precision": Precision.parse(precision).value,
+            **dict(extra or {}),
         },
     )
     return write_bundle_meta(model_dir, meta)

@@ -33,7 +33,7 @@ from seg.inference.cases import InputCase
 from seg.io import write_text
 from seg.lit.progress import draw_combined
 from seg.run.checks import validate_config
-from seg.run.learned import learned_nothing, mark
+from seg.run.learned import learned_nothing, nothing_record
 from seg.run.record import training_record
 from seg.run.train import prepare_data, train, training_device
 
@@ -71,15 +71,14 @@ def check_resume(cfg, spec, splits: list, splits_path: Path, run_dir: Path) -> N
             "the split was made for other data; give a new cv.run_dir (or remove splits.json) to split again"
         )
     for k in finished_folds(run_dir):
-        done = run_dir / f"fold_{k}" / "done.json"
-        saved = done.parent / "config.yaml"
-        old = OmegaConf.load(saved) if saved.is_file() else None
+        fold = run_dir / f"fold_{k}"
+        old = OmegaConf.load(fold / "config.yaml") if (fold / "config.yaml").is_file() else None
         for key in RESUME_KEYS if old is not None else ():
             was, now = to_plain(OmegaConf.select(old, key)), to_plain(OmegaConf.select(cfg, key))
             if was != now:
                 raise UserError(
-                    f"{done.parent}: finished with {key}={was} but this run has {now}: its model would be bundled "
-                    f"under other pre-processing; remove {done.parent} to train it again, or give a new cv.run_dir"
+                    f"{fold}: finished with {key}={was} but this run has {now}: its model would be bundled "
+                    f"under other pre-processing; remove {fold} to train it again, or give a new cv.run_dir"
                 )
 
 
@@ -223,11 +222,11 @@ def kfold(cfg) -> dict:
     meta.postprocessing = Postprocessing.from_mapping((summary.get("postprocessing") or {}).get("rules"))
     meta.extra["cv"] = {"run": str(run_dir), "splits": str(splits_path)}
     meta.extra["trained"] = trained
-    write_bundle_meta(run_dir / "model", meta)
     dice = fold_mean_dice(summary)
     if learned_nothing(dice):
-        mark(run_dir / "model", dice, "fold-mean out-of-fold Dice")
+        meta.extra["learned_nothing"] = nothing_record(dice, "fold-mean out-of-fold Dice")
         summary["learned_nothing"] = dice
+    write_bundle_meta(run_dir / "model", meta)
     summary["folds_run"] = records
     return summary
 

@@ -20,13 +20,9 @@ def learned_nothing(dice: float | None) -> bool:
     return dice is not None and not math.isnan(dice) and dice < LEARNED_NOTHING_DICE
 
 
-def mark(bundle: str | Path, dice: float, what: str) -> None:
-    """Record in the bundle's ``model.yaml`` that its training learned nothing."""
-    from seg.inference.bundle import load_bundle, write_bundle_meta
-
-    meta = load_bundle(bundle).meta
-    meta.extra["learned_nothing"] = {"dice": round(float(dice), 4), "measured": what}
-    write_bundle_meta(bundle, meta)
+def nothing_record(dice: float, what: str) -> dict:
+    """``model.yaml``'s ``learned_nothing`` entry: the Dice and what it measured (written with the bundle)."""
+    return {"dice": round(float(dice), 4), "measured": what}
 
 
 def warning(dice: float, what: str, bundle: str | Path | None) -> LearnedNothing:

@@ -4,8 +4,6 @@ budget, the steps the plan forecast and the steps each run made."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from seg.config import to_plain
 
 
@@ -39,14 +37,3 @@ def labels_in_every_case(spec, case_ids: list[str]) -> list[int]:
         ids = set(np.unique(np.rint(np.asanyarray(nib.load(by_id[cid].label).dataobj))).astype(int).tolist())
         common = ids if common is None else common & ids
     return sorted(i for i in (common or set()) if i != 0)
-
-
-def record_in_bundle(bundle: str | Path, record: dict, labels_always: list[int] | None = None) -> None:
-    """``model.yaml``'s ``extra.trained`` (and ``extra.labels_always``)."""
-    from seg.inference.bundle import load_bundle, write_bundle_meta
-
-    meta = load_bundle(bundle).meta
-    meta.extra["trained"] = record
-    if labels_always is not None:
-        meta.extra["labels_always"] = labels_always
-    write_bundle_meta(bundle, meta)

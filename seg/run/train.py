@@ -34,8 +34,8 @@ from seg.lit.progress import draw_combined
 from seg.nn.inferer import InfererSpec
 from seg.nn.utils import cuda_hygiene
 from seg.run.checks import validate_config
-from seg.run.learned import learned_nothing, mark
-from seg.run.record import labels_in_every_case, record_in_bundle, training_record
+from seg.run.learned import learned_nothing, nothing_record
+from seg.run.record import labels_in_every_case, training_record
 
 log = logging.getLogger("seg.train")
 
@@ -438,6 +438,13 @@ def _finish(cfg, trainer: pl.Trainer, model, dm, out: Path, t0: float) -> TrainR
     if trainer.is_global_zero:
         if (best or last) and not cfg.trainer.get("fast_dev_run"):
             state = {k: v.detach().cpu() for k, v in model.net.state_dict().items()}  # the final weights
+            records = {
+                "trained": training_record(cfg, [int(trainer.global_step)]),
+                "labels_always": labels_in_every_case(dm.spec, list(dm.train_cases)),
+            }
+            if learned_nothing(metrics["val/dice_best"]):
+                records["learned_nothing"] = nothing_record(metrics["val/dice_best"], "best validation Dice")
+                metrics["learned_nothing"] = True
             bundle = export_run_bundle(
                 out / "model",
                 state,
@@ -448,13 +455,9 @@ def _finish(cfg, trainer: pl.Trainer, model, dm, out: Path, t0: float) -> TrainR
                 int(dm.fold),
                 dm.augment.mirror_axes,
                 Precision.parse(cfg.trainer.get("precision") or "fp32").value,
+                records,
             ).parent
             metrics["model_bundle"] = str(bundle)
-            always = labels_in_every_case(dm.spec, list(dm.train_cases))
-            record_in_bundle(bundle, training_record(cfg, [int(trainer.global_step)]), always)
-            if learned_nothing(metrics["val/dice_best"]):
-                mark(bundle, metrics["val/dice_best"], "best validation Dice")
-                metrics["learned_nothing"] = True
         write_text(out / "metrics.json", json.dumps(metrics, indent=2))
         log.info("run folder: %s", out)
         log.info("val/dice_best %.4f (checkpoint %s)", metrics["val/dice_best"], metrics["best_checkpoint"])
