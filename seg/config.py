@@ -6,6 +6,7 @@ Bottom layer (beside ``seg.io``): imports nothing of seg, nor Lightning or Hydra
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -238,6 +239,12 @@ def configure_threads() -> int:
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
+
+
+def finite_number(x: Any) -> bool:
+    """A real, finite number from a file a user can edit (a plan, a bundle, the probe memory): not a bool, text,
+    NaN or infinity."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 @contextlib.contextmanager

@@ -10,14 +10,13 @@ against a by-hand count in tests/eval/test_postprocess.py).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
 import numpy as np
 
-from seg.config import UserError, check_option
+from seg.config import UserError, check_option, finite_number
 from seg.data.components import component_sizes, label_components
 
 
@@ -37,8 +36,7 @@ class Postprocessing:
         for label, rule in self.rules.items():
             op = check_option(f"postprocessing[{label}].op", rule.get("op"), Operation)
             ml = rule.get("ml", 0)
-            ok = isinstance(ml, (int, float)) and not isinstance(ml, bool) and math.isfinite(ml) and ml > 0
-            if op == Operation.MIN_ML and not ok:  # .inf would empty every mask
+            if op == Operation.MIN_ML and not (finite_number(ml) and ml > 0):  # .inf would empty every mask
                 raise UserError(f"postprocessing[{label}]: min_ml needs a finite volume ml > 0, got {ml!r}")
 
     @classmethod

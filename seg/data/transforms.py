@@ -18,7 +18,7 @@ import torch
 from monai import transforms as T
 from scipy import ndimage
 
-from seg.config import UserError, check_option
+from seg.config import UserError, check_option, finite_number
 from seg.data.components import largest_component
 from seg.data.datalist import DatasetSpec
 from seg.data.resample import install as _install_slab_resampling
@@ -68,16 +68,12 @@ class HeadMask:
 MAX_SPACING_MM = 100.0  # a voxel spacing above this is a unit mistake (metres, a scale), not a scan
 
 
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def _interval(r: Any) -> bool:
     try:
         lo, hi = r
     except (TypeError, ValueError):
         return False
-    return _finite(lo) and _finite(hi) and lo < hi
+    return finite_number(lo) and finite_number(hi) and lo < hi
 
 
 @dataclass(frozen=True)
@@ -136,7 +132,7 @@ class Preprocessing:
                 raise UserError(f"preprocessing.normalize.{key} {rng!r}: {mode} needs [low, high] with low < high")
         if mode == "ct":
             mean, std = norm.get("mean"), norm.get("std")
-            if not (_finite(mean) and _finite(std) and float(std) > 0):
+            if not (finite_number(mean) and finite_number(std) and float(std) > 0):
                 raise UserError(f"preprocessing.normalize: ct needs the data's mean and std > 0, got {mean!r}, {std!r}")
 
     def as_dict(self) -> dict[str, Any]:

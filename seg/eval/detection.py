@@ -161,7 +161,8 @@ def case_detection(
     n_p, n_r = int(pred.sum()), int(ref.sum())
     inter = int((pred & ref).sum())
     dice = math.nan if n_p + n_r == 0 else 2 * inter / (n_p + n_r)
-    conn = DetectionParams(overlap, min_voxels, matching).connectivity
+    params = DetectionParams(overlap, min_voxels, matching)
+    conn = params.connectivity
     ref_objs, pred_objs = components(ref, min_voxels, conn), components(pred, min_voxels, conn)
     matches = match_objects(ref_objs, pred_objs, overlap, matching)
     ref_hit, pred_hit = {i for i, _, _ in matches}, {j for _, j, _ in matches}
@@ -177,7 +178,7 @@ def case_detection(
         [j in pred_hit for j in range(len(pred_objs))],
         overlap,
         n_p * voxel_ml,
-        str(DetectionParams(overlap, min_voxels, matching).matching),
+        str(params.matching),
     )
 
 

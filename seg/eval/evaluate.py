@@ -44,10 +44,10 @@ def _nifti_files(folder: Path) -> tuple[dict[str, Path], dict[str, list[Path]]]:
 MAX_LABELS = 255  # a label map holds at most this many distinct ids (uint8's range); more is an image given as one
 
 
-def label_map(data: np.ndarray, path: str | Path, role: str) -> np.ndarray:
-    """``data`` as integer label ids, or an :class:`EvalError` naming ``path``: NaN or infinite values, values off
-    the integers (a soft map: rounding it would score a guess), negative ids, or more distinct ids than
-    :data:`MAX_LABELS` (an image given as a label map)."""
+def label_map(data: np.ndarray, path: str | Path, role: str) -> tuple[np.ndarray, list[int]]:
+    """``data`` as integer label ids and the ids it holds, or an :class:`EvalError` naming ``path``: NaN or
+    infinite values, values off the integers (a soft map: rounding it would score a guess), negative ids, or
+    more distinct ids than :data:`MAX_LABELS` (an image given as a label map)."""
     a = np.squeeze(np.asarray(data))
     if a.dtype.kind == "f":
         if not np.isfinite(a).all():
@@ -66,7 +66,7 @@ def label_map(data: np.ndarray, path: str | Path, role: str) -> np.ndarray:
         raise EvalError(f"{path}: the {role} holds a negative label id ({ids[0]}): not a label map")
     if ids.size > MAX_LABELS:
         raise EvalError(f"{path}: the {role} holds {ids.size} distinct values: not a label map (an image?)")
-    return a
+    return a, ids.tolist()
 
 
 def evaluate_case(
@@ -84,13 +84,13 @@ def evaluate_case(
         pred, ref = read_nifti(pred_path), read_nifti(ref_path)
     except NiftiError as e:
         raise EvalError(f"{pred_path} / {ref_path}: {e}") from None
-    p, r = label_map(pred.data, pred_path, "prediction"), label_map(ref.data, ref_path, "reference")
+    (p, p_ids), (r, _) = label_map(pred.data, pred_path, "prediction"), label_map(ref.data, ref_path, "reference")
     if p.shape != r.shape:
         raise EvalError(f"{pred_path}: shape {list(p.shape)} differs from the reference's {list(r.shape)} ({ref_path})")
     if not np.allclose(pred.affine, ref.affine, atol=GRID_TOL):
         raise EvalError(f"{pred_path}: affine differs from the reference's ({ref_path})")
     spacing = [float(x) for x in ref.header.get_zooms()[:3]]
-    undeclared = sorted(set(np.unique(p).tolist()) - set(labels))
+    undeclared = sorted(set(p_ids) - set(labels))
     metrics = case_metrics(p, r, spacing, labels, surface, tolerance_mm)
     detection = {}
     for i in sorted(labels):
@@ -200,7 +200,7 @@ def evaluate_folders(
         ids = set()
         for c in common:  # a reference that is no label map adds none (its case is reported bad below)
             try:
-                ids |= set(np.unique(label_map(read_nifti(refs[c]).data, refs[c], "reference")).tolist())
+                ids |= set(label_map(read_nifti(refs[c]).data, refs[c], "reference")[1])
             except (EvalError, NiftiError):
                 continue
         labels = {i: str(i) for i in sorted(ids | {0})}

@@ -167,7 +167,8 @@ def mark_collisions(cases: Sequence[InputCase], options: BatchOptions) -> None:
     for c in cases:
         if c.problem is not None:
             continue
-        for name, what in case_outputs(c, options).items():
+        outputs = case_outputs(c, options)
+        for name, what in outputs.items():
             if name in owner:
                 other, theirs = owner[name]
                 whose = f"{other.case_id}'s {theirs}" if other is not None else "the batch's summary"
@@ -175,7 +176,7 @@ def mark_collisions(cases: Sequence[InputCase], options: BatchOptions) -> None:
                 c.extra["collides"] = True  # its mask's name is another output's: nothing of it is stale
                 break
         else:
-            owner.update({name: (c, what) for name, what in case_outputs(c, options).items()})
+            owner.update({name: (c, what) for name, what in outputs.items()})
 
 
 def predict_one(
@@ -208,7 +209,7 @@ def predict_one(
         write_seg(series, pr.labels, dict(labels), out / f"{case.case_id}.seg.dcm", options.algorithm)
     if not case.output_name.endswith(".seg.dcm"):
         save_mask(pr.labels, pr.reference, target)
-    empty = [labels.get(i, str(i)) for i in options.expected_labels if not np.any(pr.labels == i)]
+    empty = [n for n, v in report["labels"].items() if v["label"] in options.expected_labels and not v["components"]]
     if empty:
         log.warning(
             "%s: %s empty, though every training case held it: check the input (another modality or contrast, "

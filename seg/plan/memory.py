@@ -30,7 +30,6 @@ import contextlib
 import fcntl
 import json
 import logging
-import math
 import os
 import statistics
 import time
@@ -38,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seg.config import available_cores
+from seg.config import available_cores, finite_number
 from seg.io import cache_root
 from seg.plan.settings import SETTINGS
 
@@ -227,7 +226,7 @@ class ProbeMemory:
 
 
 def _figure(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0
+    return finite_number(x) and x >= 0
 
 
 def _well_formed(row) -> bool:

@@ -328,19 +328,17 @@ def search(steps: BareSteps, inp: SearchInput) -> Choice:
     members, cl, train_s, precision = 0, True, 0.0, "fp32"
     while True:
         levels = levels_for(patch)
-        c8 = Candidate(s.precision_base, tuple(patch), s.batch, "fp32", cl)
+        c8 = Candidate(s.precision_base, tuple(patch), s.batch, precision, cl)
         if not members:  # once, at the first patch: precision, memory format, how many networks the budget is worth
-            precision = "fp32"
             if inp.bf16:
                 precision, reasons["precision"] = choose_precision(steps, c8, levels, inp)
-            c8 = replace(c8, precision=precision)
+                c8 = replace(c8, precision=precision)
             if inp.measured:
                 cl, reasons["channels_last"] = choose_channels_last(steps, c8, levels, inp)
                 c8 = replace(c8, channels_last=cl)
             t8 = inp.model.real(steps.bare(c8, levels), c8)
             members, reasons["members"] = member_count(t8, inp.train_time(1), inp.budget_s, s)
             train_s = inp.train_time(members)
-        c8 = replace(c8, precision=precision)
         best = widest_width(steps, c8, levels, train_s, inp)
         if best is None and smallest(patch, s):  # the smallest there is; the budget is short
             narrow = replace(c8, base=s.bases[0])

@@ -32,6 +32,7 @@ from seg.inference.options import (
     resolve_device,
 )
 from seg.io import FolderLock
+from seg.run.learned import LEARNED_NOTHING_DICE
 
 log = logging.getLogger("seg.predict")
 
@@ -126,8 +127,8 @@ def prepare(r: PredictRequest) -> PredictRun:
     nothing = bundle.meta.extra.get("learned_nothing")
     if isinstance(nothing, dict):  # marked by its training (seg.run.learned)
         log.warning(
-            "%s: this model learned nothing in training (%s %s < 0.05): its masks are not to be trusted",
-            *(r.model, nothing.get("measured", "validation Dice"), nothing.get("dice")),
+            "%s: this model learned nothing in training (%s %s < %s): its masks are not to be trusted",
+            *(r.model, nothing.get("measured", "validation Dice"), nothing.get("dice"), LEARNED_NOTHING_DICE),
         )
     checkpoint = r.checkpoint or str(bundle.meta.extra.get("checkpoint") or "final")
     predictor = bundle.predictor(
