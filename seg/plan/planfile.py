@@ -288,9 +288,10 @@ def plan_table(plan: Plan) -> str:
     out = [f"{k.ljust(w)}  {v}" for k, v in rows]
     out.append("")
     out.append(
-        "probes (s/step): "
+        "probes (bare s/step as logged -> s/step with its data): "
         + "; ".join(
-            f"w{p.base} {'x'.join(map(str, p.patch))} {p.precision}{'' if p.channels_last else ' cf'} {p.step_s:.3f}"
+            f"w{p.base} {'x'.join(map(str, p.patch))} {p.precision}{'' if p.channels_last else ' cf'} "
+            f"{p.bare_s:.4f} -> {p.step_s:.3f}"
             for p in plan.probes
         )
     )

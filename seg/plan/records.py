@@ -47,3 +47,4 @@ class ProbeRow:
     channels_last: bool
     step_s: float
     steps_in_budget: int
+    bare_s: float  # the bare step the log printed; step_s is it as the step model reads it (with its data)

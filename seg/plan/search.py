@@ -119,7 +119,16 @@ class BareSteps:
         for r in self.records:
             c, t = r.candidate, model.real(r.bare_s, r.candidate)
             out.append(
-                ProbeRow(c.base, list(c.patch), c.batch, c.precision, c.channels_last, round(t, 4), int(train_s / t))
+                ProbeRow(
+                    c.base,
+                    list(c.patch),
+                    c.batch,
+                    c.precision,
+                    c.channels_last,
+                    round(t, 4),
+                    int(train_s / t),
+                    round(r.bare_s, 4),
+                )
             )
         return out
 

@@ -360,3 +360,28 @@ def test_a_shared_path_that_is_not_there_names_seg_shared_data(monkeypatch):
     with pytest.raises(DatasetError) as e:
         load_dataset("/elsewhere/nowhere")
     assert "SEG_SHARED_DATA" not in str(e.value)
+
+
+def test_the_table_shows_the_bare_steps_the_log_printed(synth_root, tmp_path, caplog):
+    """#41: seg-plan's log printed bare steps and its table other figures (the step with its data) under the
+    same name. Each probe the log printed is in the table with the figure the log gave, beside the real step."""
+    import logging
+    import re
+
+    from seg.plan.planfile import plan_table
+    from tests.plan.conftest import modelled
+
+    with caplog.at_level(logging.INFO, logger="seg.plan.search"):
+        plan = make_plan(
+            synth_root, budget="5m", device="cpu", cache=tmp_path / "fp.json", progress=False, instruments=modelled()
+        )
+    logged = [
+        re.search(r"base (\d+) patch \[([\d, ]+)\] (\w+).*: ([\d.]+) s$", r.getMessage())
+        for r in caplog.records
+        if r.getMessage().startswith("bare step")
+    ]
+    assert logged and all(logged)
+    line = [x for x in plan_table(plan).splitlines() if x.startswith("probes (bare s/step")][0]
+    for m in logged:
+        patch = "x".join(m[2].split(", "))
+        assert re.search(rf"w{m[1]} {patch} {m[3]}( cf)? {m[4]} -> [\d.]+", line), (m[0], line)
