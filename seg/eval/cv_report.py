@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seg.eval.detection import DetectionParams, threshold_scan
+from seg.eval.detection import FALLBACK_BIN_ML, DetectionParams, threshold_scan
 from seg.eval.evaluate import aggregate, evaluate_case, json_safe, mean_std
 from seg.io import atomic_write_bytes, read_nifti, write_text
 
@@ -58,7 +58,7 @@ def evaluate_cv(run_dir: Path, spec, folds: list[int], cv, trained: dict | None 
                         ref.header.get_zooms()[:3],
                     )
                 )
-    bins = list(cv.get("volume_bins", [3.0]))
+    bins = cv.get("volume_bins")  # None: each label's own (seg.eval.detection.data_bins)
     summary = aggregate(per_case, labels, bins)
     summary["labels"] = {str(k): v for k, v in labels.items()}
     summary["per_fold"] = {}
@@ -234,7 +234,7 @@ def write_figures(fig_dir: Path, s: dict, per_case: list[dict], by_id: dict, wor
 
     out = []
     labs = list(s["labels"])[1:]
-    # Dice against label volume, the < 3 ml region marked
+    # Dice against label volume, the first label's smallest volume bin marked
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for lab in labs:
         pts = [
@@ -244,7 +244,8 @@ def write_figures(fig_dir: Path, s: dict, per_case: list[dict], by_id: dict, wor
         ]
         if pts:
             ax.scatter(*zip(*pts), s=12, label=s["labels"][lab])
-    ax.axvspan(0, 3, color="grey", alpha=0.15, label="< 3 ml")
+    edge = min(s["detection"][labs[0]]["bins_ml"]) if labs else FALLBACK_BIN_ML
+    ax.axvspan(0, edge, color="grey", alpha=0.15, label=f"< {edge:g} ml")
     ax.set_xscale("symlog", linthresh=1)
     ax.set_xlabel("reference volume (ml, symlog)")
     ax.set_ylabel("Dice (0-1)")

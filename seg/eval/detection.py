@@ -285,6 +285,18 @@ def bin_label(ml: float, edges: Sequence[float]) -> str:
     return f">= {edges[-1]:g} ml"
 
 
+FALLBACK_BIN_ML = 3.0  # the meningioma papers' edge: the data's own edge where no patient has the structure
+
+
+def data_bins(cases: Sequence[CaseDetection]) -> list[float]:
+    """The volume bins a dataset gets unless configured: one edge at the median total volume of the patients
+    with the structure, to two significant figures (about half of them on each side);
+    :data:`FALLBACK_BIN_ML` where no patient has it."""
+    vols = [c.ref_ml for c in cases if c.ref_positive]
+    median = float(np.median(vols)) if vols else 0.0
+    return [float(f"{median:.2g}")] if median > 0 else [FALLBACK_BIN_ML]
+
+
 def summarize_by_volume(cases: Sequence[CaseDetection], edges: Sequence[float] = (3.0,)) -> dict[str, dict]:
     """:func:`summarize` per volume bin: the patient-wise figures over the patients whose total tumour volume
     falls in the bin (patients without a tumour are in no bin), the object-wise ones over the objects whose

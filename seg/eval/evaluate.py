@@ -19,7 +19,14 @@ import numpy as np
 from seg.config import pool
 from seg.data.datalist import case_id_from_path
 from seg.errors import SegError
-from seg.eval.detection import DEFAULT, DetectionParams, case_detection, summarize, summarize_by_volume
+from seg.eval.detection import (
+    DEFAULT,
+    DetectionParams,
+    case_detection,
+    data_bins,
+    summarize,
+    summarize_by_volume,
+)
 from seg.eval.metrics import case_metrics
 from seg.io import GRID_TOL, NiftiError, check_writable, read_nifti, write_text
 
@@ -115,8 +122,9 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(np.mean(v)), float(np.std(v))
 
 
-def aggregate(per_case: list[dict], labels: Mapping[int, str], bins: Sequence[float] = (3.0,)) -> dict:
-    """Means (and standard deviations) per label, foreground mean, detection summaries."""
+def aggregate(per_case: list[dict], labels: Mapping[int, str], bins: Sequence[float] | None = None) -> dict:
+    """Means (and standard deviations) per label, foreground mean, detection summaries; the volume ``bins``
+    (ml edges) are each label's own (:func:`seg.eval.detection.data_bins`) unless given."""
     keys = [str(i) for i in sorted(labels) if i]
     metric_names = sorted({m for c in per_case for k in keys for m in c["metrics"].get(k, {})})
     mean, std = {}, {}
@@ -133,7 +141,8 @@ def aggregate(per_case: list[dict], labels: Mapping[int, str], bins: Sequence[fl
     detection = {}
     for k in keys:
         dets = [c["_detection"][k] for c in per_case]
-        detection[k] = {"overall": summarize(dets), "by_volume": summarize_by_volume(dets, bins)}
+        edges = list(bins) if bins else data_bins(dets)
+        detection[k] = {"overall": summarize(dets), "bins_ml": edges, "by_volume": summarize_by_volume(dets, edges)}
     return {"mean": mean, "std": std, "foreground_mean": fg, "detection": detection}
 
 
@@ -167,7 +176,7 @@ def evaluate_folders(
     output: str | Path | None = None,
     surface: bool = True,
     tolerance_mm: float = 2.0,
-    bins: Sequence[float] = (3.0,),
+    bins: Sequence[float] | None = None,
     workers: int | None = None,
     matching: str = DEFAULT.matching,
 ) -> dict:

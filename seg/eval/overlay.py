@@ -46,17 +46,16 @@ def overlay_rows(
     return rows
 
 
-def overlay_montage(
+def montage_figure(
     image: np.ndarray,
     prediction: np.ndarray | None,
-    path: str | Path,
     title: str = "",
     affine: np.ndarray | None = None,
     reference: np.ndarray | None = None,
     label_names: Mapping[int, str] | None = None,
     max_rows: int = 4,
-) -> None:
-    """Write a montage of three orthogonal slices per label (up to ``max_rows`` rows): each row cuts
+):
+    """A montage of three orthogonal slices per label (up to ``max_rows`` rows): each row cuts
     through the largest component of that label (in the prediction, else in the reference), with the
     prediction's contour in red and the reference's in green. A label the prediction lacks is titled "no
     foreground predicted"; with no foreground at all, one row through the volume's centre says so.
@@ -75,9 +74,12 @@ def overlay_montage(
         ref = None if ref is None else _to_ras(ref, affine)
         names = ["sagittal", "coronal", "axial"]
     rows = overlay_rows(pred, ref, label_names, max_rows)
-    fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3.1 * len(rows)), squeeze=False)
-    for (row_title, centre, i), row in zip(rows, axes):
-        for ax, axis in zip(row, range(3)):
+    fig = plt.figure(figsize=(9, 3.3 * len(rows)), layout="constrained")
+    # a row's title spans its row (a subfigure's): over the first panel alone a long label name ran into the
+    # next panel's title
+    for (row_title, centre, i), sub in zip(rows, np.atleast_1d(fig.subfigures(len(rows), 1))):
+        sub.suptitle(row_title, fontsize=8, x=0.01, ha="left")
+        for ax, axis in zip(sub.subplots(1, 3), range(3)):
             sl = [slice(None)] * 3
             sl[axis] = centre[axis]
             ax.imshow(np.rot90(image[tuple(sl)]), cmap="gray")
@@ -86,16 +88,18 @@ def overlay_montage(
                 sm = (m[tuple(sl)] == i) if i is not None else np.zeros(1, bool)
                 if sm.any():
                     ax.contour(np.rot90(sm), [0.5], colors=colour, linewidths=0.9)
-            ax.set_title(
-                f"{row_title}\n{names[axis]}, slice {centre[axis]}"
-                if axis == 0
-                else f"{names[axis]}, slice {centre[axis]}",
-                fontsize=8,
-                loc="left" if axis == 0 else "center",
-            )
+            ax.set_title(f"{names[axis]}, slice {centre[axis]}", fontsize=8)
             ax.axis("off")
     legend = "red: prediction" + ("; green: reference" if ref is not None else "")
     fig.suptitle(f"{title}  ({legend})" if title else legend, fontsize=9)
+    return fig
+
+
+def overlay_montage(image: np.ndarray, prediction: np.ndarray | None, path: str | Path, *args, **kw) -> None:
+    """:func:`montage_figure`, written to ``path`` as a PNG (atomically)."""
+    import matplotlib.pyplot as plt
+
+    fig = montage_figure(image, prediction, *args, **kw)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)

@@ -60,6 +60,7 @@ def test_means_count_missed_structures_at_the_worst_distance():
     with (
         mock.patch("seg.eval.evaluate.summarize", return_value={}),
         mock.patch("seg.eval.evaluate.summarize_by_volume", return_value={}),
+        mock.patch("seg.eval.evaluate.data_bins", return_value=[3.0]),
     ):
         s = aggregate(per_case, {0: "background", 1: "lesion"})
     m = s["mean"]["1"]
@@ -264,6 +265,27 @@ def test_seg_eval_bins_cut_the_detection_table(tmp_path):
     assert main([*args, "-o", str(tmp_path / "out")]) == 0
     by_volume = json.loads((tmp_path / "out" / "summary.json").read_text())["detection"]["1"]["by_volume"]
     assert {k: v["n_cases"] for k, v in by_volume.items()} == {"< 0.5 ml": 1, "0.5-2 ml": 1, ">= 2 ml": 2}
+    # without --bins (#41): one edge at the data's median patient volume, 1.872 ml to two figures: 1.9 ml
+    assert main([*args[:-3], "-o", str(tmp_path / "own")]) == 0
+    det = json.loads((tmp_path / "own" / "summary.json").read_text())["detection"]["1"]
+    assert det["bins_ml"] == [1.9] and {k: v["n_cases"] for k, v in det["by_volume"].items()} == {
+        "< 1.9 ml": 2,
+        ">= 1.9 ml": 2,
+    }
+
+
+def test_the_data_bins_edge_is_the_median_patient_volume():
+    """#41: volume bins from the data's own label volumes: the median of the patients with the structure (the
+    tumour-free ones left out), to two significant figures; 3 ml where no patient has it."""
+    from types import SimpleNamespace as C
+
+    from seg.eval.detection import FALLBACK_BIN_ML, data_bins
+
+    assert FALLBACK_BIN_ML == 3.0
+    pats = [C(ref_positive=True, ref_ml=v) for v in (0.012, 0.0151, 0.5)] + [C(ref_positive=False, ref_ml=0.0)]
+    assert data_bins(pats) == [0.015]
+    assert data_bins([C(ref_positive=True, ref_ml=v) for v in (20.0, 44.0)]) == [32.0]
+    assert data_bins([C(ref_positive=False, ref_ml=0.0)]) == data_bins([]) == [3.0]
 
 
 # -- detection conventions (docs/metrics.md) ------------------------------------------------------------------
