@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 import zlib
 from dataclasses import dataclass
@@ -184,6 +185,20 @@ def check_writable(folder: str | Path, what: str = "output folder") -> None:
         raise UserError(f"{folder}: {what} {verb} ({e.strerror or e})") from None
 
 
+def drop_unused_run(run: str | Path) -> None:
+    """A run refused before it wrote anything leaves no folder: the one Hydra made is removed while it holds
+    only Hydra's own files (``.hydra/`` and the job's ``.log``), and the empty folders above it inside the
+    working folder; a folder with anything else is kept."""
+    run, here = Path(run).absolute(), Path.cwd()
+    if not run.is_dir() or not all(p.name == ".hydra" or p.suffix == ".log" for p in run.iterdir()):
+        return
+    shutil.rmtree(run, ignore_errors=True)
+    for parent in run.parents:  # and the folders above it in this folder left empty (outputs/train/runs)
+        if here not in parent.parents or any(parent.iterdir()):
+            break
+        parent.rmdir()
+
+
 def check_run_root(argv: list[str], log_dir: str) -> None:
     """Before Hydra makes a composed command's run folder: the folder its ``hydra.run.dir`` (default under
     ``paths.log_dir``) starts in, up to its first interpolation, must take a folder (else Hydra's traceback)."""
@@ -196,8 +211,6 @@ def check_run_root(argv: list[str], log_dir: str) -> None:
 def check_space(folder: str | Path, nbytes: int, what: str = "output folder") -> None:
     """Before any work: ``folder`` takes a file (:func:`check_writable`) and its file system has ``nbytes`` free,
     so a full disk stops the command in one line before, not a traceback after, the work."""
-    import shutil
-
     from seg.errors import UserError
 
     check_writable(folder, what)

@@ -32,3 +32,26 @@ def test_failed_write_leaves_nothing(tmp_path):
     with pytest.raises(RuntimeError):
         atomic_write_bytes(tmp_path / "b.bin", boom)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_refused_runs_folder_goes_and_a_used_one_stays(tmp_path, monkeypatch):
+    """#41: refused runs left run folders. A run folder holding only Hydra's files goes, with the empty folders
+    above it inside the working folder; one with anything else stays, and so does the working folder."""
+    from seg.io import drop_unused_run
+
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "outputs" / "train" / "runs" / "r1"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("a: 1")
+    (run / "train.log").write_text("error: ...")
+    drop_unused_run(run)
+    assert not (tmp_path / "outputs").exists() and tmp_path.is_dir()
+    (run / ".hydra").mkdir(parents=True)
+    (run / "train.log").write_text("")
+    (run.parent / "r0").mkdir()  # an earlier run beside it
+    drop_unused_run(run)
+    assert not run.exists() and (run.parent / "r0").is_dir()
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "train.log").write_text("")
+    drop_unused_run(run)
+    assert (run / "checkpoints").is_dir() and (run / "train.log").exists()

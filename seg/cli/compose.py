@@ -14,7 +14,7 @@ from seg.cli.explain import explain_composition
 from seg.cli.help import quick_help
 from seg.config import CONF_DIR, UserError
 from seg.errors import ExitCode, Interrupted, SegError
-from seg.io import check_run_root
+from seg.io import check_run_root, drop_unused_run
 
 
 def check_composition(config_name: str, argv: list[str]) -> None:
@@ -44,8 +44,7 @@ def hydra_main(config_name: str):
 
         @functools.wraps(task)  # Hydra names the job (and its .log) after the task's module
         def wrapped(cfg):
-            # Hydra reports an Exception from the task with a traceback and exit 1: a user's error leaves as
-            # one line and exit 2 (SystemExit passes through Hydra untouched)
+            # a user's error: one line, exit 2, no run folder (Hydra: a traceback, exit 1; SystemExit passes)
             try:
                 return task(cfg)
             except Interrupted as e:
@@ -55,6 +54,7 @@ def hydra_main(config_name: str):
             except SegError as e:
                 logging.getLogger("seg").debug("user error", exc_info=True)
                 report(e)
+                drop_unused_run(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
                 raise SystemExit(int(getattr(e, "code", ExitCode.REFUSED))) from None
 
         register_resolvers()

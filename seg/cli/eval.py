@@ -26,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-d", "--dataset-json", default=None, help="dataset.json giving the label names")
     p.add_argument("--no-surface", action="store_true", help="skip HD95, ASD and surface Dice (fast)")
     p.add_argument("--tolerance-mm", type=float, default=2.0, help="surface Dice tolerance")
-    p.add_argument("--bins", type=float, nargs="+", help="volume bin edges in ml (default: each label's median patient volume)")
+    p.add_argument(
+        "--bins", type=float, nargs="+", help="volume bin edges in ml (default: each label's median patient volume)"
+    )
     p.add_argument("--matching", choices=["hungarian", "raidionics"], default="hungarian", help="object matching")
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--allow-missing", action="store_true", help="exit 0 although references have no prediction")

@@ -50,7 +50,9 @@ def test_no_text_of_the_montage_runs_into_another():
     ref = pred.copy()
     ref[_ball(shape, (28, 28, 28), 4)] = 2
     names = {1: "left anterior hippocampus (head)", 2: "right posterior hippocampus (tail and body)"}
-    fig = montage_figure(np.random.rand(*shape), pred, "case_001 (fold 3): foreground Dice 0.512", np.eye(4), ref, names)
+    fig = montage_figure(
+        np.random.rand(*shape), pred, "case_001 (fold 3): foreground Dice 0.512", np.eye(4), ref, names
+    )
     fig.canvas.draw()
     r = fig.canvas.get_renderer()
     titles = [t for ax in fig.get_axes() for t in (ax._left_title, ax.title, ax._right_title)]
