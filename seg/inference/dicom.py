@@ -156,6 +156,40 @@ def to_nifti(series: Series, path: Path) -> None:
     sitk.WriteImage(img, str(path))
 
 
+def check(folder: Path) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """seg-check-data's DICOM route: ``(level, case id, line)`` per series (``ok`` with its grid, ``error``
+    with the refusal seg-predict would give, ``warning`` where no SEG can reference it) and the skip notes. The
+    pixels of each series' first slice are decoded, so a missing decoder is found here, not at prediction."""
+    import SimpleITK as sitk
+
+    series, notes = series_of(folder)
+    out = []
+    for s in series:
+        cid = case_id(s)
+        if s.problem is None:
+            try:
+                sitk.ReadImage(str(s.files[0]))
+            except RuntimeError:
+                ts = s.headers[0].file_meta.get("TransferSyntaxUID") if hasattr(s.headers[0], "file_meta") else None
+                s.problem = f"pixel data in {getattr(ts, 'name', '') or ts}: no installed decoder reads it"
+        if s.problem is not None:
+            out.append(("error", cid, s.problem))
+            continue
+        ds = s.headers[0]
+        gap = abs(float(np.diff([_floats(h, "ImagePositionPatient") @ _normal(h) for h in s.headers[:2]])[0]))
+        grid = f"{int(ds.Columns)}x{int(ds.Rows)}x{len(s.files)} voxels"
+        mm = f"{float(ds.PixelSpacing[1]):.4g}x{float(ds.PixelSpacing[0]):.4g}x{gap:.4g} mm"
+        out.append(("ok", cid, f"{len(s.files)} slices, {grid} of {mm}"))
+        if (problem := seg_problem(s)) is not None:
+            out.append(("warning", cid, problem))
+    return out, notes
+
+
+def _normal(ds) -> np.ndarray:
+    iop = _floats(ds, "ImageOrientationPatient")
+    return np.cross(iop[:3], iop[3:])
+
+
 def case_id(series: Series) -> str:
     """The case (and output file) name of a series: its SeriesInstanceUID, or the first file's name."""
     return re.sub(r"[^0-9A-Za-z._-]", "_", series.uid) if series.uid else "series_" + series.files[0].stem

@@ -335,3 +335,30 @@ def test_dicom_seg_output_is_refused_for_nifti_input(bundle, synth_root, tmp_pat
     args = ["-i", str(synth_root / "imagesTr"), "-o", str(tmp_path / "o"), "-m", str(bundle), "--output-format", "both"]
     assert main([*args, "-q"]) == 2
     assert "--output-format both is for DICOM input; this input is NIfTI" in capsys.readouterr().err
+
+
+def test_check_data_reads_a_dicom_folder_as_seg_predict_would(tmp_path, capsys):
+    """#42: seg-check-data on DICOM: a line per series (its grid, or the refusal seg-predict would give, the
+    decoder found missing here), the skipped objects as notes, exit 1 on any refusal; the real series is one
+    case whose blank UIDs are a warning (NIfTI output only) and the next command says so."""
+    from seg.cli.check_data import main as check
+
+    inp = tmp_path / "in"
+    write_series(inp / "good", _volume(), [1, 0, 0], [0, 1, 0])
+    assert check([str(inp)]) == 0
+    out = capsys.readouterr().out
+    assert "40x36x24 voxels of 0.8x0.9x2 mm" in out and "1 series (DICOM), 0 errors, 0 warnings" in out
+    assert out.strip().endswith(f"next: seg-predict -m MODEL -i {inp} -o OUTPUT --output-format both")
+    _tilted(inp / "tilted")
+    _undecodable(inp / "mpeg")
+    (inp / "good" / "notes.txt").write_text("not dicom")
+    assert check([str(inp)]) == 1
+    cap = capsys.readouterr()
+    assert sum(x.startswith("ERROR ") for x in cap.err.splitlines()) == 2 and "Traceback" not in cap.err
+    assert "gantry tilt 15 degrees" in cap.err and "no installed decoder reads it" in cap.err
+    assert "3 series (DICOM), 2 errors" in cap.out and "next:" not in cap.out
+    if shared("dicom/ct_series").is_dir():
+        assert check([str(_real())]) == 0
+        out = capsys.readouterr().out
+        assert "20 slices, 512x512x20 voxels of 0.9766x0.9766x2 mm" in out and "WARNING" in out
+        assert out.strip().endswith("-o OUTPUT")  # no --output-format both: no SEG can reference it
