@@ -35,7 +35,12 @@ def _keys_at(config_name: str, overrides: list[str], parent: str, bad: str) -> l
 
     from seg.config import CONF_DIR
 
-    rest = [o for o in overrides if not o.split("=", 1)[0].lstrip("+~") == bad and not o.startswith("hydra.")]
+    # hydra.searchpath stays: a plan= composes as an experiment found there (#41: no suggestion with a plan)
+    rest = [
+        o
+        for o in overrides
+        if o.split("=", 1)[0].lstrip("+~") != bad and (not o.startswith("hydra.") or o.startswith("hydra.searchpath="))
+    ]
     try:
         with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
             cfg = compose(config_name, overrides=rest)

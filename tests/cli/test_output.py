@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -124,3 +125,17 @@ def test_every_command_says_its_version(module):
     r = _run(module, "--version", timeout=120)
     name = "seg-" + module.rsplit(".", 1)[1].replace("_", "-")
     assert r.returncode == 0 and r.stdout.strip() == f"{name} {seg.__version__}", (r.stdout, r.stderr[-500:])
+
+
+def test_a_mistyped_key_beside_a_plan_gets_its_suggestion_too(tmp_path):
+    """#41: `seg-train plan=P trainer.max_tme=1m` answered "no such key (+... adds a new one)": the suggestion
+    composed the config without the plan's search path, failed, and gave up. In process: the composition check."""
+    from seg.cli.args import plan_overrides
+    from seg.cli.compose import check_composition
+    from seg.config import CONF_DIR, UserError
+
+    plan = tmp_path / "my_plan.yaml"  # a name conf/experiment does not hold
+    plan.write_text((Path(CONF_DIR) / "experiment" / "hippocampus_planned.yaml").read_text())
+    with pytest.raises(UserError) as e:
+        check_composition("train", plan_overrides([f"plan={plan}", "trainer.max_tme=1m", f"hydra.run.dir={tmp_path}"]))
+    assert str(e.value) == "trainer.max_tme: no such key; did you mean trainer.max_time?"
