@@ -163,5 +163,7 @@ def validate_config(cfg) -> None:
             problems += _vocabulary(values) + _device(values)
         if name == "data":
             problems += _counts(values)
+    if len(problems) == 1:  # one mistake, one line
+        raise UserError(problems[0])
     if problems:
-        raise UserError("\n".join(problems) + f"\n{len(problems)} config problem(s): nothing was loaded or trained")
+        raise UserError("\n".join(problems) + f"\n{len(problems)} config problems: nothing was loaded or trained")

@@ -211,6 +211,7 @@ def test_a_gpu_request_without_a_gpu_is_one_line(synth_root, tmp_path, capsys):
     lines = [x for x in r.stderr.splitlines() if "trainer.accelerator=cuda" in x]
     assert r.returncode == ExitCode.REFUSED and "Traceback" not in r.stderr and "Misconfiguration" not in r.stderr
     assert lines and "no CUDA device on this machine" in lines[0], r.stderr[-2000:]
+    assert r.stderr.strip() == f"error: {lines[0].removeprefix('error: ')}"  # one line, nothing after it
     assert not (tmp_path / "r").exists()  # a refused run leaves no run folder (#41)
     _record("train-accelerator-cuda-without-gpu", r.returncode, lines[0], tmp_path)
     from seg.cli.plan import main
