@@ -46,9 +46,10 @@ from seg.ops.local_attn3d.reference import window_start
 
 BLOCK = (4, 4, 2)  # query block (D, H, W): the fastest of 14 shapes tried at 32^3, kernel 7 (4x4x4 was 1.3x slower)
 MASKED = float("-inf")
-# the size of logits above which the backward recomputes its softmax exactly (see _backward): at 500 the fused
-# kernel's relative error on dv is ~500 x 6e-8 = 3e-5, inside the 1e-4 the tests hold it to
-EXACT_ABOVE = 500.0
+# the size of a row's log-sum-exp above which the backward recomputes its softmax exactly (see _backward): the
+# fused kernel's error grows with the logits (~|S| x 6e-8 on dv); under 100 it stays within the 16x of a float32
+# brute force's error the tests hold every gradient to (7.4x measured; docs/networks.md)
+EXACT_ABOVE = 100.0
 _FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _FLASH_BWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 

@@ -8,7 +8,7 @@ dilation by residue class),
 and saves the log-sum-exp. The backward recomputes the scores from it (FlashAttention-2): the dQ kernel
 walks the same key halo; the dK/dV kernel owns a key tile and walks the queries within (k - 1) * d of it (a
 conservative halo: the inverse window has no closed form with clamped borders).
-Where a log-sum-exp exceeds EXACT_ABOVE (logits of 1e4 and more) the backward scores in float64 and
+Where a log-sum-exp exceeds EXACT_ABOVE (logits of ~100 and more) the backward scores in float64 and
 normalises each row over its own scores once more (see _scores): its gradients then match float64's.
 Tensors are heads-last ``[B, D, H, W, heads, E]`` with arbitrary strides; tails are masked.
 On a machine without a GPU the kernels run under TRITON_INTERPRET=1 (tests only: it is slow).
@@ -414,7 +414,7 @@ def _local_attn3d_bwd_dkdv(
 # ---------------------------------------------------------------------------------------------- launchers
 TILE = (2, 4, 8)  # queries per program: 64
 BLOCK = 64  # keys (forward, dQ) or queries (dK/dV) per inner step
-EXACT_ABOVE = 500.0  # |log-sum-exp| above which the backward scores in float64 (as torch_impl.EXACT_ABOVE)
+EXACT_ABOVE = 100.0  # |log-sum-exp| above which the backward scores in float64 (as torch_impl.EXACT_ABOVE)
 
 
 def _grid(shape, tile):
