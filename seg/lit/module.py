@@ -56,18 +56,21 @@ def per_label_means(total: torch.Tensor, count: torch.Tensor, label_names: Seque
 
 @torch.no_grad()
 def ensemble_validation(
-    modules: Sequence[SegModule], loader, bf16: bool = False, device: torch.device | str = "cpu"
+    modules: Sequence[SegModule], loader, bf16: bool = False, device: torch.device | str = "cpu", limit: int = 0
 ) -> dict[str, float]:
     """Validation Dice of the members' mean softmax, exactly as one module's validation scores its logits
     (same loader, inferer and argmax), so an ensemble's figure reads beside a single run's. It runs on
-    ``device``, the training device (Lightning hands the modules back on the CPU after ``fit``)."""
+    ``device``, the training device (Lightning hands the modules back on the CPU after ``fit``); ``limit``: at
+    most that many batches (0: all), as Lightning's ``fast_dev_run`` validates one."""
     device = torch.device(device)
     names = modules[0].label_names
     total = torch.zeros(len(names), dtype=torch.float64)
     count = torch.zeros(len(names), dtype=torch.float64)
     for m in modules:
         m.to(device).eval()
-    for batch in loader:
+    for i, batch in enumerate(loader):
+        if limit and i >= limit:
+            break
         x, y = batch["image"].to(device), batch["label"].to(device)
         y = y.as_tensor() if hasattr(y, "as_tensor") else y
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):

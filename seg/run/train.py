@@ -300,15 +300,17 @@ def _score_members(cfg, results: list[TrainResult]) -> tuple[dict, dict]:
     bf16 = Precision.parse(cfg.trainer.get("precision") or "fp32") == Precision.BF16
     loader = first.datamodule.val_dataloader()
     device = training_device(cfg)
-    log.info("ensemble of %d: validating the mean softmax on %d cases", len(results), len(first.datamodule.val_cases))
-    final = ensemble_validation([r.module for r in results], loader, bf16, device)
+    limit = 1 if cfg.trainer.get("fast_dev_run") else 0  # a debug run scores one case, as Lightning validates one
+    n = min(len(first.datamodule.val_cases), limit or len(first.datamodule.val_cases))
+    log.info("ensemble of %d: validating the mean softmax on %d cases", len(results), n)
+    final = ensemble_validation([r.module for r in results], loader, bf16, device, limit)
     best_modules = []
     for r in results:
         mod = copy.deepcopy(r.module)
         if r.checkpoint:
             mod.net.load_state_dict(read_checkpoint(r.checkpoint)[0])
         best_modules.append(mod)
-    return final, ensemble_validation(best_modules, loader, bf16, device)
+    return final, ensemble_validation(best_modules, loader, bf16, device, limit)
 
 
 def _ensemble_metrics(final: dict, bundled: dict, results: list, seeds: list, out: Path, t0: float) -> dict:

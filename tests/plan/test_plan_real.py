@@ -95,13 +95,16 @@ def test_t1_plan_is_a_runnable_config_for_train_and_kfold(t1_dataset, tmp_path):
     assert auto.reasons["resolution"] == "full resolution: no spacing up to 2x the data's trains whole cases at width 4"
 
 
-def test_committed_hippocampus_plan_trains_a_batch(tmp_path):
+def test_committed_hippocampus_plan_trains_a_batch(tmp_path, caplog):
     shared("hippocampus")
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
         cfg = compose("train", overrides=["experiment=hippocampus_planned", f"paths.output_dir={tmp_path}", *FAST])
     assert list(cfg.data.patch_size) == [40, 56, 40]
-    r = train(cfg)
+    with caplog.at_level("INFO", logger="seg.train"):
+        r = train(cfg)
     assert r.metrics["global_step"] == cfg.ensemble.members  # a batch for each member
+    # a debug run scores its ensemble on one case, as Lightning validates one batch (it took all 40: 36 s)
+    assert any(m.getMessage().endswith("validating the mean softmax on 1 cases") for m in caplog.records)
 
 
 def test_patches_predictably_too_slow_are_not_probed(t1_dataset, tmp_path, monkeypatch):

@@ -79,6 +79,10 @@ def test_ensemble_validation_scores_the_mean_softmax_not_a_member():
     # mean foreground probability 0.525 inside the reference, 0.45 outside: exactly the reference
     both = ensemble_validation([a, b], loader)
     assert both["val/dice"] == pytest.approx(1.0) and both["val/dice_fg"] == pytest.approx(1.0)
+    # limit (a fast_dev_run's 1): the first batch only; an all-background second batch would lower the Dice
+    bad = {"image": torch.zeros(1, 1, 4, 4, 4), "label": 1 - y}
+    assert ensemble_validation([a, b], [*loader, bad], limit=1)["val/dice"] == pytest.approx(1.0)
+    assert ensemble_validation([a, b], [*loader, bad])["val/dice"] < 0.9
 
 
 def test_members_train_with_their_own_seeds_and_folders(ensemble_run):
