@@ -131,3 +131,33 @@ def test_augment_defaults_are_the_documented_ones():
     from seg.data.datamodule import DEFAULT_NUM_SAMPLES, DEFAULT_NUM_WORKERS
 
     assert (DEFAULT_NUM_SAMPLES, DEFAULT_NUM_WORKERS) == (2, 2)
+
+
+def test_msd_4d_images_with_channels_last_are_read_as_their_channels(tmp_path):
+    """README: an MSD image may be "4D with channels last": a two-modality case is read as two channels, each in
+    its own place (channel 0 a ramp along x, channel 1 along y, each z-scored alone), and seg-check-data passes
+    it; a file with a third channel is named (#46 item 7)."""
+    from seg.data.check import check_dataset, errors
+
+    root = tmp_path / "Task"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    x, y, _ = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in (10, 12, 8)], indexing="ij")
+    lab = np.zeros((10, 12, 8), np.uint8)
+    lab[3:6, 3:6, 3:6] = 1
+    for name, img in (("a", np.stack([x + 1, 100 * y + 50], -1)), ("b", np.stack([x + 1, y + 1, x + y], -1))):
+        nib.save(nib.Nifti1Image(img, np.eye(4)), str(root / "imagesTr" / f"{name}.nii.gz"))
+        nib.save(nib.Nifti1Image(lab, np.eye(4)), str(root / "labelsTr" / f"{name}.nii.gz"))
+    entries = [{"image": f"./imagesTr/{n}.nii.gz", "label": f"./labelsTr/{n}.nii.gz"} for n in "ab"]
+    meta = {"modality": {"0": "T1", "1": "FLAIR"}, "labels": {"0": "bg", "1": "lesion"}, "training": entries}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    spec = load_dataset(root)
+    assert spec.channels_in_one_file and spec.channel_names == ["T1", "FLAIR"]
+    problems = errors(check_dataset(spec))
+    assert [p.path for p in problems] == [str(root / "imagesTr" / "b.nii.gz")] and "3 channels" in problems[0].message
+    out = T.Compose(deterministic_transforms(spec, "patch"))(spec.cases[0].as_dict())
+    img = out["image"]
+    assert tuple(img.shape) == (2, 10, 12, 8)
+    for c, ramp in ((0, x), (1, y)):
+        z = (ramp - ramp.mean()) / ramp.std()
+        assert np.allclose(img[c].numpy(), z, atol=1e-4), c

@@ -319,6 +319,16 @@ def test_tta_says_what_it_averages_and_follows_the_bundles_mirror_axes(synth_roo
         assert np.array_equal(*same)
     else:
         assert f"TTA: the mean over {passes} mirrorings of axes {axes}" in text
+        # README: --tta is off by default: without it, one pass and no TTA line (#46 item 7)
+        from unittest import mock
+
+        from seg.inference import predictor
+
+        with mock.patch.object(
+            predictor.Predictor, "__init__", autospec=True, side_effect=predictor.Predictor.__init__
+        ) as init:
+            assert main(["-i", img, "-o", str(tmp_path / "plain"), "-m", str(root), "-q"]) == 0
+        assert "TTA" not in capsys.readouterr().out and init.call_args.kwargs.get("tta", False) is False
 
 
 def test_a_bundle_with_mirror_axes_outside_0_to_2_is_one_line(tmp_path):
