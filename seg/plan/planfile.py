@@ -153,8 +153,14 @@ def _trainer(plan: Plan) -> CommentedMap:
 
 
 def _interval_reason(b) -> str:
-    """The validation interval's reason: a tenth of a member's budget, or once a minute where that is longer."""
-    tenth = b.member_s // 10
+    """The validation interval's reason: a tenth of a member's budget, once a minute where that is longer, or
+    spaced by the validation's own cost where a pass is long (``validation_share``)."""
+    tenth, share = b.member_s // 10, b.settings.validation_share
+    if b.val_s is not None and b.interval_s > max(tenth, b.settings.validation_every_min_s):
+        return (
+            f"a validation pass takes {human_duration(int(b.val_s))}: spaced so that validating takes at most "
+            f"{share:.0%} of the training"
+        )
     if b.interval_s > tenth:
         return f"validation every minute: a tenth of the budget ({human_duration(tenth)}) would validate more often"
     return f"validation every tenth of the budget ({human_duration(b.interval_s)})"

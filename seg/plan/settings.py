@@ -34,7 +34,8 @@ class Settings:
     min_budget_s: int = 60  # a plan trains for at least a minute
     train_share: float = 0.85  # of a member's budget trains, where validation and start-up are not measured
     validation_parts: int = 10  # validation every tenth of a member's budget ...
-    validation_every_min_s: int = 60  # ... at most once a minute
+    validation_every_min_s: int = 60  # ... at most once a minute ...
+    validation_share: float = 0.2  # ... and spaced so that periodic validation takes at most this share of training
     startup_s: float = 12.0  # a run's fixed start-up: imports, config, the trainer
     min_max_time_s: int = 30  # trainer.max_time at least this
     loop_overhead_s: float = 0.006  # Lightning's loop around the training probe's step, seconds a step

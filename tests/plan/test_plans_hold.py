@@ -30,6 +30,21 @@ def test_budget_pays_start_up_and_every_validation_out_of_the_budget():
     assert b.max_time_s + b.startup_s + b.val_s <= b.budget_s
 
 
+def test_a_long_validation_pass_is_spaced_by_its_share():
+    """#45: a whole scan's validation pass took 217 s and a 20-minute member validated 3 times (651 s). Periodic
+    validation takes at most validation_share (0.2) of the training: the interval is at least 4x a pass. The
+    boundary: a 30-s pass keeps the tenth of the budget (120 s), a 31-s one spaces it (124 s)."""
+    assert SETTINGS.validation_share == 0.2
+    assert Budget(1200, val_s=30.0).interval_s == 120 and Budget(1200, val_s=31.0).interval_s == 124
+    scan = Budget(1200, 1, val_s=217.0, startup_s=24.0)
+    assert scan.interval_s == 868 and scan.validations == 0 and scan.train_s == 1200 - 24 - 217
+    from seg.plan.planfile import _interval_reason
+
+    assert _interval_reason(scan) == (
+        "a validation pass takes 3 min 37 s: spaced so that validating takes at most 20% of the training"
+    )
+
+
 def test_budget_pins():
     assert SETTINGS.validation_every_min_s == 60 and Budget(300).interval_s == 60  # at most once a minute
     assert SETTINGS.validation_parts == 10 and Budget(6000).interval_s == 600  # a tenth of the budget

@@ -55,3 +55,27 @@ def test_the_papers_nets_take_a_bare_step_on_a_cpu(net):
     labels stopped `seg-plan --net agunet` on a CPU with a traceback)."""
     t = timing.time_bare_step(net, Candidate(4, (16, 16, 16), 1, "fp32", True), 3, 1, 2, "cpu", reps=1)
     assert 0 < t < SETTINGS.bare_too_slow_s
+
+
+@pytest.mark.parametrize(
+    "shape, roi", [((192, 144, 88), (20, 20, 20)), ((35, 50, 36), (40, 56, 40)), ((100, 37, 50), (24, 32, 16))]
+)
+def test_validation_is_timed_on_a_corner_and_scaled_by_monais_windows(shape, roi):
+    """#45: the training probe validated whole scans window by window (13 s a case at 20^3). It times a corner of
+    at most VALIDATION_WINDOWS (4) windows an axis and scales by the window count, which equals the windows MONAI's
+    sliding_window_inference runs; a case with no more windows than that is timed whole."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    from seg.plan.timing import VALIDATION_WINDOWS, validation_crop, windows
+
+    assert VALIDATION_WINDOWS == 4
+    runs = []
+    sliding_window_inference(torch.zeros(1, 1, *shape), roi, 1, lambda t: runs.append(1) or t, overlap=0.5)
+    assert windows(shape, roi, 0.5) == len(runs)
+    crop, factor = validation_crop(shape, roi, 0.5)
+    corner = [c.stop for c in crop]
+    assert all(windows([n], [r], 0.5) <= VALIDATION_WINDOWS for n, r in zip(corner, roi))
+    assert factor == pytest.approx(len(runs) / windows(corner, roi, 0.5))
+    if all(windows([n], [r], 0.5) <= VALIDATION_WINDOWS for n, r in zip(shape, roi)):
+        assert corner == list(shape) and factor == 1.0
