@@ -148,6 +148,19 @@ def _trainer(plan: Plan) -> CommentedMap:
             _interval_reason(b),
         ),
         ("check_val_every_n_epoch", 1, None),
+        *(
+            [
+                (
+                    "limit_val_batches",
+                    b.val_cases,
+                    f"a pass validates the first {b.val_cases} of the fold's validation cases: all of them would "
+                    f"take more than {b.settings.validation_share:.0%} of the budget (the k-fold's out-of-fold "
+                    "evaluation still scores every case)",
+                )
+            ]
+            if b.val_cases
+            else []
+        ),
     ]
     return _map(rows)
 

@@ -80,6 +80,7 @@ class Budget:
     val_s: float | None = None
     startup_s: float = SETTINGS.startup_s
     settings: Settings = SETTINGS
+    val_cases: int | None = None  # the cases a pass validates where fewer than the fold's (limit_val_batches)
 
     @property
     def member_s(self) -> int:
@@ -322,7 +323,18 @@ class Planner:
             return Budget(r.budget_s, members, settings=s)
         n = len(self.spec.cases)
         n_val = max(1, math.ceil(n / min(s.folds, n)))
-        return Budget(r.budget_s, members, cost.val_case_s * n_val, s.startup_s + cost.cache_case_s * n, s)
+        # a pass validates at most what validation_share of a member's budget pays for (a whole scan's case at a
+        # small patch takes 15 s: 16 of them took 250 s of a 10-minute member), one case at least
+        fits = int(s.validation_share * r.budget_s / members / max(cost.val_case_s, 1e-9))
+        used = max(1, min(n_val, fits))
+        return Budget(
+            r.budget_s,
+            members,
+            cost.val_case_s * used,
+            s.startup_s + cost.cache_case_s * n,
+            s,
+            val_cases=used if used < n_val else None,
+        )
 
     def data_config(self, c: Choice) -> dict:
         """The ``SegDataModule`` keywords of the plan (what the training probe builds and the plan file writes)."""
@@ -626,7 +638,9 @@ def _choice_reasons(
     )
     spent = (
         f"{acct.train_s / 60:.1f} of a member's {acct.member_s / 60:.1f} min train: the rest starts the run "
-        f"({acct.startup_s:.0f} s) and validates it {acct.validations + 1} times ({acct.val_s:.1f} s each)"
+        f"({acct.startup_s:.0f} s) and validates it {acct.validations + 1} times ({acct.val_s:.1f} s each"
+        + (f", {acct.val_cases} cases" if acct.val_cases else "")
+        + ")"
         if acct.val_s is not None
         else f"{s.train_share:.0%} of a member's {human_duration(acct.member_s)} train (estimate)"
     )

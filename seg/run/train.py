@@ -300,7 +300,9 @@ def _score_members(cfg, results: list[TrainResult]) -> tuple[dict, dict]:
     bf16 = Precision.parse(cfg.trainer.get("precision") or "fp32") == Precision.BF16
     loader = first.datamodule.val_dataloader()
     device = training_device(cfg)
-    limit = 1 if cfg.trainer.get("fast_dev_run") else 0  # a debug run scores one case, as Lightning validates one
+    # as Lightning validates: one case in a debug run, a plan's limit_val_batches (a number of cases) otherwise
+    planned = cfg.trainer.get("limit_val_batches")
+    limit = 1 if cfg.trainer.get("fast_dev_run") else planned if isinstance(planned, int) and planned > 0 else 0
     n = min(len(first.datamodule.val_cases), limit or len(first.datamodule.val_cases))
     log.info("ensemble of %d: validating the mean softmax on %d cases", len(results), n)
     final = ensemble_validation([r.module for r in results], loader, bf16, device, limit)

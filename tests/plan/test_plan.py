@@ -385,3 +385,29 @@ def test_the_table_shows_the_bare_steps_the_log_printed(synth_root, tmp_path, ca
     for m in logged:
         patch = "x".join(m[2].split(", "))
         assert re.search(rf"w{m[1]} {patch} {m[3]}( cf)? {m[4]} -> [\d.]+", line), (m[0], line)
+
+
+@pytest.mark.parametrize("val_case_s, limited", [(30.0, False), (40.0, True)])
+def test_a_validation_pass_validates_what_its_share_of_the_budget_pays_for(synth_root, tmp_path, val_case_s, limited):
+    """#45: a whole scan's validation case took 15 s and a 10-minute member validated all 16 (250 s). A pass
+    validates at most what validation_share (0.2) of a member's budget pays for: 5 minutes, 0.2 x 300 s = 60 s,
+    buys 2 cases of 30 s (the fold's 2: no limit) and 1 of 40 s (trainer.limit_val_batches 1, composed from the
+    plan, and in the reasons)."""
+    from dataclasses import replace
+
+    from seg.plan.planfile import plan_yaml
+    from tests.plan.conftest import modelled, modelled_training
+
+    slow_val = modelled(training=lambda *a, **k: replace(modelled_training(*a, **k), val_case_s=val_case_s))
+    plan = make_plan(
+        synth_root, budget="5m", device="cpu", cache=tmp_path / "fp.json", progress=False, instruments=slow_val
+    )
+    assert plan.budget.val_cases == (1 if limited else None)
+    assert plan.budget.val_s == pytest.approx(val_case_s * (1 if limited else 2))
+    path = tmp_path / "p.yaml"
+    path.write_text(plan_yaml(plan, "seg-plan"))
+    args = plan_overrides([f"plan={path}", f"paths.output_dir={tmp_path}"])
+    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+        cfg = compose("train", overrides=args)
+    assert cfg.trainer.get("limit_val_batches") == (1 if limited else None)
+    assert (", 1 cases)" in plan.reasons["width"]) == limited

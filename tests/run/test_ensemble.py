@@ -168,3 +168,25 @@ def test_kfold_with_members_bundles_every_member_of_every_fold(synth_root, tmp_p
     for k in (0, 1):
         assert (run / "model" / f"fold_{k}" / "member_1" / "weights.pt").is_file()
         assert (run / f"fold_{k}" / "member_1" / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize(
+    "trainer, limit",
+    [({}, 0), ({"fast_dev_run": True}, 1), ({"limit_val_batches": 3}, 3), ({"limit_val_batches": 1.0}, 0)],
+)
+def test_the_members_mean_is_scored_on_the_cases_lightning_validates(monkeypatch, trainer, limit):
+    """A plan's trainer.limit_val_batches (a count of cases, #45) and a debug run's one case hold for the ensemble's
+    scoring too: its figure reads beside the members' validations."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    import seg.run.train as tr
+
+    seen = []
+    monkeypatch.setattr(tr, "ensemble_validation", lambda mods, loader, bf16, device, lim: seen.append(lim) or {})
+    dm = SimpleNamespace(val_dataloader=lambda: [], val_cases=["a", "b", "c", "d"])
+    member = SimpleNamespace(module=torch.nn.Linear(1, 1), checkpoint=None, datamodule=dm)
+    cfg = OmegaConf.create({"trainer": {"precision": "fp32", "accelerator": "cpu", **trainer}})
+    tr._score_members(cfg, [member, member])
+    assert seen == [limit, limit]
