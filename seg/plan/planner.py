@@ -93,7 +93,8 @@ class Budget:
         can take minutes: 3 of them took 651 s of a 20-minute member)."""
         s = self.settings
         by_share = 0 if self.val_s is None else int(self.val_s * (1 - s.validation_share) / s.validation_share)
-        return max(s.validation_every_min_s, self.member_s // s.validation_parts, by_share)
+        base = max(s.validation_every_min_s, self.member_s // s.validation_parts, by_share)
+        return base if self.val_s is None else _no_straddle(base, self.val_s, self.max_time_s, s.validation_margin_s)
 
     @property
     def max_time_s(self) -> int:
@@ -113,6 +114,21 @@ class Budget:
         if self.val_s is None:
             return self.member_s * self.settings.train_share
         return max(1.0, self.max_time_s - self.validations * self.val_s)
+
+
+def _no_straddle(interval: float, val_s: float, max_time: int, margin: float) -> int:
+    """The interval, stretched where needed so that no periodic validation runs past ``max_time``: Lightning
+    starts one whenever the interval has passed, even seconds before the time is up (a 10-minute proxy run started
+    a 149-s pass at 7:28 of its 7:45 and then the final one: 2.5 minutes over). The validations that end before
+    ``max_time`` stay; the next starts ``margin`` after it."""
+    n = int(max_time // (interval + val_s))
+    while True:
+        if (n + 1) * interval + n * val_s >= max_time + margin:
+            return int(math.ceil(interval))
+        stretched = math.ceil((max_time + margin - n * val_s) / (n + 1))
+        if n * (stretched + val_s) <= max_time:
+            return int(stretched)
+        n -= 1
 
 
 @dataclass(frozen=True)

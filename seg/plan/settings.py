@@ -36,6 +36,7 @@ class Settings:
     validation_parts: int = 10  # validation every tenth of a member's budget ...
     validation_every_min_s: int = 60  # ... at most once a minute ...
     validation_share: float = 0.2  # ... and spaced so that periodic validation takes at most this share of training
+    validation_margin_s: float = 30.0  # ... and none starts within this of max_time (Lightning would run it past)
     startup_s: float = 12.0  # a run's fixed start-up: imports, config, the trainer
     min_max_time_s: int = 30  # trainer.max_time at least this
     loop_overhead_s: float = 0.006  # Lightning's loop around the training probe's step, seconds a step

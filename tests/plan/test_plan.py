@@ -67,7 +67,7 @@ def test_plan_yaml_composes_through_plan_and_overrides_win(planned, synth_root, 
     assert list(cfg.data.patch_size) == plan.patch and list(cfg.model.net.filters) == plan.width["filters"]
     assert cfg.data.batch_size == 3  # the command line wins over the plan
     assert cfg.trainer.max_time == as_max_time(plan.budget.max_time_s)
-    assert cfg.trainer.val_check_interval == "00:00:01:00"
+    assert cfg.trainer.val_check_interval == as_max_time(plan.budget.interval_s)
     assert cfg.trainer.accelerator == "cpu" and cfg.data.pipeline == "device" and cfg.model.channels_last
     assert cfg.planned.steps_in_budget == plan.steps and cfg.callbacks.early_stopping is None
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
