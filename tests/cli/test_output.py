@@ -139,3 +139,25 @@ def test_a_mistyped_key_beside_a_plan_gets_its_suggestion_too(tmp_path):
     with pytest.raises(UserError) as e:
         check_composition("train", plan_overrides([f"plan={plan}", "trainer.max_tme=1m", f"hydra.run.dir={tmp_path}"]))
     assert str(e.value) == "trainer.max_tme: no such key; did you mean trainer.max_time?"
+
+
+def test_seg_train_and_kfold_quiet_the_same_loggers_as_the_other_commands():
+    """#41: seg-train and seg-kfold (Hydra's job logging) printed monai's "nvImageCodec is not available" warning
+    on every run that the other commands (seg.cli.common.setup_logging) keep quiet."""
+    import logging
+    import logging.config
+
+    import yaml
+
+    from seg.cli.common import QUIET_LOGGERS
+    from seg.config import CONF_DIR
+
+    job = yaml.safe_load((Path(CONF_DIR) / "hydra" / "default.yaml").read_text())["job_logging"]
+    assert {k: v["level"] for k, v in job["loggers"].items()} == dict.fromkeys(QUIET_LOGGERS, "ERROR")
+    before = {n: logging.getLogger(n).level for n in QUIET_LOGGERS}
+    try:
+        logging.config.dictConfig({"version": 1, "disable_existing_loggers": False, "loggers": job["loggers"]})
+        assert all(logging.getLogger(n).getEffectiveLevel() == logging.ERROR for n in QUIET_LOGGERS)
+    finally:
+        for n, level in before.items():
+            logging.getLogger(n).setLevel(level)
