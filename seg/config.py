@@ -116,7 +116,7 @@ def check_option(name: str, value: Any, choices: type[E]) -> str:
     for member in choices:  # a valid value costs no import (seg.ops calls this on every op call)
         if value is member or value == member.value:
             return member.value
-    # MONAI (~170 MB of modules) only for the message: not at the top, where every --help imports seg.config,
+    # MONAI (~130 MB of modules) only for the message: not at the top, where every --help imports seg.config,
     # and not above, where a first local_attn3d call would import it
     from monai.utils import look_up_option
 

@@ -168,17 +168,16 @@ def _trainer(plan: Plan) -> CommentedMap:
 def _interval_reason(b) -> str:
     """The validation interval's reason: a tenth of a member's budget, once a minute where that is longer, or
     spaced by the validation's own cost where a pass is long (``validation_share``)."""
-    tenth, share = b.member_s // 10, b.settings.validation_share
-    by_share = 0 if b.val_s is None else int(b.val_s * (1 - share) / share)
-    if b.interval_s > max(tenth, b.settings.validation_every_min_s, by_share):
+    tenth = b.member_s // 10
+    if b.interval_s > b.base_interval_s:
         return (
             f"every {human_duration(b.interval_s)}: stretched so that no validation runs past max_time "
             f"(Lightning starts one whenever the interval has passed)"
         )
-    if b.val_s is not None and b.interval_s > max(tenth, b.settings.validation_every_min_s):
+    if b.share_interval_s > max(tenth, b.settings.validation_every_min_s):
         return (
             f"a validation pass takes {human_duration(int(b.val_s))}: spaced so that validating takes at most "
-            f"{share:.0%} of the training"
+            f"{b.settings.validation_share:.0%} of the training"
         )
     if b.interval_s > tenth:
         return f"validation every minute: a tenth of the budget ({human_duration(tenth)}) would validate more often"

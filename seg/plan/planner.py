@@ -87,14 +87,25 @@ class Budget:
         return self.budget_s // self.members
 
     @property
-    def interval_s(self) -> int:
-        """Training time between periodic validations: a tenth of the budget, at least a minute, and at least
-        enough that validating takes at most ``validation_share`` of the time (a whole scan's validation pass
-        can take minutes: 3 of them took 651 s of a 20-minute member)."""
+    def share_interval_s(self) -> int:
+        """The interval at which periodic validation takes ``validation_share`` of the time (0: unmeasured)."""
+        share = self.settings.validation_share
+        return 0 if self.val_s is None else int(self.val_s * (1 - share) / share)
+
+    @property
+    def base_interval_s(self) -> int:
+        """A tenth of the budget, at least a minute, and at least :attr:`share_interval_s`."""
         s = self.settings
-        by_share = 0 if self.val_s is None else int(self.val_s * (1 - s.validation_share) / s.validation_share)
-        base = max(s.validation_every_min_s, self.member_s // s.validation_parts, by_share)
-        return base if self.val_s is None else _no_straddle(base, self.val_s, self.max_time_s, s.validation_margin_s)
+        return max(s.validation_every_min_s, self.member_s // s.validation_parts, self.share_interval_s)
+
+    @property
+    def interval_s(self) -> int:
+        """Training time between periodic validations: :attr:`base_interval_s`, stretched where a validation
+        would still run at ``max_time`` (:func:`_no_straddle`)."""
+        base = self.base_interval_s
+        if self.val_s is None:
+            return base
+        return _no_straddle(base, self.val_s, self.max_time_s, self.settings.validation_margin_s)
 
     @property
     def max_time_s(self) -> int:
@@ -118,9 +129,9 @@ class Budget:
 
 def _no_straddle(interval: float, val_s: float, max_time: int, margin: float) -> int:
     """The interval, stretched where needed so that no periodic validation runs past ``max_time``: Lightning
-    starts one whenever the interval has passed, even seconds before the time is up (a 10-minute proxy run started
-    a 149-s pass at 7:28 of its 7:45 and then the final one: 2.5 minutes over). The validations that end before
-    ``max_time`` stay; the next starts ``margin`` after it."""
+    starts one whenever the interval has passed, even seconds before the time is up, and validates once more
+    after it (docs/results.md). The validations that end before ``max_time`` stay; the next would start
+    ``margin`` after it."""
     n = int(max_time // (interval + val_s))
     while True:
         if (n + 1) * interval + n * val_s >= max_time + margin:
@@ -339,8 +350,7 @@ class Planner:
             return Budget(r.budget_s, members, settings=s)
         n = len(self.spec.cases)
         n_val = max(1, math.ceil(n / min(s.folds, n)))
-        # a pass validates at most what validation_share of a member's budget pays for (a whole scan's case at a
-        # small patch takes 15 s: 16 of them took 250 s of a 10-minute member), one case at least
+        # a pass validates at most what validation_share of a member's budget pays for, one case at least
         fits = int(s.validation_share * r.budget_s / members / max(cost.val_case_s, 1e-9))
         used = max(1, min(n_val, fits))
         return Budget(

@@ -48,7 +48,7 @@ BLOCK = (4, 4, 2)  # query block (D, H, W): the fastest of 14 shapes tried at 32
 MASKED = float("-inf")
 # the size of a row's log-sum-exp above which the backward recomputes its softmax exactly (see _backward): the
 # fused kernel's error grows with the logits (~|S| x 6e-8 on dv); under 100 it stays within the 16x of a float32
-# brute force's error the tests hold every gradient to (7.4x measured; docs/networks.md)
+# brute force's error the tests hold every gradient to (docs/networks.md)
 EXACT_ABOVE = 100.0
 _FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _FLASH_BWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
