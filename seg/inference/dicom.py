@@ -73,6 +73,7 @@ class Series:
     files: list[Path]  # sorted along the slice normal
     problem: str | None = None
     headers: list = field(default_factory=list)  # the files' pydicom headers (no pixels), in the same order
+    slice_mm: float = 0.0  # the median step between slices along the normal
 
 
 def collect(folder: Path) -> tuple[dict[str, list], list[str]]:
@@ -114,10 +115,10 @@ def stack(items: list) -> Series:
     order = np.argsort(pos @ normal, kind="stable")
     files, headers = [items[i][0] for i in order], [items[i][1] for i in order]
     pos, d = pos[order], (pos @ normal)[order]
-    series = Series(uid, files, headers=headers)
+    gaps = np.diff(d)
+    series = Series(uid, files, headers=headers, slice_mm=float(np.median(gaps)) if len(gaps) else 0.0)
     tilt = max(abs(float(ds.get("GantryDetectorTilt", 0) or 0)) for _, ds in items)
     sizes = {(int(ds.Rows), int(ds.Columns), *(round(float(v), 4) for v in ds.PixelSpacing)) for _, ds in items}
-    gaps = np.diff(d)
     if np.abs(iop - iop[0]).max() > 1e-4:
         series.problem = "mixed slice orientations in one series: not one volume"
     elif tilt > 0:
@@ -144,16 +145,19 @@ def series_of(folder: Path) -> tuple[list[Series], list[str]]:
 
 def to_nifti(series: Series, path: Path) -> None:
     """The series read by SimpleITK in its sorted order, written as NIfTI (SimpleITK converts LPS to RAS)."""
-    import pydicom
     import SimpleITK as sitk
 
     try:
         img = sitk.ReadImage([str(f) for f in series.files])
     except RuntimeError:
-        ts = pydicom.dcmread(series.files[0], stop_before_pixels=True).file_meta.get("TransferSyntaxUID")
-        name = getattr(ts, "name", "") or str(ts)
-        raise ValueError(f"pixel data in {name} ({ts}): no installed decoder reads it") from None
+        raise ValueError(_no_decoder(series)) from None
     sitk.WriteImage(img, str(path))
+
+
+def _no_decoder(series: Series) -> str:
+    """The line for pixel data SimpleITK's decoders do not read, naming its transfer syntax."""
+    ts = series.headers[0].file_meta.get("TransferSyntaxUID")
+    return f"pixel data in {getattr(ts, 'name', '') or ts} ({ts}): no installed decoder reads it"
 
 
 def check(folder: Path) -> tuple[list[tuple[str, str, str]], list[str]]:
@@ -170,24 +174,17 @@ def check(folder: Path) -> tuple[list[tuple[str, str, str]], list[str]]:
             try:
                 sitk.ReadImage(str(s.files[0]))
             except RuntimeError:
-                ts = s.headers[0].file_meta.get("TransferSyntaxUID") if hasattr(s.headers[0], "file_meta") else None
-                s.problem = f"pixel data in {getattr(ts, 'name', '') or ts}: no installed decoder reads it"
+                s.problem = _no_decoder(s)
         if s.problem is not None:
             out.append(("error", cid, s.problem))
             continue
         ds = s.headers[0]
-        gap = abs(float(np.diff([_floats(h, "ImagePositionPatient") @ _normal(h) for h in s.headers[:2]])[0]))
         grid = f"{int(ds.Columns)}x{int(ds.Rows)}x{len(s.files)} voxels"
-        mm = f"{float(ds.PixelSpacing[1]):.4g}x{float(ds.PixelSpacing[0]):.4g}x{gap:.4g} mm"
+        mm = f"{float(ds.PixelSpacing[1]):.4g}x{float(ds.PixelSpacing[0]):.4g}x{s.slice_mm:.4g} mm"
         out.append(("ok", cid, f"{len(s.files)} slices, {grid} of {mm}"))
         if (problem := seg_problem(s)) is not None:
             out.append(("warning", cid, problem))
     return out, notes
-
-
-def _normal(ds) -> np.ndarray:
-    iop = _floats(ds, "ImageOrientationPatient")
-    return np.cross(iop[:3], iop[3:])
 
 
 def case_id(series: Series) -> str:
