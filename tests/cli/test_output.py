@@ -66,21 +66,28 @@ def test_help_into_a_closed_pipe_exits_141_without_a_traceback():
 
 def test_a_piped_run_logs_one_format_heartbeats_and_no_bar_or_banner(synth_root, tmp_path, monkeypatch):
     """Off a terminal: no progress-bar frames, no Lightning banner, a heartbeat line inside a long epoch, the
-    epoch line as `epoch N (elapsed of max_time)`, one log format, and the next command last."""
+    epoch line as `epoch N (elapsed of max_time)`, one log format, and the next command last. No hydra.run.dir:
+    the run goes to the README's default folder, outputs/<task>/runs/<date_time>/ under the project (SEG_ROOT)."""
     monkeypatch.setitem(ENV, "SEG_HEARTBEAT_S", "1")
     monkeypatch.setitem(ENV, "SEG_CONSOLE_EVERY_S", "0")  # every progress line on the console (throttle tested apart)
-    args = [f"data.root={synth_root}", *[o for o in TINY if "rich" not in o], "trainer.max_time=15s"]
-    r = _run("seg.cli.train", *args, "trainer.max_epochs=100000", f"hydra.run.dir={tmp_path / 'r'}")
-    assert r.returncode in DONE, r.stderr[-2000:]  # 3: a 15-s run may learn nothing, and says so
+    monkeypatch.setitem(ENV, "SEG_ROOT", str(tmp_path))
+    args = [f"data.root={synth_root}", *[o for o in TINY if "rich" not in o], "trainer.max_time=8s"]
+    r = _run("seg.cli.train", *args, "trainer.max_epochs=100000")
+    assert r.returncode in DONE, r.stderr[-2000:]  # 3: an 8-s run may learn nothing, and says so
+    runs = list((tmp_path / "outputs").glob("*/runs/*"))
+    assert [p.parent.parent.name for p in runs] == ["train"], runs  # task_name: train
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d", runs[0].name), runs[0].name
+    assert {"train.log", "config.yaml", "metrics.json", "model"} <= {p.name for p in runs[0].iterdir()}
+    run = runs[0]
     text = r.stdout + r.stderr
     for noise in ("GPU available", "TPU available", "Seed set to", "━", "\r", "Tip:"):
         assert noise not in text, noise
-    log = (tmp_path / "r" / "train.log").read_text()
+    log = (run / "train.log").read_text()
     stamp = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (INFO|WARNING) [\w.]+: "
     assert all(re.match(stamp, line) for line in log.splitlines() if line.strip()), log[:500]
-    assert re.search(r"seg.epoch: epoch \d+ \(0:00:\d\d of 0:00:15\) train/loss", log)
-    assert re.search(r"seg.epoch: step \d+, epoch \d+ \(0:00:\d\d of 0:00:15\)", text), text[-3000:]  # heartbeat
-    assert r.stdout.strip().splitlines()[-1] == f"next: seg-predict -m {tmp_path / 'r' / 'model'} -i INPUT -o OUTPUT"
+    assert re.search(r"seg.epoch: epoch \d+ \(0:00:\d\d of 0:00:08\) train/loss", log)
+    assert re.search(r"seg.epoch: step \d+, epoch \d+ \(0:00:\d\d of 0:00:08\)", text), text[-3000:]  # heartbeat
+    assert r.stdout.strip().splitlines()[-1] == f"next: seg-predict -m {run / 'model'} -i INPUT -o OUTPUT"
 
 
 def test_kfold_with_an_experiment_gives_no_false_no_plan_warning(caplog):

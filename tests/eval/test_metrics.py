@@ -388,3 +388,71 @@ def test_seg_eval_surface_tolerance_default_is_2mm_with_a_case_on_each_side(tmp_
         for t in (1.9, 2.0, 2.1)
     }
     assert got == pytest.approx(at[2.0]) and at[1.9] < at[2.0] <= at[2.1] and got != pytest.approx(at[1.9])
+
+
+def _nnunet_v2_rules(ref: np.ndarray, pred: np.ndarray, label: int) -> dict:
+    """nnU-Net v2's evaluation (nnunetv2/evaluation/evaluate_predictions.py: compute_tp_fp_fn_tn, then
+    compute_metrics' formulas), restated here from its published rules, written apart from seg.eval: counts over
+    the whole image (no ignore label), Dice 2TP/(2TP+FP+FN) and IoU TP/(TP+FP+FN) as numpy divides them (0/0 is
+    NaN)."""
+    r, p = ref == label, pred == label
+    tp, fp, fn = np.sum(r & p), np.sum(~r & p), np.sum(r & ~p)
+    with np.errstate(invalid="ignore"):
+        dice, iou = np.float64(2 * tp) / (2 * tp + fp + fn), np.float64(tp) / (tp + fp + fn)
+    return {"Dice": dice, "IoU": iou, "TP": tp, "FP": fp, "FN": fn, "n_pred": fp + tp, "n_ref": fn + tp}
+
+
+def test_dice_iou_counts_and_means_equal_nnunet_v2(tmp_path):
+    """docs/metrics.md: Dice, IoU and the voxel counts equal nnU-Net v2's compute_metrics, the per-label mean its
+    np.nanmean over cases and foreground_mean its mean of the foreground labels' means. 14 pairs of 3-label maps:
+    random blobs, a label empty in both (NaN, left out of the mean), missed, spurious, identical."""
+    import json
+    from pathlib import Path
+
+    import nibabel as nib
+    from scipy import ndimage
+
+    from seg.eval.evaluate import evaluate_folders
+
+    rng = np.random.default_rng(46)
+    shape, labels = (18, 16, 14), {0: "background", 1: "a", 2: "b", 3: "c"}
+
+    def blobs():
+        smooth = ndimage.gaussian_filter(rng.normal(size=shape), 2.0)
+        return np.digitize(smooth, np.quantile(smooth, [0.55, 0.75, 0.9]))
+
+    pairs = []
+    for i in range(10):
+        ref = blobs().astype(np.uint8)
+        pred = np.where(rng.random(shape) < 0.15 * (i % 3), rng.integers(0, 4, shape), ref).astype(np.uint8)
+        pairs.append((ref, pred))
+    ref = blobs().astype(np.uint8)
+    pairs += [
+        (np.where(ref == 3, 0, ref), np.where(ref == 3, 0, ref)),  # label 3 empty in both: NaN
+        (ref, np.where(ref == 2, 0, ref)),  # label 2 missed
+        (np.where(ref == 1, 0, ref), ref),  # label 1 spurious
+        (ref, ref),
+    ]
+    for d in ("p", "r"):
+        (tmp_path / d).mkdir()
+    for i, (r, p) in enumerate(pairs):
+        nib.save(nib.Nifti1Image(r, np.diag([0.8, 1.0, 1.5, 1.0])), str(tmp_path / "r" / f"c{i:02d}.nii.gz"))
+        nib.save(nib.Nifti1Image(p, np.diag([0.8, 1.0, 1.5, 1.0])), str(tmp_path / "p" / f"c{i:02d}.nii.gz"))
+    evaluate_folders(tmp_path / "p", tmp_path / "r", labels, tmp_path / "o", surface=False)
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    theirs = {lab: [_nnunet_v2_rules(r, p, lab) for r, p in pairs] for lab in (1, 2, 3)}
+    assert [Path(c["prediction_file"]).name for c in s["metric_per_case"]] == [f"c{i:02d}.nii.gz" for i in range(14)]
+    for lab, cases in theirs.items():
+        for c, t in zip(s["metric_per_case"], cases):
+            ours = c["metrics"][str(lab)]
+            for k, v in t.items():
+                if np.isnan(v):
+                    assert ours[k] is None or np.isnan(ours[k]), (lab, k)  # NaN is written as null in JSON
+                else:
+                    assert ours[k] == pytest.approx(float(v), abs=1e-12), (lab, k, c["prediction_file"])
+        for k in ("Dice", "IoU"):
+            assert s["mean"][str(lab)][k] == pytest.approx(float(np.nanmean([t[k] for t in cases])), abs=1e-12)
+    for k in ("Dice", "IoU"):
+        fg = np.mean([np.nanmean([t[k] for t in theirs[lab]]) for lab in (1, 2, 3)])
+        assert s["foreground_mean"][k] == pytest.approx(float(fg), abs=1e-12)
+    assert sum(np.isnan(t["Dice"]) for t in theirs[3]) == 1  # the both-empty case is there, and left out

@@ -57,7 +57,7 @@ def _fit_intensity_bands(m: torch.nn.Module, steps: int = 60) -> None:
     opt = torch.optim.Adam(m.parameters(), lr=3e-3)
     m.train()
     for _ in range(steps):
-        x = torch.nn.functional.avg_pool3d(torch.randn(2, 1, 40, 40, 40, generator=g), 9, 1, 0) * 9
+        x = torch.nn.functional.avg_pool3d(torch.randn(2, 1, 32, 32, 32, generator=g), 9, 1, 0) * 9
         y = (x[:, 0] > -0.5).long() + (x[:, 0] > 0.5).long()
         out = m(x)
         loss = torch.nn.functional.cross_entropy(out[0] if isinstance(out, (list, tuple)) else out, y)

@@ -31,6 +31,30 @@ def _cfg(root, run, extra=()):
     )
 
 
+def _oof_files_hold_the_final_weights_prediction_and_the_summary_scores_them(root, run, splits, cs):
+    """README: cross-validation evaluates each fold's final weights on its validation cases. The out-of-fold
+    probabilities are what the fold's final weights predict (not its best checkpoint's), the masks their argmax,
+    and cv_summary.json scores those very masks."""
+    fold = run / "fold_0" / "model"
+    w = {c: torch.load(fold / "fold_0" / f, weights_only=True) for c, f in (("final", "weights.pt"),
+                                                                           ("best", "weights_best.pt"))}  # fmt: skip
+    assert any(not torch.equal(w["final"][k], w["best"][k]) for k in w["final"])  # so the check tells them apart
+    bundle, by_file = load_bundle(fold), {e["prediction_file"]: e for e in cs["metric_per_case"]}
+    for cid in splits[0]["val"][:2]:
+        image = str(root / "imagesTr" / f"{cid}.nii.gz")
+        saved = np.load(run / "fold_0" / "validation" / f"{cid}_prob.npz")["prob"].astype(np.float32)
+        p = {c: bundle.predictor(checkpoint=c).predict(image) for c in w}
+        gap = {c: float(np.abs(p[c].probabilities[1].numpy() - saved).max()) for c in p}
+        assert gap["final"] < 1e-3 < gap["best"], gap  # float16 on disk: 5e-4 at most
+        mask_file = run / "fold_0" / "validation" / f"{cid}.nii.gz"
+        mask = np.asarray(nib.load(str(mask_file)).dataobj)
+        assert np.array_equal(mask, p["final"].labels)
+        ref = np.asarray(nib.load(str(root / "labelsTr" / f"{cid}.nii.gz")).dataobj) == 1
+        tp, n = int(np.sum((mask == 1) & ref)), int(np.sum(mask == 1) + np.sum(ref))
+        dice = by_file[str(mask_file)]["metrics"]["1"]["Dice"]
+        assert (dice is None and n == 0) or dice == pytest.approx(2 * tp / n)
+
+
 def test_two_fold_cv_end_to_end_and_resume(synth_root, tmp_path):
     run = tmp_path / "cv"
     s = kfold(_cfg(synth_root, run))
@@ -46,6 +70,7 @@ def test_two_fold_cv_end_to_end_and_resume(synth_root, tmp_path):
             assert pred.shape == ref.shape and np.allclose(pred.affine, ref.affine)
     # summary in nnU-Net's shape, one entry per case, with the fold
     cs = json.loads((run / "cv_summary.json").read_text())
+    _oof_files_hold_the_final_weights_prediction_and_the_summary_scores_them(synth_root, run, splits, cs)
     assert len(cs["metric_per_case"]) == 8
     e = cs["metric_per_case"][0]
     assert {"prediction_file", "reference_file", "metrics", "fold"} <= set(e) and "Dice" in e["metrics"]["1"]
