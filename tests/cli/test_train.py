@@ -57,6 +57,8 @@ def test_run_folder_contents_and_resume(synth_root, tmp_path):
     assert (run1 / "csv" / "metrics.csv").exists()
     saved = json.loads((run1 / "metrics.json").read_text())
     assert saved["epochs"] == 2 and "val/dice_meningioma" in saved
+    # README: "final and best metrics, epochs, steps, seconds"
+    assert {"val/dice", "val/dice_best", "epochs", "global_step", "seconds"} <= set(saved) and saved["seconds"] > 0
     # metrics.json reports the last validation the CSV logger wrote, not a constant or a stale value
     logged = [r for r in csv.DictReader((run1 / "csv" / "metrics.csv").open()) if r.get("val/dice")]
     assert len(logged) == 2 and saved["val/dice"] == pytest.approx(float(logged[-1]["val/dice"]), abs=1e-6)

@@ -16,6 +16,7 @@ from seg.config import CONF_DIR, UserError, available_cores, configure_threads
 from seg.plan import machine, planner, timing
 from seg.plan.planfile import plan_yaml
 from seg.plan.planner import Budget, choose_pipeline, make_plan
+from seg.plan.records import Candidate
 from seg.plan.settings import SETTINGS
 from tests.plan.conftest import modelled, modelled_step, modelled_training
 
@@ -202,6 +203,24 @@ def test_a_thinner_net_measured_slower_is_measured_again(synth_root, tmp_path, m
     bumpy = make_plan(synth_root, budget="20m", device="cpu", instruments=modelled(step), cache=fp, progress=False)
     assert calls["n"] == 1 and (bumpy.patch, bumpy.base) == (quiet.patch, quiet.base)
     assert SETTINGS.monotone_slack == 1.05
+
+
+@pytest.mark.parametrize("ratio, again", [(1.04, False), (1.06, True)])
+def test_a_contradiction_is_measured_again_only_past_the_5_percent_slack(ratio, again):
+    """monotone_slack 1.05: width 4 read 1.04x width 8's step is noise and kept; 1.06x is timed again (both)."""
+    from seg.plan.search import BareSteps
+
+    timed = []
+
+    def timer(cand, levels):
+        timed.append(cand.base)
+        return {8: 1.0, 4: ratio}[cand.base] if len(timed) <= 2 else 0.5
+
+    steps = BareSteps(timer)
+    assert steps.monotone_slack == SETTINGS.monotone_slack == 1.05
+    for base in (8, 4):
+        steps.bare(Candidate(base, (32, 32, 32), 2, "fp32", True), 3)
+    assert (steps.remeasured, len(timed)) == ((1, 4) if again else (0, 2))
 
 
 def test_a_busy_machine_is_named_once_with_what_the_plan_may_lose(synth_root, tmp_path, monkeypatch, caplog):

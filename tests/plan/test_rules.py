@@ -101,6 +101,8 @@ def test_anisotropy_threshold_is_3x_with_a_case_on_each_side():
     above = [[1.0, 1.0, 3.1]] * 8 + [[1.0, 1.0, 1.0]] * 2
     assert rules.target_spacing(below)[2] == pytest.approx(2.9)
     assert rules.target_spacing(above)[2] == pytest.approx(1.0)  # not finer than the other axes' coarsest
+    at = [[1.0, 1.0, 3.0]] * 8 + [[1.0, 1.0, 1.0]] * 2  # "coarser than 3x": exactly 3x is not
+    assert rules.target_spacing(at)[2] == pytest.approx(3.0)
 
 
 def test_bf16_is_chosen_only_when_at_least_15_percent_faster(monkeypatch, synth_root, tmp_path):
