@@ -38,12 +38,15 @@ class NetCard:
         defaults: the keyword arguments ``seg-train`` builds it with (``conf/model/net/<name>.yaml`` holds
             the same; a test keeps the two equal), without ``in_channels``/``out_channels``.
         summary: one line for listings.
+        whole_volume: made for a whole volume resized to its input (the AGUNet paper's mode, ``data.mode:
+            resize``): where ``seg-plan`` trains whole cases at a coarser spacing, it resizes them instead.
     """
 
     width: Callable[[int, int], dict] | None
     export: str | None = None
     defaults: Mapping = field(default_factory=dict)
     summary: str = ""
+    whole_volume: bool = False
 
     def width_kwargs(self, base: int, levels: int) -> dict:
         if self.width is None:

@@ -80,6 +80,14 @@ def _data(plan: Plan, root: str) -> CommentedMap:
     whole = plan.whole_volume
     rows: list[tuple[str, object, str | None]] = [
         ("root", Quoted(root), None),
+        *(
+            [
+                ("mode", "resize", f"{plan.net} is made for whole volumes resized to its input (the paper's mode)"),
+                ("resize_shape", _flow(dc["resize_shape"]), "the median case at the plan's spacing, as the patch"),
+            ]
+            if dc.get("mode") == "resize"
+            else []
+        ),
         ("spacing", _flow(dc["spacing"]), r["spacing"] + (f"; {r['resolution']}" if "resolution" in r else "")),
         ("normalize", norm, r["normalize"]),
         ("patch_size", _flow(dc["patch_size"]), r["patch"]),

@@ -366,7 +366,10 @@ class Planner:
         """The ``SegDataModule`` keywords of the plan (what the training probe builds and the plan file writes)."""
         d = self.rules
         whole = _whole(c.patch, d.median)
+        # the paper's whole-volume mode, for the nets made for it, where the plan trains whole cases at low resolution
+        resize = whole and d.scale > 1 and net_card(self.request.net).whole_volume
         return {
+            **({"mode": "resize", "resize_shape": list(c.patch)} if resize else {}),
             "spacing": list(d.spacing),
             "normalize": dict(d.normalize),
             "patch_size": list(c.patch),
@@ -562,13 +565,14 @@ class Planner:
         forecast's range)."""
         s = self.settings
         measured: dict = {}  # candidate -> its TrainingCost
+        points: list[tuple[int, float]] = []  # (batch voxels, the data's cost) of each training probe
         for _ in range(s.calibration_rounds):
             tc = measured[c.candidate] = self._training_cost(c)
-            extra = max(0.0, tc.step_s + s.loop_overhead_s - self._same_hour_bare(c))
+            points.append((c.batch * math.prod(c.patch), tc.step_s + s.loop_overhead_s - self._same_hour_bare(c)))
             acct = self.budget(1, tc)
             inp = replace(
                 inp,
-                model=StepModel(extra / (c.batch * math.prod(c.patch)), s.step_overhead),
+                model=StepModel.fit(points, s.step_overhead),
                 train_time=lambda m, a=acct: replace(a, members=m).train_s,
             )
             new = search(self.steps, inp)

@@ -121,17 +121,25 @@ def test_whole_cases_at_the_datas_spacing_stay_at_full_resolution(synth_root, tm
     assert low.resolution == "low" and "(asked: --resolution low)" in low.reasons["resolution"]
 
 
-def test_a_low_resolution_plan_trains_and_predicts_on_the_inputs_grid(scans, tmp_path, capsys):
+@pytest.mark.parametrize("net", ["unet", "agunet"])
+def test_a_low_resolution_plan_trains_and_predicts_on_the_inputs_grid(scans, tmp_path, capsys, net):
     """The plan composes and trains a batch; seg-predict writes masks on each input's own grid (shape, affine),
-    each the argmax of the probabilities resampled to that grid (not labels resampled)."""
+    each the argmax of the probabilities resampled to that grid (not labels resampled). AGUNet, made for whole
+    volumes, gets the paper's mode instead: each case resized to the network's input (data.mode: resize)."""
     from seg.cli.args import plan_overrides
     from seg.cli.predict import main as predict
     from seg.run.train import train
     from tests.conftest import compose_train
 
-    low = _plan(scans, tmp_path, settings=LOW_OK)
+    low = _plan(scans, tmp_path, settings=LOW_OK, net=net)
+    assert low.resolution == "low" and low.whole_volume
     path = tmp_path / "low.yaml"
     path.write_text(plan_yaml(low, "x"))
+    data = yaml.safe_load(path.read_text())["data"]
+    if net == "agunet":
+        assert (data["mode"], data["resize_shape"]) == ("resize", low.patch) and "the paper's mode" in path.read_text()
+    else:
+        assert "mode" not in data and "resize_shape" not in data
     short = ["trainer.max_epochs=1", "+trainer.limit_train_batches=1", "+trainer.limit_val_batches=1"]
     short += ["~callbacks.rich_progress_bar", "data.num_workers=0", "trainer.precision=fp32", "ensemble.members=1"]
     r = train(compose_train(plan_overrides([f"plan={path}", *short]), tmp_path / "run"))

@@ -355,6 +355,7 @@ def unet(**kwargs) -> UNet:
             "upsample": "transpose",
         },
         summary="AGUNet: attention-gated skips, multi-scale input, deep supervision",
+        whole_volume=True,
     ),
 )
 def agunet(
@@ -381,6 +382,7 @@ def agunet(
             "upsample": "transpose",
         },
         summary="DAUNet: position + channel attention at the bottleneck",
+        whole_volume=True,
     ),
 )
 def daunet(
