@@ -565,14 +565,13 @@ class Planner:
         forecast's range)."""
         s = self.settings
         measured: dict = {}  # candidate -> its TrainingCost
-        points: list[tuple[int, float]] = []  # (batch voxels, the data's cost) of each training probe
         for _ in range(s.calibration_rounds):
             tc = measured[c.candidate] = self._training_cost(c)
-            points.append((c.batch * math.prod(c.patch), tc.step_s + s.loop_overhead_s - self._same_hour_bare(c)))
+            extra = max(0.0, tc.step_s + s.loop_overhead_s - self._same_hour_bare(c))
             acct = self.budget(1, tc)
             inp = replace(
                 inp,
-                model=StepModel.fit(points, s.step_overhead),
+                model=StepModel(extra / (c.batch * math.prod(c.patch)), s.step_overhead),
                 train_time=lambda m, a=acct: replace(a, members=m).train_s,
             )
             new = search(self.steps, inp)

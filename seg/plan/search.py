@@ -20,9 +20,8 @@ decision, as nnU-Net's planner has one step per decision; :func:`search` runs th
 A bare step is the median of ``bare_reps`` timed steps; a thinner net or a smaller patch measured slower than a
 wider or larger one is measured again, and then taken as no slower (noise, not the machine). A real training
 step costs more than the bare one (its batch is loaded, augmented and moved; the loop has its own cost):
-:class:`StepModel` adds the training probes' measured data cost (a cost a step from one probe, a line in the
-batch's voxels from two sizes), or, before it has measured one (and for an absent device), scales the bare step
-by ``step_overhead``. Every value named here is
+:class:`StepModel` adds the training probe's measured data cost per voxel of the batch, or, before it has
+measured one (and for an absent device), scales the bare step by ``step_overhead``. Every value named here is
 in ``seg.plan.settings``.
 """
 
@@ -46,39 +45,16 @@ StepTimer = Callable[[Candidate, int], float]
 
 @dataclass(frozen=True)
 class StepModel:
-    """A real training step from a bare one: plus ``data_s`` a step and ``data_s_per_voxel`` per voxel of the
-    batch (the training probes' measure, :meth:`fit`), or times ``step_overhead`` where nothing is measured
-    (``data_s`` None)."""
+    """A real training step from a bare one: plus ``data_s_per_voxel`` per voxel of the batch (the training
+    probe's measure), or times ``step_overhead`` where that is not measured (None)."""
 
-    data_s: float | None = None
-    data_s_per_voxel: float = 0.0
+    data_s_per_voxel: float | None = None
     step_overhead: float = SETTINGS.step_overhead
 
     def real(self, bare_s: float, cand: Candidate) -> float:
-        if self.data_s is None:
+        if self.data_s_per_voxel is None:
             return bare_s * self.step_overhead
-        return bare_s + self.data_s + self.data_s_per_voxel * cand.batch * math.prod(cand.patch)
-
-    @classmethod
-    def fit(cls, points: list[tuple[int, float]], step_overhead: float = SETTINGS.step_overhead) -> StepModel:
-        """The data's cost from the training probes' ``(batch voxels, real step less bare step)``: one probe
-        (or one size) gives a cost a step, the same for every patch; two sizes or more a line through them by
-        least squares, neither term below 0. Why a step's first: on the whole-scan proxy the device pipeline
-        alone took 14.6 ms a step at 24^3 and 17.4 ms at 48^3 (8x the voxels: the loaded case's cost, not the
-        patch's). Charged per voxel, each calibration round found a smaller patch cheaper than it then
-        measured and chose a smaller one again (4 training probes); a cost a step charges a smaller patch
-        too much, never too little, and the second probe's size gives the line."""
-        xs = [float(v) for v, _ in points]
-        ys = [max(0.0, e) for _, e in points]
-        mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
-        var = sum((x - mean_x) ** 2 for x in xs)
-        if var == 0:
-            return cls(mean_y, 0.0, step_overhead)
-        slope = max(0.0, sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / var)
-        a = mean_y - slope * mean_x
-        if a < 0:  # through the origin: all of it per voxel
-            return cls(0.0, sum(x * y for x, y in zip(xs, ys)) / sum(x * x for x in xs), step_overhead)
-        return cls(a, slope, step_overhead)
+        return bare_s + self.data_s_per_voxel * cand.batch * math.prod(cand.patch)
 
 
 @dataclass

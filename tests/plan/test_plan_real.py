@@ -9,7 +9,6 @@ runs on the synthetic data."""
 from __future__ import annotations
 
 import json
-import math
 
 import nibabel as nib
 import numpy as np
@@ -23,11 +22,10 @@ from seg.config import CONF_DIR
 from seg.data.datalist import load_dataset
 from seg.plan.planfile import plan_yaml
 from seg.plan.planner import make_plan
-from seg.plan.records import Candidate, TrainingCost
 from seg.plan.settings import SETTINGS
 from seg.run.train import train
 from tests.conftest import shared
-from tests.plan.conftest import modelled, modelled_step
+from tests.plan.conftest import modelled
 
 FAST = ["debug=fast_dev_run", "~callbacks.rich_progress_bar", "data.num_workers=0", "check_data=false"]
 FAST += ["trainer.precision=fp32"]  # a plan may pick bf16 on a CPU that has it; slow on one that has not
@@ -122,43 +120,3 @@ def test_patches_predictably_too_slow_are_not_probed(t1_dataset, tmp_path, monke
     probed = lambda plan: {tuple(p.patch) for p in plan.probes}  # noqa: E731
     # about half the probes (the fixed ones at the full patch, precision and memory format, count in both)
     assert probed(fast) < probed(every) and len(fast.probes) <= 0.55 * len(every.probes)
-
-
-@pytest.mark.parametrize("kind", ["a step", "a voxel"])
-def test_calibration_finds_the_data_cost_in_two_probes_whether_it_is_a_steps_or_a_voxels(t1_dataset, tmp_path, kind):
-    """Whole heads shrink the patch. A data cost a step (whole scans: the loaded case's, here 0.3 s) and one per
-    voxel (the tests' model machine): either way the second training probe's size gives the line, a third (if
-    any) confirms, and the plan's step, measured at its choice, buys the floor or the plan says it is short.
-    Charged per voxel, the a-step machine took each round to a smaller patch, measured a fourth and planned
-    3340 steps with no word of the floor."""
-    from tests.plan.conftest import CACHE_CASE_S, VAL_CASE_S
-
-    sizes = []
-
-    def training(root, ids, data, net, cand, levels, channels, device):
-        sizes.append(tuple(cand.patch))
-        bare = modelled_step(net, cand, levels, *channels, device)
-        data_s = 0.3 if kind == "a step" else 0.5e-6 * cand.batch * math.prod(cand.patch)
-        return TrainingCost(bare + data_s, VAL_CASE_S, CACHE_CASE_S)
-
-    m = modelled(training=training)
-    plan = make_plan(t1_dataset, budget="20m", instruments=m, cache=tmp_path / "fp.json", progress=False,
-                     resolution="full")  # fmt: skip
-    assert not plan.whole_volume and (plan.steps >= SETTINGS.min_steps) != ("short" in plan.reasons)
-    assert len(sizes) <= 3 and len(set(sizes)) == len(sizes), sizes
-
-
-def test_the_data_cost_is_a_steps_from_one_size_and_a_line_from_two():
-    from seg.plan.search import StepModel
-
-    c = Candidate(4, (32, 32, 32), 2, "fp32", True)
-    one = StepModel.fit([(100, 0.05)])
-    assert (one.data_s, one.data_s_per_voxel) == (0.05, 0.0) and one.real(0.1, c) == pytest.approx(0.15)
-    line = StepModel.fit([(1000, 0.03), (2000, 0.05)])
-    assert line.data_s == pytest.approx(0.01) and line.data_s_per_voxel == pytest.approx(2e-5)
-    voxel = StepModel.fit([(1000, 0.001), (2000, 0.004)])  # the line would cross 0: all of it per voxel
-    assert voxel.data_s == 0.0 and voxel.data_s_per_voxel == pytest.approx(9 / 5e6)
-    falling = StepModel.fit([(1000, 0.06), (2000, 0.04)])  # a larger patch measured cheaper: noise, a step's
-    assert falling.data_s == pytest.approx(0.05) and falling.data_s_per_voxel == 0.0
-    assert StepModel.fit([(1000, -0.01)]).data_s == 0.0  # a probe faster than its bare step: no data cost
-    assert StepModel(None, step_overhead=1.3).real(0.1, c) == pytest.approx(0.13)

@@ -229,7 +229,7 @@ def test_a_new_dataset_on_a_known_machine_sets_its_training_step_against_a_bare_
     real_search = search.search
 
     def spy(steps, inp):
-        seen.append(inp.model.data_s)
+        seen.append(inp.model.data_s_per_voxel)
         return real_search(steps, inp)
 
     def data_cost(factor, memory_on):
