@@ -35,15 +35,17 @@ def _oof_files_hold_the_final_weights_prediction_and_the_summary_scores_them(roo
     """README: cross-validation evaluates each fold's final weights on its validation cases. The out-of-fold
     probabilities are what the fold's final weights predict (not its best checkpoint's), the masks their argmax,
     and cv_summary.json scores those very masks."""
+    from seg.inference.bundle import WEIGHTS
+
     fold = run / "fold_0" / "model"
-    w = {c: torch.load(fold / "fold_0" / f, weights_only=True) for c, f in (("final", "weights.pt"),
-                                                                           ("best", "weights_best.pt"))}  # fmt: skip
+    w = {c: torch.load(fold / "fold_0" / f, weights_only=True) for c, f in WEIGHTS.items()}
     assert any(not torch.equal(w["final"][k], w["best"][k]) for k in w["final"])  # so the check tells them apart
     bundle, by_file = load_bundle(fold), {e["prediction_file"]: e for e in cs["metric_per_case"]}
+    predictors = {c: bundle.predictor(checkpoint=c) for c in WEIGHTS}
     for cid in splits[0]["val"][:2]:
         image = str(root / "imagesTr" / f"{cid}.nii.gz")
         saved = np.load(run / "fold_0" / "validation" / f"{cid}_prob.npz")["prob"].astype(np.float32)
-        p = {c: bundle.predictor(checkpoint=c).predict(image) for c in w}
+        p = {c: pr.predict(image) for c, pr in predictors.items()}
         gap = {c: float(np.abs(p[c].probabilities[1].numpy() - saved).max()) for c in p}
         assert gap["final"] < 1e-3 < gap["best"], gap  # float16 on disk: 5e-4 at most
         mask_file = run / "fold_0" / "validation" / f"{cid}.nii.gz"
