@@ -2,9 +2,8 @@
 
 Fingerprints the dataset, measures the cost of candidate widths and patches on this device (or estimates
 them for one that is not present), and writes an experiment config that ``seg-train plan=PLAN.yaml`` and
-``seg-kfold plan=PLAN.yaml`` take as is (command-line overrides win). The runner is
-:class:`seg.plan.planner.Planner`.
-"""
+``seg-kfold plan=PLAN.yaml`` take as is (command-line overrides win; ``--resolution cascade``: two, by
+:func:`~seg.plan.planner.plan_cascade`). The runner is :class:`seg.plan.planner.Planner`."""
 
 from __future__ import annotations
 
@@ -37,7 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="measure every probe again instead of reading the figures kept from earlier plans on this machine",
     )
-    p.add_argument("--resolution", choices=["auto", "full", "low"], default="auto", help="auto: by the rule")
+    p.add_argument(
+        "--resolution", choices=["auto", "full", "low", "cascade"], default="auto",
+        help="auto: by the rule; cascade: a low-resolution plan and a full-resolution one fed its probabilities",
+    )  # fmt: skip
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     from seg.cli.common import command
@@ -51,26 +53,34 @@ def _plan(a: argparse.Namespace, argv: list[str] | None) -> int:
     from seg.cli.common import setup_logging
     from seg.io import write_text
     from seg.plan.planfile import check_outputs, dataset_as, plan_table, plan_yaml
-    from seg.plan.planner import Planner, PlanRequest, parse_budget
+    from seg.plan.planner import Planner, PlanRequest, parse_budget, plan_cascade
     from seg.plan.settings import SETTINGS
 
     setup_logging()
     name = Path(a.dataset).resolve().name
     out = Path(a.output or f"outputs/plans/{name}_{a.net}_{a.budget.replace(':', '-')}.yaml")
     cache = Path(a.fingerprint) if a.fingerprint else out.with_suffix(".fingerprint.json")
-    check_outputs(Path(a.dataset), out, cache)
+    outs = [out, out.with_name(f"{out.stem}_fullres{out.suffix}")][: 2 if a.resolution == "cascade" else 1]
+    for o in outs:  # a cascade's second stage beside the first
+        check_outputs(Path(a.dataset), o, cache)
     device = "cuda" if a.device == "auto" and torch.cuda.is_available() else "cpu" if a.device == "auto" else a.device
     request = PlanRequest(
         root=Path(a.dataset), net=a.net, budget_s=parse_budget(a.budget), device=device, devices=a.devices,
         memory_gb=a.memory_gb, min_steps=SETTINGS.min_steps if a.min_steps is None else a.min_steps,
         reprobe=a.reprobe, cache=cache, progress=not a.quiet, resolution=a.resolution,
     )  # fmt: skip
-    plan = Planner(request).plan()
-    command = "seg-plan " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
-    write_text(out, plan_yaml(plan, command, dataset_as(plan.dataset), out.stem))
-    print(plan_table(plan))
+    run = f"outputs/{out.stem}_stage1"  # a cascade's first stage: a k-fold run, every fold's probabilities
+    plans = plan_cascade(request, run) if a.resolution == "cascade" else (Planner(request).plan(),)
+    command = "seg-plan " + " ".join(shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv))
+    for plan, path in zip(plans, outs):
+        write_text(path, plan_yaml(plan, command, dataset_as(plan.dataset), path.stem))
+        print(plan_table(plan))
     where = "" if device == "cpu" or torch.cuda.is_available() else f" (on a machine with {device.upper()})"
-    print(f"\nplan: {out}\nnext{where}: seg-train plan={out}")
+    if len(plans) == 2:
+        print(f"\nplans: {out} (first stage), {outs[1]} (second stage)\nnext{where}: seg-kfold plan={out} "
+              f"hydra.run.dir={run}\nthen: seg-kfold plan={outs[1]}  (data.previous_stage: {run})")  # fmt: skip
+    else:
+        print(f"\nplan: {out}\nnext{where}: seg-train plan={out}")
     return 0
 
 

@@ -59,7 +59,7 @@ def check_case(case: Case, spec: DatasetSpec) -> list[Problem]:
 
 def _image_spatial(path: str, data: np.ndarray, spec: DatasetSpec, out: list[Problem]) -> tuple | None:
     """The spatial shape of one channel file (None when its rank is unusable), its channel problems noted."""
-    n_ch = spec.in_channels
+    n_ch = len(spec.channel_names)
     if data.ndim == 4 and spec.channels_in_one_file:
         if data.shape[3] != n_ch:
             out.append(Problem("error", path, f"has {data.shape[3]} channels, dataset.json declares {n_ch}"))

@@ -34,10 +34,14 @@ class Case:
     case_id: str
     images: list[str]
     label: str | None = None
+    previous: str | None = None  # a cascade's previous stage: its foreground probabilities (seg.data.cascade)
 
     def as_dict(self) -> dict:
-        """MONAI dictionary form: ``image`` is one path, or a list of channel paths."""
+        """MONAI dictionary form: ``image`` is one path, or a list of channel paths; ``prev`` the previous
+        stage's probabilities of a cascade."""
         d: dict = {"case_id": self.case_id, "image": self.images[0] if len(self.images) == 1 else list(self.images)}
+        if self.previous is not None:
+            d["prev"] = self.previous
         if self.label is not None:
             d["label"] = self.label
         return d
@@ -53,10 +57,12 @@ class DatasetSpec:
     file_ending: str = ".nii.gz"
     channels_in_one_file: bool = False  # MSD multi-modal: one 4D file per case
     declared_cases: int | None = None  # dataset.json's numTraining, where it gives one
+    previous_channels: list[str] = field(default_factory=list)  # a cascade's: one per foreground label
 
     @property
     def in_channels(self) -> int:
-        return len(self.channel_names)
+        """The network's input channels: the images', then the previous stage's of a cascade."""
+        return len(self.channel_names) + len(self.previous_channels)
 
     @property
     def out_channels(self) -> int:

@@ -89,6 +89,8 @@ class SegDataModule(pl.LightningDataModule):
         splits_file: where the splits are read from (if present) or saved.
         pipeline: "workers" or "device" (see :class:`Pipeline`).
         allow_outside_root: read dataset.json entries that point outside ``root`` (refused by default).
+        previous_stage: a cascade's first stage: its finished seg-kfold run folder, whose out-of-fold probabilities
+            join each case's input channels (:mod:`seg.data.cascade`); None: no cascade.
         synthetic: ``{n, seed, shape, folder}``: generate the synthetic dataset into ``root`` if it is missing
             and ``root`` is ``folder`` (the project's own synthetic folder): a mistyped ``data.root`` is an
             error, not a place to fill with synthetic cases.
@@ -123,6 +125,7 @@ class SegDataModule(pl.LightningDataModule):
         synthetic: Mapping | None = None,
         pipeline: str = "workers",
         allow_outside_root: bool = False,
+        previous_stage: str | None = None,
     ) -> None:
         super().__init__()
         check_option("data.cache", cache, CacheMode)
@@ -151,6 +154,7 @@ class SegDataModule(pl.LightningDataModule):
         self.stratify, self.n_strata, self.group_regex = stratify, n_strata, group_regex
         self.splits_file = splits_file
         self.synthetic = dict(synthetic) if synthetic else None
+        self.previous_stage = str(previous_stage) if previous_stage else None
         self._spec: DatasetSpec | None = None
         self.train_ds = self.val_ds = None
         self.train_cases: list[str] = []
@@ -175,7 +179,12 @@ class SegDataModule(pl.LightningDataModule):
     @property
     def spec(self) -> DatasetSpec:
         if self._spec is None:
-            self._spec = load_dataset(self.root, self.allow_outside_root)
+            spec = load_dataset(self.root, self.allow_outside_root)
+            if self.previous_stage:
+                from seg.data.cascade import attach_previous_stage
+
+                spec = attach_previous_stage(spec, self.previous_stage)
+            self._spec = spec
         return self._spec
 
     @property

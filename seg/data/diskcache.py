@@ -5,7 +5,8 @@ MONAI's ``CacheDataset`` keeps every pre-processed case in RAM (a dataset larger
 the old tensors). This cache is what nnU-Net's preprocessed folder is, keyed by content:
 
 - one entry per case, named by a sha256 of the deterministic pre-processing (every option), the dataset's
-  label ids and channel names, the sampling pad (the patch) and the sha256 of every image and label file: a
+  label ids and channel names, the sampling pad (the patch) and the sha256 of every image and label file (and a
+  cascade's previous-stage file): a
   changed file or option is a new entry, built again; every fold, member and later run with the same key
   reads the same entry;
 - an entry is a folder of ``.npy`` files (``image``, ``label`` and, in patch mode, the positive/negative
@@ -52,7 +53,7 @@ def default_folder() -> Path:
 def case_key(item: dict, settings: dict) -> str:
     """The entry name of one case: the settings (pre-processing, labels, channels, pad) and its files' sha256."""
     files = item["image"] if isinstance(item["image"], list) else [item["image"]]
-    files = files + ([item["label"]] if item.get("label") else [])
+    files = files + [item[k] for k in ("label", "prev") if item.get(k)]
     text = json.dumps(
         {"format": FORMAT, "settings": settings, "files": [file_sha256(f) for f in files]}, sort_keys=True
     )

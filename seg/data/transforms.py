@@ -293,28 +293,33 @@ def deterministic_transforms(
     """
     mode = check_option("data.mode", mode, Mode)
     keys = ["image", "label"] if with_label else ["image"]
-    interp = ["bilinear", "nearest"][: len(keys)]
-    xs: list = [T.LoadImaged(keys=keys, image_only=True), T.EnsureChannelFirstd(keys=keys)]
+    # a cascade's previous-stage probabilities move with the image through every spatial step, are neither
+    # normalised nor a crop's source, and join the image's channels at the end (seg.data.cascade)
+    prev = ["prev"] if spec.previous_channels else []
+    space = keys + prev
+    interp = ["bilinear", "nearest"][: len(keys)] + ["bilinear"] * len(prev)
+    xs: list = [T.LoadImaged(keys=space, image_only=True), T.EnsureChannelFirstd(keys=space)]
     if with_label:
         xs += _label_map(spec)
     if orientation:
-        xs.append(T.Orientationd(keys=keys, axcodes=orientation, labels=None))
+        xs.append(T.Orientationd(keys=space, axcodes=orientation, labels=None))
     if spacing:
-        xs.append(T.Spacingd(keys=keys, pixdim=tuple(spacing), mode=interp, dtype=np.float32))
+        xs.append(T.Spacingd(keys=space, pixdim=tuple(spacing), mode=interp, dtype=np.float32))
     xs += normalize_transform(normalize or {"mode": "zscore"})
     crop = crop_mode(crop_foreground)
     if crop == "nonzero":
-        xs.append(T.CropForegroundd(keys=keys, source_key="image", allow_smaller=True))
+        xs.append(T.CropForegroundd(keys=space, source_key="image", allow_smaller=True))
     elif crop == "head":
         xs.append(
-            T.CropForegroundd(keys=keys, source_key="image", select_fn=HeadMask(head_threshold), allow_smaller=True)
+            T.CropForegroundd(keys=space, source_key="image", select_fn=HeadMask(head_threshold), allow_smaller=True)
         )
     if mode == "resize":
         if not resize_shape:
             raise UserError("data.mode=resize needs data.resize_shape")
-        xs.append(
-            T.Resized(keys=keys, spatial_size=tuple(resize_shape), mode=["trilinear", "nearest-exact"][: len(keys)])
-        )
+        sizing = ["trilinear", "nearest-exact"][: len(keys)] + ["trilinear"] * len(prev)
+        xs.append(T.Resized(keys=space, spatial_size=tuple(resize_shape), mode=sizing))
+    if prev:
+        xs += [T.ConcatItemsd(keys=["image", "prev"], name="image", dim=0), T.DeleteItemsd(keys="prev")]
     xs.append(T.EnsureTyped(keys="image", dtype="float32", track_meta=True))
     return xs
 

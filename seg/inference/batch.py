@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 class ProbabilityFormat(str, Enum):
     NONE = "none"
     NIFTI = "nifti"  # <case>_prob.nii.gz: float32, one channel per class (seg-predict --save-probabilities)
-    NPZ = "npz"  # <case>_prob.npz: float16 foreground of two-class models (the k-fold threshold scan)
+    NPZ = "npz"  # <case>_prob.npz: float16 foreground probabilities (the k-fold threshold scan, a cascade)
 
 
 @dataclass
@@ -97,8 +97,9 @@ def write_probabilities(pr: Prediction, path_stem: Path, fmt: str) -> None:
         prob = np.moveaxis(pr.probabilities.numpy(), 0, -1).astype(np.float32)
         img = on_grid_of(prob, pr.reference, np.float32)
         save_nifti(img, path_stem.with_name(path_stem.name + "_prob.nii.gz"))
-    elif fmt == ProbabilityFormat.NPZ and pr.probabilities.shape[0] == 2:
-        fg = pr.probabilities[1].numpy().astype(np.float16)
+    elif fmt == ProbabilityFormat.NPZ:  # two classes: [*S]; more: [K-1, *S] (a cascade's next stage reads both)
+        p = pr.probabilities
+        fg = (p[1] if p.shape[0] == 2 else p[1:]).numpy().astype(np.float16)
 
         def _w(tmp: str) -> None:
             with open(tmp, "wb") as f:

@@ -3,7 +3,8 @@
 ``model.yaml`` holds the network's registry name and kwargs, label ids and names, input channels, the
 pre-processing (its inverse is derived from it), patch/whole-volume mode, sliding-window settings, the
 probability threshold and the folds. Weights are plain state dicts, loaded with ``weights_only=True``.
-Nothing is pickled: moving a class breaks no bundle.
+Nothing is pickled: moving a class breaks no bundle. A cascade's second stage holds its first stage's bundle
+in ``previous/`` (``previous_stage``), so the folder still predicts by itself.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ MAX_LABEL_ID = 65535  # label maps are written as uint8 up to 255, uint16 up to 
 
 
 REQUIRED = ("net", "labels", "channel_names", "preprocessing", "folds")
+PREVIOUS = "previous"  # a cascade bundle's first stage: a bundle in this sub-folder
 
 
 def _load_error(e: BaseException) -> str:
@@ -103,6 +105,8 @@ class BundleMeta:
         postprocessing: what seg-predict does to each label map (decided by a k-fold run; none by default).
         mirror_axes: the axes training mirrored (its augmentation), the only ones ``--tta`` mirrors; None in
             bundles written before it was recorded (then all three, as before).
+        previous_stage: a cascade's second stage: the sub-folder (``previous``) holding the first stage's bundle,
+            whose foreground probabilities on the input's grid are the net's extra input channels; None: none.
         extra: further records kept as they are (``member_seeds``, ``cv``, ``export``, ...).
     """
 
@@ -118,6 +122,7 @@ class BundleMeta:
     mirror_axes: list[int] | None = None
     extra: dict = field(default_factory=dict)
     created: str = ""
+    previous_stage: str | None = None
 
     @classmethod
     def from_mapping(cls, meta: Mapping, path: Path) -> BundleMeta:
@@ -151,12 +156,15 @@ class BundleMeta:
             mirror = None if mirror is None else sorted(int(a) for a in mirror)
             if mirror is not None and not set(mirror) <= {0, 1, 2}:
                 raise ValueError(f"mirror_axes {mirror} must be axes 0, 1, 2")
+            previous = meta.get("previous_stage")
+            if previous not in (None, PREVIOUS):  # a fixed sub-folder: a model.yaml cannot point outside its bundle
+                raise ValueError(f"previous_stage {previous!r} is not {PREVIOUS!r} (the chained first stage's folder)")
         except (TypeError, ValueError, AttributeError) as e:  # seg's own refusals and plain ValueErrors read as said
             why = " ".join(str(e).split()) if isinstance(e, ValueError) else one_line(e)
             raise BundleError(f"{path}: {why}") from None
         _check_values(path, labels, meta, folds)
         known = set(REQUIRED) | {"format", "created", "inferer", "threshold", "members", "inverse", "postprocessing"}
-        known.add("mirror_axes")
+        known |= {"mirror_axes", "previous_stage"}
         return cls(
             net=dict(meta["net"]),
             labels=labels,
@@ -170,6 +178,7 @@ class BundleMeta:
             mirror_axes=mirror,
             extra={k: v for k, v in meta.items() if k not in known},
             created=str(meta.get("created") or ""),
+            previous_stage=previous,
         )
 
     def as_dict(self) -> dict:
@@ -188,6 +197,7 @@ class BundleMeta:
             **({"members": self.members} if self.members > 1 else {}),
             **({"postprocessing": self.postprocessing.as_dict()} if self.postprocessing else {}),
             **({"mirror_axes": list(self.mirror_axes)} if self.mirror_axes is not None else {}),
+            **({"previous_stage": self.previous_stage} if self.previous_stage else {}),
             **self.extra,
         }
 
@@ -197,7 +207,13 @@ class BundleMeta:
 
     @property
     def in_channels(self) -> int:
+        """The images a case gives (what seg-predict reads per case)."""
         return len(self.channel_names)
+
+    @property
+    def net_in_channels(self) -> int:
+        """The network's input channels: the images', then a cascade's previous-stage foreground channels."""
+        return len(self.channel_names) + (len(self.labels) - 1 if self.previous_stage else 0)
 
 
 def _check_values(path: Path, labels: dict, meta: Mapping, folds: list[int]) -> None:
@@ -279,6 +295,12 @@ class Bundle:
 
         inferer = self.inferer if overlap is None else replace(self.inferer, overlap=overlap)
         thr = None if threshold == "argmax" else threshold if threshold is not None else self.meta.threshold
+        previous = None
+        if self.meta.previous_stage:  # every fold of the first stage, its own settings; only its probabilities count
+            first = load_bundle(self.root / self.meta.previous_stage)
+            previous = first.predictor(
+                device=device, tta=tta, engine=engine, precision=precision, checkpoint=checkpoint, postprocess=False
+            )
         return Predictor(
             load_engine_nets(self, folds, engine, device, precision, checkpoint),
             self.labels,
@@ -291,6 +313,7 @@ class Bundle:
             threshold=thr if len(self.labels) == 2 else None,
             precision=precision,
             postprocessing=self.meta.postprocessing if postprocess else None,
+            previous=previous,
         )
 
     def check_folds(self, folds: Sequence[int] | None) -> list[int]:
@@ -324,7 +347,7 @@ class Bundle:
                 raise BundleError(f"{self.root / 'model.yaml'}: net {name!r} cannot be built ({one_line(e)})") from None
             check_state_fits(net, state, path, name)
             if not nets:  # what the weights predict must be what model.yaml's labels name
-                k = output_channels(net, self.meta.in_channels)
+                k = output_channels(net, self.meta.net_in_channels)
                 if k != len(self.labels):
                     raise BundleError(
                         f"{self.root / 'model.yaml'}: the net predicts {k} classes but labels names "
@@ -395,13 +418,19 @@ def export_run_bundle(
     mirror_axes: Sequence[int] | None = None,
     precision: str = "fp32",
     extra: Mapping | None = None,
+    previous: str | Path | None = None,
 ) -> Path:
     """Write fold ``fold``'s final weights (the network as training left it), its best checkpoint's weights
     beside them when there is one, and ``model.yaml``. The network's ``{name, kwargs}`` and the inferer spec
     come from the module's own hyper-parameters, so the bundle describes exactly what was trained; ``precision``
     (the training's, ``extra.precision``) is what ``seg-predict --precision auto`` starts from; ``extra``: more
-    records of the run (``seg.run.record``, ``seg.run.learned``), written with it."""
+    records of the run (``seg.run.record``, ``seg.run.learned``), written with it; ``previous``: a cascade's first
+    stage bundle, copied into ``previous/``."""
+    import shutil
+
     model_dir = Path(model_dir)
+    if previous is not None:
+        shutil.copytree(previous, model_dir / PREVIOUS, dirs_exist_ok=True)
     save_weights(final_state, model_dir / f"fold_{fold}" / WEIGHTS["final"])
     if best_ckpt is not None:
         save_weights(read_checkpoint(best_ckpt)[0], model_dir / f"fold_{fold}" / WEIGHTS["best"])
@@ -418,6 +447,7 @@ def export_run_bundle(
             "precision": Precision.parse(precision).value,
             **dict(extra or {}),
         },
+        previous_stage=PREVIOUS if previous is not None else None,
     )
     return write_bundle_meta(model_dir, meta)
 
@@ -435,6 +465,8 @@ def bundle_members(out: str | Path, fold: int, member_bundles: Sequence[Path], s
             if (Path(src) / f"fold_{fold}" / file).is_file():
                 shutil.copyfile(Path(src) / f"fold_{fold}" / file, d / file)
     meta = load_bundle(member_bundles[0]).meta
+    if meta.previous_stage:  # a cascade's second stage: its members share the chained first stage
+        shutil.copytree(Path(member_bundles[0]) / meta.previous_stage, out / meta.previous_stage, dirs_exist_ok=True)
     meta.members = len(member_bundles)
     meta.extra = {**meta.extra, "member_seeds": [int(s) for s in seeds]}
     meta.created = ""

@@ -247,7 +247,7 @@ def export_bundle(
     files: dict = {}
     for (k, d), net in zip(where, nets):
         path = root / d / FILES[fmt]
-        diff = export_fold(net, name, bundle.meta.in_channels, fmt, path, metadata)
+        diff = export_fold(net, name, bundle.meta.net_in_channels, fmt, path, metadata)
         figures[k] = max(figures.get(k, 0.0), diff)  # the worst member of the fold
         files[str(d)] = {
             "weights_sha256": file_sha256(root / d / WEIGHTS[checkpoint]),

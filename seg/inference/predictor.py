@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import itertools
 import logging
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -17,6 +19,7 @@ import torch
 from monai import transforms as T
 
 from seg.config import Precision
+from seg.data.cascade import previous_channel_names
 from seg.data.datalist import DatasetSpec
 from seg.data.inverse import invert_to_original
 from seg.data.postprocess import Postprocessing
@@ -70,6 +73,9 @@ class Predictor:
         precision: ``fp32``, or ``bf16`` (torch nets under bf16 autocast; softmax and the ensemble stay in
             fp32); ONNX Runtime nets run as they were exported.
         postprocessing: applied to the label map on the input's grid (see :mod:`seg.data.postprocess`).
+        previous: a cascade's first stage (a Predictor of the same labels): its foreground probabilities on the
+            input's grid join the image channels (:mod:`seg.data.cascade`); :meth:`predict` runs it unless the
+            case gives them as one more file (the k-fold run's out-of-fold files).
     """
 
     def __init__(
@@ -85,12 +91,15 @@ class Predictor:
         precision: str = "fp32",
         postprocessing: Postprocessing | None = None,
         mirror_axes: Sequence[int] | None = None,
+        previous: Predictor | None = None,
     ) -> None:
         self.device = torch.device(device)
+        self.previous = previous
         self.nets = [as_engine_net(n, self.device, precision) for n in nets]
         self.precision = precision
         self.label_ids = sorted(labels)
         self.spec = DatasetSpec(root=".", layout="msd", channel_names=list(channel_names), labels=dict(labels))
+        self.spec.previous_channels = previous_channel_names(labels) if previous is not None else []
         inferer = inferer or InfererSpec()
         if not isinstance(preprocessing, Preprocessing):  # a mapping may still name the patch (the window)
             inferer = inferer.for_data(preprocessing.get("mode", "patch"), preprocessing.get("patch_size"))
@@ -111,6 +120,8 @@ class Predictor:
     def precision(self, value: str) -> None:
         """fp32 or bf16 for every torch engine net (the bf16 check switches between the two)."""
         self._precision = Precision.parse(value).value
+        if getattr(self, "previous", None) is not None:
+            self.previous.precision = value
         for n in self.nets:
             if isinstance(n, TorchNet):
                 n.precision = self._precision
@@ -155,11 +166,27 @@ class Predictor:
             out[a:b] = lut[cls].numpy()
         return out
 
+    def _previous_stage(self, paths: list[str], out: Path) -> tuple[list[str], str]:
+        """A cascade's case: its images and the first stage's probabilities file (the case's last file where it
+        gives one more than the images, else the first stage's prediction written to ``out``)."""
+        n = len(self.spec.channel_names)
+        if len(paths) == n + 1:
+            return paths[:n], paths[n]
+        first = self.previous.predict(paths)
+        fg = first.probabilities[1:].numpy()
+        save_nifti(on_grid_of(fg[0] if len(fg) == 1 else np.moveaxis(fg, 0, -1), first.reference, np.float32), out)
+        return paths, str(out)
+
     def predict(self, image_paths: str | Sequence[str]) -> Prediction:
         """Predict one case from its channel file(s)."""
         t = {"start": time.perf_counter()}
         paths = [image_paths] if isinstance(image_paths, str) else list(image_paths)
-        data = self.transform({"image": paths[0] if len(paths) == 1 else paths})
+        with tempfile.TemporaryDirectory(prefix="seg-cascade-") as tmp:
+            item = {"image": paths[0]}
+            if self.previous is not None:
+                paths, item["prev"] = self._previous_stage(paths, Path(tmp) / "previous.nii")
+            item["image"] = paths[0] if len(paths) == 1 else paths
+            data = self.transform(item)
         image = data["image"]
         t["preprocess"] = time.perf_counter()
         prob = self.probabilities(image)

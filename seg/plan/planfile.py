@@ -111,6 +111,9 @@ def _data(plan: Plan, root: str) -> CommentedMap:
     ]
     if dc.get("cache") == "disk":
         rows.append(("cache", "disk", "each case pre-processed once, read memory-mapped: no case held in RAM"))
+    if "previous_stage" in dc:
+        why = "a cascade's first stage: its seg-kfold run folder (seg-kfold plan=FIRST hydra.run.dir=this), every fold"
+        rows.append(("previous_stage", dc["previous_stage"], why))
     if plan.folds < 5:
         rows.append(("num_folds", plan.folds, f"{plan.n_cases} cases: one validation case per fold"))
     rows.append(("augment", _map([("flip_axes", _flow(dc["augment"]["flip_axes"]), r["mirror"])]), None))

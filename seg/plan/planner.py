@@ -157,7 +157,8 @@ class PlanRequest:
         reprobe: measure every probe again instead of reading the probe memory.
         cache: the fingerprint cache.
         progress: a progress bar while fingerprinting.
-        resolution: "auto" (the low-resolution rule decides), "full" or "low".
+        resolution: "auto" (the low-resolution rule decides), "full" or "low"; "cascade" is two plans
+            (:func:`plan_cascade`), each planned as "low" and "full".
     """
 
     root: Path
@@ -173,7 +174,7 @@ class PlanRequest:
     resolution: str = "auto"
 
 
-RESOLUTIONS = ("auto", "full", "low")
+RESOLUTIONS = ("auto", "full", "low", "cascade")
 
 
 @dataclass
@@ -613,6 +614,29 @@ def make_plan(
     budget_s = budget if isinstance(budget, int) else parse_budget(budget, settings)
     req = PlanRequest(root=Path(root), net=net, budget_s=budget_s, device=device, **request)
     return Planner(req, instruments, settings).plan()
+
+
+def plan_cascade(
+    request: PlanRequest, first_run: str, instruments: Instruments | None = None, settings: Settings = SETTINGS
+) -> tuple[Plan, Plan]:
+    """``--resolution cascade`` (nnU-Net's ``3d_lowres`` then ``3d_cascade_fullres``): the first stage, planned as
+    ``--resolution low`` and run as a k-fold into ``first_run`` (its out-of-fold probabilities are the second
+    stage's input), and the second, planned as ``--resolution full`` with ``data.previous_stage: first_run``.
+    Each stage gets the whole budget a run. One line where the data has no low-resolution configuration: a
+    cascade of two full-resolution stages would only cost twice."""
+    low = Planner(replace(request, resolution="low"), instruments, settings).plan()
+    if low.resolution != "low":
+        why = low.reasons.get("resolution", "its spacing trains whole cases")
+        raise UserError(f"{low.dataset}: no cascade: {why}; plan --resolution full")
+    asked = "(asked: --resolution low)"
+    low.reasons["resolution"] = low.reasons["resolution"].replace(asked, "(asked: --resolution cascade, its first stage)")
+    full = Planner(replace(request, resolution="full"), instruments, settings).plan()
+    full.data["previous_stage"] = first_run
+    full.reasons["resolution"] = (
+        f"a cascade's second stage: full resolution, fed the first stage's probabilities "
+        f"({'x'.join(f'{x:g}' for x in low.spacing)} mm, whole cases)"
+    )
+    return low, full
 
 
 def _short(c: Choice, min_steps: int, s: Settings) -> bool:

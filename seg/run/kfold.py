@@ -56,7 +56,11 @@ def make_cv_splits(spec, cfg, path: Path) -> list:
 
 
 # what a fold's bundle records of its training: a finished fold must have trained with this run's values
-RESUME_KEYS = tuple(f"data.{f.name}" for f in dataclasses.fields(Preprocessing)) + ("model.net", "data.patch_size")
+RESUME_KEYS = tuple(f"data.{f.name}" for f in dataclasses.fields(Preprocessing)) + (
+    "model.net",
+    "data.patch_size",
+    "data.previous_stage",
+)
 
 
 def check_resume(cfg, spec, splits: list, splits_path: Path, run_dir: Path) -> None:
@@ -109,7 +113,10 @@ def predict_validation(
     bundle = load_bundle(result.model_bundle)
     dm = result.datamodule
     by_id = dm.spec.by_id()
-    cases = [InputCase(cid, list(by_id[cid].images), None, f"{cid}.nii.gz") for cid in dm.val_cases]
+    # a cascade's case gives its first stage's out-of-fold probabilities as one more file (not the chained
+    # first stage, whose every fold but one trained on the case)
+    files = {cid: list(c.images) + ([c.previous] if c.previous else []) for cid, c in by_id.items()}
+    cases = [InputCase(cid, files[cid], None, f"{cid}.nii.gz") for cid in dm.val_cases]
     probs = "npz" if save_probabilities else "none"
     opts = BatchOptions(probabilities=probs, case_json=False, summary_csv=False, progress_log=True)
     log.info("%s: out-of-fold prediction of %d validation cases", fold_dir.name, len(cases))
@@ -214,7 +221,10 @@ def kfold(cfg) -> dict:
     summary = evaluate_cv(run_dir, spec, finished, cfg.cv, trained)
     _draw_folds_progress(run_dir, finished)
     # every fold's bundle describes the same net, pre-processing and inferer: take the first's
-    meta = load_bundle(run_dir / f"fold_{finished[0]}" / "model").meta
+    first = run_dir / f"fold_{finished[0]}" / "model"
+    meta = load_bundle(first).meta
+    if meta.previous_stage:  # a cascade: the chained first stage goes with the folds' weights
+        shutil.copytree(first / meta.previous_stage, run_dir / "model" / meta.previous_stage, dirs_exist_ok=True)
     meta.folds, meta.threshold, meta.created = finished, summary.get("threshold"), ""
     checkpoint = str(cfg.cv.get("checkpoint") or "final")
     kept = ("weights", "precision", "labels_always")

@@ -460,6 +460,7 @@ def _finish(cfg, trainer: pl.Trainer, model, dm, out: Path, t0: float) -> TrainR
                 dm.augment.mirror_axes,
                 Precision.parse(cfg.trainer.get("precision") or "fp32").value,
                 records,
+                Path(dm.previous_stage).expanduser().resolve() / "model" if dm.previous_stage else None,
             ).parent
             metrics["model_bundle"] = str(bundle)
         write_text(out / "metrics.json", json.dumps(metrics, indent=2))

@@ -187,3 +187,34 @@ def test_flops_scaled_per_voxel_equal_the_counted_ones(net, tol):
         scaled = estimate.step_flops(net, Candidate(base, patch, batch, "bf16"), 5, 1, 2)
         counted = estimate._count_flops(net, base, 5, 1, 2, batch, patch)
         assert scaled == pytest.approx(counted, rel=tol, abs=0), (net, patch)
+
+
+def test_a_cascade_is_a_low_resolution_plan_and_a_full_resolution_one_fed_its_probabilities(scans, tmp_path):
+    from seg.config import UserError
+
+    req = planner.PlanRequest(root=scans, budget_s=1200, cache=tmp_path / "fp.json", progress=False)
+    low, full = planner.plan_cascade(replace(req, resolution="cascade"), "cv_low", modelled(), LOW_OK)
+    assert (low.resolution, full.resolution) == ("low", "full") and low.whole_volume and not full.whole_volume
+    assert "previous_stage" not in low.data and full.data["previous_stage"] == "cv_low"
+    assert full.reasons["resolution"].startswith("a cascade's second stage: full resolution, fed the first stage's")
+    text = plan_yaml(full, "x")
+    assert yaml.safe_load(text)["data"]["previous_stage"] == "cv_low"
+    assert "its seg-kfold run folder (seg-kfold plan=FIRST" in next(x for x in text.splitlines() if "previous_" in x)
+    # no low-resolution configuration (the label rule refuses every coarser spacing): no cascade, one line
+    with pytest.raises(UserError, match=r"no cascade: full resolution: at 1.25x .* plan --resolution full$"):
+        planner.plan_cascade(replace(req, resolution="cascade"), "cv_low", modelled(), SETTINGS)
+
+
+def test_seg_plan_resolution_cascade_writes_both_plans_and_says_how_to_run_them(scans, tmp_path, capsys, monkeypatch):
+    from seg.cli.plan import main
+
+    cascade = planner.plan_cascade
+    monkeypatch.setattr(planner, "plan_cascade", lambda r, run: cascade(r, run, modelled(), LOW_OK))
+    out = tmp_path / "p.yaml"
+    assert main([str(scans), "--resolution", "cascade", "-o", str(out), "-q", "--device", "cpu"]) == 0
+    first, second = yaml.safe_load(out.read_text()), yaml.safe_load((tmp_path / "p_fullres.yaml").read_text())
+    run = "outputs/p_stage1"
+    assert first["planned"]["resolution"] == "low" and second["data"]["previous_stage"] == run
+    printed = capsys.readouterr().out
+    assert f"next: seg-kfold plan={out} hydra.run.dir={run}\n" in printed
+    assert f"then: seg-kfold plan={tmp_path / 'p_fullres.yaml'}  (data.previous_stage: {run})" in printed
