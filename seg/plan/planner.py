@@ -159,6 +159,8 @@ class PlanRequest:
         progress: a progress bar while fingerprinting.
         resolution: "auto" (the low-resolution rule decides), "full" or "low"; "cascade" is two plans
             (:func:`plan_cascade`), each planned as "low" and "full".
+        extra_channels: a cascade's second stage: the first stage's channels, which the pipeline's memory counts
+            (the timed steps do not: they change the first convolution alone).
     """
 
     root: Path
@@ -172,6 +174,7 @@ class PlanRequest:
     cache: Path | None = None
     progress: bool = True
     resolution: str = "auto"
+    extra_channels: int = 0
 
 
 RESOLUTIONS = ("auto", "full", "low", "cascade")
@@ -401,7 +404,7 @@ class Planner:
         d, c, resolution_why = self._resolution(inp)
         self.rules, inp, timings = d, replace(inp, full_patch=d.full), []
         self.pipeline, pipeline_why = choose_pipeline(
-            d.full, d.voxels, d.channels, memory_gb, r.device, s.device_cache_share
+            d.full, d.voxels, d.channels + r.extra_channels, memory_gb, r.device, s.device_cache_share
         )
         acct = self.budget(c.members)
         if measured:
@@ -628,9 +631,10 @@ def plan_cascade(
     if low.resolution != "low":
         why = low.reasons.get("resolution", "its spacing trains whole cases")
         raise UserError(f"{low.dataset}: no cascade: {why}; plan --resolution full")
-    asked = "(asked: --resolution low)"
-    low.reasons["resolution"] = low.reasons["resolution"].replace(asked, "(asked: --resolution cascade, its first stage)")
-    full = Planner(replace(request, resolution="full"), instruments, settings).plan()
+    asked, said = "(asked: --resolution low)", "(asked: --resolution cascade, its first stage)"
+    low.reasons["resolution"] = low.reasons["resolution"].replace(asked, said)
+    extra = len(load_dataset(request.root).labels) - 1  # the first stage's foreground probabilities
+    full = Planner(replace(request, resolution="full", extra_channels=extra), instruments, settings).plan()
     full.data["previous_stage"] = first_run
     full.reasons["resolution"] = (
         f"a cascade's second stage: full resolution, fed the first stage's probabilities "

@@ -6,6 +6,7 @@ predicts on the input's own grid, its probabilities (not its labels) resampled."
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import replace
 
 import nibabel as nib
@@ -197,6 +198,10 @@ def test_a_cascade_is_a_low_resolution_plan_and_a_full_resolution_one_fed_its_pr
     assert (low.resolution, full.resolution) == ("low", "full") and low.whole_volume and not full.whole_volume
     assert "previous_stage" not in low.data and full.data["previous_stage"] == "cv_low"
     assert full.reasons["resolution"].startswith("a cascade's second stage: full resolution, fed the first stage's")
+    # the pipeline's memory counts the first stage's channel: image, previous, label, against image, label
+    plain = _plan(scans, tmp_path, settings=LOW_OK, resolution="full")
+    gb = [float(re.search(r"take ([0-9.]+) GB", p.reasons["pipeline"]).group(1)) for p in (full, plain)]
+    assert gb[0] == pytest.approx(gb[1] * 3 / 2, rel=0.02)
     text = plan_yaml(full, "x")
     assert yaml.safe_load(text)["data"]["previous_stage"] == "cv_low"
     assert "its seg-kfold run folder (seg-kfold plan=FIRST" in next(x for x in text.splitlines() if "previous_" in x)
