@@ -478,25 +478,28 @@ class Planner:
         t_full = self._estimated(finp, narrow)  # the machine's rate is measured against the data's spacing
         if r.resolution == "auto" and t_full <= need:
             return full, search(self.steps, finp), None
-        low = self._lowres(finp)
+        low = self._lowres(finp, asked=r.resolution == "low")
         if isinstance(low, str):
             return full, search(self.steps, finp), low
         dl, cl = low
         at = f"at {'x'.join(f'{x:g}' for x in dl.spacing)} mm ({dl.scale:g}x the data's spacing)"
-        if r.resolution == "low" or _whole(cl.patch, dl.median):
+        whole = _whole(cl.patch, dl.median)
+        if r.resolution == "low" or whole:
+            what = "whole cases" if whole else "patches (no spacing up to the coarsest trains whole cases)"
             why = (
                 f"low resolution: at the data's spacing a width-{narrow.base} step on whole cases "
                 f"({'x'.join(map(str, full.full))}) takes {t_full:.2f} s, over the {need:.3f} s the floor allows; "
-                f"{at} whole cases at width {cl.base}"
+                f"{at} {what} at width {cl.base}"
             )
             return dl, cl, why + (" (asked: --resolution low)" if r.resolution == "low" else "")
         c = search(self.steps, finp)
         return full, c, f"full resolution: {at} the plan would be {'x'.join(map(str, cl.patch))}, not whole cases"
 
-    def _lowres(self, inp: SearchInput) -> tuple[DataRules, Choice] | str:
+    def _lowres(self, inp: SearchInput, asked: bool = False) -> tuple[DataRules, Choice] | str:
         """The low-resolution configuration: the first of ``lowres_factors`` at which the cost model puts the
         narrowest width on whole resampled cases within the step the floor allows, planned as any spacing is;
-        or why there is none."""
+        where none does and low resolution was ``asked`` for (``--resolution low``, a cascade's first stage), the
+        coarsest factor with the patch its search finds; else why there is none."""
         s, need = self.settings, inp.floor_step_s
         for f in s.lowres_factors:
             dl = data_rules(self.spec, self.cases, scale=f)
@@ -509,6 +512,9 @@ class Planner:
             if self._estimated(inp, inp.narrowest(dl.full)) <= need:
                 return dl, search(self.steps, replace(inp, full_patch=dl.full))
         top = s.lowres_factors[-1]
+        if asked:  # every factor kept the smallest label's objects (above): the coarsest, in patches
+            dl = data_rules(self.spec, self.cases, scale=top)
+            return dl, search(self.steps, replace(inp, full_patch=dl.full))
         return f"full resolution: no spacing up to {top:g}x the data's trains whole cases at width {s.bases[0]}"
 
     def _estimated(self, inp: SearchInput, cand: Candidate) -> float:

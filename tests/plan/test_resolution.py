@@ -115,6 +115,19 @@ def test_low_resolution_is_refused_where_the_smallest_label_would_shrink_too_far
     assert "at 1.25x the data's spacing the smallest" not in at.reasons["resolution"]
 
 
+def test_low_resolution_asked_where_no_spacing_trains_whole_cases_takes_the_coarsest_in_patches(scans, tmp_path):
+    plan = _plan(scans, tmp_path, settings=LOW_OK, budget="2m", resolution="low")
+    auto = _plan(scans, tmp_path, settings=LOW_OK, budget="2m")
+    assert auto.resolution == "full"
+    assert "no spacing up to 2x the data's trains whole cases" in auto.reasons["resolution"]
+    assert plan.resolution == "low" and not plan.whole_volume
+    assert plan.spacing == pytest.approx([x * SETTINGS.lowres_factors[-1] for x in auto.spacing], rel=1e-3)
+    assert plan.reasons["resolution"].endswith(
+        "(2x the data's spacing) patches (no spacing up to the coarsest trains whole cases) at width 4 (asked: "
+        "--resolution low)"
+    )
+
+
 def test_whole_cases_at_the_datas_spacing_stay_at_full_resolution(synth_root, tmp_path):
     plan = _plan(synth_root, tmp_path, settings=LOW_OK)
     assert plan.resolution == "full" and plan.whole_volume and "resolution" not in plan.reasons
