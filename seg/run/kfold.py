@@ -33,7 +33,7 @@ from seg.inference.cases import InputCase
 from seg.io import write_text
 from seg.lit.progress import draw_combined
 from seg.run.checks import validate_config
-from seg.run.learned import learned_nothing, nothing_record
+from seg.run.learned import LEARNED_NOTHING_DICE, learned_nothing, nothing_record
 from seg.run.record import training_record
 from seg.run.train import prepare_data, train, training_device
 
@@ -236,19 +236,43 @@ def kfold(cfg) -> dict:
     if learned_nothing(dice):
         meta.extra["learned_nothing"] = nothing_record(dice, "fold-mean out-of-fold Dice")
         summary["learned_nothing"] = dice
+    # a fold that learned nothing where the mean did (where the mean did not, the run says so as a whole)
+    summary["folds_learned_nothing"] = [] if learned_nothing(dice) else dead_folds(summary, run_dir)
     write_bundle_meta(run_dir / "model", meta)
     summary["folds_run"] = records
     return summary
 
 
+def _fold_dice(summary: dict) -> dict[str, list[float]]:
+    """Each fold's out-of-fold Dice per foreground label (the labels it scored)."""
+    labels = [k for k in summary.get("labels", {}) if k != "0"]
+    out = {}
+    for k, f in summary.get("per_fold", {}).items():
+        v = [f["mean"][lab]["Dice"] for lab in labels if lab in f.get("mean", {})]
+        out[k] = [x for x in v if x is not None and not math.isnan(x)]
+    return out
+
+
 def fold_mean_dice(summary: dict) -> float | None:
     """The mean over folds and foreground labels of the out-of-fold Dice (what the closing line prints)."""
-    labels = [k for k in summary.get("labels", {}) if k != "0"]
-    v = [
-        f["mean"][lab]["Dice"]
-        for f in summary.get("per_fold", {}).values()
-        for lab in labels
-        if lab in f.get("mean", {})
-    ]
-    v = [x for x in v if x is not None and not math.isnan(x)]
+    v = [x for values in _fold_dice(summary).values() for x in values]
     return float(np.mean(v)) if v else None
+
+
+def dead_folds(summary: dict, run_dir: Path) -> list[int]:
+    """The folds whose own out-of-fold Dice says they learned nothing while the fold mean does not (one fold of a
+    short whole-scan run can stay all background): each said in a warning line, as their ensemble hides them."""
+    dead = []
+    for k, v in _fold_dice(summary).items():
+        if v and learned_nothing(float(np.mean(v))):
+            dead.append(int(k))
+            log.warning(
+                "fold %s learned nothing (its out-of-fold Dice %.4f < %s), though the fold mean did: the bundle "
+                "averages it with the others; remove %s and run the same command with another seed= or a longer "
+                "trainer.max_time",
+                k,
+                float(np.mean(v)),
+                LEARNED_NOTHING_DICE,
+                run_dir / f"fold_{k}",
+            )
+    return dead

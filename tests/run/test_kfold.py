@@ -61,6 +61,9 @@ def test_two_fold_cv_end_to_end_and_resume(synth_root, tmp_path):
     run = tmp_path / "cv"
     s = kfold(_cfg(synth_root, run))
     splits = json.loads((run / "splits.json").read_text())
+    # each fold that learned nothing is named, unless the whole run learned nothing and says so
+    dead = [int(k) for k, f in s["per_fold"].items() if f["foreground_mean"]["Dice"] < 0.05]
+    assert s["folds_learned_nothing"] == ([] if "learned_nothing" in s else dead)
     assert len(splits) == 2
     val_all = sorted(splits[0]["val"] + splits[1]["val"])
     assert val_all == sorted(p.name[:-7] for p in (synth_root / "labelsTr").iterdir())

@@ -85,3 +85,24 @@ def test_the_labels_every_training_case_holds_are_recorded(tmp_path):
     spec = DatasetSpec(str(tmp_path), "msd", ["T1"], {0: "bg", 1: "x", 2: "y"}, cases)
     assert labels_in_every_case(spec, ["a", "b", "c"]) == [1]
     assert labels_in_every_case(spec, ["a", "c"]) == [1, 2]
+
+
+def test_a_fold_that_learned_nothing_is_said_though_the_fold_mean_did(tmp_path, caplog):
+    """A short whole-scan k-fold ended with fold 0 all background (out-of-fold Dice 0) and fold 1 at 0.98: the
+    fold mean (0.49) passed the rule and the ensemble hid the dead fold; now a warning names it."""
+    from seg.run.kfold import dead_folds, fold_mean_dice
+
+    def summary(*dice):
+        return {
+            "labels": {"0": "background", "1": "a", "2": "b"},
+            "per_fold": {str(k): {"mean": {"1": {"Dice": d}, "2": {"Dice": d}}} for k, d in enumerate(dice)},
+        }
+
+    s = summary(0.0, 0.98, 0.0499)
+    assert fold_mean_dice(s) == pytest.approx((0.98 + 0.0499) / 3)
+    with caplog.at_level("WARNING", logger="seg.kfold"):
+        assert dead_folds(s, tmp_path) == [0, 2]
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2 and said[0].startswith("fold 0 learned nothing (its out-of-fold Dice 0.0000 < 0.05)")
+    assert f"remove {tmp_path / 'fold_0'} and run the same command with another seed=" in said[0]
+    assert dead_folds(summary(0.05, 0.9), tmp_path) == []  # 0.05 is not under the line
