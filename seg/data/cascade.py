@@ -102,7 +102,13 @@ def as_nifti(npz: Path, reference: str, folder: Path) -> Path:
             f"{npz}: probabilities of shape {list(spatial)}, but the case's image {reference} is "
             f"{list(ref.shape[:3])}: the first stage was run on other images"
         )
-    data = prob if prob.ndim == 3 else np.moveaxis(prob, 0, -1)
     folder.mkdir(parents=True, exist_ok=True)
-    save_nifti(on_grid_of(data, ref, np.float32), out)
+    save_nifti(probabilities_image(prob, ref), out)
     return out
+
+
+def probabilities_image(prob: np.ndarray, reference: nib.Nifti1Image) -> nib.Nifti1Image:
+    """Foreground probabilities (``[*S]``, or ``[K-1, *S]``) as the float32 image a second stage reads beside
+    ``reference``: on its grid, one channel per foreground label in the last axis (3D for one label)."""
+    prob = prob[0] if prob.ndim == 4 and len(prob) == 1 else prob
+    return on_grid_of(prob if prob.ndim == 3 else np.moveaxis(prob, 0, -1), reference, np.float32)

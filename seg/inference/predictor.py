@@ -19,7 +19,7 @@ import torch
 from monai import transforms as T
 
 from seg.config import Precision
-from seg.data.cascade import previous_channel_names
+from seg.data.cascade import previous_channel_names, probabilities_image
 from seg.data.datalist import DatasetSpec
 from seg.data.inverse import invert_to_original
 from seg.data.postprocess import Postprocessing
@@ -120,7 +120,7 @@ class Predictor:
     def precision(self, value: str) -> None:
         """fp32 or bf16 for every torch engine net (the bf16 check switches between the two)."""
         self._precision = Precision.parse(value).value
-        if getattr(self, "previous", None) is not None:
+        if self.previous is not None:
             self.previous.precision = value
         for n in self.nets:
             if isinstance(n, TorchNet):
@@ -173,8 +173,7 @@ class Predictor:
         if len(paths) == n + 1:
             return paths[:n], paths[n]
         first = self.previous.predict(paths)
-        fg = first.probabilities[1:].numpy()
-        save_nifti(on_grid_of(fg[0] if len(fg) == 1 else np.moveaxis(fg, 0, -1), first.reference, np.float32), out)
+        save_nifti(probabilities_image(first.probabilities[1:].numpy(), first.reference), out)
         return paths, str(out)
 
     def predict(self, image_paths: str | Sequence[str]) -> Prediction:

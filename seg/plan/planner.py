@@ -178,6 +178,8 @@ class PlanRequest:
 
 
 RESOLUTIONS = ("auto", "full", "low", "cascade")
+# the requests that ask for low resolution (a plan made with "cascade" is a cascade's first stage), as said
+ASKED_LOW = {"low": "--resolution low", "cascade": "--resolution cascade, its first stage"}
 
 
 @dataclass
@@ -478,20 +480,21 @@ class Planner:
         t_full = self._estimated(finp, narrow)  # the machine's rate is measured against the data's spacing
         if r.resolution == "auto" and t_full <= need:
             return full, search(self.steps, finp), None
-        low = self._lowres(finp, asked=r.resolution == "low")
+        asked = ASKED_LOW.get(r.resolution)  # low resolution asked for: the flag's words in the reason
+        low = self._lowres(finp, asked=asked is not None)
         if isinstance(low, str):
             return full, search(self.steps, finp), low
         dl, cl = low
         at = f"at {'x'.join(f'{x:g}' for x in dl.spacing)} mm ({dl.scale:g}x the data's spacing)"
         whole = _whole(cl.patch, dl.median)
-        if r.resolution == "low" or whole:
+        if asked or whole:
             what = "whole cases" if whole else "patches (no spacing up to the coarsest trains whole cases)"
             why = (
                 f"low resolution: at the data's spacing a width-{narrow.base} step on whole cases "
                 f"({'x'.join(map(str, full.full))}) takes {t_full:.2f} s, over the {need:.3f} s the floor allows; "
                 f"{at} {what} at width {cl.base}"
             )
-            return dl, cl, why + (" (asked: --resolution low)" if r.resolution == "low" else "")
+            return dl, cl, why + (f" (asked: {asked})" if asked else "")
         c = search(self.steps, finp)
         return full, c, f"full resolution: {at} the plan would be {'x'.join(map(str, cl.patch))}, not whole cases"
 
@@ -633,18 +636,16 @@ def plan_cascade(
     stage's input), and the second, planned as ``--resolution full`` with ``data.previous_stage: first_run``.
     Each stage gets the whole budget a run. One line where the data has no low-resolution configuration: a
     cascade of two full-resolution stages would only cost twice."""
-    low = Planner(replace(request, resolution="low"), instruments, settings).plan()
+    low = Planner(replace(request, resolution="cascade"), instruments, settings).plan()  # the first stage
     if low.resolution != "low":
         why = low.reasons.get("resolution", "its spacing trains whole cases")
         raise UserError(f"{low.dataset}: no cascade: {why}; plan --resolution full")
-    asked, said = "(asked: --resolution low)", "(asked: --resolution cascade, its first stage)"
-    low.reasons["resolution"] = low.reasons["resolution"].replace(asked, said)
     extra = len(load_dataset(request.root).labels) - 1  # the first stage's foreground probabilities
     full = Planner(replace(request, resolution="full", extra_channels=extra), instruments, settings).plan()
     full.data["previous_stage"] = first_run
     full.reasons["resolution"] = (
         f"a cascade's second stage: full resolution, fed the first stage's probabilities "
-        f"({'x'.join(f'{x:g}' for x in low.spacing)} mm, whole cases)"
+        f"({'x'.join(f'{x:g}' for x in low.spacing)} mm, {'whole cases' if low.whole_volume else 'patches'})"
     )
     return low, full
 
