@@ -320,6 +320,24 @@ def _whole(patch: list[int], median: list[int]) -> bool:
     return all(p >= m for p, m in zip(patch, median))
 
 
+def _at(d: DataRules) -> str:
+    """``at 2.08x2.78x4.55 mm (2x the data's spacing)``."""
+    return f"at {'x'.join(f'{x:g}' for x in d.spacing)} mm ({d.scale:g}x the data's spacing)"
+
+
+def _short_why(c: Choice, low: DataRules, min_steps: int) -> str:
+    """Why a plan short of the floor at the data's spacing takes the coarsest spacing (``_short``)."""
+    return (
+        f"low resolution: at the data's spacing the plan is short of the floor ({c.steps} of {min_steps} steps at "
+        f"width {c.base}, {_x(c.patch)}); {_at(low)} a patch covers {low.scale**3:g}x the volume"
+    )
+
+
+def _x(shape) -> str:
+    """``40x40x48``."""
+    return "x".join(map(str, shape))
+
+
 def choose_pipeline(
     full: list[int], voxels: list[int], channels: int, memory_gb: float, device: str, share: float
 ) -> tuple[str, str]:
@@ -403,14 +421,12 @@ class Planner:
         self.mem = ProbeMemory(r.device, busy=load.busy, reprobe=r.reprobe, on=measured)
         self.steps = BareSteps(self._timer(measured), r.net, s.monotone_slack)
         inp = self._search_input(measured, memory_gb)
-        d, c, resolution_why = self._resolution(inp)
-        self.rules, inp, timings = d, replace(inp, full_patch=d.full), []
-        self.pipeline, pipeline_why = choose_pipeline(
-            d.full, d.voxels, d.channels + r.extra_channels, memory_gb, r.device, s.device_cache_share
-        )
-        acct = self.budget(c.members)
-        if measured:
-            c, acct, inp, timings = self._calibrate(c, inp)
+        d, c, resolution_why, low = self._resolution(inp)
+        c, acct, inp, timings, pipeline_why = self._settle(d, c, inp, memory_gb)
+        if low is not None and _short(c, r.min_steps, s):  # short of the floor at full resolution: context first
+            resolution_why = _short_why(c, low, r.min_steps)
+            d, c = low, search(self.steps, replace(inp, full_patch=low.full))
+            c, acct, inp, timings, pipeline_why = self._settle(d, c, inp, memory_gb)
         reasons = {**d.reasons, **c.reasons, "pipeline": pipeline_why}
         if resolution_why:
             reasons["resolution"] = resolution_why
@@ -449,6 +465,19 @@ class Planner:
             reasons=reasons,
         )
 
+    def _settle(self, d: DataRules, c: Choice, inp: SearchInput, memory_gb: float):
+        """The pipeline for ``d``, the budget and (where steps are timed) the training probes of ``c``: the choice,
+        its budget, the last search input, the kept timings and the pipeline's reason."""
+        r, s = self.request, self.settings
+        self.rules, inp, timings = d, replace(inp, full_patch=d.full), []
+        self.pipeline, pipeline_why = choose_pipeline(
+            d.full, d.voxels, d.channels + r.extra_channels, memory_gb, r.device, s.device_cache_share
+        )
+        acct = self.budget(c.members)
+        if inp.measured:
+            c, acct, inp, timings = self._calibrate(c, inp)
+        return c, acct, inp, timings, pipeline_why
+
     def _search_input(self, measured: bool, memory_gb: float) -> SearchInput:
         """The search's inputs before the training probe (its ``full_patch`` is set per resolution)."""
         r, s = self.request, self.settings
@@ -466,43 +495,50 @@ class Planner:
         r, spec = self.request, self.spec
         return lambda cand, levels: estimate_step(r.net, cand, levels, spec.in_channels, spec.out_channels, r.device)
 
-    def _resolution(self, inp: SearchInput) -> tuple[DataRules, Choice, str | None]:
+    def _resolution(self, inp: SearchInput) -> tuple[DataRules, Choice, str | None, DataRules | None]:
         """Full or low resolution (docs/planning.md, "Resolution"): the data's spacing, unless the narrowest width
-        cannot train whole cases there in the budget and a coarser spacing (``lowres_factors``) can, without making
-        the smallest label's median object smaller than ``lowres_min_label_voxels``. Returns the data rules, the
+        cannot train whole cases there in the budget and a coarser spacing (``lowres_factors``) can, or the plan at
+        the data's spacing is short of the step floor (then the coarsest factor, in patches), without making the
+        smallest label's median object smaller than ``lowres_min_label_voxels``. Returns the data rules, the
         choice and why (None where the data's spacing trains whole cases)."""
         r = self.request
         full = data_rules(self.spec, self.cases)
         finp = replace(inp, full_patch=full.full)
         if r.resolution == "full":
-            return full, search(self.steps, finp), None
+            return full, search(self.steps, finp), None, None
         narrow, need = finp.narrowest(full.full), finp.floor_step_s
         t_full = self._estimated(finp, narrow)  # the machine's rate is measured against the data's spacing
         if r.resolution == "auto" and t_full <= need:
-            return full, search(self.steps, finp), None
+            return full, search(self.steps, finp), None, None
         asked = ASKED_LOW.get(r.resolution)  # low resolution asked for: the flag's words in the reason
-        low = self._lowres(finp, asked=asked is not None)
+        low = self._lowres(finp)
         if isinstance(low, str):
-            return full, search(self.steps, finp), low
-        dl, cl = low
-        at = f"at {'x'.join(f'{x:g}' for x in dl.spacing)} mm ({dl.scale:g}x the data's spacing)"
-        whole = _whole(cl.patch, dl.median)
-        if asked or whole:
-            what = "whole cases" if whole else "patches (no spacing up to the coarsest trains whole cases)"
+            return full, search(self.steps, finp), low, None
+        dl, fits = low
+        at = _at(dl)
+        if fits or asked:
+            cl = search(self.steps, replace(finp, full_patch=dl.full))
+            whole = _whole(cl.patch, dl.median)
+            if asked or whole:
+                what = "whole cases" if whole else "patches (no spacing up to the coarsest trains whole cases)"
+                why = (
+                    f"low resolution: at the data's spacing a width-{narrow.base} step on whole cases "
+                    f"({_x(full.full)}) takes {t_full:.2f} s, over the {need:.3f} s the floor allows; "
+                    f"{at} {what} at width {cl.base}"
+                )
+                return dl, cl, why + (f" (asked: {asked})" if asked else ""), None
+            why = f"full resolution: {at} the plan would be {_x(cl.patch)}, not whole cases"
+        else:
             why = (
-                f"low resolution: at the data's spacing a width-{narrow.base} step on whole cases "
-                f"({'x'.join(map(str, full.full))}) takes {t_full:.2f} s, over the {need:.3f} s the floor allows; "
-                f"{at} {what} at width {cl.base}"
+                f"full resolution: no spacing up to {dl.scale:g}x the data's trains whole cases at width {narrow.base}"
             )
-            return dl, cl, why + (f" (asked: {asked})" if asked else "")
-        c = search(self.steps, finp)
-        return full, c, f"full resolution: {at} the plan would be {'x'.join(map(str, cl.patch))}, not whole cases"
+        return full, search(self.steps, finp), why, dl  # dl: where the plan at full resolution is short of the floor
 
-    def _lowres(self, inp: SearchInput, asked: bool = False) -> tuple[DataRules, Choice] | str:
-        """The low-resolution configuration: the first of ``lowres_factors`` at which the cost model puts the
-        narrowest width on whole resampled cases within the step the floor allows, planned as any spacing is;
-        where none does and low resolution was ``asked`` for (``--resolution low``, a cascade's first stage), the
-        coarsest factor with the patch its search finds; else why there is none."""
+    def _lowres(self, inp: SearchInput) -> tuple[DataRules, bool] | str:
+        """The low-resolution spacing: the first of ``lowres_factors`` at which the cost model puts the narrowest
+        width on whole resampled cases within the step the floor allows (with True), else the coarsest (with
+        False); or why there is none (a factor would shrink the smallest label's median object below
+        ``lowres_min_label_voxels``)."""
         s, need = self.settings, inp.floor_step_s
         for f in s.lowres_factors:
             dl = data_rules(self.spec, self.cases, scale=f)
@@ -513,12 +549,8 @@ class Planner:
                     f"{small:.0f} voxels (fewer than {s.lowres_min_label_voxels})"
                 )
             if self._estimated(inp, inp.narrowest(dl.full)) <= need:
-                return dl, search(self.steps, replace(inp, full_patch=dl.full))
-        top = s.lowres_factors[-1]
-        if asked:  # every factor kept the smallest label's objects (above): the coarsest, in patches
-            dl = data_rules(self.spec, self.cases, scale=top)
-            return dl, search(self.steps, replace(inp, full_patch=dl.full))
-        return f"full resolution: no spacing up to {top:g}x the data's trains whole cases at width {s.bases[0]}"
+                return dl, True
+        return dl, False
 
     def _estimated(self, inp: SearchInput, cand: Candidate) -> float:
         """A real step of ``cand`` from the cost model (measured rate) or, for an absent device, the estimate."""

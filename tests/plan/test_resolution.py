@@ -128,6 +128,25 @@ def test_low_resolution_asked_where_no_spacing_trains_whole_cases_takes_the_coar
     )
 
 
+def test_a_full_resolution_plan_short_of_the_floor_takes_the_coarsest_spacing_in_patches(scans, tmp_path):
+    """At 1 minute the plan at the data's spacing ends short of the floor (width 4, the smallest patch: on the
+    whole-scan proxy at 4 minutes such a plan learned nothing): ``auto`` takes the coarsest factor, whose patch
+    covers 8x the volume; at 2 minutes the full-resolution plan buys the floor and stays."""
+    short = _plan(scans, tmp_path, settings=LOW_OK, budget="1m")
+    full = _plan(scans, tmp_path, settings=LOW_OK, budget="1m", resolution="full")
+    assert full.resolution == "full" and "short" in full.reasons
+    assert short.resolution == "low" and not short.whole_volume
+    assert short.spacing == pytest.approx([x * SETTINGS.lowres_factors[-1] for x in full.spacing], rel=1e-3)
+    assert short.reasons["resolution"] == (
+        f"low resolution: at the data's spacing the plan is short of the floor ({full.steps} of 4000 steps at width "
+        f"4, {'x'.join(map(str, full.patch))}); at {'x'.join(f'{x:g}' for x in short.spacing)} mm (2x the data's "
+        "spacing) a patch covers 8x the volume"
+    )
+    assert _plan(scans, tmp_path, settings=LOW_OK, budget="2m").resolution == "full"  # buys the floor
+    labels = _plan(scans, tmp_path, budget="1m")  # the label rule still keeps small lesions at full resolution
+    assert labels.resolution == "full" and "smallest label's median object" in labels.reasons["resolution"]
+
+
 def test_whole_cases_at_the_datas_spacing_stay_at_full_resolution(synth_root, tmp_path):
     plan = _plan(synth_root, tmp_path, settings=LOW_OK)
     assert plan.resolution == "full" and plan.whole_volume and "resolution" not in plan.reasons
