@@ -94,3 +94,91 @@ def test_off_a_terminal_the_console_gets_progress_lines_once_a_minute(tmp_path, 
     shown = pipe.stream.getvalue().splitlines()
     assert shown == ["epoch 0", "epoch 60", "epoch 120", "not a progress line"]
     assert len((tmp_path / "train.log").read_text().splitlines()) == 151
+
+
+class _Clock:
+    now = 1000.0
+
+
+def _late(monkeypatch, *, left, last_pass, due=True, should_stop=False):
+    """A trainer at a time-based periodic validation (due or not) with ``left`` seconds of max_time left."""
+    from types import SimpleNamespace
+
+    from pytorch_lightning.callbacks import Timer
+
+    from seg.lit import callbacks
+
+    class _Timer(Timer):
+        def time_remaining(self, stage="train"):
+            return left
+
+    monkeypatch.setattr(callbacks.time, "monotonic", lambda: _Clock.now)
+    trainer = SimpleNamespace(
+        _val_check_time_interval=60.0, _last_val_time=_Clock.now - (61.0 if due else 59.0),
+        should_stop=should_stop, sanity_checking=False, callbacks=[_Timer(duration="00:00:10:00")],
+    )  # fmt: skip
+    cb = callbacks.LateValidation(margin_s=30)
+    cb.last_pass_s = last_pass
+    before = trainer._last_val_time
+    cb.on_train_batch_end(trainer, None, None, None, 0)
+    return trainer._last_val_time != before, trainer._last_val_time
+
+
+@pytest.mark.parametrize(
+    "left, last_pass, due, stop, skipped",
+    [
+        (14.0, 40.0, True, False, True),  # the proxy's run: 14 s left, the last pass took 40 s
+        (69.0, 40.0, True, False, True),  # under the last pass plus the 30-s margin
+        (71.0, 40.0, True, False, False),  # over it: the pass runs
+        (14.0, None, True, False, False),  # no pass measured yet: the plan's spacing stands
+        (14.0, 40.0, False, False, False),  # not due
+        (14.0, 40.0, True, True, False),  # stopping: the final validation is Lightning's, untouched
+    ],
+)
+def test_a_periodic_validation_that_would_run_past_max_time_is_skipped(
+    monkeypatch, left, last_pass, due, stop, skipped
+):
+    moved, last = _late(monkeypatch, left=left, last_pass=last_pass, due=due, should_stop=stop)
+    assert moved is skipped
+    if skipped:  # not due again before max_time
+        assert last == _Clock.now + left
+
+
+def test_late_validation_reads_lightnings_time_based_schedule(tmp_path):
+    """The attributes LateValidation reads exist in this Lightning (2.6): a real fit with a time-based
+    ``val_check_interval`` sets them and measures a pass; the default config's margin is the planner's
+    ``validation_margin_s``."""
+    import datetime
+    import pytorch_lightning as pl
+    import torch
+    import yaml
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from seg.lit.callbacks import LateValidation
+    from seg.plan.settings import SETTINGS
+
+    class Tiny(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, i):
+            return self.lin(batch[0]).sum()
+
+        def validation_step(self, batch, i):
+            self.log("v", self.lin(batch[0]).sum())
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = DataLoader(TensorDataset(torch.randn(4, 2)), batch_size=2)
+    cb = LateValidation()
+    trainer = pl.Trainer(
+        max_epochs=1, val_check_interval=datetime.timedelta(microseconds=1), max_time="00:00:10:00", logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[cb],
+    )  # fmt: skip
+    trainer.fit(Tiny(), data, data)
+    assert trainer._val_check_time_interval == 1e-6 and isinstance(trainer._last_val_time, float)
+    assert cb.last_pass_s is not None and cb.last_pass_s >= 0  # a periodic validation, measured
+    conf = yaml.safe_load(open("conf/callbacks/default.yaml"))["late_validation"]
+    assert conf == {"_target_": "seg.lit.callbacks.LateValidation", "margin_s": SETTINGS.validation_margin_s}
