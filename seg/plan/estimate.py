@@ -25,24 +25,25 @@ COST_TABLE = {
 def step_flops(net: str, cand: Candidate, levels: int, in_ch: int, out_ch: int) -> float:
     """FLOPs of one training step (forward + backward), counted on the meta device.
 
-    Convolutions' FLOPs are linear in the output voxels once every level is at least 4 voxels a side (below
-    that the counted backward is not), so where every patch axis is a multiple of the deepest level's stride
-    and at least 4 of them, the count is one counted per-voxel figure of the net (cached) times the patch's
-    voxels and the batch: the same number for unet and agunet, within 0.2 % for daunet
-    (``tests/plan/test_resolution.py``), without a 0.1-0.3-s meta forward and backward per candidate (7.6 s of a
-    whole-scan plan)."""
+    Convolutions' FLOPs are linear in the output voxels once every level is at least 3 voxels a side (at 2 the
+    counted figure is 1-17 % above the linear one), so where every patch axis is a multiple of the deepest
+    level's stride and at least 3 of them, the count is one counted per-voxel figure of the net (cached) times
+    the patch's voxels and the batch: the same number for unet and agunet, within 0.2 % for daunet
+    (``tests/plan/test_resolution.py``), without a 0.2-0.4-s meta forward and backward per candidate; the
+    others are counted once each (cached: a whole-scan plan asks for its full patch at every resolution)."""
     stride = 2 ** (levels - 1)
-    if all(p % stride == 0 and p >= 4 * stride for p in cand.patch):
+    if all(p % stride == 0 and p >= 3 * stride for p in cand.patch):
         return _flops_per_voxel(net, cand.base, levels, in_ch, out_ch, stride) * cand.batch * math.prod(cand.patch)
     return _count_flops(net, cand.base, levels, in_ch, out_ch, cand.batch, tuple(cand.patch))
 
 
 @functools.lru_cache(maxsize=256)
 def _flops_per_voxel(net: str, base: int, levels: int, in_ch: int, out_ch: int, stride: int) -> float:
-    edge = 4 * stride  # the smallest patch whose deepest level is 4 voxels a side
+    edge = 4 * stride  # a patch whose deepest level is 4 voxels a side
     return _count_flops(net, base, levels, in_ch, out_ch, 1, (edge,) * 3) / edge**3
 
 
+@functools.lru_cache(maxsize=256)
 def _count_flops(net: str, base: int, levels: int, in_ch: int, out_ch: int, batch: int, patch: tuple) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 

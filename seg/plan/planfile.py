@@ -126,6 +126,8 @@ def _forecast_comment(plan: Plan) -> str:
     if not plan.measured:
         return f"estimated{each}"
     n = plan.timings
+    if n == 0:  # seg.plan.planner.Planner._calibrate: a neighbour's training probe stands for the step's own
+        return f"a forecast{each}: the step modelled from a neighbouring patch's training probe (see net.filters)"
     return (
         f"a forecast{each}: the median of {n} kept timing{'s' if n != 1 else ''} of the step; steps_range their range"
     )

@@ -320,6 +320,19 @@ def _whole(patch: list[int], median: list[int]) -> bool:
     return all(p >= m for p, m in zip(patch, median))
 
 
+def _near(cand: Candidate, measured: dict, within: float) -> Candidate | None:
+    """The probed candidate nearest ``cand`` in batch voxels, of the same width, precision and layout, where
+    their voxels are within ``within`` times each other (None where none is)."""
+    same = [
+        m for m in measured
+        if (m.base, m.precision, m.channels_last) == (cand.base, cand.precision, cand.channels_last)
+    ]  # fmt: skip
+    v = cand.batch * math.prod(cand.patch)
+    ratio = lambda m: max(v, m.batch * math.prod(m.patch)) / min(v, m.batch * math.prod(m.patch))  # noqa: E731
+    best = min(same, key=ratio, default=None)
+    return best if best is not None and ratio(best) <= within else None
+
+
 def _at(d: DataRules) -> str:
     """``at 2.08x2.78x4.55 mm (2x the data's spacing)``."""
     return f"at {'x'.join(f'{x:g}' for x in d.spacing)} mm ({d.scale:g}x the data's spacing)"
@@ -422,16 +435,16 @@ class Planner:
         self.steps = BareSteps(self._timer(measured), r.net, s.monotone_slack)
         inp = self._search_input(measured, memory_gb)
         d, c, resolution_why, low = self._resolution(inp)
-        c, acct, inp, timings, pipeline_why = self._settle(d, c, inp, memory_gb)
+        c, acct, inp, timings, pipeline_why, how = self._settle(d, c, inp, memory_gb)
         if low is not None and _short(c, r.min_steps, s):  # short of the floor at full resolution: context first
             resolution_why = _short_why(c, low, r.min_steps)
             d, c = low, search(self.steps, replace(inp, full_patch=low.full))
-            c, acct, inp, timings, pipeline_why = self._settle(d, c, inp, memory_gb)
+            c, acct, inp, timings, pipeline_why, how = self._settle(d, c, inp, memory_gb)
         reasons = {**d.reasons, **c.reasons, "pipeline": pipeline_why}
         if resolution_why:
             reasons["resolution"] = resolution_why
         span = _span(acct.train_s, timings) if timings else (c.steps, c.steps)
-        reasons.update(_choice_reasons(c, d.median, acct, measured, r.min_steps, r.devices, span, len(timings), s))
+        reasons.update(_choice_reasons(c, d.median, acct, how, r.min_steps, r.devices, span, len(timings), s))
         if "short" in reasons:
             log.warning("%s", reasons["short"])
         return Plan(
@@ -467,16 +480,16 @@ class Planner:
 
     def _settle(self, d: DataRules, c: Choice, inp: SearchInput, memory_gb: float):
         """The pipeline for ``d``, the budget and (where steps are timed) the training probes of ``c``: the choice,
-        its budget, the last search input, the kept timings and the pipeline's reason."""
+        its budget, the last search input, the kept timings, the pipeline's reason and how its step was had."""
         r, s = self.request, self.settings
         self.rules, inp, timings = d, replace(inp, full_patch=d.full), []
         self.pipeline, pipeline_why = choose_pipeline(
             d.full, d.voxels, d.channels + r.extra_channels, memory_gb, r.device, s.device_cache_share
         )
-        acct = self.budget(c.members)
+        acct, how = self.budget(c.members), "estimated"
         if inp.measured:
-            c, acct, inp, timings = self._calibrate(c, inp)
-        return c, acct, inp, timings, pipeline_why
+            c, acct, inp, timings, how = self._calibrate(c, inp)
+        return c, acct, inp, timings, pipeline_why, how
 
     def _search_input(self, measured: bool, memory_gb: float) -> SearchInput:
         """The search's inputs before the training probe (its ``full_patch`` is set per resolution)."""
@@ -602,33 +615,45 @@ class Planner:
 
         return TrainingCost(**self.mem.record(self._train_key(c), measure))
 
-    def _calibrate(self, c: Choice, inp: SearchInput) -> tuple[Choice, Budget, SearchInput, list[float]]:
+    def _calibrate(self, c: Choice, inp: SearchInput) -> tuple[Choice, Budget, SearchInput, list[float], str]:
         """Step 4: the training probe at the choice, the search again with the data cost and budget it
-        measured, until the choice holds or comes back to one measured already (at most
-        ``calibration_rounds`` probes). Returns the final choice (its step the training probe's, Lightning's
-        loop added), its budget, the search input of the last round and the kept timings of its step (the
-        forecast's range)."""
+        measured, until the choice holds, comes back to one measured already, or lands near one (its batch
+        voxels within ``calibration_near`` of a probed candidate's of the same width, precision and layout: its
+        step is then its bare step plus the neighbour's data cost, a step's or, for a larger patch, scaled by
+        voxels, where that still buys the floor; else it is probed), at most ``calibration_rounds`` probes.
+        Returns the final choice (its step the training probe's, Lightning's loop added, or the model's), its
+        budget, the search input of the last round, the kept timings of its step (the forecast's range) and
+        how the step was had."""
         s = self.settings
         measured: dict = {}  # candidate -> its TrainingCost
+        extras: dict = {}  # candidate -> its data cost a step (the real step, the loop's included, less the bare)
         for _ in range(s.calibration_rounds):
             tc = measured[c.candidate] = self._training_cost(c)
-            extra = max(0.0, tc.step_s + s.loop_overhead_s - self._same_hour_bare(c))
+            extra = extras[c.candidate] = max(0.0, tc.step_s + s.loop_overhead_s - self._same_hour_bare(c))
             acct = self.budget(1, tc)
             inp = replace(
                 inp,
                 model=StepModel(extra / (c.batch * math.prod(c.patch)), s.step_overhead),
                 train_time=lambda m, a=acct: replace(a, members=m).train_s,
             )
-            new = search(self.steps, inp)
-            c, held = new, new.candidate in measured  # it holds, or it came back to a choice measured already
-            if held:
-                break
+            c = search(self.steps, inp)
+            if c.candidate in measured or _near(c.candidate, measured, s.calibration_near):
+                break  # it holds, came back to a choice measured already, or lies near one
+        near = None if c.candidate in measured else _near(c.candidate, measured, s.calibration_near)
+        if near is not None:  # the neighbour's data cost, never less than its own a step (nor a voxel)
+            tc, v = measured[near], math.prod(c.candidate.patch) / math.prod(near.patch)
+            step = self.steps.bare(c.candidate, c.levels) + extras[near] * max(1.0, v)
+            acct = self.budget(c.members, replace(tc, step_s=step - s.loop_overhead_s))
+            if acct.train_s / step >= self.request.min_steps or _short(c, self.request.min_steps, s):
+                how = f"modelled from the training probe at {_x(near.patch)} (its data cost)"
+                return replace(c, step_s=step, train_s=acct.train_s), acct, inp, [], how
         if c.candidate not in measured:  # the rounds ran out on a new choice: measure it for its own step
             measured[c.candidate] = self._training_cost(c)
         tc = measured[c.candidate]
         acct = self.budget(c.members, tc)
         timings = [float(v["step_s"]) + s.loop_overhead_s for v in self.mem.values(self._train_key(c))]
-        return replace(c, step_s=tc.step_s + s.loop_overhead_s, train_s=acct.train_s), acct, inp, timings
+        how = "measured with its data"
+        return replace(c, step_s=tc.step_s + s.loop_overhead_s, train_s=acct.train_s), acct, inp, timings, how
 
     def _same_hour_bare(self, c: Choice) -> float:
         """The bare step to set against a training probe: the search's figure, unless the training probe was
@@ -720,7 +745,7 @@ def _forecast(c: Choice, span: tuple[int, int], timings: int) -> str:
 
 
 def _choice_reasons(
-    c: Choice, median: list[int], acct: Budget, measured: bool, min_steps: int, devices: int,
+    c: Choice, median: list[int], acct: Budget, how: str, min_steps: int, devices: int,
     span: tuple[int, int], timings: int, s: Settings,
 ) -> dict:  # fmt: skip
     whole, short = _whole(c.patch, median), _short(c, min_steps, s)
@@ -740,14 +765,10 @@ def _choice_reasons(
         if acct.val_s is not None
         else f"{s.train_share:.0%} of a member's {human_duration(acct.member_s)} train (estimate)"
     )
-    width = (
-        f"{c.step_s:.3f} s/step {'measured with its data' if measured else 'estimated'} -> "
-        f"{_forecast(c, span, timings)}; {spent}; "
-        + (
-            f"the narrowest of {list(s.bases)}: none buys {min_steps}"
-            if short
-            else f"the widest of {list(s.bases)} with >= {min_steps}"
-        )
+    width = f"{c.step_s:.3f} s/step {how} -> {_forecast(c, span, timings)}; {spent}; " + (
+        f"the narrowest of {list(s.bases)}: none buys {min_steps}"
+        if short
+        else f"the widest of {list(s.bases)} with >= {min_steps}"
     )
     out = {"patch": patch, "width": width}
     if short:

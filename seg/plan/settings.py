@@ -41,6 +41,7 @@ class Settings:
     min_max_time_s: int = 30  # trainer.max_time at least this
     loop_overhead_s: float = 0.006  # Lightning's loop around the training probe's step, seconds a step
     calibration_rounds: int = 3  # training probes at most before the choice is taken as it stands
+    calibration_near: float = 1.25  # ... or none once it lands within this voxel ratio of a probed candidate
     folds: int = 5  # k of the planned k-fold split (one fold per case below that many cases)
     # the data pipeline
     device_cache_share: float = 0.5  # the device pipeline when the cached cases take at most this share of memory

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+from dataclasses import replace
 
 import pytest
 import yaml
@@ -280,3 +281,56 @@ def test_the_planned_step_is_the_training_probes_plus_the_loops_seconds(synth_ro
     m = modelled(training=probe)
     p = make_plan(synth_root, budget="20m", device="cpu", instruments=m, cache=tmp_path / "fp.json", progress=False)
     assert seen and p.step_s == pytest.approx(seen[-1].step_s + 0.006, abs=1e-4)
+
+
+def test_a_choice_near_a_probed_one_takes_its_data_cost_instead_of_a_probe(tmp_path):
+    """A training probe whose data cost is a step's (0.05 s whatever the patch, as on whole scans): its first
+    round moves the choice from 40x40x48 to 40x40x40 (the per-voxel charge), within ``calibration_near`` (1.25x
+    the voxels) of the probed one, so that probe's data cost stands for it (its own a step, not scaled down):
+    one probe instead of two, the same plan and step; the plan says the step was modelled."""
+    from seg.data.synthetic import write_dataset
+    from seg.plan.records import TrainingCost
+
+    assert SETTINGS.calibration_near == 1.25
+    root = write_dataset(tmp_path / "scans", n=6, seed=5, shape=(96, 72, 44))
+    probed = []
+
+    def per_step(root, ids, data, net, cand, levels, channels, device):
+        probed.append(cand.patch)
+        return TrainingCost(modelled_step(net, cand, levels, *channels, device) + 0.05, 0.5, 0.02)
+
+    plans, seen = {}, {}
+    for near in (1.0, 1.25):
+        probed.clear()
+        plans[near] = make_plan(
+            root, budget="10m", resolution="full", instruments=modelled(training=per_step), progress=False,
+            cache=tmp_path / "fp.json", settings=replace(SETTINGS, calibration_near=near), reprobe=True,
+        )  # fmt: skip
+        seen[near] = list(probed)
+    measured, near = plans[1.0], plans[1.25]
+    assert seen == {1.0: [(40, 40, 48), (40, 40, 40)], 1.25: [(40, 40, 48)]}
+    assert (near.patch, near.base, near.steps) == (measured.patch, measured.base, measured.steps)
+    assert near.step_s == pytest.approx(measured.step_s, rel=1e-9)
+    assert near.reasons["width"].startswith(f"{near.step_s:.3f} s/step modelled from the training probe at 40x40x48")
+    assert near.timings == 0 and "modelled from a neighbouring patch" in plan_yaml(near, "x")
+
+
+def test_a_near_choice_whose_modelled_step_misses_the_floor_is_probed(tmp_path):
+    """A data cost of 0.1 s a step: the choice lands near a probed one, but with that probe's cost a step it
+    would not buy the floor, so it is probed after all (its own step, one kept timing)."""
+    from seg.data.synthetic import write_dataset
+    from seg.plan.records import TrainingCost
+
+    root = write_dataset(tmp_path / "scans", n=6, seed=5, shape=(96, 72, 44))
+    probed = []
+
+    def per_step(root, ids, data, net, cand, levels, channels, device):
+        probed.append(cand.patch)
+        return TrainingCost(modelled_step(net, cand, levels, *channels, device) + 0.1, 0.5, 0.02)
+
+    plan = make_plan(
+        root, budget="10m", resolution="full", instruments=modelled(training=per_step), progress=False,
+        cache=tmp_path / "fp.json",
+    )  # fmt: skip
+    assert probed == [(40, 40, 48), (32, 40, 40), (32, 32, 40)] and tuple(plan.patch) == (32, 32, 40)
+    assert plan.timings == 1 and "measured with its data" in plan.reasons["width"]

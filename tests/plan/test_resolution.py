@@ -216,10 +216,18 @@ def test_flops_scaled_per_voxel_equal_the_counted_ones(net, tol):
     from seg.plan import estimate
     from seg.plan.records import Candidate
 
-    for base, patch, batch in ((4, (64, 64, 80), 2), (8, (64, 48, 160), 1), (4, (32, 64, 64), 2)):
+    # the deepest level (stride 16) 4-5, 3-10 and 2-4 voxels a side: the last is counted, not scaled
+    for base, patch, batch in ((4, (64, 64, 80), 2), (8, (48, 64, 160), 1), (4, (32, 64, 64), 2)):
         scaled = estimate.step_flops(net, Candidate(base, patch, batch, "bf16"), 5, 1, 2)
         counted = estimate._count_flops(net, base, 5, 1, 2, batch, patch)
         assert scaled == pytest.approx(counted, rel=tol, abs=0), (net, patch)
+    estimate._count_flops.cache_clear(), estimate._flops_per_voxel.cache_clear()
+    estimate.step_flops(net, Candidate(8, (48, 64, 160), 1, "bf16"), 5, 1, 2)  # 3 voxels a side: scaled
+    estimate.step_flops(net, Candidate(8, (48, 64, 160), 1, "bf16"), 5, 1, 2)
+    estimate.step_flops(net, Candidate(8, (32, 64, 64), 1, "bf16"), 5, 1, 2)  # 2: counted, once
+    estimate.step_flops(net, Candidate(8, (32, 64, 64), 1, "bf16"), 5, 1, 2)
+    assert estimate._flops_per_voxel.cache_info().misses == 1  # the 3-voxel patch, scaled
+    assert estimate._count_flops.cache_info().misses == 2  # the per-voxel figure's count and the 2-voxel patch
 
 
 def test_a_cascade_is_a_low_resolution_plan_and_a_full_resolution_one_fed_its_probabilities(scans, tmp_path):
