@@ -511,9 +511,10 @@ class Planner:
     def _resolution(self, inp: SearchInput) -> tuple[DataRules, Choice, str | None, DataRules | None]:
         """Full or low resolution (docs/planning.md, "Resolution"): the data's spacing, unless the narrowest width
         cannot train whole cases there in the budget and a coarser spacing (``lowres_factors``) can, or the plan at
-        the data's spacing is short of the step floor (then the coarsest factor, in patches), without making the
-        smallest label's median object smaller than ``lowres_min_label_voxels``. Returns the data rules, the
-        choice and why (None where the data's spacing trains whole cases)."""
+        the data's spacing turns out short of the step floor (then the coarsest factor, in patches), without
+        making the smallest label's median object smaller than ``lowres_min_label_voxels``. Returns the data
+        rules, the choice, why (None where the data's spacing trains whole cases) and, for a full-resolution
+        choice, the coarsest spacing that ``plan`` takes if its training probes leave it short (or None)."""
         r = self.request
         full = data_rules(self.spec, self.cases)
         finp = replace(inp, full_patch=full.full)
