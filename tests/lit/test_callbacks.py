@@ -149,6 +149,7 @@ def test_late_validation_reads_lightnings_time_based_schedule(tmp_path):
     ``val_check_interval`` sets them and measures a pass; the default config's margin is the planner's
     ``validation_margin_s``."""
     import datetime
+
     import pytorch_lightning as pl
     import torch
     import yaml
