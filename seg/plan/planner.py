@@ -628,6 +628,7 @@ class Planner:
         s = self.settings
         measured: dict = {}  # candidate -> its TrainingCost
         extras: dict = {}  # candidate -> its data cost a step (the real step, the loop's included, less the bare)
+        near = None  # the probed candidate that stands for the choice (``_near``), if one does
         for _ in range(s.calibration_rounds):
             tc = measured[c.candidate] = self._training_cost(c)
             extra = extras[c.candidate] = max(0.0, tc.step_s + s.loop_overhead_s - self._same_hour_bare(c))
@@ -638,9 +639,9 @@ class Planner:
                 train_time=lambda m, a=acct: replace(a, members=m).train_s,
             )
             c = search(self.steps, inp)
-            if c.candidate in measured or _near(c.candidate, measured, s.calibration_near):
+            near = None if c.candidate in measured else _near(c.candidate, measured, s.calibration_near)
+            if c.candidate in measured or near is not None:
                 break  # it holds, came back to a choice measured already, or lies near one
-        near = None if c.candidate in measured else _near(c.candidate, measured, s.calibration_near)
         if near is not None:  # the neighbour's data cost, never less than its own a step (nor a voxel)
             tc, v = measured[near], math.prod(c.candidate.patch) / math.prod(near.patch)
             step = self.steps.bare(c.candidate, c.levels) + extras[near] * max(1.0, v)
@@ -750,13 +751,12 @@ def _choice_reasons(
     span: tuple[int, int], timings: int, s: Settings,
 ) -> dict:  # fmt: skip
     whole, short = _whole(c.patch, median), _short(c, min_steps, s)
-    patch = f"median resampled case {'x'.join(map(str, median))} rounded up to 2^pools per axis" + (
+    patch = f"median resampled case {_x(median)} rounded up to 2^pools per axis" + (
         ": whole volumes (padded)"
         if whole
-        else f", shrunk to {'x'.join(map(str, c.patch))}, the smallest planned (short of the {min_steps}-step floor)"
+        else f", shrunk to {_x(c.patch)}, the smallest planned (short of the {min_steps}-step floor)"
         if short
-        else f", shrunk to {'x'.join(map(str, c.patch))} so that a width of at least {s.bases[0]} buys "
-        f"{min_steps} steps"
+        else f", shrunk to {_x(c.patch)} so that a width of at least {s.bases[0]} buys {min_steps} steps"
     )
     spent = (
         f"{acct.train_s / 60:.1f} of a member's {acct.member_s / 60:.1f} min train: the rest starts the run "
@@ -776,7 +776,7 @@ def _choice_reasons(
         need = smallest_budget(acct, c.step_s, min_steps) // 60
         out["short"] = (
             f"the budget buys {c.steps} steps, under the {min_steps}-step floor even at width {c.base} and "
-            f"patch {'x'.join(map(str, c.patch))}: {need} min buys it (seg-plan --budget {need}m)"
+            f"patch {_x(c.patch)}: {need} min buys it (seg-plan --budget {need}m)"
         )
     if devices > 1:
         out["devices"] = (
