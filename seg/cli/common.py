@@ -45,12 +45,8 @@ class _Terminated(BaseException):
 
 
 def _on_sigterm(signum, frame) -> None:
-    """The first SIGTERM ends the command (or, deferred, is noted for training to stop at its next batch); one
-    more while that is being answered (worker threads each reading a file can each be signalled) is noted only:
-    raised inside the answer, it would escape it as a traceback."""
-    first = Signals.received is None
     Signals.received = signum
-    if first and not Signals.deferred:
+    if not Signals.deferred:
         raise _Terminated()
 
 
@@ -87,8 +83,8 @@ def command(fn: Callable[..., int | None]) -> Callable[..., int]:
             print(f"terminated (SIGTERM): {resume_hint(fn)}", file=sys.stderr)
             return int(ExitCode.TERMINATED)
         finally:
-            if previous is not None:  # first: a SIGTERM still pending meets a handler that notes it only
-                signal.signal(signal.SIGTERM, previous)
             Signals.received = None  # seen and answered: nothing after this command (in-process) inherits it
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapped
