@@ -45,8 +45,9 @@ class _Terminated(BaseException):
 
 
 def _on_sigterm(signum, frame) -> None:
-    Signals.received = signum
-    if not Signals.deferred:
+    """The first SIGTERM ends the command; one more while it is answered (worker threads) is only noted."""
+    first, Signals.received = Signals.received is None, signum
+    if first and not Signals.deferred:  # deferred: training stops at its next batch
         raise _Terminated()
 
 
@@ -67,12 +68,9 @@ def command(fn: Callable[..., int | None]) -> Callable[..., int]:
             code = int(fn(*args, **kwargs) or 0)
             sys.stdout.flush()  # a closed pipe shows here, inside the rule, not at the interpreter's exit
             return code
-        except Interrupted as e:
+        except SegError as e:  # an Interrupted carries its own exit code
             report(e)
-            return e.code
-        except SegError as e:
-            report(e)
-            return int(ExitCode.REFUSED)
+            return e.code if isinstance(e, Interrupted) else int(ExitCode.REFUSED)
         except BrokenPipeError:  # `seg-... | head` closed the pipe: exit as a tool killed by SIGPIPE, quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return int(ExitCode.BROKEN_PIPE)
@@ -83,8 +81,8 @@ def command(fn: Callable[..., int | None]) -> Callable[..., int]:
             print(f"terminated (SIGTERM): {resume_hint(fn)}", file=sys.stderr)
             return int(ExitCode.TERMINATED)
         finally:
-            Signals.received = None  # seen and answered: nothing after this command (in-process) inherits it
-            if previous is not None:
+            if previous is not None:  # before clearing: a pending SIGTERM meets a handler that notes it only
                 signal.signal(signal.SIGTERM, previous)
+            Signals.received = None  # seen and answered: nothing after this command (in-process) inherits it
 
     return wrapped

@@ -257,3 +257,25 @@ def test_the_kfold_evaluation_phase_exits_143_on_sigterm(synth_root, tmp_path, m
     assert e.value.code == 143
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("terminated (SIGTERM)")
+
+
+def test_a_second_sigterm_while_the_first_is_answered_is_noted_not_raised(monkeypatch, capsys):
+    """Worker threads may each raise SIGTERM: the second one lands while the command is answering the first
+    (in its ``except`` or ``finally``) and must not escape as a traceback; after the command, none is left."""
+    from seg.cli.common import command
+    from seg.errors import Signals
+
+    def main() -> int:
+        signal.raise_signal(signal.SIGTERM)  # the first: ends the command
+        return 0
+
+    def answering_the_first(*a, **k):  # the second lands while the first is answered
+        signal.raise_signal(signal.SIGTERM)
+        return "how to resume"
+
+    monkeypatch.setattr("seg.cli.common.resume_hint", answering_the_first)
+    monkeypatch.setattr(sys, "argv", ["seg-x"])
+    previous = signal.getsignal(signal.SIGTERM)
+    assert command(main)() == 143
+    assert capsys.readouterr().err.strip() == "terminated (SIGTERM): how to resume"
+    assert Signals.received is None and signal.getsignal(signal.SIGTERM) is previous
