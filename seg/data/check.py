@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from seg.config import pool
 from seg.data.datalist import Case, DatasetSpec
-from seg.io import GRID_TOL, NiftiError, read_nifti
+from seg.io import GRID_TOL, NiftiError, NiftiVolume, read_nifti
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,16 @@ class Problem:
 
 def check_dataset(spec: DatasetSpec, workers: int | None = None) -> list[Problem]:
     """Check every case of ``spec``; returns all problems (errors and warnings), in case order."""
+    problems = dataset_problems(spec)
+    workers = workers or min(8, os.cpu_count() or 1)
+    with pool(workers) as threads:  # zlib and file reads release the GIL
+        for found in threads.map(lambda c: check_case(c, spec), spec.cases):
+            problems.extend(found)
+    return problems
+
+
+def dataset_problems(spec: DatasetSpec) -> list[Problem]:
+    """The problems of ``dataset.json`` and its case list (no case file read)."""
     problems: list[Problem] = []
     if not spec.cases:
         problems.append(Problem("error", str(Path(spec.root) / "dataset.json"), "the dataset lists no training cases"))
@@ -41,19 +52,16 @@ def check_dataset(spec: DatasetSpec, workers: int | None = None) -> list[Problem
     for cid, n in Counter(c.case_id for c in spec.cases).items():
         if n > 1:
             problems.append(Problem("error", spec.root, f"case id {cid!r} appears {n} times"))
-    workers = workers or min(8, os.cpu_count() or 1)
-    with pool(workers) as threads:  # zlib and file reads release the GIL
-        for found in threads.map(lambda c: check_case(c, spec), spec.cases):
-            problems.extend(found)
     return problems
 
 
-def check_case(case: Case, spec: DatasetSpec) -> list[Problem]:
-    """All problems of one case: its image channels, then its label against them."""
+def check_case(case: Case, spec: DatasetSpec, read: Callable[[str], NiftiVolume] = read_nifti) -> list[Problem]:
+    """All problems of one case: its image channels, then its label against them. ``read`` loads a file (the
+    planner's fingerprint passes one that keeps what it read, to compute its statistics from the same read)."""
     out: list[Problem] = []
-    grid = _check_images(case, spec, out)
+    grid = _check_images(case, spec, out, read)
     if case.label is not None:
-        _check_label(case, spec, grid, out)
+        _check_label(case, spec, grid, out, read)
     return out
 
 
@@ -75,12 +83,12 @@ def _image_spatial(path: str, data: np.ndarray, spec: DatasetSpec, out: list[Pro
     return None
 
 
-def _check_images(case: Case, spec: DatasetSpec, out: list[Problem]) -> tuple | None:
+def _check_images(case: Case, spec: DatasetSpec, out: list[Problem], read: Callable) -> tuple | None:
     """Problems of the case's channel files; returns the first readable one's ``(shape, affine)``."""
     grid = None
     for path in case.images:
         try:
-            img = read_nifti(path)
+            img = read(path)
         except NiftiError as e:
             out.append(Problem("error", path, str(e)))
             continue
@@ -101,10 +109,10 @@ def _check_images(case: Case, spec: DatasetSpec, out: list[Problem]) -> tuple | 
     return grid
 
 
-def _check_label(case: Case, spec: DatasetSpec, grid: tuple | None, out: list[Problem]) -> None:
+def _check_label(case: Case, spec: DatasetSpec, grid: tuple | None, out: list[Problem], read: Callable) -> None:
     """Problems of the case's label: readable, 3D, on the image's grid, integer ids that dataset.json declares."""
     try:
-        lab = read_nifti(case.label)
+        lab = read(case.label)
     except NiftiError as e:
         out.append(Problem("error", case.label, str(e)))
         return

@@ -35,7 +35,6 @@ from pathlib import Path
 import numpy as np
 
 from seg.config import UserError, human_duration, parse_duration
-from seg.data.check import check_dataset, errors
 from seg.data.datalist import load_dataset
 from seg.nn.registry import list_nets, net_card, plannable_nets
 from seg.plan import machine, rules
@@ -253,8 +252,8 @@ class DataRules:
 
 
 def check_request(spec, r: PlanRequest, s: Settings = SETTINGS) -> None:
-    """Refusals before any work: an unknown or unsizable net, a dataset of one case, a broken dataset, a memory
-    or device count that cannot be."""
+    """Refusals before any work: an unknown or unsizable net, a dataset of one case, a memory or device count that
+    cannot be (a broken dataset is refused by its fingerprint, which checks each case in the same read)."""
     if r.memory_gb is not None and not r.memory_gb >= s.min_memory_gb:
         raise UserError(
             f"--memory-gb {r.memory_gb:g}: give the memory a run may use, in GB (at least {s.min_memory_gb:g}: "
@@ -272,10 +271,6 @@ def check_request(spec, r: PlanRequest, s: Settings = SETTINGS) -> None:
         raise UserError(f"seg-plan: no width rule for net {r.net!r} (planned nets: {', '.join(plannable_nets())})")
     if len(spec.cases) < 2:
         raise UserError(f"seg-plan: {r.root}: {len(spec.cases)} case, a plan needs 2 at least (one to validate on)")
-    bad = errors(check_dataset(spec))
-    if bad:
-        lines = "\n".join(str(p) for p in bad)
-        raise UserError(f"{lines}\n{len(bad)} dataset errors in {spec.root}: fix them (seg-check-data) and plan again")
 
 
 def data_rules(spec, cases: list[dict], scale: float = 1.0) -> DataRules:

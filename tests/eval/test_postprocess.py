@@ -124,3 +124,19 @@ def test_seg_predict_applies_the_bundles_postprocessing_and_says_so(tmp_path, sy
 
     assert count_components(on == 1) == 1 and count_components(off == 1) == 2
     assert (on == 1).sum() == 8**3  # the large one kept
+
+
+@pytest.mark.parametrize("connectivity", [26, 6])
+def test_counted_components_inside_the_bounding_box_equal_scipys_over_the_whole_mask(connectivity):
+    """count_components labels the mask's bounding box only: the count must equal scipy's over the whole mask
+    (random masks, sparse to dense, components touching the box's faces included)."""
+    from scipy import ndimage
+
+    from seg.data.components import count_components, structure
+
+    rng = np.random.default_rng(0)
+    for i in range(200):
+        m = rng.random((9, 8, 7)) < rng.random() * 0.3
+        m[: i % 3] = False  # an empty margin on some: the box smaller than the mask
+        assert count_components(m, connectivity) == ndimage.label(m, structure(3, connectivity))[1]
+    assert count_components(np.zeros((4, 4, 4), bool)) == 0

@@ -81,3 +81,31 @@ def test_intensity_samples_are_kept_for_ct_only(synth_root, tmp_path):
     (ct / "dataset.json").write_text(json.dumps(meta))
     fp = compute_fingerprint(load_dataset(ct), tmp_path / "ct.json", progress=False)
     assert all(len(c["channels"][0]["sample"]) > 0 for c in fp["cases"] if c["foreground_fraction"])
+
+
+def test_the_check_and_the_statistics_share_one_read_of_each_file(synth_copy, tmp_path, monkeypatch):
+    """A cold plan reads the dataset once: the check runs on the fingerprint's reads (each file read once), a
+    dataset with an error is refused with every error and no cache, and a cached fingerprint reads no file."""
+    from seg.errors import UserError
+
+    reads = []
+    real = F.read_nifti
+    monkeypatch.setattr(F, "read_nifti", lambda p: reads.append(p) or real(p))
+    spec = load_dataset(synth_copy)
+    cache = tmp_path / "fp.json"
+    F.compute_fingerprint(spec, cache, workers=1, progress=False)
+    files = [f for c in spec.cases for f in [*c.images, c.label]]
+    assert sorted(reads) == sorted(files)  # each once, the check's reads included
+    monkeypatch.setattr(nib, "load", lambda *a: pytest.fail("a file was read for a cached fingerprint"))
+    F.compute_fingerprint(spec, cache, workers=1, progress=False)
+    monkeypatch.undo()
+    for case in spec.cases[:2]:  # two broken labels: both named, nothing kept
+        img = nib.load(case.label)
+        nib.save(nib.Nifti1Image(np.full(img.shape, 7, np.uint8), img.affine), case.label)
+    cache.unlink()
+    with pytest.raises(UserError) as e:
+        F.compute_fingerprint(load_dataset(synth_copy), cache, workers=2, progress=False)
+    lines = str(e.value).splitlines()
+    assert [x.split(":")[0] for x in lines[:2]] == [f"ERROR {c.label}" for c in spec.cases[:2]]
+    assert "[7] are not declared" in lines[0] and lines[2].startswith("2 dataset errors in")
+    assert not cache.exists()
