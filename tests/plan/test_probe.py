@@ -37,15 +37,16 @@ def test_training_probe_times_a_real_step_validation_and_caching(synth_root, pip
     assert 0 < tc.val_case_s < 30 and 0 < tc.cache_case_s < 10
 
 
-def test_the_probe_step_is_a_trimmed_mean_of_72_steps_after_4():
-    """Pinned (docs/planning.md): a median of 24 steps read one of the two speeds the development VM switches
-    between every 10-40 s; 72 steps' mean, the fastest and slowest tenth left out, reads their mixture."""
+def test_the_probe_step_is_a_trimmed_mean_of_32_steps_after_4():
+    """Pinned (docs/planning.md): on the whole-scan proxy eight probes' first 24, 32-36 and all 72 steps were as
+    far from their grand mean (3.2-3.8 % on average): the VM's drift is slower than a probe, so 72 steps bought
+    nothing but 9 s; the fastest and slowest tenth are left out (an epoch's first step waits for its data)."""
     s = SETTINGS
-    assert (s.training_warmup, s.training_steps, s.training_trim) == (4, 72, 0.1)
+    assert (s.training_warmup, s.training_steps, s.training_trim) == (4, 32, 0.1)
     assert (s.training_cases, s.training_val_cases, s.bare_too_slow_s) == (16, 2, 30.0)
     # two speeds, 60/40, and one epoch-start step ten times slower: the mixture, not either speed or the outlier
-    steps = [0.22] * 43 + [0.285] * 28 + [2.5]
-    assert timing.trimmed_mean(steps, s.training_trim) == pytest.approx((0.22 * 36 + 0.285 * 22) / 58)
+    steps = [0.22] * 19 + [0.285] * 12 + [2.5]
+    assert timing.trimmed_mean(steps, s.training_trim) == pytest.approx((0.22 * 16 + 0.285 * 10) / 26)
     assert timing.trimmed_mean([1.0, 2.0, 3.0], 0.1) == 2.0  # too few to leave any out
 
 
