@@ -43,6 +43,7 @@ from seg.plan.fingerprint import compute_fingerprint, cost_key
 from seg.plan.memory import ProbeMemory
 from seg.plan.records import Candidate, ProbeRow, TrainingCost
 from seg.plan.search import BareSteps, Choice, SearchInput, StepModel, estimated, levels_for, search, smallest
+from seg.plan.search import shape_text as _x
 from seg.plan.settings import SETTINGS, Settings
 from seg.plan.timing import Instruments
 
@@ -339,11 +340,6 @@ def _short_why(c: Choice, low: DataRules, min_steps: int) -> str:
         f"low resolution: at the data's spacing the plan is short of the floor ({c.steps} of {min_steps} steps at "
         f"width {c.base}, {_x(c.patch)}); {_at(low)} a patch covers {low.scale**3:g}x the volume"
     )
-
-
-def _x(shape) -> str:
-    """``40x40x48``."""
-    return "x".join(map(str, shape))
 
 
 def choose_pipeline(

@@ -73,6 +73,7 @@ class BareSteps:
     records: list[BareStep] = field(default_factory=list)
     remeasured: int = 0
     rate: float | None = None  # a timed bare step over its FLOP estimate (see machine_rate)
+    rate_patch: tuple[int, ...] = ()  # the patch the rate was timed at
     screened: dict = field(default_factory=dict)  # full patch -> screen's answer, taken once per plan
 
     def find(self, cand: Candidate) -> BareStep | None:
@@ -201,6 +202,11 @@ class SearchInput:
         return Candidate(s.bases[0], tuple(patch), s.batch, precision or ("bf16" if self.bf16 else "fp32"), True)
 
 
+def shape_text(shape: Sequence[int]) -> str:
+    """``40x40x48``."""
+    return "x".join(map(str, shape))
+
+
 def levels_for(patch: Sequence[int]) -> int:
     """A U-Net deep enough for the patch's pooling (at least 3 levels)."""
     return max(3, 1 + max(rules.pools_per_axis(patch)))
@@ -296,14 +302,19 @@ def machine_rate(steps: BareSteps, inp: SearchInput) -> float:
         patches = _shrinks(inp.full_patch, s)
         patch = next((p for p in patches if inp.estimate(at(p), levels_for(p)) <= need), patches[-1])
         steps.rate = steps.bare(at(patch), levels_for(patch)) / inp.estimate(at(patch), levels_for(patch))
+        steps.rate_patch = tuple(patch)
     return steps.rate
 
 
 def screen(steps: BareSteps, inp: SearchInput) -> tuple[list[int], str | None]:
     """Step 0: the largest patch from ``full_patch`` down whose narrowest step (best precision, estimated) is
-    within ``skip_margin`` times the step the floor allows if one network had the whole budget, and why the
-    larger ones were skipped (None when none was). Answered once per full patch and plan: a calibration round's
-    search starts where the first one did (its new data cost would move the line, and time patches again)."""
+    within the margin of the step the floor allows if one network had the whole budget, and why the larger ones
+    were skipped (None when none was). The margin is ``skip_margin`` where the estimate may read high: a patch
+    larger than the one the rate was timed at (a larger patch does more per FLOP), or a device with bf16 (the
+    rate is timed in fp32); else ``shrink_margin``, the probes' noise (a smaller patch, in fp32, steps no
+    faster than the FLOP estimate scaled from the rate's patch). Answered once per full patch and plan: a
+    calibration round's search starts where the first one did (its new data cost would move the line, and time
+    patches again)."""
     patches = _shrinks(inp.full_patch, inp.settings)
     if inp.estimate is None or len(patches) == 1:
         return list(inp.full_patch), None
@@ -315,17 +326,21 @@ def screen(steps: BareSteps, inp: SearchInput) -> tuple[list[int], str | None]:
 
 def _screen(steps: BareSteps, inp: SearchInput, patches: list[list[int]]) -> tuple[list[int], str | None]:
     s, need = inp.settings, inp.floor_step_s
+    tight = False  # a patch skipped at the tighter margin
     for patch in patches:
         t = estimated(steps, inp, inp.narrowest(patch))
-        if t <= s.skip_margin * need or patch == patches[-1]:
+        loose = inp.bf16 or math.prod(patch) > math.prod(steps.rate_patch)
+        if t <= (s.skip_margin if loose else s.shrink_margin) * need or patch == patches[-1]:
             break
+        tight = tight or not loose
     if patch == patches[0]:
         return patch, None
+    at_rate = f" (over {s.shrink_margin:g}x at or below {shape_text(steps.rate_patch)}, where the rate was timed)"
     why = (
         f"larger patches skipped unprobed: the cost model (FLOPs x this machine's measured rate) puts width "
-        f"{s.bases[0]} at {'x'.join(map(str, patches[0]))} over {s.skip_margin:g}x the {need:.3f} s a step may take"
+        f"{s.bases[0]} at {shape_text(patches[0])} over {s.skip_margin:g}x the {need:.3f} s a step may take"
     )
-    return patch, why
+    return patch, why + (at_rate if tight else "")
 
 
 def search(steps: BareSteps, inp: SearchInput) -> Choice:

@@ -263,3 +263,29 @@ def test_seg_plan_resolution_cascade_writes_both_plans_and_says_how_to_run_them(
     printed = capsys.readouterr().out
     assert f"next: seg-kfold plan={out} hydra.run.dir={run}\n" in printed
     assert f"then: seg-kfold plan={tmp_path / 'p_fullres.yaml'}  (data.previous_stage: {run})" in printed
+
+
+@pytest.mark.parametrize("over, taken", [(1.14, 1), (1.16, 2)])
+def test_at_or_below_the_rate_patch_in_fp32_the_screen_skips_past_the_shrink_margin(over, taken):
+    """The cost model's estimate reads low for a patch no larger than the one the rate was timed at (a smaller
+    patch does less per FLOP): without bf16 a patch estimated over ``shrink_margin`` (1.15x) the allowed step is
+    skipped, not only one over ``skip_margin`` (2x). With bf16 (the rate is timed in fp32) 2x still holds."""
+    from seg.plan.search import BareSteps, SearchInput, StepModel, _shrinks, screen
+
+    assert (SETTINGS.shrink_margin, SETTINGS.skip_margin) == (1.15, 2.0)
+    full = [64, 80, 80]
+    patches = _shrinks(full, SETTINGS)
+    unit = 0.25 / math.prod(full)  # the prior puts the full patch at the allowed step: the rate is timed there
+    k = over / 0.8  # the machine: patches[1] (0.8x the full patch's voxels) at `over` times the allowed step
+
+    def planned(bf16):
+        steps = BareSteps(timer=lambda c, levels: k * unit * math.prod(c.patch))
+        inp = SearchInput(full, 1200, bf16, True, 8.0, 4000, lambda m: 1000.0, model=StepModel(0.0))
+        inp = replace(inp, estimate=lambda c, levels: unit * math.prod(c.patch))
+        assert inp.floor_step_s == 0.25
+        return screen(steps, inp), steps
+
+    (patch, why), steps = planned(bf16=False)
+    assert steps.rate_patch == tuple(full) and patch == patches[taken]
+    assert why.endswith(f"(over 1.15x at or below {'x'.join(map(str, full))}, where the rate was timed)")
+    assert planned(bf16=True)[0] == (full, None)  # the full patch at 1.43-1.45x: within 2x
