@@ -33,7 +33,7 @@ from seg.io import NiftiVolume, read_nifti, write_text
 from seg.plan.rules import is_ct
 
 log = logging.getLogger(__name__)
-VERSION = 4  # 3: intensity samples kept for CT datasets only; 4: kept only for a dataset that passed the check
+VERSION = 3  # 3: intensity samples kept for CT datasets only (every version keeps only a checked dataset)
 SAMPLES_PER_CASE = 10_000  # foreground intensities kept per case for the dataset percentiles (nnU-Net's number)
 
 

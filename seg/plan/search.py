@@ -3,7 +3,8 @@ patch the budget buys, decided from bare steps (timed, or estimated for an absen
 decision, as nnU-Net's planner has one step per decision; :func:`search` runs them in order.
 
 0. the cost model first (:func:`screen`): a patch whose narrowest step, estimated from its FLOPs and this
-   machine's measured rate, is over ``skip_margin`` times the step the floor allows is skipped unprobed;
+   machine's measured rate, is over ``skip_margin`` times the step the floor allows is skipped unprobed
+   (``shrink_margin`` times at or below the rate's patch on a device without bf16);
 1. precision, once, at the first patch searched: bf16 autocast when the device supports it and its step takes at
    most ``bf16_gain`` of fp32's; channels-last 3D activations when their step takes at most
    ``channels_last_gain`` of channels-first's;
