@@ -46,19 +46,14 @@ def _run(tmp_path, experiment: str, epochs: int, n_train: int = 48, n_val: int =
     return m, curve
 
 
-@pytest.mark.slow  # trains on real data
-def test_hippocampus_unet_learns(tmp_path):
-    """Default tier (~75 s): three epochs on 48 cases; Dice must rise well above its first value."""
-    m, curve = _run(tmp_path, "hippocampus_unet", epochs=3)
-    assert len(curve) == 3  # validation after every epoch
-    assert m["val/dice_best"] == pytest.approx(max(curve), abs=1e-6)
-    assert m["val/dice_best"] > 0.35 and m["val/dice_best"] > curve[0] + 0.15
-
-
 @pytest.mark.slow
 def test_hippocampus_unet_learns_well(tmp_path):
-    """Slow tier (~4 min): ten epochs reach a real Dice (measured 0.157 -> 0.863)."""
+    """Slow tier (~2-4 min): ten epochs reach a real Dice (measured 0.157 -> 0.863). A three-epoch version
+    (Dice > 0.35, 0.15 above its first epoch) read 0.221 -> 0.340 on a CPU without AVX512-BF16, its thresholds
+    within the CPUs' spread after three epochs: it is gone, its checks are here."""
     m, curve = _run(tmp_path, "hippocampus_unet", epochs=10)
+    assert len(curve) == 10  # validation after every epoch
+    assert m["val/dice_best"] == pytest.approx(max(curve), abs=1e-6)
     assert m["val/dice_best"] > 0.8 and m["val/dice_best"] > curve[0] + 0.4
 
 
