@@ -265,3 +265,16 @@ def pool(workers: int, kind: type[Executor] = ThreadPoolExecutor) -> Iterator[Ex
         ex.shutdown(wait=False, cancel_futures=True)
         raise
     ex.shutdown(wait=True)
+
+
+def progress_bar(description: str, total: int):
+    """A started rich progress bar on stderr (``description``, bar, done/total, time left) and its one task:
+    ``(bar, task)``; ``bar.advance(task)`` per item, ``bar.stop()`` at the end."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    bar = Progress(*columns, console=Console(stderr=True))
+    task = bar.add_task(description, total=total)
+    bar.start()
+    return bar, task

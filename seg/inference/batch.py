@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from seg.config import check_option, pool
+from seg.config import check_option, pool, progress_bar
 from seg.data.components import count_components
 from seg.errors import one_line
 from seg.inference.cases import InputCase, validate
@@ -245,20 +245,6 @@ def _drop_stale(out: Path, case: InputCase) -> str:
     return f" (the earlier {stale.name} removed: it was not this run's)"
 
 
-def _progress(total: int):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    p = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-    )
-    return p, p.add_task("predicting", total=total)
-
-
 def predict_cases(
     cases: Sequence[InputCase],
     predictor: Predictor,
@@ -282,9 +268,7 @@ def predict_cases(
     inputs = {str(Path(f).resolve()) for c in cases for f in c.files}
     mark_collisions(cases, options)
     result = BatchResult(output=out)
-    progress, task = _progress(len(cases)) if options.progress else (None, None)
-    if progress is not None:
-        progress.start()
+    progress, task = progress_bar("predicting", len(cases)) if options.progress else (None, None)
     try:
         with pool(options.workers) as workers:
             checks = [workers.submit(validate, c) for c in cases]  # read-ahead: inputs checked while predicting

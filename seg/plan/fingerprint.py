@@ -24,7 +24,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from seg.config import pool
+from seg.config import pool, progress_bar
 from seg.data.check import Problem, check_case, dataset_problems, errors
 from seg.data.components import count_components
 from seg.data.datalist import Case, DatasetSpec
@@ -141,22 +141,6 @@ def _one(args) -> tuple[list[Problem], dict | None]:
     return problems, None if errors(problems) else case_fingerprint(case, spec.label_ids, seed, samples, read)
 
 
-def _bar(total: int):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(
-        TextColumn("fingerprint"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-    )
-    bar.add_task("fingerprint", total=total)
-    bar.start()
-    return bar
-
-
 def compute_fingerprint(
     spec: DatasetSpec, cache: str | Path | None = None, workers: int | None = None, progress: bool = True
 ) -> dict:
@@ -178,14 +162,14 @@ def compute_fingerprint(
     samples = is_ct(spec.channel_names)
     jobs = [(c, spec, i, samples) for i, c in enumerate(spec.cases)]
     problems, cases = dataset_problems(spec), []
-    bar = _bar(len(jobs)) if progress else None
+    bar, task = progress_bar("fingerprint", len(jobs)) if progress else (None, None)
     try:
         with pool(workers, ProcessPoolExecutor) if workers > 1 else contextlib.nullcontext() as procs:
             for found, case in procs.map(_one, jobs, chunksize=4) if procs else map(_one, jobs):
                 problems.extend(found)
                 cases += [case] if case is not None else []
                 if bar:
-                    bar.advance(bar.task_ids[0])
+                    bar.advance(task)
     finally:
         if bar:
             bar.stop()
