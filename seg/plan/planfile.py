@@ -20,6 +20,7 @@ from ruamel.yaml.scalarstring import DoubleQuotedScalarString as Quoted
 from seg.config import UserError, as_max_time, human_duration
 from seg.io import check_writable
 from seg.plan.planner import Plan
+from seg.plan.search import shape_text
 
 BUSY = "other processes kept the CPU busy while it was probed"
 DICE_OVER_BATCH = "Dice over the whole batch (nnU-Net's 3D choice): empty patches still count"
@@ -304,9 +305,9 @@ def plan_table(plan: Plan) -> str:
         ("ensemble", plan.reasons["members"]),
         ("spacing (mm)", "x".join(f"{s:g}" for s in plan.spacing) + f" ({plan.resolution} resolution)"),
         *([("resolution", plan.reasons["resolution"])] if "resolution" in plan.reasons else []),
-        ("median case (voxels)", "x".join(map(str, plan.median_shape))),
+        ("median case (voxels)", shape_text(plan.median_shape)),
         ("normalisation", plan.reasons["normalize"]),
-        ("patch", "x".join(map(str, plan.patch)) + (" (whole volumes)" if plan.whole_volume else "")),
+        ("patch", shape_text(plan.patch) + (" (whole volumes)" if plan.whole_volume else "")),
         ("levels / width", f"{plan.levels} / {width}"),
         ("batch", str(plan.batch)),
         (
@@ -327,7 +328,7 @@ def plan_table(plan: Plan) -> str:
     out.append(
         "probes (bare s/step as logged -> s/step with its data): "
         + "; ".join(
-            f"w{p.base} {'x'.join(map(str, p.patch))} {p.precision}{'' if p.channels_last else ' cf'} "
+            f"w{p.base} {shape_text(p.patch)} {p.precision}{'' if p.channels_last else ' cf'} "
             f"{p.bare_s:.4f} -> {p.step_s:.3f}"
             for p in plan.probes
         )
@@ -387,9 +388,9 @@ def check_plan_fits(doc: dict, path: Path, root: str) -> None:
         extents.append([n * float(z) for n, z in zip(h.get_data_shape()[:3], h.get_zooms()[:3])])
     got = [round(float(e / float(s))) for e, s in zip(np.median(extents, 0), spacing)]
     if any(abs(g / w - 1) > FIT_TOLERANCE for g, w in zip(got, want)):
-        size = "x".join(map(str, got))
+        size = shape_text(got)
         raise UserError(
-            f"{name} (median case {'x'.join(map(str, want))}); data.root={root} is other data (median case {size} "
+            f"{name} (median case {shape_text(want)}); data.root={root} is other data (median case {size} "
             f"at the plan's spacing, more than {FIT_TOLERANCE:.0%} off): plan it (seg-plan {root}) and train that plan"
         )
 

@@ -42,8 +42,17 @@ from seg.plan.estimate import estimate_step
 from seg.plan.fingerprint import compute_fingerprint, cost_key
 from seg.plan.memory import ProbeMemory
 from seg.plan.records import Candidate, ProbeRow, TrainingCost
-from seg.plan.search import BareSteps, Choice, SearchInput, StepModel, estimated, levels_for, search, smallest
-from seg.plan.search import shape_text as _x
+from seg.plan.search import (
+    BareSteps,
+    Choice,
+    SearchInput,
+    StepModel,
+    estimated,
+    levels_for,
+    search,
+    shape_text,
+    smallest,
+)
 from seg.plan.settings import SETTINGS, Settings
 from seg.plan.timing import Instruments
 
@@ -338,7 +347,7 @@ def _short_why(c: Choice, low: DataRules, min_steps: int) -> str:
     """Why a plan short of the floor at the data's spacing takes the coarsest spacing (``_short``)."""
     return (
         f"low resolution: at the data's spacing the plan is short of the floor ({c.steps} of {min_steps} steps at "
-        f"width {c.base}, {_x(c.patch)}); {_at(low)} a patch covers {low.scale**3:g}x the volume"
+        f"width {c.base}, {shape_text(c.patch)}); {_at(low)} a patch covers {low.scale**3:g}x the volume"
     )
 
 
@@ -528,11 +537,11 @@ class Planner:
                 what = "whole cases" if whole else "patches (no spacing up to the coarsest trains whole cases)"
                 why = (
                     f"low resolution: at the data's spacing a width-{narrow.base} step on whole cases "
-                    f"({_x(full.full)}) takes {t_full:.2f} s, over the {need:.3f} s the floor allows; "
+                    f"({shape_text(full.full)}) takes {t_full:.2f} s, over the {need:.3f} s the floor allows; "
                     f"{at} {what} at width {cl.base}"
                 )
                 return dl, cl, why + (f" (asked: {asked})" if asked else ""), None
-            why = f"full resolution: {at} the plan would be {_x(cl.patch)}, not whole cases"
+            why = f"full resolution: {at} the plan would be {shape_text(cl.patch)}, not whole cases"
         else:
             why = (
                 f"full resolution: no spacing up to {dl.scale:g}x the data's trains whole cases at width {narrow.base}"
@@ -638,7 +647,7 @@ class Planner:
             step = self.steps.bare(c.candidate, c.levels) + extras[near] * max(1.0, v)
             acct = self.budget(c.members, replace(tc, step_s=step - s.loop_overhead_s))
             if acct.train_s / step >= self.request.min_steps or _short(c, self.request.min_steps, s):
-                how = f"modelled from the training probe at {_x(near.patch)} (its data cost)"
+                how = f"modelled from the training probe at {shape_text(near.patch)} (its data cost)"
                 return replace(c, step_s=step, train_s=acct.train_s), acct, inp, [], how
         if c.candidate not in measured:  # the rounds ran out on a new choice: measure it for its own step
             measured[c.candidate] = self._training_cost(c)
@@ -742,12 +751,12 @@ def _choice_reasons(
     span: tuple[int, int], timings: int, s: Settings,
 ) -> dict:  # fmt: skip
     whole, short = _whole(c.patch, median), _short(c, min_steps, s)
-    patch = f"median resampled case {_x(median)} rounded up to 2^pools per axis" + (
+    patch = f"median resampled case {shape_text(median)} rounded up to 2^pools per axis" + (
         ": whole volumes (padded)"
         if whole
-        else f", shrunk to {_x(c.patch)}, the smallest planned (short of the {min_steps}-step floor)"
+        else f", shrunk to {shape_text(c.patch)}, the smallest planned (short of the {min_steps}-step floor)"
         if short
-        else f", shrunk to {_x(c.patch)} so that a width of at least {s.bases[0]} buys {min_steps} steps"
+        else f", shrunk to {shape_text(c.patch)} so that a width of at least {s.bases[0]} buys {min_steps} steps"
     )
     spent = (
         f"{acct.train_s / 60:.1f} of a member's {acct.member_s / 60:.1f} min train: the rest starts the run "
@@ -767,7 +776,7 @@ def _choice_reasons(
         need = smallest_budget(acct, c.step_s, min_steps) // 60
         out["short"] = (
             f"the budget buys {c.steps} steps, under the {min_steps}-step floor even at width {c.base} and "
-            f"patch {_x(c.patch)}: {need} min buys it (seg-plan --budget {need}m)"
+            f"patch {shape_text(c.patch)}: {need} min buys it (seg-plan --budget {need}m)"
         )
     if devices > 1:
         out["devices"] = (
