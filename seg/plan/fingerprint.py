@@ -167,7 +167,8 @@ def compute_fingerprint(
         with pool(workers, ProcessPoolExecutor) if workers > 1 else contextlib.nullcontext() as procs:
             for found, case in procs.map(_one, jobs, chunksize=4) if procs else map(_one, jobs):
                 problems.extend(found)
-                cases += [case] if case is not None else []
+                if case is not None:
+                    cases.append(case)
                 if bar:
                     bar.advance(task)
     finally:
