@@ -18,12 +18,12 @@ decision, as nnU-Net's planner has one step per decision; :func:`search` runs th
    ``shrink_margin`` times the allowed one are skipped unprobed (a step falls no faster than its voxels: the
    margin is the probes' noise).
 
-A bare step is the median of ``bare_reps`` timed steps; a thinner net or a smaller patch measured slower than a
-wider or larger one is measured again, and then taken as no slower (noise, not the machine). A real training
-step costs more than the bare one (its batch is loaded, augmented and moved; the loop has its own cost):
-:class:`StepModel` adds the training probe's measured data cost per voxel of the batch, or, before it has
-measured one (and for an absent device), scales the bare step by ``step_overhead``. Every value named here is
-in ``seg.plan.settings``.
+A bare step is the median of its timed steps (``bare_reps``, or ``bare_min_reps`` that agree); a thinner net or a
+smaller patch measured slower than a wider or larger one is measured again, and then taken as no slower (noise,
+not the machine). A real training step costs more than the bare one (its batch is loaded, augmented and moved;
+the loop has its own cost): :class:`StepModel` adds the training probe's measured data cost per voxel of the
+batch, or, before it has measured one (and for an absent device), scales the bare step by ``step_overhead``.
+Every value named here is in ``seg.plan.settings``.
 """
 
 from __future__ import annotations

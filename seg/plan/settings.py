@@ -48,11 +48,13 @@ class Settings:
     max_workers: int = 4  # worker processes at most (the cores less the one that trains)
     # the timings (seg.plan.timing)
     bare_reps: int = 5  # timed bare steps after the warm-up: their median is the figure
+    bare_min_reps: int = 3  # ... or this many, where they lie within bare_agree of each other
+    bare_agree: float = 0.05  # max / min - 1 of those steps
     bare_too_slow_s: float = 30.0  # a bare step slower than this is returned after one sample
-    training_cases: int = 16  # training cases the training probe caches
+    training_cases: int = 14  # training cases the training probe caches
     training_val_cases: int = 2  # cases it validates
     training_warmup: int = 4  # training steps before the timed ones
-    training_steps: int = 32  # timed training steps (two epochs of 16 cases in patches): their trimmed mean
+    training_steps: int = 24  # timed training steps (with the warm-up, two epochs of 14 cases in patches)
     training_trim: float = 0.1  # the fastest and the slowest tenth left out
     # the machine (seg.plan.machine)
     busy_cores: float = 0.5  # other processes using this many cores or more make the machine busy

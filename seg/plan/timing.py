@@ -1,8 +1,8 @@
 """Timing on the present device: the two probes the planner measures, and the seam tests replace.
 
 - :func:`time_bare_step`, the **bare probe**: forward + backward + optimiser step of the real network on random
-  tensors of a candidate's shape (a warm-up, then the median of ``bare_reps``). Cheap, so the search can
-  time many candidates.
+  tensors of a candidate's shape (a warm-up, then the median of its timed steps: ``bare_min_reps`` of them where
+  they agree within ``bare_agree``, else ``bare_reps``). Cheap, so the search can time many candidates.
 - :func:`time_training_step`, the **training probe**: the chosen candidate through the planned
   ``SegDataModule`` (its pipeline, patch, batch, augmentation and workers) over a few training cases: real
   steps through its loader, the data waiting included, as a trimmed mean after a warm-up; also the
@@ -60,6 +60,16 @@ def aggregate(samples: list[float]) -> float:
     return statistics.median(samples)
 
 
+def settled(samples: list[float], reps: int | None = None) -> bool:
+    """Whether a bare probe has its figure: ``reps`` timed steps (default ``bare_reps``), or, where ``reps`` is
+    not set, already ``bare_min_reps`` of them within ``bare_agree`` of each other (a quiet minute: more
+    steps would not move the median; one burst of load among them makes it take every step)."""
+    n, s = len(samples), SETTINGS
+    if n >= (reps or s.bare_reps):
+        return True
+    return reps is None and n >= s.bare_min_reps and max(samples) <= (1 + s.bare_agree) * min(samples)
+
+
 def trimmed_mean(values: list[float], trim: float) -> float:
     """The mean of ``values`` without the lowest and highest ``trim`` share of them."""
     values = sorted(values)
@@ -71,9 +81,10 @@ def trimmed_mean(values: list[float], trim: float) -> float:
 def time_bare_step(
     net: str, cand: Candidate, levels: int, in_ch: int, out_ch: int, device: str = "cpu", reps: int | None = None
 ) -> float:
-    """Seconds of one bare training step (fwd + bwd + AdamW): the median of ``reps`` (default ``bare_reps``)
-    after a warm-up (two on CUDA, where the first steps also tune cuDNN). A step slower than
-    ``bare_too_slow_s`` is returned at once: far too slow to be chosen, one sample is enough."""
+    """Seconds of one bare training step (fwd + bwd + AdamW): the median of its timed steps after a warm-up (two
+    on CUDA, where the first steps also tune cuDNN), as many as :func:`settled` asks (exactly ``reps`` where
+    given). A step slower than ``bare_too_slow_s`` is returned at once: far too slow to be chosen, one sample is
+    enough."""
     dev = torch.device(device)
     cuda_hygiene(dev)
     torch.manual_seed(0)
@@ -85,19 +96,15 @@ def time_bare_step(
     x = torch.randn(cand.batch, in_ch, *cand.patch, device=dev).contiguous(memory_format=fmt)
     # float labels, as training's loader gives them (deep supervision resizes them; nearest is not for int64 on a CPU)
     y = torch.randint(0, out_ch, (cand.batch, 1, *cand.patch), device=dev).float()
-    warmup = 2 if dev.type == "cuda" else 1
-    reps = reps or SETTINGS.bare_reps
-    times = []
-    for i in range(reps + warmup):
+    warmup, times = 2 if dev.type == "cuda" else 1, []
+    while not settled(times[warmup:], reps):
         sync(dev)
         t0 = time.perf_counter()
         train_step(model, opt, loss_fn, x, y, cand.precision, dev)
-        dt = time.perf_counter() - t0
-        if dt > SETTINGS.bare_too_slow_s:
-            return dt
-        if i >= warmup:
-            times.append(dt)
-    return aggregate(times)
+        times.append(time.perf_counter() - t0)
+        if times[-1] > SETTINGS.bare_too_slow_s:
+            return times[-1]
+    return aggregate(times[warmup:])
 
 
 # -- the training probe ---------------------------------------------------------------------------------------

@@ -146,9 +146,10 @@ def test_pipeline_is_device_when_the_cached_cases_fit():
 
 
 # -- noise and load ---------------------------------------------------------------------------------------
-def noisy(seed: int, reps: int = SETTINGS.bare_reps):
+def noisy(seed: int, reps: int | None = None):
     """The modelled step, each timed sample off by up to +-10 % (a quiet machine's jitter measured here was
-    +-5 %) and one in six a burst of load at 3x, aggregated as the real probe aggregates its samples. Each
+    +-5 %) and one in six a burst of load at 3x, drawn and aggregated as the real probe draws (until
+    ``timing.settled``) and aggregates its samples. Each
     timing draws from its own stream (the seed, the candidate, how often it was timed), so which probes a plan
     takes, and in which order, changes no other probe's noise."""
     counts: dict = {}
@@ -157,7 +158,9 @@ def noisy(seed: int, reps: int = SETTINGS.bare_reps):
         true = modelled_step(net, cand, levels, in_ch, out_ch, device)
         counts[cand] = counts.get(cand, 0) + 1
         rng = random.Random(f"{seed} {cand} {counts[cand]}")
-        samples = [true * (3.0 if rng.random() < 1 / 6 else rng.uniform(0.9, 1.1)) for _ in range(reps)]
+        samples: list[float] = []
+        while not timing.settled(samples, reps):
+            samples.append(true * (3.0 if rng.random() < 1 / 6 else rng.uniform(0.9, 1.1)))
         return timing.aggregate(samples)
 
     return step

@@ -37,17 +37,48 @@ def test_training_probe_times_a_real_step_validation_and_caching(synth_root, pip
     assert 0 < tc.val_case_s < 30 and 0 < tc.cache_case_s < 10
 
 
-def test_the_probe_step_is_a_trimmed_mean_of_32_steps_after_4():
+def test_the_probe_step_is_a_trimmed_mean_of_24_steps_after_4_over_14_cases():
     """Pinned (docs/planning.md): on the whole-scan proxy eight probes' first 24, 32-36 and all 72 steps were as
-    far from their grand mean (3.2-3.8 % on average): the VM's drift is slower than a probe, so 72 steps bought
-    nothing but 9 s; the fastest and slowest tenth are left out (an epoch's first step waits for its data)."""
+    far from their grand mean (3.2-3.8 % on average): the VM's drift is slower than a probe, so more steps buy
+    nothing but seconds; 4 + 24 steps are two whole epochs of 14 cases in patches (one step a case) and four of
+    them whole at batch 2 (the probe runs whole epochs); the fastest and slowest tenth are left out (an epoch's
+    first step waits for its data)."""
     s = SETTINGS
-    assert (s.training_warmup, s.training_steps, s.training_trim) == (4, 32, 0.1)
-    assert (s.training_cases, s.training_val_cases, s.bare_too_slow_s) == (16, 2, 30.0)
+    assert (s.training_warmup, s.training_steps, s.training_trim) == (4, 24, 0.1)
+    assert (s.training_cases, s.training_val_cases, s.bare_too_slow_s) == (14, 2, 30.0)
+    assert (s.training_warmup + s.training_steps) % s.training_cases == 0 == s.training_cases % 2
     # two speeds, 60/40, and one epoch-start step ten times slower: the mixture, not either speed or the outlier
     steps = [0.22] * 19 + [0.285] * 12 + [2.5]
     assert timing.trimmed_mean(steps, s.training_trim) == pytest.approx((0.22 * 16 + 0.285 * 10) / 26)
     assert timing.trimmed_mean([1.0, 2.0, 3.0], 0.1) == 2.0  # too few to leave any out
+
+
+def test_a_bare_probe_stops_at_3_steps_that_agree_else_takes_5(monkeypatch):
+    """Pinned (docs/planning.md): 3 timed steps within 5 % of each other are the figure (their median); one
+    outside makes the probe take all 5; ``reps`` asks for exactly that many."""
+    from types import SimpleNamespace
+
+    s = SETTINGS
+    assert (s.bare_reps, s.bare_min_reps, s.bare_agree) == (5, 3, 0.05)
+    assert timing.settled([1.0, 1.049, 1.02]) and not timing.settled([1.0, 1.051, 1.02])
+    assert not timing.settled([1.0, 1.0]) and not timing.settled([1.0, 3.0, 1.0, 1.0])
+    assert timing.settled([1.0, 3.0, 1.0, 1.0, 1.0]) and not timing.settled([1.0] * 3, reps=5)
+    clock = {"t": 0.0, "steps": 0, "durations": []}
+
+    def step(*args):  # each step takes the next of the durations on a fake clock
+        clock["t"] += clock["durations"][clock["steps"]]
+        clock["steps"] += 1
+
+    monkeypatch.setattr(timing, "train_step", step)
+    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=lambda: clock["t"]))
+    cand = Candidate(4, (16, 16, 16), 1, "fp32", True)
+    for durations, taken, figure in [
+        ([0.9, 0.30, 0.31, 0.30, 9.0], 4, 0.30),  # the warm-up, then 3 that agree
+        ([0.9, 0.30, 0.40, 0.31, 0.30, 0.30], 6, 0.30),  # one that does not: 5, their median
+    ]:
+        clock.update(steps=0, durations=durations)
+        assert timing.time_bare_step("unet", cand, 3, 1, 2, "cpu") == pytest.approx(figure)
+        assert clock["steps"] == taken
 
 
 @pytest.mark.parametrize("net", ["agunet", "daunet"])
