@@ -25,12 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--devices", type=int, default=1, help="GPUs to train on: more than 1 plans DDP (default 1)")
     p.add_argument("--memory-gb", type=float, help="memory a run may use (default: 80%% of the GPU, half the RAM)")
     p.add_argument("--min-steps", type=int, default=None, help="optimiser steps the budget must buy (default 4000)")
-    p.add_argument(
-        "-o", "--output", default=None, help="plan file (default outputs/plans/<dataset>_<net>_<budget>.yaml)"
-    )
-    p.add_argument(
-        "--fingerprint", default=None, help="fingerprint cache (default: beside the plan, <plan>.fingerprint.json)"
-    )
+    p.add_argument("-o", "--output", help="plan file (default outputs/plans/<dataset>_<net>_<budget>.yaml)")
+    p.add_argument("--fingerprint", help="fingerprint cache (default: beside the plan, <plan>.fingerprint.json)")
     p.add_argument(
         "--reprobe",
         action="store_true",
@@ -43,8 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     from seg.cli.common import command
+    from seg.plan.machine import load_window
 
-    return command(_plan)(a, argv)
+    with load_window():  # the planner samples the machine's load over the imports below, not in a second's sleep
+        return command(_plan)(a, argv)
 
 
 def _plan(a: argparse.Namespace, argv: list[str] | None) -> int:

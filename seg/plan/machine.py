@@ -2,13 +2,19 @@
 
 A probe is a timing, and a timing on a shared CPU follows whatever else runs (a multi-threaded step's threads wait
 for each other at every barrier; docs/planning.md has the figures). seg-plan therefore measures the other processes'
-load just before probing and says once when the machine is busy, and what the plan may lose by it."""
+load before probing (over seg-plan's imports where the command opened :func:`load_window`) and says once when the
+machine is busy, and what the plan may lose by it."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import resource
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from seg.config import available_cores, bf16_supported, cpu_has_bf16  # noqa: F401  (the planner's names)
 from seg.plan.settings import SETTINGS
@@ -19,7 +25,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Load:
     cores: int  # the cores this process may use
-    others: float  # cores' worth of CPU time other processes used while seg-plan waited (machine-wide)
+    others: float  # cores' worth of CPU time other processes used during the sample (machine-wide)
 
     @property
     def busy(self) -> bool:
@@ -34,29 +40,56 @@ class Load:
         )
 
 
-def _cpu_times() -> tuple[float, float] | None:
-    """(busy, total) jiffies of the whole machine, from /proc/stat's first line."""
+class Reading(NamedTuple):
+    busy: float  # the whole machine's busy jiffies, from /proc/stat's first line
+    total: float  # ... and all of them
+    own_s: float  # CPU seconds of this process (every thread) and of its children waited for
+    at: float  # time.monotonic()
+
+
+def _reading() -> Reading | None:
     try:
         with open("/proc/stat") as f:
             fields = [float(x) for x in f.readline().split()[1:]]
     except (OSError, ValueError):
         return None
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
-    return sum(fields) - idle, sum(fields)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    own = time.process_time() + kids.ru_utime + kids.ru_stime
+    return Reading(sum(fields) - idle, sum(fields), own, time.monotonic())
+
+
+_window: list[Reading] = []  # where load_window opened one
+
+
+@contextlib.contextmanager
+def load_window() -> Iterator[None]:
+    """The next :func:`measure_load` samples from here (seg-plan opens it before its imports, which then fill the
+    sample instead of a sleep); closed on leaving, used or not."""
+    start = _reading()
+    _window[:] = [start] if start else []
+    try:
+        yield
+    finally:
+        _window.clear()
 
 
 def measure_load(seconds: float | None = None) -> Load:
-    """Other processes' CPU use over ``seconds`` in which this process sleeps (so all of it is theirs)."""
-    import os
-
+    """Other processes' CPU use over at least ``seconds`` (default ``load_sample_s``): the machine's busy cores
+    less this process's own (its threads and the children it waited for), from :func:`load_window`'s start
+    where one is open, sleeping what is left of ``seconds``."""
     cores = available_cores()
-    a = _cpu_times()
-    time.sleep(SETTINGS.load_sample_s if seconds is None else seconds)
-    b = _cpu_times()
-    if a is None or b is None or b[1] <= a[1]:
+    a = _window.pop() if _window else _reading()
+    if a is None:
         return Load(cores, 0.0)
-    n_cpu = os.cpu_count() or cores
-    return Load(cores, (b[0] - a[0]) / (b[1] - a[1]) * n_cpu)
+    left = (SETTINGS.load_sample_s if seconds is None else seconds) - (time.monotonic() - a.at)
+    if left > 0:
+        time.sleep(left)
+    b = _reading()
+    if b is None or b.total <= a.total or b.at <= a.at:
+        return Load(cores, 0.0)
+    busy = (b.busy - a.busy) / (b.total - a.total) * (os.cpu_count() or cores)
+    return Load(cores, max(0.0, busy - (b.own_s - a.own_s) / (b.at - a.at)))
 
 
 def present(device: str) -> bool:

@@ -427,9 +427,9 @@ class Planner:
         check_request(self.spec, r, s)
         measured = machine.present(r.device)
         memory_gb = machine.memory_gb(r.device) if r.memory_gb is None else r.memory_gb
+        load = self._load(measured)  # before the fingerprint's worker processes take every core
         fp = compute_fingerprint(self.spec, r.cache, progress=r.progress)
         self.fp_key, self.cases = cost_key(fp), fp["cases"]
-        load = self._load(measured)
         self.workers = max(1, min(s.max_workers, load.cores - 1))
         self.mem = ProbeMemory(r.device, busy=load.busy, reprobe=r.reprobe, on=measured)
         self.steps = BareSteps(self._timer(measured), r.net, s.monotone_slack)

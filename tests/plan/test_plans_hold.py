@@ -250,6 +250,40 @@ def test_measure_load_sees_a_busy_process():
         spin.kill()
 
 
+def test_the_load_is_the_machines_busy_cores_less_this_process_own(monkeypatch):
+    """seg-plan samples the load over its own imports (``load_window``): the machine's busy cores less this
+    process's CPU, with no sleep where the window already lasts ``load_sample_s`` (1 s), the rest slept where not."""
+    R, slept = machine.Reading, []
+    monkeypatch.setattr(machine.time, "sleep", slept.append)
+    # 2 CPUs, 4 s: 560 of 800 jiffies busy (2.8 s) = 1.4 cores, 3.2 s of them this process's = 0.8: 0.6 others'
+    readings = iter([R(100, 1000, 5.0, 10.0), R(660, 1800, 8.2, 14.0)])
+    monkeypatch.setattr(machine, "_reading", lambda: next(readings))
+    monkeypatch.setattr(machine.os, "cpu_count", lambda: 2)
+    with machine.load_window():
+        load = machine.measure_load()
+    assert load.others == pytest.approx(0.6) and load.busy and slept == []
+    readings = iter([R(0, 0, 0.0, 10.0), R(0, 200, 0.0, 10.0), R(50, 400, 0.5, 11.0)])  # a window of 0.3 s
+    monkeypatch.setattr(machine.time, "monotonic", lambda: 10.3)
+    with machine.load_window():
+        load = machine.measure_load()
+    assert slept == [pytest.approx(SETTINGS.load_sample_s - 0.3)] and SETTINGS.load_sample_s == 1.0
+    assert load.others == pytest.approx(0.0)  # 50 of 400 jiffies on 2 CPUs = 0.25 cores, 0.5 s in 1 s his own
+    with machine.load_window():
+        pass
+    assert machine._window == []  # closed on leaving, used or not
+
+
+def test_a_waited_for_childs_cpu_is_this_process_own():
+    """The fingerprint's worker processes (waited for) count as seg-plan's own CPU, not as another's load."""
+    import subprocess
+    import sys
+
+    before = machine._reading()
+    spin = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.5: pass"
+    subprocess.run([sys.executable, "-c", spin], check=True)
+    assert machine._reading().own_s - before.own_s >= 0.45
+
+
 # -- threads ---------------------------------------------------------------------------------------------
 def test_threads_are_the_cores_this_process_may_use_or_seg_threads(monkeypatch):
     import os
