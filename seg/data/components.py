@@ -30,17 +30,31 @@ def label_components(mask: np.ndarray, connectivity: int = 26) -> tuple[np.ndarr
     return lab, int(n)
 
 
-def count_components(mask: np.ndarray, connectivity: int = 26) -> int:
-    """How many components ``mask`` has, labelled inside its bounding box only (a whole scan's small structure:
-    the labelling was a sixth of a case's fingerprint)."""
+def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The slices of ``mask``'s smallest box holding every voxel set (None when none is)."""
     mask = np.asarray(mask) > 0
     if not mask.any():
-        return 0
+        return None
     box = []
     for axis in range(mask.ndim):
         hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        box.append(slice(hit[0], hit[-1] + 1))
-    return label_components(mask[tuple(box)], connectivity)[1]
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
+
+
+def count_components(mask: np.ndarray, connectivity: int = 26) -> int:
+    """How many components ``mask`` has, labelled inside its bounding box only (a whole scan's small structure:
+    the labelling was a sixth of a case's fingerprint)."""
+    box = bounding_box(mask)
+    return 0 if box is None else label_components(np.asarray(mask)[box], connectivity)[1]
+
+
+def centroid(mask: np.ndarray) -> np.ndarray | None:
+    """The mean voxel index of ``mask``'s voxels (None when it has none), found inside its bounding box."""
+    box = bounding_box(mask)
+    if box is None:
+        return None
+    return np.argwhere(np.asarray(mask)[box] > 0).mean(0) + [b.start for b in box]
 
 
 def component_sizes(lab: np.ndarray, n: int) -> np.ndarray:

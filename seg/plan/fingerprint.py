@@ -26,7 +26,7 @@ import numpy as np
 
 from seg.config import pool, progress_bar
 from seg.data.check import Problem, check_case, dataset_problems, errors
-from seg.data.components import count_components
+from seg.data.components import centroid, count_components
 from seg.data.datalist import Case, DatasetSpec
 from seg.errors import UserError
 from seg.io import NiftiVolume, read_nifti, write_text
@@ -82,7 +82,9 @@ def case_fingerprint(
     ref = read(case.images[0])
     spacing = [float(z) for z in ref.header.get_zooms()[:3]]
     shape = [int(s) for s in ref.data.shape[:3]]
-    lab = np.rint(read(case.label).data).astype(np.int64) if case.label else None
+    lab = read(case.label).data if case.label else None
+    if lab is not None and lab.dtype.kind not in "iu":  # a float label (checked integral): ids as integers
+        lab = np.rint(lab).astype(np.int64)
     fg = lab > 0 if lab is not None else None
     channels = []
     arrays = [read(f).data for f in case.images]
@@ -111,16 +113,14 @@ def case_fingerprint(
         if i == 0 or lab is None:
             continue
         m = lab == i
-        n = count_components(m, connectivity=26)
-        centroid = None
-        if m.any():  # world mm: NIfTI's RAS+ frame, whose axes are the array axes after training's RAS reorientation
-            vox = np.argwhere(m).mean(0)
-            centroid = [round(float(x), 2) for x in nib.affines.apply_affine(ref.affine, vox)]
+        n, vox = count_components(m, connectivity=26), centroid(m)
+        # world mm: NIfTI's RAS+ frame, whose axes are the array axes after training's RAS reorientation
+        where = None if vox is None else [round(float(x), 2) for x in nib.affines.apply_affine(ref.affine, vox)]
         labels[str(i)] = {
             "voxels": int(m.sum()),
             "volume_ml": float(m.sum()) * voxel_ml,
             "components": n,
-            "centroid_ras": centroid,
+            "centroid_ras": where,
         }
     return {
         "case_id": case.case_id,

@@ -167,3 +167,18 @@ def test_check_duplicate_case_ids(synth_copy):
     (synth_copy / "dataset.json").write_text(json.dumps(meta))
     errs = errors(check_dataset(load_dataset(synth_copy)))
     assert [p.message for p in errs] == ["case id 'synth_000' appears 2 times"]
+
+
+def test_label_values_equal_numpys_unique_for_every_dtype_and_span():
+    """The check reads a label's ids one comparison an id where the integer ids span fewer than FEW_IDS (64)
+    (np.unique sorted every voxel: 12 ms of a whole-scan label), else np.unique: the same set either way."""
+    from seg.data.check import FEW_IDS, label_values
+
+    assert FEW_IDS == 64
+    rng = np.random.default_rng(0)
+    spans = [(np.uint8, 0, 3), (np.int16, -2, 5), (np.uint16, 0, 300), (np.int64, 7, 7), (np.uint8, 0, 63)]
+    for dtype, lo, hi in spans:
+        a = rng.integers(lo, hi + 1, (6, 5, 4)).astype(dtype)
+        assert label_values(a) == set(np.unique(a).tolist())
+    assert label_values(np.array([0.0, 2.0, 2.0])) == {0, 2}  # float labels (checked integral first)
+    assert label_values(np.zeros((0,), np.uint8)) == set()

@@ -140,3 +140,15 @@ def test_counted_components_inside_the_bounding_box_equal_scipys_over_the_whole_
         m[: i % 3] = False  # an empty margin on some: the box smaller than the mask
         assert count_components(m, connectivity) == ndimage.label(m, structure(3, connectivity))[1]
     assert count_components(np.zeros((4, 4, 4), bool)) == 0
+
+
+def test_the_centroid_inside_the_bounding_box_equals_the_mean_index_over_the_whole_mask():
+    from seg.data.components import centroid
+
+    rng = np.random.default_rng(1)
+    for i in range(100):
+        m = rng.random((9, 8, 7)) < rng.random() * 0.2
+        m[: i % 4], m[..., : i % 3] = False, False
+        if m.any():
+            assert np.allclose(centroid(m), np.argwhere(m).mean(0))
+    assert centroid(np.zeros((4, 4, 4), bool)) is None
