@@ -262,19 +262,21 @@ def test_the_load_is_the_machines_busy_cores_less_this_process_own(monkeypatch):
     with machine.load_window():
         load = machine.measure_load()
     assert load.others == pytest.approx(0.6) and load.busy and slept == []
-    readings = iter([R(0, 0, 0.0, 10.0), R(0, 200, 0.0, 10.0), R(50, 400, 0.5, 11.0)])  # a window of 0.3 s
+    readings = iter([R(0, 0, 0.0, 10.0), R(150, 400, 0.5, 11.0)])  # a window 0.3 s old when measured
     monkeypatch.setattr(machine.time, "monotonic", lambda: 10.3)
     with machine.load_window():
         load = machine.measure_load()
     assert slept == [pytest.approx(SETTINGS.load_sample_s - 0.3)] and SETTINGS.load_sample_s == 1.0
-    assert load.others == pytest.approx(0.0)  # 50 of 400 jiffies on 2 CPUs = 0.25 cores, 0.5 s in 1 s his own
+    assert load.others == pytest.approx(0.25)  # 150 of 400 jiffies on 2 CPUs = 0.75 cores, 0.5 of them its own
+    monkeypatch.setattr(machine, "_reading", lambda: R(0, 0, 0.0, 0.0))
     with machine.load_window():
-        pass
+        assert machine._window
     assert machine._window == []  # closed on leaving, used or not
 
 
 def test_a_waited_for_childs_cpu_is_this_process_own():
-    """The fingerprint's worker processes (waited for) count as seg-plan's own CPU, not as another's load."""
+    """A child process this one waited for (a pool's worker) counts as this process's own CPU, not as another's
+    load."""
     import subprocess
     import sys
 
