@@ -20,12 +20,10 @@ def _to_ras(a: np.ndarray, affine: np.ndarray) -> np.ndarray:
 
 def largest_component_centre(mask: np.ndarray) -> list[int] | None:
     """Voxel centre (rounded centroid) of the largest 26-connected component of ``mask``; None when empty."""
-    from seg.data.components import largest_component
+    from seg.data.components import centroid, largest_component
 
-    comp = largest_component(mask, connectivity=26)
-    if not comp.any():
-        return None
-    return [int(round(x)) for x in np.argwhere(comp).mean(0)]
+    c = centroid(largest_component(mask, connectivity=26))
+    return None if c is None else [int(round(x)) for x in c]
 
 
 def overlay_rows(
