@@ -16,5 +16,11 @@ echo "[test] ruff check"
 "$VENV/bin/ruff" check seg tests scripts
 echo "[test] import-linter (layers, no import loops, plain-PyTorch ops and nn)"
 "$VENV/bin/lint-imports" --no-cache
-if [ "$#" -eq 0 ]; then set -- -m "not slow and not gpu"; fi
+if [ "$#" -eq 0 ]; then
+  # the default tier in parallel (pytest-xdist): one worker per core, at most 4, each test file in one worker;
+  # tests/conftest.py shares the cores out as torch threads. Arguments given run as given (serially).
+  workers="$("$VENV/bin/python" -c 'from seg.config import available_cores; print(min(4, available_cores()))')"
+  set -- -m "not slow and not gpu"
+  if [ "$workers" -gt 1 ]; then set -- "$@" -n "$workers" --dist loadfile; fi
+fi
 exec "$VENV/bin/python" -m pytest "$@"

@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# torch's threads: 2 in a serial run; in scripts/test.sh's parallel one the cores shared out among pytest-xdist's
+# workers, and SEG_THREADS carries that share to the commands the tests start (seg.config.configure_threads)
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+if _WORKERS > 1 and not os.environ.get("SEG_THREADS"):
+    from seg.config import available_cores
+
+    os.environ["SEG_THREADS"] = str(max(1, available_cores() // _WORKERS))
+torch.set_num_threads(int(os.environ.get("SEG_THREADS") or 2))
 
 from seg.cli.args import register_resolvers  # noqa: E402
 

@@ -203,10 +203,19 @@ SIGNALLED = [  # (command, where the signal lands)
 ]
 
 
+@pytest.fixture
+def ctrl_c_as_a_terminal_has_it():
+    """This process's SIGINT as a foreground command has it (Python's KeyboardInterrupt): pytest started as a
+    background job of a shell without job control inherits it ignored (see :func:`_foreground_signals`)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("sig, code, what", [(signal.SIGTERM, 143, "terminated (SIGTERM)"), (signal.SIGINT, 130, "")])
 @pytest.mark.parametrize("make, where", SIGNALLED, ids=["predict", "check-data", "eval", "export"])
 def test_every_command_exits_143_on_sigterm_and_130_on_ctrl_c(
-    synth_root, tmp_path, monkeypatch, capsys, make, where, sig, code, what
+    synth_root, tmp_path, monkeypatch, capsys, make, where, sig, code, what, ctrl_c_as_a_terminal_has_it
 ):
     import importlib
 
