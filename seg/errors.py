@@ -61,6 +61,24 @@ class Signals:
     deferred: bool = False
 
 
+class Terminated(BaseException):
+    """SIGTERM turned into an exception in the main thread (not an Exception: no ``except Exception`` eats it)."""
+
+
+def stop_behind(e: BaseException | None) -> BaseException | None:
+    """The Ctrl-C (``KeyboardInterrupt``) or SIGTERM (:class:`Terminated`) that ``e`` is or that it hides: a stop
+    landing inside the standard library's lock code (a thread pool starting a worker, where
+    ``threading.Condition.wait`` takes its lock back) surfaces as ``RuntimeError: release unlocked lock`` with
+    the stop as its context. None where there is no stop."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, (KeyboardInterrupt, Terminated)):
+            return e
+        seen.add(id(e))
+        e = e.__context__
+    return None
+
+
 def one_line(e: BaseException, limit: int = 300) -> str:
     """``Type: message`` on one line (white space folded), at most ``limit`` characters: how a library's
     exception is quoted inside one of seg's own one-line messages."""

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from seg.cli.resume import resume_hint
 from seg.config import configure_threads
-from seg.errors import ExitCode, Interrupted, SegError, Signals
+from seg.errors import ExitCode, Interrupted, SegError, Signals, Terminated, stop_behind
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -40,15 +40,11 @@ def report(e: BaseException) -> None:
     print("\n".join(x if x.startswith(("ERROR ", "WARNING ")) else f"error: {x}" for x in lines), file=sys.stderr)
 
 
-class _Terminated(BaseException):
-    """SIGTERM turned into an exception in the main thread (not an Exception: no ``except Exception`` eats it)."""
-
-
 def _on_sigterm(signum, frame) -> None:
     """The first SIGTERM ends the command; one more while it is answered (worker threads) is only noted."""
     first, Signals.received = Signals.received is None, signum
     if first and not Signals.deferred:  # deferred: training stops at its next batch
-        raise _Terminated()
+        raise Terminated()
 
 
 def command(fn: Callable[..., int | None]) -> Callable[..., int]:
@@ -74,12 +70,13 @@ def command(fn: Callable[..., int | None]) -> Callable[..., int]:
         except BrokenPipeError:  # `seg-... | head` closed the pipe: exit as a tool killed by SIGPIPE, quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return int(ExitCode.BROKEN_PIPE)
-        except KeyboardInterrupt:
-            print(f"interrupted (Ctrl-C): {resume_hint(fn)}", file=sys.stderr)
-            return int(ExitCode.INTERRUPTED)
-        except _Terminated:
-            print(f"terminated (SIGTERM): {resume_hint(fn)}", file=sys.stderr)
-            return int(ExitCode.TERMINATED)
+        except (KeyboardInterrupt, Terminated, RuntimeError) as e:  # a stop, or one hidden in a lock's RuntimeError
+            stop = stop_behind(e)
+            if stop is None:
+                raise
+            ctrl_c = isinstance(stop, KeyboardInterrupt)
+            print(f"{'interrupted (Ctrl-C)' if ctrl_c else 'terminated (SIGTERM)'}: {resume_hint(fn)}", file=sys.stderr)
+            return int(ExitCode.INTERRUPTED if ctrl_c else ExitCode.TERMINATED)
         finally:
             if previous is not None:  # before clearing: a pending SIGTERM meets a handler that notes it only
                 signal.signal(signal.SIGTERM, previous)

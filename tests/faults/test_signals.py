@@ -20,6 +20,7 @@ import time
 import pytest
 import torch
 
+from seg.errors import Terminated
 from tests.conftest import DONE, REPO, TINY, tiny_cv
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -288,3 +289,29 @@ def test_a_second_sigterm_while_the_first_is_answered_is_noted_not_raised(monkey
     assert command(main)() == 143
     assert capsys.readouterr().err.strip() == "terminated (SIGTERM): how to resume"
     assert Signals.received is None and signal.getsignal(signal.SIGTERM) is previous
+
+
+@pytest.mark.parametrize(
+    "stop, code, line", [(KeyboardInterrupt, 130, "interrupted (Ctrl-C)"), (Terminated, 143, "terminated (SIGTERM)")]
+)
+def test_a_stop_hidden_in_a_locks_runtime_error_is_still_a_stop(capsys, stop, code, line):
+    """Ctrl-C landing while a thread pool starts a worker (``threading.Condition.wait`` taking its lock back) left
+    ``RuntimeError: release unlocked lock``, the KeyboardInterrupt its context, and a traceback (seen once in the
+    parallel tier: check-data's Ctrl-C test). Still a stop: its exit code and line. A plain RuntimeError is a bug
+    and stays one."""
+    from seg.cli.common import command
+
+    def stopped_in_a_lock():
+        try:
+            raise stop()
+        except BaseException:
+            raise RuntimeError("release unlocked lock")  # noqa: B904 (as threading raises it: the stop its context)
+
+    assert command(stopped_in_a_lock)() == code
+    assert line in capsys.readouterr().err
+
+    def a_bug():
+        raise RuntimeError("a bug")
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        command(a_bug)()
