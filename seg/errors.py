@@ -69,14 +69,10 @@ def stop_behind(e: BaseException | None) -> BaseException | None:
     """The Ctrl-C (``KeyboardInterrupt``) or SIGTERM (:class:`Terminated`) that ``e`` is or that it hides: a stop
     landing inside the standard library's lock code (a thread pool starting a worker, where
     ``threading.Condition.wait`` takes its lock back) surfaces as ``RuntimeError: release unlocked lock`` with
-    the stop as its context. None where there is no stop."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        if isinstance(e, (KeyboardInterrupt, Terminated)):
-            return e
-        seen.add(id(e))
+    the stop as its context. None where there is no stop (Python cuts cycles out of a context chain)."""
+    while e is not None and not isinstance(e, (KeyboardInterrupt, Terminated)):
         e = e.__context__
-    return None
+    return e
 
 
 def one_line(e: BaseException, limit: int = 300) -> str:
